@@ -1,0 +1,1 @@
+"""The plantsync cloud service."""

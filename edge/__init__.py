@@ -1,0 +1,1 @@
+"""The gateway daemon and the device engineer's CLI."""
