@@ -1,0 +1,95 @@
+"""Finding, installing and starting the system services tests need.
+
+A test that needs a binary calls ``require_binary``: when missing it is installed from
+Debian (as root), and when that is impossible the test fails loudly. It never skips:
+under CI a skipped service test would be a silently untested feature.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+
+import pytest
+
+_apt_lock = threading.Lock()
+_apt_updated = False
+
+# binary -> Debian package
+PACKAGES = {
+    "mosquitto": "mosquitto",
+    "socat": "socat",
+    "mbpoll": "mbpoll",
+    "chromium": "chromium",
+    "faketime": "faketime",
+    "pg_ctlcluster": "postgresql",
+    "initdb": "postgresql",
+    "systemd-analyze": "systemd",
+}
+
+
+def require_binary(name: str, package: str | None = None) -> str:
+    """Path of ``name``; installs ``package`` with apt-get when missing. Fails the test
+    (never skips) when it cannot be had."""
+    found = _which(name)
+    if found:
+        return found
+    pkg = package or PACKAGES.get(name, name)
+    if os.geteuid() != 0:
+        pytest.fail(f"{name} is not installed and this user cannot install it: "
+                    f"run `sudo apt-get install -y {pkg}`", pytrace=False)
+    global _apt_updated
+    with _apt_lock:
+        if not _which(name):
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            if not _apt_updated:
+                subprocess.run(["apt-get", "update", "-qq"], env=env, check=False,
+                               capture_output=True, timeout=300)
+                _apt_updated = True
+            res = subprocess.run(["apt-get", "install", "-y", "-qq", pkg], env=env,
+                                 capture_output=True, text=True, timeout=900)
+            if res.returncode != 0:
+                pytest.fail(f"apt-get install {pkg} failed:\n{res.stderr[-2000:]}", pytrace=False)
+    found = _which(name)
+    if not found:
+        pytest.fail(f"{pkg} installed but {name} is still not found", pytrace=False)
+    return found
+
+
+def _which(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    if name in ("initdb", "postgres", "pg_ctl"):
+        # Debian keeps the server binaries out of PATH.
+        root = "/usr/lib/postgresql"
+        if os.path.isdir(root):
+            for ver in sorted(os.listdir(root), reverse=True):
+                cand = os.path.join(root, ver, "bin", name)
+                if os.path.exists(cand):
+                    return cand
+    return None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:
+    """Block until something accepts on ``host:port`` (a start-up wait, not a timing assert)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
