@@ -85,7 +85,8 @@ class Batch:
 
 def encode_body(body: Mapping[str, Any]) -> bytes:
     """msgpack of one body, as the buffer stores it."""
-    return msgpack.packb(dict(body), use_bin_type=True)
+    out: bytes = msgpack.packb(dict(body), use_bin_type=True)
+    return out
 
 
 def decode_body(blob: bytes) -> dict[str, Any]:
@@ -97,10 +98,11 @@ def decode_body(blob: bytes) -> dict[str, Any]:
 
 def encode_batch(gateway: str, records: Iterable[Record]) -> bytes:
     """The wire form of a batch (what the HTTP and MQTT uplinks send)."""
-    return msgpack.packb(
+    out: bytes = msgpack.packb(
         {"v": WIRE_VERSION, "gateway": gateway, "records": [r.to_wire() for r in records]},
         use_bin_type=True,
     )
+    return out
 
 
 def encode_batch_raw(gateway: str, rows: Iterable[tuple[int, int, str, str, bytes]]) -> bytes:

@@ -1,0 +1,275 @@
+"""Deriving records from one device's tag values (pure; no I/O, no clock reads).
+
+``DeviceDeriver.derive`` computes the records of one poll and the device's next state
+*without* changing anything; the poller calls ``apply`` only after the buffer committed
+the cycle. So a failed commit (full disk) leaves the deriver where it was, and the same
+readings retried later produce the same records: nothing lost, nothing twice.
+
+Persistent state (counter baselines, the last state code, active alarm code, active limit
+flags) is kept as integers under ``(device, key)`` in the buffer's baselines table, in
+the same transaction as the records. After a restart the first read therefore continues
+from the stored baseline; a counter never seen before records nothing until it has a
+baseline to prove a movement from.
+
+Counter rules (ARCHITECTURE.md): a decrease is a rollover when the old value is in the
+top quarter of the type's range and the new one in the bottom quarter (the counter wrapped
+at its maximum; delta = max - before + after + 1); any other decrease is a reset (PLC
+reboot, operator reset) and the delta is the new raw value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from buffer.records import Record
+from protocols import TagReading
+
+Scalar = bool | int | float | str
+
+
+@dataclass(frozen=True, slots=True)
+class TagRule:
+    """What derivation needs to know about one tag (compiled from the register map)."""
+
+    name: str
+    role: str                                   # counter | state | alarm | parameter | sample
+    counts: str | None = None                   # counter: good | scrap | total
+    max_raw: int | None = None                  # counter: the type's maximum (rollover point)
+    states: Mapping[int, str] | None = None     # state: code -> name
+    alarms: Mapping[int, str] | None = None     # alarm: code -> text
+    limits: tuple[float, float] | None = None   # parameter: lo, hi
+    deadband: float = 0.0                        # parameter/sample: change that counts
+
+
+def _key(role: str, tag: str) -> str:
+    """Baseline key: counters use the bare tag name (the buffer contract), the other
+    persisted flags a role prefix."""
+    return tag if role == "counter" else f"{role}:{tag}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """Everything the deriver remembers about one device between polls."""
+
+    persisted: Mapping[str, int] = field(default_factory=dict)   # baselines table rows
+    sent_values: Mapping[str, Scalar] = field(default_factory=dict)  # last values sampled
+    last_sample_mono: float | None = None
+    online: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    """The outcome of one poll of one device: records to store, baseline rows to write
+    with them, and the state to adopt once they are stored."""
+
+    records: tuple[Record, ...]
+    baselines: Mapping[tuple[str, str], int]
+    next_state: DeviceState
+
+
+class DeviceDeriver:
+    """Turns successive readings of one device into records."""
+
+    def __init__(self, device: str, rules: Iterable[TagRule], *,
+                 persisted: Mapping[str, int] | None = None,
+                 heartbeat_s: float = 300.0) -> None:
+        self.device = device
+        self.rules = {r.name: r for r in rules}
+        self.heartbeat_s = heartbeat_s
+        known = {_key(r.role, r.name) for r in self.rules.values()}
+        # Rows of tags no longer in the map are dropped: a renamed counter starts afresh.
+        self.state = DeviceState(persisted={k: v for k, v in (persisted or {}).items()
+                                            if k in known})
+
+    def apply(self, derived: Derived) -> None:
+        """Adopt the state of a derivation whose records the buffer has stored."""
+        self.state = derived.next_state
+
+    # -- one poll ------------------------------------------------------------------------
+
+    def derive(self, readings: Iterable[TagReading], *, ts: int, mono: float) -> Derived:
+        """Records for one successful poll. ``ts`` is the cycle's wall clock (epoch ms),
+        ``mono`` the monotonic clock in seconds (heartbeats must not follow clock jumps).
+        Tags whose reading has an error derive nothing and keep their state."""
+        st = self.state
+        persisted = dict(st.persisted)
+        records: list[Record] = []
+        changed: dict[tuple[str, str], int] = {}
+        values: dict[str, Scalar] = {}
+
+        if st.online is not True:
+            records.append(self._record(ts, "link", {"online": True, "error": None}))
+
+        for reading in readings:
+            rule = self.rules.get(reading.name)
+            if rule is None or not reading.good or reading.value is None:
+                continue
+            value = reading.value
+            if rule.role == "counter":
+                self._counter(rule, value, ts, persisted, changed, records)
+            elif rule.role == "state":
+                self._state(rule, value, ts, persisted, changed, records)
+            elif rule.role == "alarm":
+                self._alarm(rule, value, ts, persisted, changed, records)
+            else:  # parameter, sample
+                values[rule.name] = value
+                if rule.limits is not None and isinstance(value, int | float) \
+                        and not isinstance(value, bool):
+                    self._limit(rule, float(value), ts, persisted, changed, records)
+
+        sent = dict(st.sent_values)
+        last_sample = st.last_sample_mono
+        if values:
+            heartbeat = last_sample is None or mono - last_sample >= self.heartbeat_s
+            moved = {k: v for k, v in values.items() if self._moved(k, v, sent.get(k))}
+            if heartbeat or moved:
+                body_values = dict(values) if heartbeat else moved
+                records.append(self._record(ts, "sample", {"values": body_values}))
+                sent.update(body_values)
+                if heartbeat:
+                    last_sample = mono
+
+        next_state = replace(st, persisted=persisted, sent_values=sent,
+                             last_sample_mono=last_sample, online=True)
+        return Derived(tuple(records), changed, next_state)
+
+    def offline(self, error: str, *, ts: int) -> Derived:
+        """The poll failed (timeout, refused, garbage): a ``link`` record on the transition."""
+        st = self.state
+        records: tuple[Record, ...] = ()
+        if st.online is not False:
+            records = (self._record(ts, "link", {"online": False, "error": error}),)
+        return Derived(records, {}, replace(st, online=False))
+
+    # -- per role ------------------------------------------------------------------------
+
+    def _counter(self, rule: TagRule, value: Scalar, ts: int, persisted: dict[str, int],
+                 changed: dict[tuple[str, str], int], records: list[Record]) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return  # validation refuses non-unsigned counters; a scaled value is not a count
+        key = _key("counter", rule.name)
+        before = persisted.get(key)
+        persisted[key] = value
+        if before is None:
+            changed[(self.device, key)] = value  # first sight: a baseline, no count
+            return
+        if value == before:
+            return
+        changed[(self.device, key)] = value
+        delta, reset = counter_delta(before, value, rule.max_raw)
+        records.append(self._record(ts, "count", {
+            "tag": rule.name, "counts": rule.counts or "total", "delta": delta,
+            "raw_before": before, "raw_after": value, "reset": reset}))
+
+    def _state(self, rule: TagRule, value: Scalar, ts: int, persisted: dict[str, int],
+               changed: dict[tuple[str, str], int], records: list[Record]) -> None:
+        code = _as_code(value)
+        if code is None:
+            return
+        key = _key("state", rule.name)
+        before = persisted.get(key)
+        if before == code:
+            return
+        persisted[key] = code
+        changed[(self.device, key)] = code
+        table = rule.states or {}
+        records.append(self._record(ts, "state", {
+            "state": _state_name(table, code),
+            "prev": None if before is None else _state_name(table, before),
+            "code": code}))
+
+    def _alarm(self, rule: TagRule, value: Scalar, ts: int, persisted: dict[str, int],
+               changed: dict[tuple[str, str], int], records: list[Record]) -> None:
+        code = _as_code(value)
+        if code is None:
+            return
+        key = _key("alarm", rule.name)
+        before = persisted.get(key, 0)
+        if before == code:
+            if key not in persisted:
+                persisted[key] = code
+                changed[(self.device, key)] = code
+            return
+        persisted[key] = code
+        changed[(self.device, key)] = code
+        table = rule.alarms or {}
+        if before:
+            records.append(self._record(ts, "alarm", {
+                "code": before, "text": _alarm_text(table, before), "active": False}))
+        if code:
+            records.append(self._record(ts, "alarm", {
+                "code": code, "text": _alarm_text(table, code), "active": True}))
+
+    def _limit(self, rule: TagRule, value: float, ts: int, persisted: dict[str, int],
+               changed: dict[tuple[str, str], int], records: list[Record]) -> None:
+        assert rule.limits is not None
+        lo, hi = rule.limits
+        key = _key("limit", rule.name)
+        active = bool(persisted.get(key, 0))
+        if not math.isfinite(value):
+            outside, inside = True, False
+        else:
+            outside = value < lo or value > hi
+            # Hysteresis: re-entering needs the deadband's margin, so a value sitting on
+            # the limit does not flap between breach and clear every poll.
+            inside = lo + rule.deadband <= value <= hi - rule.deadband
+        if not active and outside:
+            new = True
+        elif active and inside:
+            new = False
+        else:
+            return
+        persisted[key] = int(new)
+        changed[(self.device, key)] = int(new)
+        records.append(self._record(ts, "limit", {
+            "tag": rule.name, "value": value, "lo": lo, "hi": hi, "active": new}))
+
+    def _moved(self, tag: str, value: Scalar, before: Scalar | None) -> bool:
+        if before is None:
+            return True
+        rule = self.rules[tag]
+        if isinstance(value, bool) or isinstance(before, bool) \
+                or not isinstance(value, int | float) or not isinstance(before, int | float):
+            return value != before
+        if not (math.isfinite(value) and math.isfinite(before)):
+            return value != before
+        return abs(value - before) > rule.deadband if rule.deadband > 0 else value != before
+
+    def _record(self, ts: int, kind: str, body: dict[str, Any]) -> Record:
+        return Record(seq=0, ts=ts, device=self.device, kind=kind, body=body)
+
+
+def counter_delta(before: int, after: int, max_raw: int | None) -> tuple[int, bool]:
+    """``(delta, reset)`` for a counter that moved from ``before`` to ``after``.
+
+    Forward: the difference. Backward: a rollover when ``before`` is in the top quarter and
+    ``after`` in the bottom quarter of ``0..max_raw``; otherwise a reset, counted from zero.
+    """
+    if after >= before:
+        return after - before, False
+    if max_raw is not None:
+        quarter = (max_raw + 1) // 4
+        if before >= max_raw + 1 - quarter and after < quarter:
+            return max_raw - before + after + 1, False
+    return after, True
+
+
+def _as_code(value: Scalar) -> int | None:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _state_name(table: Mapping[int, str], code: int) -> str:
+    return table.get(code, f"unknown({code})")
+
+
+def _alarm_text(table: Mapping[int, str], code: int) -> str:
+    return table.get(code, f"unknown alarm {code}")
