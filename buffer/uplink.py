@@ -1,0 +1,806 @@
+"""Uplinks: how stored records leave the gateway (HTTP or MQTT), and the drain loop.
+
+Errors (translated where httpx and paho enter our code)::
+
+    UplinkError                 root; ``kind`` names it in stats
+    ├── UplinkAuthError         401/403, bad MQTT credentials, unreadable token file:
+    │                           the Forwarder stops until ``resume()``; never spins
+    ├── UplinkTooLarge          413: the Forwarder halves the batch
+    ├── UplinkUnavailable       5xx, 408/429, network errors, timeouts, broker gone: retry
+    └── UplinkRejected          another 4xx or an answer we cannot read: retry with backoff,
+                                logged as a bug (records are never dropped)
+
+An ``Uplink`` hands a batch to the far side and tells what the *cloud* has durably stored
+(``acked_through``: the highest seq stored with all lower ones). The ``Forwarder`` is the
+only retry loop: it takes batches from the Outbox oldest first, sends them, deletes what the
+cloud acknowledged (never more than it sent), and after any error forgets its position and
+starts again from the oldest unacked record (STYLE.md: "the buffer works in transactions").
+
+Why MQTT does not ack the Outbox on PUBACK: a PUBACK only says the broker has the message in
+memory. Mosquitto writes its persistence file at intervals, so a ``kill -9`` of the broker
+loses messages it already PUBACKed. The cloud's ``mqtt-ingest`` therefore publishes
+``{"acked_through": N}`` (retained, QoS 1) on ``plantsync/v1/<gateway>/acks`` after its
+database commit, and the gateway acks its Outbox from that, as with HTTP. The PUBACK still
+paces the in-flight window, and every reconnect republishes everything unacked.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+import random
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar, Literal, Protocol, Self
+from urllib.parse import urlsplit
+
+import httpx
+import msgpack
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from buffer.records import encode_batch_raw
+
+log = structlog.get_logger(__name__)
+
+ForwarderState = Literal["idle", "draining", "backing_off", "auth_failed"]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class UplinkError(Exception):
+    """Root of the uplink errors. ``kind`` is the key in ``ForwarderStats.errors``."""
+
+    kind: ClassVar[str] = "error"
+
+
+class UplinkAuthError(UplinkError):
+    """The cloud or broker refused our credentials (or the token file cannot be read).
+    Retrying cannot help until the token changes."""
+
+    kind = "auth"
+
+
+class UplinkTooLarge(UplinkError):
+    """The far side refused the batch as too large (HTTP 413). Send fewer records."""
+
+    kind = "too_large"
+
+
+class UplinkUnavailable(UplinkError):
+    """The far side is not reachable or not answering now (5xx, network, timeout). Retry."""
+
+    kind = "unavailable"
+
+
+class UplinkRejected(UplinkError):
+    """The far side answered something we did not expect (another 4xx, an unreadable
+    answer, an acknowledgement that does not move). A bug somewhere: retried with backoff."""
+
+    kind = "rejected"
+
+
+# --------------------------------------------------------------------------- interface
+
+
+class Uplink(abc.ABC):
+    """One way to the cloud. Long-lived: use as an async context manager.
+
+    The caller (``Forwarder``) owns retries; an uplink performs one attempt per call and
+    raises an ``UplinkError`` subclass on failure, never returns a failure value.
+    """
+
+    #: How many batches may be handed over but not yet confirmed by the cloud.
+    max_in_flight: int = 1
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Prepare the connection and read credentials. Does not fail when the cloud is
+        unreachable (the gateway must start offline); raises UplinkAuthError when the token
+        file cannot be read."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the connection. Idempotent."""
+
+    @abc.abstractmethod
+    async def send(self, payload: bytes, *, last_seq: int) -> int:
+        """Hand one wire batch (``buffer.records`` encoding) whose highest seq is ``last_seq``
+        to the far side, once. Returns the ``acked_through`` known after the hand-over: the
+        highest seq the cloud has durably stored with all lower ones (0 when unknown). It may
+        be below ``last_seq`` (the cloud confirms later, see ``confirmed``) or above it.
+        Sending the same batch again is harmless: the cloud dedupes on (gateway, seq).
+        Raises UplinkAuthError, UplinkTooLarge, UplinkUnavailable, UplinkRejected."""
+
+    async def confirmed(self, seq: int) -> int:
+        """Wait until the cloud confirmed everything through ``seq`` and return the
+        ``acked_through`` then known (below ``seq`` when the uplink has no more to wait for).
+        Raises UplinkUnavailable when the connection is lost or nothing is confirmed for too
+        long (the Forwarder then resends from the oldest unacked record).
+        Synchronous uplinks (HTTP) answer at once with what the last ``send`` returned."""
+        return self.last_acked_through
+
+    #: The cloud's acked_through as last heard (0 when unknown).
+    last_acked_through: int = 0
+
+    async def reload(self) -> None:
+        """Re-read credentials (token file) after an operator changed them; the Forwarder
+        calls this on ``resume()``. Raises UplinkAuthError when the file is unreadable."""
+        return None
+
+
+def _read_token(token_file: Path) -> str:
+    try:
+        token = token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UplinkAuthError(f"{token_file}: cannot read the gateway token ({exc.strerror}); "
+                              "write the token from `plantsync-cloud admin create-gateway` "
+                              "there and reload") from exc
+    if not token:
+        raise UplinkAuthError(f"{token_file}: the token file is empty; write the token from "
+                              "`plantsync-cloud admin create-gateway` there and reload")
+    return token
+
+
+def _parse_acked_through(value: Any, where: str) -> int:
+    if isinstance(value, dict):
+        value = value.get("acked_through")
+    if type(value) is not int or value < 0:
+        raise UplinkRejected(f"{where}: answer has no acked_through integer >= 0 "
+                             f"(got {value!r})")
+    return value
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+class HttpUplink(Uplink):
+    """``POST {url}/api/v1/ingest`` with the msgpack batch and the gateway's bearer token.
+
+    One keep-alive ``httpx.AsyncClient``; the token is read from ``token_file`` at ``open``
+    and on ``reload`` and never logged. Every request carries ``X-Plantsync-Sent-At`` (the
+    gateway clock, epoch ms) so the cloud can measure clock skew.
+    """
+
+    max_in_flight = 1
+
+    def __init__(self, url: str, *, token_file: str | Path, connect_timeout: float = 5.0,
+                 read_timeout: float = 30.0, verify: bool | ssl.SSLContext = True,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"cloud.url: {url!r} is not an http(s) URL "
+                             "(e.g. https://mes.example.com; resolve 'auto' first)")
+        self.url = url.rstrip("/")
+        self.ingest_url = f"{self.url}/api/v1/ingest"
+        self.token_file = Path(token_file)
+        self._timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout,
+                                      write=read_timeout, pool=connect_timeout)
+        self._verify = verify
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._token: str | None = None
+        self.last_acked_through = 0
+
+    async def open(self) -> None:
+        self._client = httpx.AsyncClient(timeout=self._timeout, verify=self._verify,
+                                         transport=self._transport,
+                                         limits=httpx.Limits(max_keepalive_connections=2))
+        self._token = _read_token(self.token_file)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def reload(self) -> None:
+        self._token = _read_token(self.token_file)
+
+    async def send(self, payload: bytes, *, last_seq: int) -> int:
+        if self._client is None:
+            raise RuntimeError("HttpUplink.send outside `async with`")
+        if self._token is None:
+            self._token = _read_token(self.token_file)
+        headers = {
+            "Authorization": f"Bearer {self._token}",
+            "Content-Type": "application/msgpack",
+            "Accept": "application/msgpack, application/json;q=0.9",
+            "X-Plantsync-Sent-At": str(time.time_ns() // 1_000_000),
+        }
+        try:
+            resp = await self._client.post(self.ingest_url, content=payload, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise UplinkUnavailable(f"{self.ingest_url}: {type(exc).__name__} "
+                                    f"(no answer within the timeout)") from exc
+        except httpx.TransportError as exc:
+            raise UplinkUnavailable(f"{self.ingest_url}: {type(exc).__name__}: {exc}") from exc
+        status = resp.status_code
+        detail = resp.text[:200].replace("\n", " ")
+        if status in (401, 403):
+            raise UplinkAuthError(f"{self.ingest_url}: HTTP {status}: the cloud refused the "
+                                  f"token in {self.token_file} ({detail}); put a valid token "
+                                  "there and reload")
+        if status == 413:
+            raise UplinkTooLarge(f"{self.ingest_url}: HTTP 413: batch of {len(payload)} bytes "
+                                 "is too large")
+        if status >= 500 or status in (408, 429):
+            raise UplinkUnavailable(f"{self.ingest_url}: HTTP {status} ({detail})")
+        if status != 200:
+            raise UplinkRejected(f"{self.ingest_url}: HTTP {status} ({detail})")
+        try:
+            if resp.headers.get("content-type", "").startswith("application/msgpack"):
+                answer = msgpack.unpackb(resp.content, raw=False)
+            else:
+                answer = json.loads(resp.content)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise UplinkRejected(f"{self.ingest_url}: unreadable answer ({exc})") from exc
+        acked = _parse_acked_through(answer, self.ingest_url)
+        self.last_acked_through = acked
+        return acked
+
+
+# --------------------------------------------------------------------------- MQTT
+
+# MQTT 3.1.1 CONNACK 4/5, MQTT 5 0x86/0x87/0x8C: credentials refused.
+_AUTH_CODES = frozenset({4, 5, 0x86, 0x87, 0x8C})
+
+
+def records_topic(gateway: str) -> str:
+    return f"plantsync/v1/{gateway}/records"
+
+
+def acks_topic(gateway: str) -> str:
+    return f"plantsync/v1/{gateway}/acks"
+
+
+def _check_topic_level(gateway: str) -> None:
+    if not gateway or any(c in gateway for c in "/+#\0$"):
+        raise ValueError(f"gateway.id: {gateway!r} cannot be an MQTT topic level "
+                         "(no '/', '+', '#', '$'; e.g. gw-hall1)")
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` -> (host, port, tls)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"mqtt.url: {url!r} is not a broker URL (e.g. mqtt://broker:1883 "
+                         "or mqtts://broker:8883)")
+    tls = parts.scheme == "mqtts"
+    return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
+@dataclass
+class _AckWaiter:
+    seq: int
+    future: asyncio.Future[int]
+
+
+class MqttUplink(Uplink):
+    """Publishes batches QoS 1 to ``plantsync/v1/<gateway>/records`` with a persistent session
+    (fixed client id ``plantsync-gw-<gateway>``, clean_session False) and reads the cloud's
+    confirmations from ``plantsync/v1/<gateway>/acks``. Username = gateway id, password =
+    the token from ``token_file`` (anonymous when None).
+
+    paho runs its network loop in its own thread (``loop_start``); its callbacks only hand
+    events to the asyncio loop with ``call_soon_threadsafe``.
+    """
+
+    def __init__(self, broker_url: str, *, gateway: str, token_file: str | Path | None = None,
+                 max_in_flight: int = 8, connect_timeout: float = 10.0,
+                 puback_timeout: float = 30.0, confirm_timeout: float = 120.0,
+                 keepalive: int = 30, client_id: str | None = None,
+                 tls_context: ssl.SSLContext | None = None) -> None:
+        _check_topic_level(gateway)
+        self.host, self.port, self._tls = parse_broker_url(broker_url)
+        self.broker_url = broker_url
+        self.gateway = gateway
+        self.topic = records_topic(gateway)
+        self.acks_topic = acks_topic(gateway)
+        self.token_file = Path(token_file) if token_file is not None else None
+        self.max_in_flight = max_in_flight
+        self.client_id = client_id or f"plantsync-gw-{gateway}"
+        self._connect_timeout = connect_timeout
+        self._puback_timeout = puback_timeout
+        self._confirm_timeout = confirm_timeout
+        self._keepalive = keepalive
+        self._tls_context = tls_context
+        self._client: mqtt.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected = asyncio.Event()
+        self._auth_error: str | None = None
+        self._pubacks: dict[int, asyncio.Future[None]] = {}
+        self._waiters: list[_AckWaiter] = []
+        self._lock = threading.Lock()
+        self.last_acked_through = 0
+
+    # -- lifecycle
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             clean_session=False, protocol=mqtt.MQTTv311)
+        if self._tls:
+            client.tls_set_context(self._tls_context or ssl.create_default_context())
+        # Our window is smaller; paho's own limit must not hold messages back.
+        client.max_inflight_messages_set(max(20, self.max_in_flight * 2))
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        self._client = client
+        self._set_credentials()
+        self._start()
+
+    def _set_credentials(self) -> None:
+        assert self._client is not None
+        if self.token_file is not None:
+            self._client.username_pw_set(self.gateway, _read_token(self.token_file))
+
+    def _start(self) -> None:
+        assert self._client is not None
+        self._auth_error = None
+        self._client.connect_async(self.host, self.port, keepalive=self._keepalive)
+        self._client.loop_start()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        client.disconnect()
+        # loop_stop joins the network thread; keep the event loop free meanwhile.
+        await asyncio.to_thread(client.loop_stop)
+        self._lost("closed")
+
+    async def reload(self) -> None:
+        if self._client is None:
+            return
+        client = self._client
+        client.disconnect()
+        await asyncio.to_thread(client.loop_stop)
+        self._lost("reloading credentials")
+        self._set_credentials()
+        self._start()
+
+    # -- paho callbacks (network thread): hand over to asyncio, nothing else
+
+    def _post(self, fn: Any, *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # loop closing during shutdown
+                pass
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                    reason_code: ReasonCode, properties: Any) -> None:
+        if not reason_code.is_failure:
+            client.subscribe(self.acks_topic, qos=1)
+        self._post(self._connected_cb, int(reason_code.value), str(reason_code))
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                       reason_code: ReasonCode, properties: Any) -> None:
+        self._post(self._lost, f"disconnected ({reason_code})")
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int,
+                    reason_code: ReasonCode, properties: Any) -> None:
+        self._post(self._puback_cb, mid)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any,
+                    message: mqtt.MQTTMessage) -> None:
+        self._post(self._cloud_ack_cb, bytes(message.payload))
+
+    # -- the same events on the asyncio loop
+
+    def _connected_cb(self, code: int, text: str) -> None:
+        if code == 0:
+            self._auth_error = None
+            self._connected.set()
+            log.info("mqtt_connected", broker=self.broker_url, client_id=self.client_id)
+            return
+        if code in _AUTH_CODES:
+            self._auth_error = (f"{self.broker_url}: the broker refused user {self.gateway!r} "
+                                f"({text}); put a valid token in {self.token_file} and reload")
+            # Stop paho's reconnect loop: retrying with the same credentials cannot help.
+            if self._client is not None:
+                self._client.disconnect()
+        self._lost(f"connect refused ({text})")
+
+    def _lost(self, why: str) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        # Forget the cached position: the retained ack after reconnecting tells it again.
+        self.last_acked_through = 0
+        exc = UplinkUnavailable(f"{self.broker_url}: {why}")
+        for fut in self._pubacks.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._pubacks.clear()
+        for w in self._waiters:
+            if not w.future.done():
+                w.future.set_exception(exc)
+        self._waiters.clear()
+        if was:
+            log.warning("mqtt_connection_lost", broker=self.broker_url, why=why)
+
+    def _puback_cb(self, mid: int) -> None:
+        fut = self._pubacks.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _cloud_ack_cb(self, payload: bytes) -> None:
+        try:
+            try:
+                doc = msgpack.unpackb(payload, raw=False)
+            except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+                doc = json.loads(payload)
+            acked = _parse_acked_through(doc, self.acks_topic)
+        except (UplinkRejected, ValueError) as exc:
+            log.warning("mqtt_bad_ack", topic=self.acks_topic, error=str(exc))
+            return
+        # Acks from several ingest consumers may cross; the position only moves forward.
+        self.last_acked_through = max(self.last_acked_through, acked)
+        keep = []
+        for w in self._waiters:
+            if w.seq <= self.last_acked_through:
+                if not w.future.done():
+                    w.future.set_result(self.last_acked_through)
+            else:
+                keep.append(w)
+        self._waiters = keep
+
+    # -- the interface
+
+    async def _wait_connected(self) -> None:
+        if self._client is None:
+            raise RuntimeError("MqttUplink.send outside `async with`")
+        if self._auth_error:
+            raise UplinkAuthError(self._auth_error)
+        if self._connected.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._connected.wait(), self._connect_timeout)
+        except TimeoutError:
+            if self._auth_error:
+                raise UplinkAuthError(self._auth_error) from None
+            raise UplinkUnavailable(f"{self.broker_url}: not connected after "
+                                    f"{self._connect_timeout:g} s") from None
+
+    async def send(self, payload: bytes, *, last_seq: int) -> int:
+        await self._wait_connected()
+        assert self._client is not None and self._loop is not None
+        info = self._client.publish(self.topic, payload, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise UplinkUnavailable(f"{self.broker_url}: publish failed "
+                                    f"({mqtt.error_string(info.rc)})")
+        # No await between publish and registering: the PUBACK callback runs on this loop
+        # only after we yield, so it always finds the future.
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._pubacks[info.mid] = fut
+        try:
+            await asyncio.wait_for(fut, self._puback_timeout)
+        except TimeoutError:
+            raise UplinkUnavailable(f"{self.broker_url}: no PUBACK within "
+                                    f"{self._puback_timeout:g} s") from None
+        finally:
+            if self._pubacks.get(info.mid) is fut:
+                del self._pubacks[info.mid]
+        return self.last_acked_through
+
+    async def confirmed(self, seq: int) -> int:
+        if self.last_acked_through >= seq:
+            return self.last_acked_through
+        await self._wait_connected()
+        assert self._loop is not None
+        waiter = _AckWaiter(seq, self._loop.create_future())
+        self._waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(waiter.future, self._confirm_timeout)
+        except TimeoutError:
+            raise UplinkUnavailable(f"{self.acks_topic}: the cloud confirmed nothing through "
+                                    f"seq {seq} within {self._confirm_timeout:g} s "
+                                    "(is plantsync-cloud mqtt-ingest running?)") from None
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
+# --------------------------------------------------------------------------- drain loop
+
+
+class StoredRowLike(Protocol):
+    @property
+    def seq(self) -> int: ...
+    @property
+    def ts(self) -> int: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
+
+
+class DrainSource(Protocol):
+    """What the Forwarder needs of the Outbox (buffer/store.py contract)."""
+
+    async def peek(self, *, after_seq: int = ..., max_records: int = ...,
+                   max_bytes: int = ...) -> Sequence[Any]: ...
+
+    async def ack_through(self, seq: int) -> Any: ...
+
+
+def backoff_delay(failures: int, *, base: float, cap: float, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**(failures-1))]."""
+    exp = min(cap, base * (2 ** min(max(failures - 1, 0), 32)))
+    return rng.uniform(0.0, exp)
+
+
+@dataclass
+class ForwarderStats:
+    """A snapshot for the status page. Times: ``*_at`` are wall-clock epoch seconds for
+    display; durations come from the monotonic clock."""
+
+    state: ForwarderState = "idle"
+    last_ack_seq: int | None = None
+    last_ack_at: float | None = None
+    records_acked: int = 0
+    batches_sent: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    retry_in_s: float | None = None
+    batch_records: int = 0
+    in_flight: int = 0
+
+
+class _Restart(Exception):
+    """Internal: the cloud took part of what we sent; start again from the oldest."""
+
+
+class Forwarder:
+    """Drains an Outbox through an Uplink; the one task the daemon runs for sync.
+
+    ``run()`` loops until cancelled: send batches (at most ``max_records`` and ``max_bytes``)
+    oldest first, keep up to ``uplink.max_in_flight`` unconfirmed, ack the Outbox through
+    what the cloud acknowledged (clamped to what was sent), and on errors back off with
+    exponential backoff and full jitter (``backoff_base`` doubling to ``backoff_cap``
+    seconds, on the event loop's monotonic clock). After any error the position is
+    forgotten and the next pass starts from the oldest unacked record, which is also where
+    a restarted gateway starts. 413 halves the batch; 401/403 stop until ``resume()``.
+    """
+
+    def __init__(self, outbox: DrainSource, uplink: Uplink, *, gateway: str,
+                 max_records: int = 1000, max_bytes: int = 1 << 20,
+                 backoff_base: float = 0.5, backoff_cap: float = 60.0,
+                 idle_interval: float = 1.0, rng: random.Random | None = None) -> None:
+        if max_records < 1 or max_bytes < 1:
+            raise ValueError("max_records and max_bytes must be >= 1")
+        self.outbox = outbox
+        self.uplink = uplink
+        self.gateway = gateway
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.idle_interval = idle_interval
+        self._rng = rng or random.Random()
+        self._limit = max_records
+        self._ok_at_limit = 0
+        self._halved = False
+        self._state: ForwarderState = "idle"
+        self._stats = ForwarderStats(batch_records=max_records)
+        self._wake = asyncio.Event()
+        self._resume = asyncio.Event()
+        self._retry_at: float | None = None
+        self._in_flight: deque[int] = deque()
+
+    # -- control
+
+    def notify(self) -> None:
+        """New records were appended: an idle Forwarder drains now instead of at its next
+        poll. Cheap; call after every append."""
+        self._wake.set()
+
+    def resume(self) -> None:
+        """After an auth failure (new token, config reload): re-read credentials and retry.
+        Harmless in other states."""
+        self._resume.set()
+        self._wake.set()
+
+    @property
+    def state(self) -> ForwarderState:
+        return self._state
+
+    def stats(self) -> ForwarderStats:
+        """A copy of the current figures (see ForwarderStats)."""
+        s = self._stats
+        retry_in = None
+        if self._retry_at is not None and self._state == "backing_off":
+            retry_in = max(0.0, self._retry_at - time.monotonic())
+        return ForwarderStats(
+            state=self._state, last_ack_seq=s.last_ack_seq, last_ack_at=s.last_ack_at,
+            records_acked=s.records_acked, batches_sent=s.batches_sent,
+            errors=dict(s.errors), consecutive_failures=s.consecutive_failures,
+            last_error=s.last_error, retry_in_s=retry_in, batch_records=self._limit,
+            in_flight=len(self._in_flight))
+
+    # -- the loop
+
+    async def run(self) -> None:
+        """Drain forever; returns only by cancellation. Never raises for sync faults."""
+        while True:
+            if self._state == "auth_failed":
+                await self._resume.wait()
+                self._resume.clear()
+                try:
+                    await self.uplink.reload()
+                except UplinkError as exc:
+                    self._failed(exc)
+                    continue
+                log.info("uplink_resumed", gateway=self.gateway)
+                self._state = "draining"
+            self._wake.clear()
+            try:
+                await self.drain()
+            except UplinkAuthError as exc:
+                self._failed(exc)
+                self._state = "auth_failed"
+                continue
+            except UplinkTooLarge as exc:
+                self._failed(exc)
+                if self._halved:
+                    continue  # halved: try the smaller batch at once
+                await self._back_off()
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # UplinkError, or the Outbox failing: never end the loop
+                self._failed(exc)
+                await self._back_off()
+                continue
+            self._state = "idle"
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.idle_interval)
+            except TimeoutError:
+                pass
+
+    async def drain(self) -> int:
+        """One pass: send until the Outbox is empty and everything sent is confirmed.
+        Returns the highest seq acked (0 when nothing was). Raises UplinkError (or the
+        Outbox's error) on the first failure, after forgetting the position; no retries
+        here — ``run`` retries."""
+        acked_max = 0
+        while True:
+            try:
+                acked_max = max(acked_max, await self._pass())
+                return acked_max
+            except _Restart:
+                continue
+
+    async def _pass(self) -> int:
+        self._state = "draining"
+        self._in_flight.clear()
+        window = max(1, self.uplink.max_in_flight)
+        after: int | None = None
+        pass_start: int | None = None
+        acked_in_pass = 0
+        more = True
+        try:
+            while True:
+                if self._in_flight and (len(self._in_flight) >= window or not more):
+                    oldest = self._in_flight[0]
+                    acked = await self.uplink.confirmed(oldest)
+                    acked_in_pass = max(acked_in_pass, await self._ack(acked, after or 0))
+                    while self._in_flight and self._in_flight[0] <= acked:
+                        self._in_flight.popleft()
+                    if self._in_flight and self._in_flight[0] == oldest:
+                        # The cloud took less than it was given.
+                        if pass_start is not None and acked_in_pass >= pass_start:
+                            raise _Restart
+                        raise UplinkRejected(
+                            f"the cloud acknowledged through {acked} after being sent "
+                            f"{pass_start}..{oldest}; will resend")
+                    continue
+                if not more:
+                    self._note_success()
+                    return acked_in_pass
+                kw: dict[str, int] = {"max_records": self._limit, "max_bytes": self.max_bytes}
+                if after is not None:
+                    kw["after_seq"] = after
+                rows = await self.outbox.peek(**kw)
+                if not rows:
+                    more = False
+                    continue
+                if pass_start is None:
+                    pass_start = rows[0].seq
+                last = rows[-1].seq
+                payload = encode_batch_raw(
+                    self.gateway, ((r.seq, r.ts, r.device, r.kind, r.body) for r in rows))
+                try:
+                    acked = await self.uplink.send(payload, last_seq=last)
+                except UplinkTooLarge:
+                    self._halved = len(rows) > 1
+                    self._limit = max(1, len(rows) // 2)
+                    self._ok_at_limit = 0
+                    raise
+                self._stats.batches_sent += 1
+                self._in_flight.append(last)
+                after = last
+                acked_in_pass = max(acked_in_pass, await self._ack(acked, last))
+                while self._in_flight and self._in_flight[0] <= acked:
+                    self._in_flight.popleft()
+                self._grow_limit()
+        finally:
+            self._in_flight.clear()
+
+    async def _ack(self, acked: int, sent_through: int) -> int:
+        """Ack the Outbox through what the cloud acknowledged, never past what was sent."""
+        through = min(acked, sent_through)
+        if through > (self._stats.last_ack_seq or 0):
+            await self.outbox.ack_through(through)
+            prev = self._stats.last_ack_seq
+            self._stats.last_ack_seq = through
+            self._stats.last_ack_at = time.time()
+            if prev is not None:
+                self._stats.records_acked += through - prev
+        return through
+
+    def _grow_limit(self) -> None:
+        if self._limit >= self.max_records:
+            return
+        self._ok_at_limit += 1
+        if self._ok_at_limit >= 32:  # the 413 may have been one odd batch: probe upwards
+            self._limit = min(self.max_records, self._limit * 2)
+            self._ok_at_limit = 0
+
+    def _note_success(self) -> None:
+        s = self._stats
+        if s.consecutive_failures:
+            log.info("uplink_recovered", gateway=self.gateway, after_failures=s.consecutive_failures)
+        s.consecutive_failures = 0
+        self._retry_at = None
+
+    def _failed(self, exc: BaseException) -> None:
+        s = self._stats
+        kind = exc.kind if isinstance(exc, UplinkError) else "buffer"
+        s.errors[kind] = s.errors.get(kind, 0) + 1
+        s.consecutive_failures += 1
+        s.last_error = str(exc) or type(exc).__name__
+        if isinstance(exc, UplinkAuthError):
+            log.error("uplink_auth_failed", gateway=self.gateway, error=s.last_error,
+                      action="stopped until the token is replaced and the config reloaded")
+        elif isinstance(exc, UplinkTooLarge):
+            log.warning("uplink_batch_too_large", gateway=self.gateway, error=s.last_error,
+                        next_batch_records=self._limit)
+        elif s.consecutive_failures == 1:
+            log.error("uplink_failed", gateway=self.gateway, kind=kind, error=s.last_error)
+        else:
+            # Count repeats instead of flooding the journal.
+            log.debug("uplink_failed_again", gateway=self.gateway, kind=kind,
+                      failures=s.consecutive_failures)
+
+    async def _back_off(self) -> None:
+        self._state = "backing_off"
+        delay = backoff_delay(self._stats.consecutive_failures, base=self.backoff_base,
+                              cap=self.backoff_cap, rng=self._rng)
+        self._retry_at = time.monotonic() + delay
+        await asyncio.sleep(delay)
+        self._retry_at = None
