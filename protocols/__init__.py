@@ -3,6 +3,8 @@
 Depends on nothing else of plantsync.
 """
 
+from protocols.address import check_fits, parse_address, tag_extent
+from protocols.codec import decode, encode, plausible_orders
 from protocols.driver import Driver, Endpoint, make_driver
 from protocols.errors import (
     AddressError,
@@ -28,6 +30,8 @@ from protocols.model import (
     TagReading,
     TagSpec,
 )
+from protocols.plan import plan_reads, split_span
+from protocols.read import read_plan
 
 __all__ = [
     "Address",
@@ -52,5 +56,14 @@ __all__ = [
     "Span",
     "TagReading",
     "TagSpec",
+    "check_fits",
+    "decode",
+    "encode",
     "make_driver",
+    "parse_address",
+    "plan_reads",
+    "plausible_orders",
+    "read_plan",
+    "split_span",
+    "tag_extent",
 ]
