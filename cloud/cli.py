@@ -1,18 +1,164 @@
-"""``plantsync-cloud``: serve, migrate, admin, mqtt-ingest."""
+"""``plantsync-cloud``: serve, migrate, admin.
+
+Database: ``--db URL`` (or a SQLite file path), else $PLANTSYNC_CLOUD_DB, else
+``./plantsync-cloud.db``. ``migrate`` is explicit: ``serve`` and ``admin`` refuse a
+database that is not at this version's schema and say to run ``migrate`` -- except the
+default SQLite file (no --db, no $PLANTSYNC_CLOUD_DB), which they migrate themselves so a
+newcomer's ``plantsync-cloud serve`` just works. A named database (production, systemd
+runs ``migrate`` in ExecStartPre) is never changed behind the operator's back.
+
+Logs go to stderr; stdout carries only results (the token is alone on the last line).
+Errors: one clear line on stderr, exit 1.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import logging
 import sys
-from importlib.metadata import version
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import structlog
+
+from cloud.errors import CloudError
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] in (["--version"], []):
-        print(f"plantsync-cloud {version('plantsync')}")
-        return 0
-    print(f"plantsync-cloud: unknown command {args[0]!r}", file=sys.stderr)
-    return 2
+def _version() -> str:
+    try:
+        return version("plantsync")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="plantsync-cloud",
+                                description="The plantsync cloud service.")
+    p.add_argument("--version", action="version", version=f"plantsync-cloud {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    db_help = ("database URL (sqlite+aiosqlite:///FILE, postgresql+asyncpg://USER@HOST/DB) or "
+               "a SQLite file; default $PLANTSYNC_CLOUD_DB, else ./plantsync-cloud.db")
+
+    s = sub.add_parser("serve", help="run the HTTP service")
+    s.add_argument("--db", help=db_help)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    s.add_argument("--max-body-mb", type=float, default=8.0,
+                   help="largest ingest body accepted, MiB (default 8); larger gets 413")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    m = sub.add_parser("migrate", help="create or upgrade the database schema")
+    m.add_argument("--db", help=db_help)
+
+    a = sub.add_parser("admin", help="gateways and tokens")
+    asub = a.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    c = asub.add_parser("create-gateway",
+                        help="create a gateway; prints its token once, on the last line")
+    c.add_argument("gateway_id", metavar="ID")
+    c.add_argument("--rotate", action="store_true",
+                   help="give an existing gateway a new token (the old one stops working)")
+    c.add_argument("--db", help=db_help)
+    r = asub.add_parser("revoke-gateway", help="revoke a gateway's token (records stay)")
+    r.add_argument("gateway_id", metavar="ID")
+    r.add_argument("--db", help=db_help)
+    return p
+
+
+def configure_logging(level: str = "info") -> None:
+    """structlog and the stdlib (uvicorn, alembic) both to stderr."""
+    lvl = getattr(logging, level.upper())
+    logging.basicConfig(stream=sys.stderr, level=lvl,
+                        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.dev.ConsoleRenderer(colors=False)],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+async def _prepare(db_arg: str | None) -> str:
+    """Resolve the URL and make sure the schema is current (see module docstring)."""
+    from cloud.db import resolve_url
+    from cloud.migrate import check_current, upgrade
+
+    resolved = resolve_url(db_arg)
+    if resolved.is_default:
+        await upgrade(resolved.url)
+    else:
+        await check_current(resolved.url)
+    return resolved.url
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cloud.app import create_app
+
+    url = asyncio.run(_prepare(args.db))
+    # The zeroconf advertiser (_plantsync._tcp.local.) plugs in here as a lifespan hook:
+    # a callable(app) -> async context manager, entered after start-up.
+    hooks: list[Any] = []
+    app = create_app(url, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+                     lifespan_hooks=hooks)
+    structlog.get_logger(__name__).info("serving", host=args.host, port=args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None,
+                log_level=args.log_level, access_log=args.log_level == "debug")
+    return 0
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    from cloud.db import resolve_url
+    from cloud.migrate import head_revision, upgrade
+
+    url = resolve_url(args.db).url
+    before = await upgrade(url)
+    head = head_revision()
+    print(f"database at revision {head}" + ("" if before == head else
+                                           f" (was {before or 'empty'})"))
+    return 0
+
+
+async def _admin(args: argparse.Namespace) -> int:
+    from cloud.admin import check_gateway_id, create_gateway, revoke_gateway
+    from cloud.db import Database
+
+    check_gateway_id(args.gateway_id)
+    url = await _prepare(args.db)
+    async with Database(url) as db:
+        if args.admin_command == "create-gateway":
+            token = await create_gateway(db, args.gateway_id, rotate=args.rotate)
+            verb = "new token for" if args.rotate else "created"
+            print(f"{verb} gateway {args.gateway_id}; its token follows, shown only this "
+                  "once (put it in the gateway's token_file):")
+            print(token)
+        else:
+            when = await revoke_gateway(db, args.gateway_id)
+            print(f"gateway {args.gateway_id} revoked at {when.isoformat(timespec='seconds')}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(getattr(args, "log_level", "warning" if args.command == "admin"
+                              else "info"))
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "migrate":
+            return asyncio.run(_migrate(args))
+        return asyncio.run(_admin(args))
+    except CloudError as exc:
+        print(f"plantsync-cloud: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a database file in a missing or read-only directory, ...
+        print(f"plantsync-cloud: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

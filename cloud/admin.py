@@ -1,0 +1,69 @@
+"""Admin actions on gateways (the CLI's ``admin`` commands), usable from tests too."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Final
+
+import structlog
+from sqlalchemy import select, update
+
+from cloud.auth import hash_token, new_token
+from cloud.db import Database
+from cloud.errors import AdminError, GatewayExists, UnknownGateway
+from cloud.models import Gateway, gateways
+
+log = structlog.get_logger(__name__)
+
+GATEWAY_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_gateway_id(gateway_id: str) -> None:
+    if not GATEWAY_ID.match(gateway_id):
+        raise AdminError(f"gateway id {gateway_id!r} is not valid: 1-64 characters, letters, "
+                         "digits, '.', '_' or '-', starting with a letter or digit "
+                         "(e.g. gw-hall1)")
+
+
+async def create_gateway(db: Database, gateway_id: str, *, rotate: bool = False) -> str:
+    """Create ``gateway_id`` and return its token (the only time it exists in clear).
+    With ``rotate``, an existing gateway gets a new token (the old one stops working,
+    a revoked gateway is re-enabled). Raises GatewayExists, UnknownGateway, AdminError."""
+    check_gateway_id(gateway_id)
+    token = new_token()
+    now = datetime.now(UTC)
+    async with db.sessions() as session, session.begin():
+        existing = (await session.execute(
+            select(gateways.c.id).where(gateways.c.id == gateway_id))).first()
+        if existing is not None and not rotate:
+            raise GatewayExists(f"gateway {gateway_id!r} already exists; use --rotate to "
+                                "give it a new token (the old one stops working)")
+        if existing is None and rotate:
+            raise UnknownGateway(f"no gateway {gateway_id!r} to rotate; create it without "
+                                 "--rotate")
+        if existing is None:
+            session.add(Gateway(id=gateway_id, token_hash=hash_token(token), created=now,
+                                last_seq=0))
+        else:
+            await session.execute(update(gateways).where(gateways.c.id == gateway_id)
+                                  .values(token_hash=hash_token(token), revoked_at=None))
+    log.info("gateway_token_issued", gateway=gateway_id, rotated=rotate)
+    return token
+
+
+async def revoke_gateway(db: Database, gateway_id: str) -> datetime:
+    """Revoke the gateway's token (its records stay); returns when. Revoking twice keeps
+    the first time. Raises UnknownGateway."""
+    now = datetime.now(UTC)
+    async with db.sessions() as session, session.begin():
+        row = (await session.execute(
+            select(gateways.c.revoked_at).where(gateways.c.id == gateway_id))).first()
+        if row is None:
+            raise UnknownGateway(f"no gateway {gateway_id!r}")
+        if row.revoked_at is not None:
+            return row.revoked_at  # type: ignore[no-any-return]
+        await session.execute(update(gateways).where(gateways.c.id == gateway_id)
+                              .values(revoked_at=now))
+    log.info("gateway_revoked", gateway=gateway_id)
+    return now

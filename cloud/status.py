@@ -1,0 +1,162 @@
+"""What the cloud holds for a gateway: seq gaps and their explanations, counter sums
+and continuity. Read-only queries shared by the API and the ingest ack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cloud.models import gateways, records
+
+# A status page lists at most this many gap ranges (first ones); it says when it cut.
+MAX_GAPS: Final = 1000
+
+
+@dataclass(slots=True)
+class SeqGap:
+    """Seqs ``first_seq..last_seq`` (inclusive) the cloud does not hold."""
+
+    first_seq: int
+    last_seq: int
+    before_first_record: bool = False  # below the gateway's first stored record
+    explained_by: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"first_seq": self.first_seq, "last_seq": self.last_seq,
+                "missing": self.last_seq - self.first_seq + 1,
+                "before_first_record": self.before_first_record,
+                "explained": bool(self.explained_by), "explained_by": self.explained_by}
+
+
+async def seq_gaps(session: AsyncSession, gateway_id: str,
+                   limit: int = MAX_GAPS) -> tuple[list[SeqGap], bool]:
+    """Missing seq ranges in 1..(highest stored seq), oldest first, each with the
+    ``gap`` records that explain it; and whether the list was cut at ``limit``.
+
+    A gap record explains a missing range its ``first_seq..last_seq`` overlaps; one
+    without a range (e.g. a buffer file that had to be moved aside) explains the
+    missing range just before its own seq.
+    """
+    ordered = select(
+        records.c.seq,
+        func.lag(records.c.seq, 1, 0).over(order_by=records.c.seq).label("prev"),
+    ).where(records.c.gateway_id == gateway_id).subquery()
+    rows = (await session.execute(
+        select(ordered.c.prev, ordered.c.seq).where(ordered.c.seq - ordered.c.prev > 1)
+        .order_by(ordered.c.seq).limit(limit + 1)
+    )).all()
+    cut = len(rows) > limit
+    gaps = [SeqGap(int(r.prev) + 1, int(r.seq) - 1, before_first_record=r.prev == 0)
+            for r in rows[:limit]]
+    if not gaps:
+        return gaps, cut
+    gap_rows = (await session.execute(
+        select(records.c.seq, records.c.ts, records.c.device, records.c.body)
+        .where(records.c.gateway_id == gateway_id, records.c.kind == "gap")
+        .order_by(records.c.seq)
+    )).all()
+    for g in gap_rows:
+        body = g.body
+        info = {"seq": g.seq, "ts": g.ts, "device": g.device, **body}
+        first, last = body.get("first_seq"), body.get("last_seq")
+        if first is not None or last is not None:
+            first = first if first is not None else last
+            last = last if last is not None else first
+            for gap in gaps:
+                if gap.first_seq <= last and first <= gap.last_seq:
+                    gap.explained_by.append(info)
+        else:
+            before = [gap for gap in gaps if gap.last_seq < g.seq]
+            if before:
+                before[-1].explained_by.append(info)
+    return gaps, cut
+
+
+async def acked_frontier(session: AsyncSession, gateway_id: str, last_seq: int) -> int:
+    """The highest seq below which every missing seq is explained by a gap record or
+    lies below the gateway's first stored record (the answer to an empty batch)."""
+    gaps, _ = await seq_gaps(session, gateway_id)
+    for gap in gaps:
+        if not gap.before_first_record and not gap.explained_by:
+            return gap.first_seq - 1
+    return last_seq
+
+
+async def gateway_exists(session: AsyncSession, gateway_id: str) -> bool:
+    return (await session.execute(
+        select(gateways.c.id).where(gateways.c.id == gateway_id))).first() is not None
+
+
+async def gateway_status(session: AsyncSession, gateway_id: str) -> dict[str, Any] | None:
+    """The status document of ``GET /api/v1/gateways/{id}``; None for an unknown id."""
+    gw = (await session.execute(select(gateways).where(gateways.c.id == gateway_id))).first()
+    if gw is None:
+        return None
+    stored = (await session.execute(
+        select(func.count()).select_from(records).where(records.c.gateway_id == gateway_id)
+    )).scalar_one()
+    gaps, cut = await seq_gaps(session, gateway_id)
+    return {
+        "id": gw.id,
+        "created": _iso(gw.created),
+        "revoked_at": _iso(gw.revoked_at),
+        "last_seen": _iso(gw.last_seen),
+        "last_seq": gw.last_seq,
+        "records_stored": stored,
+        "missing": sum(g.last_seq - g.first_seq + 1 for g in gaps),
+        "gaps": [g.to_json() for g in gaps],
+        "gaps_truncated": cut,
+        "clock_skew_ms": gw.clock_skew_ms,
+        "clock_skew_exact": gw.clock_skew_exact,
+    }
+
+
+async def device_counters(session: AsyncSession, gateway_id: str,
+                          device: str) -> dict[str, Any]:
+    """Per counter tag of ``device``: sums of good, scrap and total deltas (by each
+    record's ``counts``), first and last raw value, resets, and continuity breaks (a
+    count record whose raw_before is not the previous raw_after of its tag and that is
+    not a reset), in the gateway's seq order."""
+    rows = (await session.execute(
+        select(records.c.seq, records.c.ts, records.c.body)
+        .where(records.c.gateway_id == gateway_id, records.c.device == device,
+               records.c.kind == "count")
+        .order_by(records.c.seq)
+    )).all()
+    tags: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        b = r.body
+        t = tags.get(b["tag"])
+        if t is None:
+            t = tags[b["tag"]] = {
+                "tag": b["tag"], "counts": b["counts"], "good": 0, "scrap": 0, "total": 0,
+                "records": 0, "first_seq": r.seq, "first_raw": _first_raw(b),
+                "last_seq": r.seq, "last_raw": b["raw_after"], "resets": 0, "breaks": [],
+            }
+        else:
+            expected = t["last_raw"]
+            if not b.get("reset") and b.get("raw_before") != expected:
+                t["breaks"].append({"seq": r.seq, "ts": r.ts, "after_seq": t["last_seq"],
+                                    "expected_raw_before": expected,
+                                    "raw_before": b.get("raw_before"),
+                                    "raw_after": b["raw_after"]})
+        t[b["counts"]] += b["delta"]
+        t["records"] += 1
+        t["resets"] += 1 if b.get("reset") else 0
+        t["last_seq"], t["last_raw"] = r.seq, b["raw_after"]
+    totals = {k: sum(t[k] for t in tags.values()) for k in ("good", "scrap", "total")}
+    return {"gateway": gateway_id, "device": device, "totals": totals,
+            "tags": sorted(tags.values(), key=lambda t: t["tag"])}
+
+
+def _first_raw(body: dict[str, Any]) -> int:
+    raw_before = body.get("raw_before")
+    return int(raw_before if raw_before is not None else body["raw_after"])
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
