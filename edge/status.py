@@ -1,0 +1,147 @@
+"""The gateway's local status endpoint: JSON status and Prometheus metrics.
+
+A deliberately tiny HTTP/1.1 server on asyncio (the edge install carries no web framework):
+``GET /status`` (JSON), ``GET /metrics`` (Prometheus text format 0.0.4), ``GET /healthz``.
+It listens on 127.0.0.1 by default; it only reads a snapshot, so it can never slow a poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+Snapshot = Mapping[str, Any]
+_MAX_REQUEST = 8192
+
+
+class StatusServer:
+    """Serves ``snapshot()`` as JSON and metrics. Use as an async context manager."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], host: str = "127.0.0.1",
+                 port: int = 8470) -> None:
+        self._snapshot = snapshot
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> StatusServer:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        sock = self._server.sockets[0]
+        self.port = int(sock.getsockname()[1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            if len(head) > _MAX_REQUEST:
+                raise ValueError("request too large")
+            line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = line.split()
+            if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+                await _respond(writer, 400, "text/plain", b"bad request\n")
+                return
+            method, target = parts[0], parts[1].split("?", 1)[0]
+            if method not in ("GET", "HEAD"):
+                await _respond(writer, 405, "text/plain", b"method not allowed\n")
+                return
+            if target == "/status":
+                body = json.dumps(self._snapshot(), default=str, indent=1).encode()
+                await _respond(writer, 200, "application/json", body, head_only=method == "HEAD")
+            elif target == "/metrics":
+                body = render_metrics(self._snapshot()).encode()
+                await _respond(writer, 200, "text/plain; version=0.0.4", body,
+                               head_only=method == "HEAD")
+            elif target == "/healthz":
+                await _respond(writer, 200, "text/plain", b"ok\n")
+            else:
+                await _respond(writer, 404, "text/plain", b"not found: try /status or /metrics\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
+                ConnectionError, ValueError):
+            pass
+        except Exception:  # a status request must never take the daemon down
+            log.exception("status_request_failed")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+async def _respond(writer: asyncio.StreamWriter, code: int, ctype: str, body: bytes,
+                   head_only: bool = False) -> None:
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}[code]
+    writer.write(
+        f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n".encode("latin-1") + (b"" if head_only else body))
+    await writer.drain()
+
+
+def _label(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "NaN"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return repr(float(value)) if isinstance(value, float) else str(int(value))
+
+
+def render_metrics(snap: Snapshot) -> str:
+    """Prometheus text exposition of a status snapshot."""
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_: str, samples: list[tuple[dict[str, Any], Any]]) -> None:
+        out.append(f"# HELP {name} {help_}")
+        out.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            lab = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+            out.append(f"{name}{{{lab}}} {_num(value)}" if lab else f"{name} {_num(value)}")
+
+    devices: Mapping[str, Mapping[str, Any]] = snap.get("devices", {})
+    metric("plantsync_device_online", "gauge", "1 when the device answered its last poll",
+           [({"device": d}, v.get("online")) for d, v in devices.items()])
+    metric("plantsync_device_last_poll_timestamp_seconds", "gauge", "Wall time of the last good poll",
+           [({"device": d}, (v.get("last_poll_ts") or 0) / 1000) for d, v in devices.items()])
+    metric("plantsync_device_poll_latency_seconds", "gauge", "Duration of the last poll",
+           [({"device": d}, (v.get("poll_latency_ms") or 0) / 1000) for d, v in devices.items()])
+    metric("plantsync_device_polls_total", "counter", "Polls attempted",
+           [({"device": d}, v.get("polls", 0)) for d, v in devices.items()])
+    metric("plantsync_device_errors_total", "counter", "Poll errors by kind",
+           [({"device": d, "kind": k}, n) for d, v in devices.items()
+            for k, n in (v.get("errors") or {}).items()])
+    buf: Mapping[str, Any] = snap.get("buffer", {})
+    metric("plantsync_buffer_backlog_records", "gauge", "Records stored and not yet acked",
+           [({}, buf.get("backlog", 0))])
+    metric("plantsync_buffer_oldest_record_age_seconds", "gauge", "Age of the oldest unacked record",
+           [({}, buf.get("oldest_age_s", 0))])
+    metric("plantsync_buffer_disk_bytes", "gauge", "Buffer file and WAL size",
+           [({}, buf.get("disk_bytes", 0))])
+    metric("plantsync_buffer_dropped_samples_total", "counter", "Sample records dropped by the quota",
+           [({}, buf.get("dropped_samples", 0))])
+    metric("plantsync_buffer_over_quota", "gauge", "1 when only non-droppable records fill the quota",
+           [({}, bool(buf.get("over_quota")))])
+    up: Mapping[str, Any] = snap.get("uplink", {})
+    metric("plantsync_uplink_acked_seq", "gauge", "Highest seq the cloud acknowledged",
+           [({}, up.get("acked_seq") or 0)])
+    metric("plantsync_uplink_last_ack_timestamp_seconds", "gauge", "Wall time of the last ack",
+           [({}, (up.get("last_ack_ts") or 0) / 1000)])
+    metric("plantsync_uplink_errors_total", "counter", "Uplink errors by kind",
+           [({"kind": k}, n) for k, n in (up.get("errors") or {}).items()])
+    clock: Mapping[str, Any] = snap.get("clock", {})
+    metric("plantsync_clock_jumps_total", "counter", "Wall-clock jumps seen against the monotonic clock",
+           [({}, clock.get("jumps", 0))])
+    return "\n".join(out) + "\n"
