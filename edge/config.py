@@ -18,6 +18,7 @@ so one broken tag does not hide the problems of the others.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import tomllib
@@ -455,7 +456,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return json.dumps(value, ensure_ascii=False)  # JSON escapes are valid TOML
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     if isinstance(value, list | tuple):

@@ -1,0 +1,431 @@
+"""``plantsync-edge``: the gateway daemon's command line and the device engineer's tools.
+
+Exit codes: 0 ok, 1 invalid input or a failed operation, 2 usage. ``--json`` prints one
+JSON document on stdout and nothing else there; logs and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+from edge.config import (
+    ConfigError,
+    LoadedDevice,
+    LoadedGateway,
+    Problem,
+    detect_kind,
+    display_path,
+    load_gateway,
+    load_map,
+)
+from protocols.model import ReadPlan, TagReading, TagSpec
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class _Failed(Exception):
+    """A command failed; the message is printed to stderr as is (one line per line)."""
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
+    """Validate a gateway config or a map; OK summary on stdout, problems on stderr."""
+    import tomllib
+
+    path = Path(args.path)
+    shown = display_path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([Problem(shown, "", "file not found")]) from None
+    except tomllib.TOMLDecodeError:
+        raw = None  # load_map reports the syntax error with line and column
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(shown, "", f"cannot read file: {exc}")]) from None
+    kind = detect_kind(raw) if raw is not None else "map"
+    if raw is not None and kind is None:
+        raise ConfigError([Problem(
+            shown, "", "neither a gateway config ([gateway], [[devices]]) nor a map "
+            "(model, [tags.*])", 'a map starts with model = "..." and [tags.name] tables')])
+    if kind == "gateway":
+        if raw is not None and args.protocol:
+            log.warning("protocol_ignored", reason="a gateway config names each device's protocol")
+        gw = load_gateway(path)
+        tags = sum(len(m.specs) for m in gw.maps.values())
+        print(f"OK {shown}: gateway {gw.config.gateway.id}, {len(gw.devices)} devices, "
+              f"{len(gw.maps)} maps, {tags} tags", file=out)
+        return EXIT_OK
+    protocol = _protocol_arg(args.protocol)
+    loaded = load_map(path, protocol)
+    print(f"OK {shown}: map {loaded.config.model!r}, {len(loaded.specs)} tags, "
+          f"valid for {loaded.protocol}", file=out)
+    return EXIT_OK
+
+
+def _protocol_arg(value: str | None) -> Any:
+    if value is None:
+        return None
+    return {"modbus": "modbus-tcp"}.get(value, value)
+
+
+# --------------------------------------------------------------------------- import-csv
+
+
+def cmd_import_csv(args: argparse.Namespace, out: TextIO) -> int:
+    """Convert a vendor CSV register list to a map on stdout; nothing printed on errors."""
+    from edge.csv_import import import_csv
+
+    path = Path(args.file)
+    shown = display_path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([Problem(shown, "", "file not found")]) from None
+    text = _decode_csv(data)
+    model = args.model or path.stem.replace("_", " ").replace("-", " ")
+    print(import_csv(text, args.protocol, file=shown, model=model), end="", file=out)
+    return EXIT_OK
+
+
+def _decode_csv(data: bytes) -> str:
+    # Vendor tools export UTF-8 (with or without BOM), or a Windows code page (GBK in China).
+    for encoding in ("utf-8-sig", "gb18030", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def _device(args: argparse.Namespace) -> tuple[LoadedGateway, LoadedDevice]:
+    gw = load_gateway(args.config)
+    try:
+        return gw, gw.device(args.device)
+    except KeyError as exc:
+        raise _Failed(str(exc.args[0])) from None
+
+
+def _plan_for(dev: LoadedDevice) -> ReadPlan:
+    from protocols.plan import plan_reads
+
+    return plan_reads(dev.config.protocol, dev.map.specs, dev.limits)
+
+
+def plan_document(dev: LoadedDevice, plan: ReadPlan) -> dict[str, Any]:
+    """The read plan as plain data (what ``plan --json`` prints)."""
+    return {
+        "device": dev.name,
+        "protocol": dev.config.protocol,
+        "map": display_path(dev.map.path),
+        "tags": len(plan.tags),
+        "requests": [
+            {"spans": [{"area": s.area, "db": s.db, "start": s.start, "count": s.count,
+                        "unit": _span_unit(plan, s.area), "tags": list(s.tags)}
+                       for s in req.spans]}
+            for req in plan.requests
+        ],
+        "request_count": len(plan.requests),
+        "one_per_tag": plan.one_per_tag,
+    }
+
+
+def _span_unit(plan: ReadPlan, area: str) -> str:
+    if plan.protocol == "s7":
+        return "bytes"
+    return "bits" if area in ("CO", "DI") else "registers"
+
+
+def _area_text(area: str, db: int) -> str:
+    return f"DB{db}" if area == "DB" else area
+
+
+def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the device's read plan."""
+    _, dev = _device(args)
+    plan = _plan_for(dev)
+    if args.json:
+        json.dump(plan_document(dev, plan), out, indent=2)
+        out.write("\n")
+        return EXIT_OK
+    print(f"{dev.name}: {dev.config.protocol} {_where(dev)}, map {display_path(dev.map.path)}, "
+          f"{len(plan.tags)} tags", file=out)
+    rows = [("req", "area", "start", "count", "tags")]
+    for i, req in enumerate(plan.requests, 1):
+        for j, span in enumerate(req.spans):
+            rows.append((str(i) if j == 0 else "", _area_text(span.area, span.db),
+                         str(span.start), f"{span.count} {_span_unit(plan, span.area)}",
+                         ", ".join(span.tags)))
+    _table(rows, out)
+    print(f"{len(plan.requests)} requests per poll (one per tag would need "
+          f"{plan.one_per_tag})", file=out)
+    return EXIT_OK
+
+
+def _where(dev: LoadedDevice) -> str:
+    c = dev.config
+    if c.protocol == "modbus-rtu":
+        return f"{c.serial_port} unit {c.unit}"
+    return f"{c.host}:{c.effective_port}"
+
+
+def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
+        print("  ".join(cells).rstrip(), file=out)
+
+
+# --------------------------------------------------------------------------- probe
+
+
+def order_hint(spec: TagSpec, raw: bytes) -> str | None:
+    """Where the value looks wrong: which other byte/word order makes it plausible."""
+    from protocols.codec import plausible_orders
+
+    try:
+        orders = plausible_orders(spec, raw)
+    except Exception:  # a hint must never break a probe
+        return None
+    if not orders:
+        return None
+    texts = []
+    for byte_order, word_order in orders[:2]:
+        parts = []
+        if byte_order != spec.byte_order:
+            parts.append(f'byte_order = "{byte_order.value}"')
+        if word_order != spec.word_order:
+            parts.append(f'word_order = "{word_order.value}"')
+        texts.append(", ".join(parts))
+    return "looks wrong; plausible with " + " or ".join(texts)
+
+
+def _value_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _label(dev: LoadedDevice, name: str, value: Any) -> str | None:
+    tag = dev.map.tags.get(name)
+    if tag is None or not isinstance(value, int) or isinstance(value, bool):
+        return None
+    if tag.states is not None:
+        return tag.states.get(value, "unknown state")
+    if tag.alarms is not None:
+        if value == 0:
+            return "no alarm"
+        return tag.alarms.get(value, "unknown alarm code")
+    return None
+
+
+async def probe_device(dev: LoadedDevice) -> tuple[ReadPlan, list[TagReading]]:
+    """Connect, read every tag of ``dev`` once, close. Driver errors propagate."""
+    from protocols.driver import make_driver
+    from protocols.read import read_plan
+
+    plan = _plan_for(dev)
+    async with make_driver(dev.endpoint) as driver:
+        return await read_plan(driver, plan)
+
+
+def probe_document(dev: LoadedDevice, readings: Sequence[TagReading]) -> dict[str, Any]:
+    """Readings as plain data (what ``probe --json`` prints), in map order."""
+    by_name = {r.name: r for r in readings}
+    tags = []
+    for spec in dev.map.specs:
+        tag_cfg = dev.map.tags[spec.name]
+        reading = by_name.get(spec.name)
+        value = reading.value if reading is not None else None
+        error = None
+        if reading is None:
+            error = "not read"
+        elif reading.error is not None:
+            error = str(reading.error)
+        raw = reading.raw if reading is not None else b""
+        hint = order_hint(spec, raw) if reading is not None and reading.good else None
+        tags.append({
+            "name": spec.name,
+            "address": tag_cfg.address,
+            "type": spec.type.value,
+            "raw": raw.hex(" ") if raw else "",
+            "value": value,
+            "label": _label(dev, spec.name, value),
+            "unit": tag_cfg.unit,
+            "quality": "good" if error is None else error,
+            "hint": hint,
+        })
+    return {"device": dev.name, "protocol": dev.config.protocol, "endpoint": _where(dev),
+            "tags": tags, "good": sum(1 for t in tags if t["quality"] == "good"),
+            "bad": sum(1 for t in tags if t["quality"] != "good")}
+
+
+def render_probe(doc: dict[str, Any], out: TextIO) -> None:
+    """The people's table of a probe document."""
+    print(f"{doc['device']}: {doc['protocol']} {doc['endpoint']}", file=out)
+    rows = [("tag", "address", "type", "raw", "value", "unit", "quality")]
+    hints: list[str] = []
+    for t in doc["tags"]:
+        value = _value_text(t["value"])
+        if t["label"]:
+            value += f" ({t['label']})"
+        rows.append((t["name"], t["address"], t["type"], _short_hex(t["raw"]), value,
+                     t["unit"] or "", t["quality"] if t["quality"] == "good" else "ERROR"))
+        if t["quality"] != "good":
+            hints.append(f"  {t['name']}: {t['quality']}")
+        if t["hint"]:
+            hints.append(f"  {t['name']}: {t['hint']}")
+    _table(rows, out)
+    print(f"{doc['good']} good, {doc['bad']} bad", file=out)
+    for line in hints:
+        print(line, file=out)
+
+
+def _short_hex(text: str, limit: int = 35) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
+    """Read every tag of one device once and show raw, decoded value and quality."""
+    from protocols.errors import ProtocolError
+
+    _, dev = _device(args)
+    try:
+        _, readings = asyncio.run(probe_device(dev))
+    except ProtocolError as exc:
+        raise _Failed(f"{dev.name} ({dev.config.protocol} {_where(dev)}): {exc}") from None
+    doc = probe_document(dev, readings)
+    if args.json:
+        json.dump(doc, out, indent=2, ensure_ascii=False)
+        out.write("\n")
+    else:
+        render_probe(doc, out)
+    return EXIT_OK if doc["bad"] == 0 else EXIT_FAILED
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
+    """Serve simulated machines for a config's devices (or the demo plant) until stopped."""
+    from edge.simulate import demo_gateway, run_simulation
+
+    gw = load_gateway(args.config) if args.config else demo_gateway()
+    try:
+        asyncio.run(run_simulation(gw, seed=args.seed, speed=args.speed,
+                                   control_port=args.control_port, out=out))
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- run / status
+
+
+def cmd_not_yet(args: argparse.Namespace, out: TextIO) -> int:
+    raise _Failed("not yet implemented (the gateway daemon comes with a later issue)")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plantsync-edge",
+        description="plantsync edge gateway: poll PLCs through register maps, buffer, sync.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more (stderr)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check a gateway config or a register map")
+    p.add_argument("path", help="gateway.toml or a map file")
+    p.add_argument("--protocol", choices=["modbus", "modbus-tcp", "modbus-rtu", "s7"],
+                   help="validate a map for this protocol (default: what its addresses imply)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("import-csv", help="turn a vendor CSV register list into a map")
+    p.add_argument("file", help="the CSV file (name, address, type, unit, scale, "
+                   "description columns)")
+    p.add_argument("--protocol", choices=["modbus", "s7"], required=True)
+    p.add_argument("--model", help="model line of the map (default: from the file name)")
+    p.set_defaults(func=cmd_import_csv)
+
+    for name, func, text in (("plan", cmd_plan, "show the read plan of one device"),
+                             ("probe", cmd_probe, "read every tag of one device once")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", required=True, help="gateway.toml")
+        p.add_argument("device", help="device name from the config")
+        p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("simulate", help="serve simulated machines (Modbus TCP, S7)")
+    p.add_argument("--config", help="serve the devices of this gateway.toml "
+                   "(default: the built-in demo plant)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (same seed, same plant)")
+    p.add_argument("--speed", type=float, default=1.0, help="plant time per wall second")
+    p.add_argument("--control-port", type=int, default=None,
+                   help="TCP port for fault injection commands (off by default)")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("run", help="run the gateway daemon")
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=cmd_not_yet)
+    p = sub.add_parser("status", help="the running daemon's status")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_not_yet)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    try:
+        from edge.logs import configure
+    except ImportError:  # pragma: no cover - logs module belongs to the daemon work
+        return
+    configure("logfmt", "debug" if verbose else "warning", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``plantsync-edge``. Returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        code: int = args.func(args, sys.stdout)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_FAILED
+    except _Failed as exc:
+        print(f"plantsync-edge {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `plantsync-edge plan ... | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
