@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     r = asub.add_parser("revoke-gateway", help="revoke a gateway's token (records stay)")
     r.add_argument("gateway_id", metavar="ID")
     r.add_argument("--db", help=db_help)
+
+    q = sub.add_parser("mqtt-ingest", help="store gateway batches from an MQTT broker")
+    q.add_argument("--broker", required=True, help="mqtt://HOST[:1883] or mqtts://HOST[:8883]; "
+                   "credentials from $PLANTSYNC_MQTT_USERNAME/$PLANTSYNC_MQTT_PASSWORD")
+    q.add_argument("--db", help=db_help)
+    q.add_argument("--group", default="plantsync", help="shared subscription group")
+    q.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
 
@@ -143,6 +150,19 @@ async def _admin(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _mqtt_ingest(args: argparse.Namespace) -> int:
+    from buffer.uplink import parse_broker_url
+    from cloud.mqtt_ingest import run_mqtt_ingest
+
+    try:
+        parse_broker_url(args.broker)
+    except ValueError as exc:
+        print(f"plantsync-cloud: error: --broker: {exc}", file=sys.stderr)
+        return 1
+    await run_mqtt_ingest(args.broker, await _prepare(args.db), group=args.group)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(getattr(args, "log_level", "warning" if args.command == "admin"
@@ -152,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "migrate":
             return asyncio.run(_migrate(args))
+        if args.command == "mqtt-ingest":
+            return asyncio.run(_mqtt_ingest(args))
         return asyncio.run(_admin(args))
     except CloudError as exc:
         print(f"plantsync-cloud: error: {exc}", file=sys.stderr)
