@@ -336,6 +336,8 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
                                    control_port=args.control_port, out=out))
     except KeyboardInterrupt:
         pass
+    except OSError as exc:
+        raise _Failed(f"cannot serve the machines of {display_path(gw.path)}: {exc}") from None
     return EXIT_OK
 
 
