@@ -541,8 +541,8 @@ class StoredRowLike(Protocol):
 class DrainSource(Protocol):
     """What the Forwarder needs of the Outbox (buffer/store.py contract)."""
 
-    async def peek(self, *, after_seq: int = ..., max_records: int = ...,
-                   max_bytes: int = ...) -> Sequence[Any]: ...
+    async def peek(self, *, max_records: int, max_bytes: int = ...,
+                   after_seq: int | None = ...) -> Sequence[Any]: ...
 
     async def ack_through(self, seq: int) -> Any: ...
 
