@@ -411,10 +411,10 @@ class SimulatedPlant:
             raise KeyError(f"no device {device!r} (have {', '.join(self.devices)})") from None
         f = fault if isinstance(fault, Fault) else Fault(kind=fault, **params)
         dev.apply(f, time.monotonic())
-        if f.kind == "disconnect":
-            self._tasks.append(asyncio.ensure_future(self._outage(dev, f.seconds)))
-        elif f.kind == "clear":
-            self._tasks.append(asyncio.ensure_future(self._outage(dev, 0.0)))
+        if f.kind in ("disconnect", "clear") and self._started:
+            seconds = f.seconds if f.kind == "disconnect" else 0.0
+            loop = asyncio.get_running_loop()
+            self._tasks.append(loop.create_task(self._outage(dev, seconds)))
 
     def state(self) -> dict[str, dict[str, Any]]:
         """Each device's true totals (good/scrap/total), state, alarm, counter registers."""
