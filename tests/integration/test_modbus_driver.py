@@ -22,8 +22,8 @@ from protocols.errors import (
     DriverTimeout,
     IllegalAddress,
 )
-from protocols.model import Span
 from protocols.modbus import ModbusTcpDriver
+from protocols.model import Span
 from protocols.sim import SimulatedPlant
 from tests.fixtures.plc import endpoint_of
 from tests.services import free_port
@@ -166,7 +166,7 @@ async def test_no_answer_is_a_timeout_and_drops_the_connection(raw_server) -> No
     port = await raw_server(silent)
     drv = ModbusTcpDriver(_ep(port, timeout_s=0.3))
     await drv.connect()
-    with pytest.raises(DriverTimeout, match="no answer within 0.3 s"):
+    with pytest.raises(DriverTimeout, match=r"no answer within 0\.3 s"):
         await drv.read(Span("HR", 0, 0, 1, ()))
     assert not drv.connected
     with pytest.raises(DriverConnectError):

@@ -14,8 +14,8 @@ import pytest
 from protocols.codec import decode
 from protocols.driver import Endpoint, make_driver
 from protocols.errors import DriverTimeout, IllegalAddress
-from protocols.model import Span
 from protocols.modbus import ModbusRtuDriver
+from protocols.model import Span
 from protocols.sim import SimulatedPlant, demo_points
 from tests.services import require_binary
 
