@@ -9,13 +9,35 @@ from buffer.records import (
     decode_batch,
     encode_batch,
 )
+from buffer.store import (
+    BufferAckError,
+    BufferCorrupt,
+    BufferGatewayMismatch,
+    BufferLocked,
+    BufferStats,
+    BufferWriteError,
+    Cycle,
+    Outbox,
+    OutboxError,
+    StoredRow,
+)
 
 __all__ = [
     "DROPPABLE_KINDS",
     "KINDS",
     "Batch",
+    "BufferAckError",
+    "BufferCorrupt",
+    "BufferGatewayMismatch",
+    "BufferLocked",
+    "BufferStats",
+    "BufferWriteError",
+    "Cycle",
+    "Outbox",
+    "OutboxError",
     "Record",
     "RecordError",
+    "StoredRow",
     "decode_batch",
     "encode_batch",
 ]

@@ -17,4 +17,918 @@ INTERFACE CONTRACT — implemented by the buffer work; the uplinks and the daemo
 - ``peek`` never loads more than asked; rows are ``StoredRow(seq, ts, device, kind, body)``
   with ``body`` the stored msgpack bytes (``buffer.records.encode_batch_raw`` sends them as is).
 - ``ack_through(seq)`` is idempotent; acking beyond the last stored seq is an error.
+
+Errors (all derive from ``OutboxError``; the root is deliberately not called ``BufferError``,
+which would shadow the Python builtin of that name and make a forgotten import catch the
+wrong exception silently):
+
+    OutboxError                   root; also: cannot open (permissions, newer schema)
+     ├── BufferWriteError         a write did not happen (disk full, failed fsync, I/O error)
+     ├── BufferCorrupt            the file is damaged and could not be moved aside, or was
+     │                            found damaged while running (close and reopen: the reopen
+     │                            moves it aside and starts a fresh buffer)
+     ├── BufferGatewayMismatch    the buffer belongs to another gateway id
+     ├── BufferLocked             another process has this buffer open
+     └── BufferAckError           ack_through beyond the last seq ever stored
+
+Durability
+----------
+- ``synchronous="FULL"`` (default): a cycle ``append`` returned for survives a process kill
+  and a power cut (the WAL is fsynced at every commit). A cycle that raised is not stored.
+- ``synchronous="NORMAL"``: the WAL is fsynced only at checkpoints (every ~``wal_limit/2``
+  bytes of changes, and at close). A process kill loses nothing, but a power cut or kernel
+  crash can roll back the last committed cycles since the last checkpoint — up to about
+  ``wal_limit/2`` bytes of WAL (8 MiB with the default 512 MiB quota: roughly 30,000-60,000
+  small records, minutes of a busy plant), records the uplink may already have sent. The
+  database is never corrupt, and records and baselines roll back together, so no count is doubled; the counts
+  re-derived after the restart carry new seqs (see the sidecar below), so the cloud does
+  not drop them as duplicates. It is ~an order of magnitude fewer fsyncs, for SD cards.
+
+Seq never reused: the ``<name>.seq`` sidecar
+--------------------------------------------
+A small JSON file beside the database holds a *reservation*: ``seq_reserved_through`` is
+fsynced (write temp, fsync, rename, fsync dir) *before* any commit uses a seq above it, in
+steps of ``SEQ_RESERVE_STEP``; so every seq the cloud can ever have seen is <= it. When the
+database is moved aside as corrupt, or is missing/empty while the sidecar exists, the fresh
+buffer starts above the reservation (no guessed safety margin needed). It also records
+whether the last run closed cleanly: after an unclean end of a ``NORMAL`` run the seqs up to
+the reservation are skipped and a ``gap`` record says so. Without a sidecar and with an
+unreadable database, the fallback floor is ``now_ms * 1000`` (above any seq a gateway at
+< 1000 records/ms could have made, assuming a sane clock), logged at error.
+
+Disk limit (honest)
+-------------------
+``max_bytes`` is split: ``wal_limit = clamp(max_bytes / 8, 512 KiB, 16 MiB)`` for the WAL and
+the rest (``content_budget``) for database content, measured as
+``(page_count - freelist_count) * page_size`` (SQLite reuses freed pages and never shrinks
+the file without VACUUM, so the file size is the high-water mark of content). After a
+cycle, if content exceeds the budget the oldest ``sample`` records (never of that cycle) are
+deleted down to 95 % of it and one ``gap`` record is written, in the same transaction.
+On disk: database file <= content_budget + one cycle; WAL <= wal_limit/2 + the largest single
+transaction before a checkpoint, truncated to <= wal_limit after it; plus ``-shm`` (32 KiB+),
+the sidecar and the lock file. So ~``max_bytes`` + one cycle in normal operation. When only
+non-droppable records are left, they are all kept, the file grows past the quota (logged at
+error once, ``stats().over_quota``), and the real limit becomes the free disk space, at
+which point ``append`` raises ``BufferWriteError``.
+
+Memory is bounded whatever the backlog: peek streams at most what is asked, acks delete in
+chunks, and SQLite's page cache is its default (~2 MiB).
+
+Start-up
+--------
+``PRAGMA quick_check`` runs at open. A corrupt, truncated, non-SQLite or foreign SQLite file
+is renamed ``<name>.corrupt-<UTC timestamp>`` together with its ``-wal``/``-shm`` (never
+deleted), logged at error, and a fresh buffer starts whose first record is a ``gap`` with
+reason ``buffer_corrupt: moved to <file>: ...``; ``dropped`` is 0 and ``first_seq``/
+``last_seq`` are null because the number of unsent records in it is unknown.
 """
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal
+
+import aiosqlite
+import structlog
+
+from buffer.records import DROPPABLE_KINDS, KINDS, Record, RecordError, encode_body, validate_body
+
+log = structlog.get_logger(__name__)
+
+
+class OutboxError(Exception):
+    """Root of the outbox's errors."""
+
+
+class BufferWriteError(OutboxError):
+    """A write did not happen (disk full, failed fsync, I/O error). Nothing of it is stored;
+    the outbox stays usable and the caller retries the same data."""
+
+
+class BufferCorrupt(OutboxError):
+    """The buffer file is damaged (and could not be moved aside, or was found damaged while
+    running: close the outbox and open it again, which moves it aside)."""
+
+
+class BufferGatewayMismatch(OutboxError):
+    """The buffer was written by another gateway id."""
+
+
+class BufferLocked(OutboxError):
+    """Another process has this buffer open."""
+
+
+class BufferAckError(OutboxError):
+    """``ack_through`` named a seq this buffer never stored (a cloud of another gateway or
+    of a buffer from before a reset)."""
+
+
+SCHEMA_VERSION: Final = 1
+SEQ_RESERVE_STEP: Final = 1_000_000
+ACK_CHUNK_ROWS: Final = 5_000
+QUOTA_DROP_CHUNK_ROWS: Final = 2_000
+TRUNCATE_AFTER_ACKED_ROWS: Final = 50_000
+DEFAULT_PEEK_BYTES: Final = 1 << 20
+MIN_MAX_BYTES: Final = 2 * 2**20
+_PEEK_FETCH: Final = 256
+# msgpack framing of one record in a batch besides device, kind and body (upper bound).
+_ROW_OVERHEAD: Final = 48
+_INT64_MAX: Final = 2**63 - 1
+_INT64_MIN: Final = -(2**63)
+_SQLITE_CORRUPT: Final = 11
+_SQLITE_NOTADB: Final = 26
+
+Synchronous = Literal["FULL", "NORMAL"]
+
+
+@dataclass(frozen=True, slots=True)
+class Cycle:
+    """What one poll cycle stores atomically: the records of all devices and the counter
+    baselines ``{(device, tag): raw}`` they were derived from."""
+
+    records: Sequence[Record] = ()
+    baselines: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    seq: int
+    ts: int
+    device: str
+    kind: str
+    body: bytes  # msgpack of the body map, as encode_batch_raw wants it
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    backlog: int                 # records stored and not acked
+    first_seq: int | None        # oldest stored seq
+    last_seq: int                # last seq ever assigned (0 before the first record)
+    oldest_ts: int | None        # ts of the oldest stored record
+    disk_bytes: int              # database + WAL file sizes
+    dropped_samples_total: int   # samples dropped by the quota, over the buffer's life
+    over_quota: bool             # only non-droppable records left and still over quota
+    last_error: str | None       # the last write error, cleared by the next good write
+    acked_through: int = 0
+    content_bytes: int = 0       # (page_count - freelist_count) * page_size
+    content_budget: int = 0
+    wal_bytes: int = 0
+    write_errors_total: int = 0
+    synchronous: str = "FULL"
+
+
+@dataclass(frozen=True, slots=True)
+class _Sidecar:
+    gateway: str
+    reserved: int
+    clean_close_seq: int | None
+    synchronous: str
+
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS records ("
+    " seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, device TEXT NOT NULL,"
+    " kind TEXT NOT NULL, body BLOB NOT NULL)",
+    # Partial index: the quota finds the oldest droppable rows without scanning kept ones.
+    "CREATE INDEX IF NOT EXISTS records_droppable ON records(seq) WHERE kind = 'sample'",
+    # raw has no declared type on purpose: a uint64 above int64 is stored as text, and a
+    # NUMERIC affinity would turn that text into a lossy REAL.
+    "CREATE TABLE IF NOT EXISTS baselines ("
+    " device TEXT NOT NULL, tag TEXT NOT NULL, raw, PRIMARY KEY (device, tag)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+)
+assert DROPPABLE_KINDS == frozenset({"sample"}), "records_droppable index names the kinds"
+
+
+class Outbox:
+    """The gateway's durable outbox. An async context manager; one per buffer file and
+    process (a lock file refuses a second). All methods are serialised on one connection."""
+
+    def __init__(self, path: str | os.PathLike[str], *, gateway: str, max_bytes: int,
+                 synchronous: Synchronous = "FULL") -> None:
+        if not gateway:
+            raise ValueError("gateway id must not be empty")
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be 'FULL' or 'NORMAL', got {synchronous!r}")
+        if max_bytes < MIN_MAX_BYTES:
+            raise ValueError(f"max_bytes {max_bytes} is below the minimum {MIN_MAX_BYTES} "
+                             "(buffer_max_mb >= 2)")
+        self.path = Path(path)
+        self.gateway = gateway
+        self.max_bytes = max_bytes
+        self.synchronous: Synchronous = synchronous
+        self.wal_limit = min(max(max_bytes // 8, 512 * 1024), 16 * 2**20)
+        self.content_budget = max_bytes - self.wal_limit
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._lock_fd: int | None = None
+        self._page_size = 4096
+        self._last_seq = 0
+        self._acked_through = 0
+        self._backlog = 0
+        self._dropped_total = 0
+        self._reserved = 0
+        self._over_quota = False
+        self._over_quota_appends = 0
+        self._last_error: str | None = None
+        self._write_errors = 0
+        self._failing_since_ok = 0
+        self._acked_since_truncate = 0
+        self._measured = 0           # content bytes at the last page measurement
+        self._unmeasured = 0         # bytes appended since (estimate)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> Outbox:
+        await self.open()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Open (create, check, recover) the buffer. Raises BufferGatewayMismatch,
+        BufferLocked, BufferCorrupt (damaged and cannot be moved aside), OutboxError."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _acquire_lock(self.path)
+        try:
+            await self._open_locked()
+        except BaseException:
+            if self._db is not None:
+                with contextlib.suppress(Exception):
+                    await self._db.close()
+                self._db = None
+            _release_lock(self._lock_fd)
+            self._lock_fd = None
+            raise
+
+    async def close(self) -> None:
+        """Checkpoint, truncate the WAL, mark a clean shutdown in the sidecar, close.
+        Idempotent."""
+        if self._db is None:
+            return
+        async with self._lock:
+            db, self._db = self._db, None
+            try:
+                clean = False
+                try:
+                    await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    clean = True
+                except sqlite3.Error as exc:
+                    log.warning("buffer_close_checkpoint_failed", path=str(self.path),
+                                error=str(exc))
+                if clean:
+                    try:
+                        await asyncio.to_thread(self._write_sidecar, self._reserved,
+                                                self._last_seq)
+                    except OSError as exc:
+                        log.warning("buffer_sidecar_write_failed", path=str(self.path),
+                                    error=str(exc))
+            finally:
+                await db.close()
+                _release_lock(self._lock_fd)
+                self._lock_fd = None
+
+    async def _open_locked(self) -> None:
+        sidecar = _read_sidecar(_sidecar_path(self.path))
+        if sidecar is not None and sidecar.gateway != self.gateway:
+            raise BufferGatewayMismatch(
+                f"{_sidecar_path(self.path)}: belongs to gateway {sidecar.gateway!r} but this "
+                f"gateway is {self.gateway!r}; set [gateway].id = {sidecar.gateway!r}, or give "
+                "this gateway its own data_dir")
+        existed = _size(self.path) > 0 or _size(Path(f"{self.path}-wal")) > 0
+        problem = await self._connect_and_check() if existed else None
+        moved: Path | None = None
+        salvage: int | None = None
+        if problem is not None:
+            if self._db is not None:
+                with contextlib.suppress(Exception):
+                    await self._db.close()
+                self._db = None
+            salvage = _salvage_last_seq(self.path)
+            try:
+                moved = _move_aside(self.path)
+            except OSError as exc:
+                raise BufferCorrupt(
+                    f"{self.path}: damaged ({problem}) and could not be moved aside ({exc}); "
+                    "move it away by hand to start a fresh buffer") from exc
+            log.error("buffer_corrupt_moved_aside", path=str(self.path), moved_to=str(moved),
+                      problem=problem)
+        if self._db is None:
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        db = self._db
+        mode = await _fetchone(db, "PRAGMA journal_mode=WAL")
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise OutboxError(f"{self.path}: cannot switch to WAL journal mode (got {mode})")
+        page_size = await _fetchone(db, "PRAGMA page_size")
+        self._page_size = int(page_size[0]) if page_size else 4096
+        for pragma in (f"PRAGMA synchronous={self.synchronous}",
+                       f"PRAGMA journal_size_limit={self.wal_limit}",
+                       f"PRAGMA wal_autocheckpoint={max(64, self.wal_limit // 2 // self._page_size)}",
+                       "PRAGMA busy_timeout=5000",
+                       "PRAGMA temp_store=MEMORY"):
+            await db.execute(pragma)
+
+        now = _now_ms()
+        gaps: list[dict[str, Any]] = []
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _SCHEMA:
+                await db.execute(stmt)
+            meta = await self._read_meta()
+            fresh = "gateway" not in meta
+            if fresh:
+                if moved is not None:
+                    candidates = [c for c in (sidecar.reserved if sidecar else None, salvage)
+                                  if c is not None]
+                    if candidates:
+                        base = max(candidates)
+                    else:
+                        base = now * 1000
+                        log.error("buffer_seq_floor_from_clock", path=str(self.path), base=base)
+                    gaps.append({"dropped": 0, "first_seq": None, "last_seq": None,
+                                 "reason": f"buffer_corrupt: moved to {moved.name}: {problem}; "
+                                           "its unsent records are lost, how many is unknown"})
+                elif sidecar is not None:
+                    base = sidecar.reserved
+                    gaps.append({"dropped": 0, "first_seq": None, "last_seq": None,
+                                 "reason": f"buffer_lost: {self.path.name} was missing or empty "
+                                           f"although seqs up to {sidecar.reserved} were "
+                                           "reserved; unsent records lost, how many is unknown"})
+                    log.error("buffer_lost", path=str(self.path), reserved=sidecar.reserved)
+                else:
+                    base = 0
+                await db.executemany(
+                    "INSERT INTO meta(key, value) VALUES (?, ?)",
+                    [("gateway", self.gateway), ("schema_version", SCHEMA_VERSION),
+                     ("last_seq", base), ("acked_through", 0), ("dropped_samples_total", 0),
+                     ("created_ms", now)])
+                meta = await self._read_meta()
+            top = await _fetchone(db, "SELECT max(seq) FROM records")
+            last_seq = max(int(meta["last_seq"]), int(top[0]) if top and top[0] else 0)
+            if (not fresh and sidecar is not None and sidecar.synchronous == "NORMAL"
+                    and sidecar.clean_close_seq != last_seq and sidecar.reserved > last_seq):
+                # The last run used NORMAL and did not close cleanly: a power cut may have
+                # rolled back commits whose records were already sent. Never reuse those seqs.
+                gaps.append({"dropped": 0, "first_seq": last_seq + 1,
+                             "last_seq": sidecar.reserved,
+                             "reason": "unclean_shutdown: synchronous=NORMAL; seqs skipped so "
+                                       "none that may have been sent before a power cut is "
+                                       "reused"})
+                log.warning("buffer_unclean_normal_shutdown", path=str(self.path),
+                            last_seq=last_seq, skipped_to=sidecar.reserved)
+                last_seq = sidecar.reserved
+            self._last_seq = last_seq
+            self._acked_through = int(meta["acked_through"])
+            self._dropped_total = int(meta["dropped_samples_total"])
+            reserved = max(self._last_seq + len(gaps), sidecar.reserved if sidecar else 0)
+            # A fresh reservation before any seq of this run is committed; clean_close_seq
+            # None marks the run as open until close() says otherwise.
+            self._reserved = reserved + SEQ_RESERVE_STEP
+            await asyncio.to_thread(self._write_sidecar, self._reserved, None)
+            for gap in gaps:
+                self._last_seq += 1
+                await db.execute(
+                    "INSERT INTO records(seq, ts, device, kind, body) VALUES (?, ?, ?, ?, ?)",
+                    (self._last_seq, now, self.gateway, "gap", encode_body(gap)))
+            await db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'",
+                             (self._last_seq,))
+            await db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                await db.execute("ROLLBACK")
+            raise
+        count = await _fetchone(db, "SELECT count(*) FROM records")
+        self._backlog = int(count[0]) if count else 0
+        await self._content_bytes()
+        log.info("buffer_opened", path=str(self.path), gateway=self.gateway,
+                 backlog=self._backlog, last_seq=self._last_seq,
+                 synchronous=self.synchronous, max_bytes=self.max_bytes)
+
+    async def _connect_and_check(self) -> str | None:
+        """Connect to an existing file and check it. Returns what is wrong, or None.
+        Raises for problems that are not damage (another gateway, newer schema, I/O)."""
+        try:
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            rows = list(await (await self._db.execute("PRAGMA quick_check")).fetchall())
+            if [tuple(r) for r in rows] != [("ok",)]:
+                return "quick_check: " + "; ".join(str(r[0]) for r in rows[:5])
+            tables = {str(r[0]) for r in await (await self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")).fetchall()}
+            if not tables:
+                return None  # an empty SQLite file: treat as new
+            if not {"records", "baselines", "meta"} <= tables:
+                return f"not a plantsync buffer (tables: {', '.join(sorted(tables))})"
+            meta = await self._read_meta()
+        except sqlite3.DatabaseError as exc:
+            if _is_corrupt(exc):
+                return f"{_errname(exc)}: {exc}"
+            raise OutboxError(f"{self.path}: cannot open the buffer: {exc}") from exc
+        stored_gw = meta.get("gateway")
+        if stored_gw is None or "last_seq" not in meta:
+            return "not a plantsync buffer (meta has no gateway/last_seq)"
+        if stored_gw != self.gateway:
+            raise BufferGatewayMismatch(
+                f"{self.path}: belongs to gateway {stored_gw!r} but this gateway is "
+                f"{self.gateway!r}; set [gateway].id = {stored_gw!r}, or give this gateway "
+                "its own data_dir (the unsent records in this file would otherwise be lost)")
+        version = int(meta.get("schema_version", 0))
+        if version > SCHEMA_VERSION:
+            raise OutboxError(
+                f"{self.path}: buffer schema version {version} is newer than this plantsync "
+                f"understands ({SCHEMA_VERSION}); upgrade plantsync, do not downgrade it")
+        return None
+
+    # ---------------------------------------------------------------- the contract
+
+    async def append(self, cycle: Cycle) -> list[int]:
+        """Store one poll cycle atomically and return the seqs of its records, in order.
+
+        Records are validated first (``RecordError``, nothing stored: a record the cloud
+        would reject must not block the queue). One ``BEGIN IMMEDIATE`` transaction stores
+        records and baselines together and applies the quota. Raises ``BufferWriteError``
+        (nothing of the cycle stored; the outbox stays usable; retry the same cycle) or
+        ``BufferCorrupt``. Not idempotent: a retried cycle after success is stored twice.
+        """
+        rows, base_rows = _prepare(cycle)
+        if not rows and not base_rows:
+            return []
+        db = self._conn()
+        async with self._lock:
+            first = self._last_seq + 1
+            last = self._last_seq + len(rows)
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                if rows:
+                    await db.executemany(
+                        "INSERT INTO records(seq, ts, device, kind, body) VALUES (?, ?, ?, ?, ?)",
+                        [(first + i, *row) for i, row in enumerate(rows)])
+                if base_rows:
+                    await db.executemany(
+                        "INSERT INTO baselines(device, tag, raw) VALUES (?, ?, ?) "
+                        "ON CONFLICT(device, tag) DO UPDATE SET raw = excluded.raw", base_rows)
+                # meta.last_seq is not written here (one statement less per cycle): max(seq)
+                # of the table is the truth while rows exist; ack_through writes meta.last_seq
+                # before deleting, and the quota never deletes the newest row.
+                new_last, dropped = await self._apply_quota(last, first, _cycle_bytes(rows))
+                if new_last > self._reserved:
+                    await asyncio.to_thread(self._write_sidecar, new_last + SEQ_RESERVE_STEP,
+                                            None)
+                    self._reserved = new_last + SEQ_RESERVE_STEP
+                await db.execute("COMMIT")
+            except (sqlite3.Error, OSError) as exc:
+                await self._after_failure()
+                raise self._write_error(exc, f"storing a poll cycle of {len(rows)} records "
+                                             f"and {len(base_rows)} baselines") from exc
+            except BaseException:
+                await self._after_failure()
+                raise
+            self._last_seq = new_last
+            self._backlog += len(rows) + (new_last - last) - dropped
+            self._dropped_total += dropped
+            self._note_ok()
+            return list(range(first, last + 1))
+
+    async def baselines(self) -> dict[tuple[str, str], int]:
+        """The stored counter baselines ``{(device, tag): raw}``, as of the last append."""
+        db = self._conn()
+        async with self._lock:
+            rows = await (await db.execute("SELECT device, tag, raw FROM baselines")).fetchall()
+        return {(str(d), str(t)): int(r) for d, t, r in rows}
+
+    async def peek(self, max_records: int, max_bytes: int = DEFAULT_PEEK_BYTES,
+                   after_seq: int | None = None) -> list[StoredRow]:
+        """The oldest stored records (after ``after_seq`` when given), oldest first: at most
+        ``max_records``, and no more once the encoded size reaches ``max_bytes`` (the first
+        row is always returned, however big, so one large record cannot block the queue).
+        Reads in chunks of 256 rows and stops early; never loads the backlog. Read-only."""
+        if max_records < 1:
+            raise ValueError(f"max_records must be >= 1, got {max_records}")
+        db = self._conn()
+        out: list[StoredRow] = []
+        size = 0
+        async with self._lock:
+            try:
+                cur = await db.execute(
+                    "SELECT seq, ts, device, kind, body FROM records WHERE seq > ? "
+                    "ORDER BY seq LIMIT ?", (after_seq or 0, max_records))
+                try:
+                    while True:
+                        chunk = await cur.fetchmany(min(_PEEK_FETCH, max_records))
+                        if not chunk:
+                            break
+                        for seq, ts, device, kind, body in chunk:
+                            size += _ROW_OVERHEAD + len(device) + len(kind) + len(body)
+                            if out and size > max_bytes:
+                                return out
+                            out.append(StoredRow(seq, ts, device, kind, bytes(body)))
+                finally:
+                    await cur.close()
+            except sqlite3.Error as exc:
+                raise self._read_error(exc, "reading records to send") from exc
+        return out
+
+    async def ack_through(self, seq: int) -> int:
+        """Delete every stored record with seq <= ``seq`` (the cloud's ``acked_through``),
+        in chunks of ``ACK_CHUNK_ROWS`` per transaction; returns how many were deleted.
+        Idempotent. Raises ``BufferAckError`` when ``seq`` is above the last seq ever
+        assigned, ``BufferWriteError`` when the delete failed (nothing lost; ack again)."""
+        if seq < 0:
+            raise ValueError(f"seq must be >= 0, got {seq}")
+        db = self._conn()
+        deleted = 0
+        async with self._lock:
+            if seq > self._last_seq:
+                raise BufferAckError(
+                    f"{self.path}: ack_through({seq}) but the last seq this buffer stored is "
+                    f"{self._last_seq}: the cloud holds records this buffer never wrote "
+                    "(another gateway's token, or a buffer reset without its .seq sidecar?)")
+            try:
+                while True:
+                    await db.execute("BEGIN IMMEDIATE")
+                    row = await _fetchone(
+                        db, "SELECT seq FROM records WHERE seq <= ? ORDER BY seq "
+                            "LIMIT 1 OFFSET ?", (seq, ACK_CHUNK_ROWS - 1))
+                    bound = seq if row is None else int(row[0])
+                    await db.execute(
+                        "UPDATE meta SET value = max(value, ?) WHERE key = 'last_seq'",
+                        (self._last_seq,))
+                    cur = await db.execute("DELETE FROM records WHERE seq <= ?", (bound,))
+                    n = max(cur.rowcount, 0)
+                    await db.execute(
+                        "UPDATE meta SET value = max(value, ?) WHERE key = 'acked_through'",
+                        (bound,))
+                    await db.execute("COMMIT")
+                    deleted += n
+                    self._backlog -= n
+                    self._acked_through = max(self._acked_through, bound)
+                    if bound >= seq:
+                        break
+            except (sqlite3.Error, OSError) as exc:
+                await self._after_failure()
+                raise self._write_error(exc, f"deleting records acked through {seq}") from exc
+            except BaseException:
+                await self._after_failure()
+                raise
+            self._acked_since_truncate += deleted
+            if self._acked_since_truncate >= TRUNCATE_AFTER_ACKED_ROWS:
+                # Hand the WAL's disk back after a heavy drain; autocheckpoint alone only
+                # truncates it to journal_size_limit.
+                self._acked_since_truncate = 0
+                try:
+                    await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error as exc:
+                    log.warning("buffer_checkpoint_failed", path=str(self.path), error=str(exc))
+        return deleted
+
+    async def stats(self) -> BufferStats:
+        """A snapshot for status and health: cheap (index lookups and file sizes)."""
+        db = self._conn()
+        async with self._lock:
+            try:
+                first = await _fetchone(db, "SELECT seq, ts FROM records ORDER BY seq LIMIT 1")
+                content = await self._content_bytes()
+            except sqlite3.Error as exc:
+                raise self._read_error(exc, "reading buffer stats") from exc
+        if self._over_quota and content <= self.content_budget:
+            self._clear_over_quota()
+        db_size = _size(self.path)
+        wal_size = _size(Path(f"{self.path}-wal"))
+        return BufferStats(
+            backlog=self._backlog,
+            first_seq=int(first[0]) if first else None,
+            last_seq=self._last_seq,
+            oldest_ts=int(first[1]) if first else None,
+            disk_bytes=db_size + wal_size,
+            dropped_samples_total=self._dropped_total,
+            over_quota=self._over_quota,
+            last_error=self._last_error,
+            acked_through=self._acked_through,
+            content_bytes=content,
+            content_budget=self.content_budget,
+            wal_bytes=wal_size,
+            write_errors_total=self._write_errors,
+            synchronous=self.synchronous,
+        )
+
+    async def integrity_check(self) -> list[str]:
+        """``PRAGMA integrity_check`` (full, O(size)): ``[]`` when ok, else the problems."""
+        db = self._conn()
+        async with self._lock:
+            rows = await (await db.execute("PRAGMA integrity_check")).fetchall()
+        found = [str(r[0]) for r in rows]
+        return [] if found == ["ok"] else found
+
+    # ---------------------------------------------------------------- internals
+
+    async def _apply_quota(self, last: int, first_of_cycle: int,
+                           cycle_bytes: int) -> tuple[int, int]:
+        """Inside the append transaction: drop oldest samples (not of this cycle) when over
+        budget, write one gap record. Returns (new last seq, samples dropped).
+
+        Measuring pages costs a round trip, so it is skipped while a pessimistic estimate
+        (last measurement + twice the bytes appended since) stays under the budget; the
+        estimate is re-anchored at least every MiB of appended data."""
+        self._unmeasured += cycle_bytes
+        if (not self._over_quota and self._unmeasured < 2**20
+                and self._measured + 2 * self._unmeasured < self.content_budget):
+            return last, 0
+        content = await self._content_bytes()
+        if content <= self.content_budget:
+            if self._over_quota:
+                self._clear_over_quota()
+            return last, 0
+        db = self._conn()
+        target = self.content_budget - max(self.content_budget // 20, 64 * 1024)
+        dropped, lo, hi = 0, 0, 0
+        while content > target:
+            row = await _fetchone(
+                db, "SELECT min(seq), max(seq), count(*) FROM (SELECT seq FROM records "
+                    "WHERE kind = 'sample' AND seq < ? ORDER BY seq LIMIT ?)",
+                (first_of_cycle, QUOTA_DROP_CHUNK_ROWS))
+            if row is None or not row[2]:
+                break
+            a, b, n = int(row[0]), int(row[1]), int(row[2])
+            await db.execute("DELETE FROM records WHERE kind = 'sample' AND seq >= ? AND seq <= ?",
+                             (a, b))
+            lo = lo or a
+            hi, dropped = b, dropped + n
+            content = await self._content_bytes()
+        if dropped:
+            last += 1
+            gap = {"dropped": dropped, "first_seq": lo, "last_seq": hi, "reason": "quota"}
+            await db.execute(
+                "INSERT INTO records(seq, ts, device, kind, body) VALUES (?, ?, ?, ?, ?)",
+                (last, _now_ms(), self.gateway, "gap", encode_body(gap)))
+            await db.execute("UPDATE meta SET value = value + ? "
+                             "WHERE key = 'dropped_samples_total'", (dropped,))
+            log.warning("buffer_quota_dropped_samples", path=str(self.path), dropped=dropped,
+                        first_seq=lo, last_seq=hi, content_bytes=content,
+                        content_budget=self.content_budget)
+        if content > self.content_budget:
+            if not self._over_quota:
+                self._over_quota = True
+                self._over_quota_appends = 0
+                log.error("buffer_over_quota", path=str(self.path), content_bytes=content,
+                          content_budget=self.content_budget,
+                          detail="only records that are never dropped are left; keeping them "
+                                 "and growing past buffer_max_mb until the cloud acks")
+            self._over_quota_appends += 1
+        elif self._over_quota:
+            self._clear_over_quota()
+        return last, dropped
+
+    def _clear_over_quota(self) -> None:
+        log.warning("buffer_back_under_quota", path=str(self.path),
+                    appends_while_over=self._over_quota_appends)
+        self._over_quota = False
+        self._over_quota_appends = 0
+
+    async def _content_bytes(self) -> int:
+        row = await _fetchone(self._conn(), "SELECT page_count, freelist_count "
+                                            "FROM pragma_page_count(), pragma_freelist_count()")
+        content = (int(row[0]) - int(row[1])) * self._page_size if row else 0
+        self._measured, self._unmeasured = content, 0
+        return content
+
+    async def _read_meta(self) -> dict[str, Any]:
+        rows = await (await self._conn().execute("SELECT key, value FROM meta")).fetchall()
+        return {str(k): v for k, v in rows}
+
+    async def _after_failure(self) -> None:
+        """Roll back and forget cached state: re-read it from what is really committed
+        (a cancelled COMMIT may still have landed)."""
+        db = self._conn()
+        with contextlib.suppress(sqlite3.Error):
+            await db.execute("ROLLBACK")
+        try:
+            meta = await self._read_meta()
+            top = await _fetchone(db, "SELECT max(seq) FROM records")
+            self._last_seq = max(self._last_seq, int(meta["last_seq"]),
+                                 int(top[0]) if top and top[0] else 0)
+            self._acked_through = int(meta["acked_through"])
+            self._dropped_total = int(meta["dropped_samples_total"])
+            count = await _fetchone(db, "SELECT count(*) FROM records")
+            self._backlog = int(count[0]) if count else self._backlog
+        except (sqlite3.Error, KeyError, ValueError) as exc:
+            log.warning("buffer_state_reload_failed", path=str(self.path), error=str(exc))
+
+    def _write_error(self, exc: BaseException, doing: str) -> OutboxError:
+        if isinstance(exc, sqlite3.Error) and _is_corrupt(exc):
+            return BufferCorrupt(f"{self.path}: damaged while {doing}: {exc}; close and "
+                                 "reopen the outbox to move it aside")
+        name = _errname(exc)
+        hint = {"SQLITE_FULL": "the disk is full", "SQLITE_IOERR": "an I/O error or failed fsync"}
+        cause = next((v for k, v in hint.items() if name.startswith(k)), "a write error")
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG):
+            cause = "the disk is full"
+        msg = (f"{self.path}: {doing} failed, {cause} ({name}: {exc}); nothing of it was "
+               f"stored: free space on {self.path.parent} or check the disk, then retry")
+        self._last_error = msg
+        self._write_errors += 1
+        self._failing_since_ok += 1
+        if self._failing_since_ok == 1:
+            log.error("buffer_write_failed", path=str(self.path), error=msg)
+        return BufferWriteError(msg)
+
+    def _read_error(self, exc: sqlite3.Error, doing: str) -> OutboxError:
+        if _is_corrupt(exc):
+            return BufferCorrupt(f"{self.path}: damaged while {doing}: {exc}; close and "
+                                 "reopen the outbox to move it aside")
+        return OutboxError(f"{self.path}: {doing} failed: {exc}")
+
+    def _note_ok(self) -> None:
+        if self._failing_since_ok:
+            log.warning("buffer_write_recovered", path=str(self.path),
+                        failures=self._failing_since_ok)
+            self._failing_since_ok = 0
+            self._last_error = None
+
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise OutboxError(f"{self.path}: the outbox is not open (use `async with Outbox(...)`)")
+        return self._db
+
+    def _write_sidecar(self, reserved: int, clean_close_seq: int | None) -> None:
+        doc = {"v": 1, "gateway": self.gateway, "seq_reserved_through": reserved,
+               "clean_close_seq": clean_close_seq, "synchronous": self.synchronous}
+        _atomic_write(_sidecar_path(self.path), json.dumps(doc).encode())
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def _prepare(cycle: Cycle) -> tuple[list[tuple[int, str, str, bytes]], list[tuple[str, str, Any]]]:
+    rows: list[tuple[int, str, str, bytes]] = []
+    for i, rec in enumerate(cycle.records):
+        where = f"cycle.records[{i}]"
+        if type(rec.ts) is not int or rec.ts < 0:
+            raise RecordError(f"{where}.ts", f"must be epoch milliseconds >= 0, got {rec.ts!r}")
+        if not isinstance(rec.device, str) or not rec.device:
+            raise RecordError(f"{where}.device", "missing or not a string")
+        if rec.kind not in KINDS:
+            raise RecordError(f"{where}.kind", f"unknown kind {rec.kind!r}")
+        body = validate_body(rec.kind, rec.body, f"{where}.body")
+        rows.append((rec.ts, rec.device, rec.kind, encode_body(body)))
+    base_rows: list[tuple[str, str, Any]] = []
+    for key, raw in cycle.baselines.items():
+        if (not isinstance(key, tuple) or len(key) != 2
+                or not all(isinstance(k, str) and k for k in key)):
+            raise RecordError(f"cycle.baselines[{key!r}]", "key must be (device, tag)")
+        if type(raw) is not int:
+            raise RecordError(f"cycle.baselines[{key!r}]", f"must be an int, got {raw!r}")
+        stored: Any = raw if _INT64_MIN <= raw <= _INT64_MAX else str(raw)
+        base_rows.append((key[0], key[1], stored))
+    return rows, base_rows
+
+
+def _cycle_bytes(rows: list[tuple[int, str, str, bytes]]) -> int:
+    # Rough on-disk cost of a row: body, names, seq/ts, cell and index overhead.
+    return sum(len(body) + len(device) + len(kind) + 24 for _, device, kind, body in rows)
+
+
+async def _fetchone(db: aiosqlite.Connection, sql: str,
+                    params: Sequence[Any] = ()) -> sqlite3.Row | None:
+    async with db.execute(sql, params) as cur:
+        row: sqlite3.Row | None = await cur.fetchone()
+        return row
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return (code & 0xFF) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
+
+
+def _errname(exc: BaseException) -> str:
+    name = getattr(exc, "sqlite_errorname", None)
+    if isinstance(name, str):
+        return name
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    return type(exc).__name__
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + ".seq")
+
+
+def _read_sidecar(path: Path) -> _Sidecar | None:
+    try:
+        doc = json.loads(path.read_bytes())
+        return _Sidecar(gateway=str(doc["gateway"]), reserved=int(doc["seq_reserved_through"]),
+                        clean_close_seq=(None if doc.get("clean_close_seq") is None
+                                         else int(doc["clean_close_seq"])),
+                        synchronous=str(doc.get("synchronous", "FULL")))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.error("buffer_sidecar_unreadable", path=str(path), error=str(exc))
+        return None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename the database and its -wal/-shm to ``<name>.corrupt-<UTC>`` (never delete)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    # -wal and -shm first, so a crash half-way never leaves the main file without them.
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{path}{suffix}")
+        if side.exists():
+            os.replace(side, Path(f"{target}{suffix}"))
+    os.replace(path, target)
+    _fsync_dir(path.parent)
+    return target
+
+
+def _salvage_last_seq(path: Path) -> int | None:
+    """Best effort: the highest seq a damaged file still shows (read-only, immutable, so the
+    evidence is not modified). The sidecar is the real guarantee; this only adds to it."""
+    best: int | None = None
+    try:
+        con = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        for sql in ("SELECT value FROM meta WHERE key = 'last_seq'", "SELECT max(seq) FROM records"):
+            try:
+                row = con.execute(sql).fetchone()
+            except sqlite3.Error:
+                continue
+            if row and isinstance(row[0], int):
+                best = max(best or 0, row[0])
+    finally:
+        con.close()
+    return best
+
+
+def _acquire_lock(path: Path) -> int:
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise BufferLocked(f"{path}: already open in another process (pid {holder or '?'}); "
+                           "run one gateway per data_dir") from exc
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _release_lock(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
