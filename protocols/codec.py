@@ -71,18 +71,18 @@ def decode(spec: TagSpec, raw: bytes) -> Value:
     header. Raises CodecError when ``raw`` has the wrong length or an S7 string header
     does not fit its bytes. Pure: the same input always gives the same output.
     """
-    need = raw_size(spec)
+    t = spec.type
+    st = _STRUCTS.get(t)
+    # Numbers take exactly their struct's size (int8/uint8 exist only on S7, one byte);
+    # the fast check keeps the per-value cost down on the poll path.
+    need = st.size if st is not None else raw_size(spec)
     if len(raw) != need:
         raise CodecError(
-            f"{spec.name}: {spec.type.value} at '{spec.address}' needs {need} raw bytes, "
+            f"{spec.name}: {t.value} at '{spec.address}' needs {need} raw bytes, "
             f"got {len(raw)}"
         )
-    t = spec.type
-    if t is DataType.BOOL:
-        return _decode_bool(spec, raw)
-    if t is DataType.STRING:
-        return _decode_string(spec, raw)
-    st = _STRUCTS[t]
+    if st is None:
+        return _decode_bool(spec, raw) if t is DataType.BOOL else _decode_string(spec, raw)
     if spec.byte_order is not Order.BIG or spec.word_order is not Order.BIG:
         raw = _reorder(raw, spec.byte_order, spec.word_order)
     value: int | float = st.unpack(raw)[0]
@@ -186,7 +186,7 @@ def plausible_float(x: float) -> bool:
 
 def plausible_orders(spec: TagSpec, raw: bytes) -> list[tuple[Order, Order]]:
     """Other ``(byte_order, word_order)`` pairs that give a plausible value when the
-    configured pair does not. Empty when the configured value is plausible, when the type
+    configured pair does not, likeliest first. Empty when the configured value is plausible, when the type
     is not a multi-word number, or when no other order helps. Scale/offset are ignored.
 
     The heuristic (pure, documented, a hint never an error):

@@ -243,17 +243,36 @@ def slice_tags(plan: ReadPlan, span: Span, raw: bytes) -> list[TagReading]:
     do not decode (or that the raw block is too short for) carries a CodecError instead.
     Never raises for bad data.
     """
-    specs = {t.name: t for t in plan.tags}
+    layout = _layout(plan)
     out = []
     for name in span.tags:
-        spec = specs[name]
-        _, _, start, _ = tag_extent(spec)
-        per_unit = 2 if isinstance(spec.address, ModbusAddress) and \
-            spec.address.area in ("HR", "IR") else 1
+        spec, start, per_unit, size = layout[name]
         at = (start - span.start) * per_unit
-        piece = raw[at:at + raw_size(spec)]
+        piece = raw[at:at + size]
         try:
             out.append(TagReading(name, piece, decode(spec, piece)))
         except CodecError as exc:
             out.append(TagReading(name, piece, None, exc))
     return out
+
+
+# Per-plan slicing layout, computed once per plan and poll loop rather than per span.
+# Keyed by id() with the plan kept alive beside it, so an id is never reused while cached.
+_LAYOUTS: dict[int, tuple[ReadPlan, dict[str, tuple[TagSpec, int, int, int]]]] = {}
+_LAYOUT_CACHE_SIZE = 256
+
+
+def _layout(plan: ReadPlan) -> dict[str, tuple[TagSpec, int, int, int]]:
+    cached = _LAYOUTS.get(id(plan))
+    if cached is not None and cached[0] is plan:
+        return cached[1]
+    layout = {}
+    for spec in plan.tags:
+        _, _, start, _ = tag_extent(spec)
+        per_unit = 2 if isinstance(spec.address, ModbusAddress) and \
+            spec.address.area in ("HR", "IR") else 1
+        layout[spec.name] = (spec, start, per_unit, raw_size(spec))
+    if len(_LAYOUTS) >= _LAYOUT_CACHE_SIZE:
+        _LAYOUTS.pop(next(iter(_LAYOUTS)))
+    _LAYOUTS[id(plan)] = (plan, layout)
+    return layout
