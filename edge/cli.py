@@ -344,6 +344,17 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
 # --------------------------------------------------------------------------- run / status
 
 
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    """Run the daemon (edge.daemon) after validating its config (errors on stderr)."""
+    load_gateway(args.config)
+    try:
+        from edge.daemon import run
+    except ImportError:
+        return cmd_not_yet(args, out)
+    code: int = run(args.config)
+    return code
+
+
 def cmd_not_yet(args: argparse.Namespace, out: TextIO) -> int:
     raise _Failed("not yet implemented (the gateway daemon comes with a later issue)")
 
@@ -389,8 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("run", help="run the gateway daemon")
-    p.add_argument("--config", required=True)
-    p.set_defaults(func=cmd_not_yet)
+    p.add_argument("--config", required=True, help="gateway.toml")
+    p.set_defaults(func=cmd_run)
     p = sub.add_parser("status", help="the running daemon's status")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_not_yet)

@@ -25,9 +25,9 @@ import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError
 from pydantic_core import ErrorDetails
 
 from protocols.driver import Endpoint
@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 MIN_POLL_MS = 100
+_M = TypeVar("_M", bound=BaseModel)
 DEFAULT_PORTS: dict[str, int] = {"modbus-tcp": 502, "s7": 102}
 
 # --------------------------------------------------------------------------- errors
@@ -112,7 +113,9 @@ RoleName = Literal["counter", "state", "alarm", "parameter", "sample"]
 CountsName = Literal["good", "scrap", "total"]
 ProtocolName = Literal["modbus-tcp", "modbus-rtu", "s7"]
 
-_STRICT = ConfigDict(extra="forbid", frozen=True)
+# strict: TOML has real numbers and booleans, so "0.1" in quotes is a mistake worth naming
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
+_Code = Annotated[int, Strict(False)]  # TOML table keys are strings: states = { 0 = "off" }
 
 
 class TagConfig(BaseModel):
@@ -164,17 +167,17 @@ class TagConfig(BaseModel):
         description="For role = counter: which pieces it counts (good, scrap or total).",
         examples=["good"],
     )
-    states: dict[int, str] | None = Field(
+    states: dict[_Code, str] | None = Field(
         default=None,
         description="For role = state: state code -> name.",
         examples=[{0: "off", 1: "idle", 2: "running"}],
     )
-    alarms: dict[int, str] | None = Field(
+    alarms: dict[_Code, str] | None = Field(
         default=None,
         description="For role = alarm: alarm code -> text (0 means no alarm).",
         examples=[{1001: "Spindle overload"}],
     )
-    limits: tuple[float, float] | None = Field(
+    limits: Annotated[list[float], Field(min_length=2, max_length=2)] | None = Field(
         default=None,
         description="For role = parameter: [lo, hi]; leaving them raises a limit record.",
         examples=[[10.0, 65.0]],
@@ -490,8 +493,7 @@ def _parse_toml(text: str, shown: str) -> tuple[dict[str, Any] | None, list[Prob
         elif "at end of document" in msg:
             where = "end of file"
             msg = msg.replace("(at end of document)", "").strip()
-        return None, [Problem(shown, where, f"TOML syntax error: {msg}",
-                              'e.g. key = "value"; tables as [tags.name]')]
+        return None, [Problem(shown, where, f"TOML syntax error: {msg}")]
 
 
 def _inner_model(annotation: Any) -> Any:
@@ -565,6 +567,9 @@ def _translate(err: ErrorDetails, root: type[BaseModel], shown: str) -> Problem:
         return Problem(shown, path, f"must be {words} {bound}, got {value!r}", hint)
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return Problem(shown, path, f"expected a whole number, got {value!r}", hint)
+    if kind in ("float_type", "float_parsing", "int_type") and isinstance(value, str):
+        return Problem(shown, path, f"expected a number, got the text {value!r}",
+                       f"{hint}, without quotes" if hint else "write it without quotes")
     if kind in ("float_type", "float_parsing"):
         return Problem(shown, path, f"expected a number, got {value!r}", hint)
     if kind in ("string_type",):
@@ -574,7 +579,7 @@ def _translate(err: ErrorDetails, root: type[BaseModel], shown: str) -> Problem:
     if kind in ("list_type", "tuple_type"):
         return Problem(shown, path, f"expected a list, got {value!r}", hint)
     if kind == "too_short" or kind == "too_long":
-        return Problem(shown, path, f"wrong number of items in {value!r}", hint)
+        return Problem(shown, path, f"expected two numbers [lo, hi], got {value!r}", hint)
     if kind == "string_pattern_mismatch":
         return Problem(shown, path, f"{value!r} has characters that are not allowed",
                        hint or "letters, digits, '.', '_' and '-'")
@@ -587,7 +592,19 @@ def _pydantic_problems(exc: ValidationError, root: type[BaseModel], shown: str
                        ) -> list[Problem]:
     out: list[Problem] = []
     seen: set[str] = set()
-    for err in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False)
+    # 'adress' unknown and 'address' missing are one mistake: report the misspelling only
+    misspelt: set[tuple[Any, ...]] = set()
+    for err in errors:
+        if err["type"] == "extra_forbidden" and err["loc"]:
+            owner = _resolve_model(root, err["loc"])
+            if owner is not None:
+                for close in difflib.get_close_matches(str(err["loc"][-1]),
+                                                       list(owner.model_fields), 1, 0.6):
+                    misspelt.add((*err["loc"][:-1], close))
+    for err in errors:
+        if err["type"] == "missing" and tuple(err["loc"]) in misspelt:
+            continue
         problem = _translate(err, root, shown)
         # unions report one error per branch; one line per key is enough
         key = f"{problem.key_path}|{problem.message}"
@@ -663,12 +680,14 @@ def _check_tag(name: str, tag: TagConfig, map_cfg: MapConfig | None, protocol: P
         value = getattr(tag, table)
         if tag.role == role:
             if not value:
+                article = "an" if role[0] in "aeiou" else "a"
                 problems.append(Problem(shown, f"{base}.{table}",
-                                        f"a {role} tag needs a {table} table",
+                                        f"{article} {role} tag needs {article} {table} table",
                                         f"e.g. {table} = {example}"))
             if not (dtype.is_integer or dtype is DataType.BOOL):
                 problems.append(Problem(shown, f"{base}.type",
-                                        f"a {role} tag must be an integer, not {tag.type}",
+                                        f"{'an' if role == 'alarm' else 'a'} {role} tag must "
+                                        f"be an integer, not {tag.type}",
                                         "use uint16"))
         elif value is not None:
             problems.append(Problem(shown, f"{base}.{table}",
@@ -827,21 +846,27 @@ def _validate_map(raw: dict[str, Any], protocol: Protocol, shown: str, context: 
     return (config if not problems else None), tuple(specs), problems
 
 
-def _tag_without_broken_keys(tag_raw: Any) -> tuple[TagConfig | None, set[str]]:
-    """Validate a tag after dropping the keys pydantic rejected; None if that fails too."""
-    if not isinstance(tag_raw, dict):
+def _without_broken_keys(model: type[_M], raw: Any, essential: set[str]
+                         ) -> tuple[_M | None, set[str]]:
+    """Validate after dropping the keys pydantic rejected (their problems are reported
+    already), so the rest of the table can still be checked. None when an essential key
+    is broken or it still fails."""
+    if not isinstance(raw, dict):
         return None, set()
     try:
-        return TagConfig.model_validate(tag_raw), set()
+        return model.model_validate(raw), set()
     except ValidationError as exc:
         broken = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
-    if broken & {"address", "type"}:
+    if broken & essential:
         return None, broken
     try:
-        rest = {k: v for k, v in tag_raw.items() if k not in broken}
-        return TagConfig.model_validate(rest), broken
+        return model.model_validate({k: v for k, v in raw.items() if k not in broken}), broken
     except ValidationError:
         return None, broken
+
+
+def _tag_without_broken_keys(tag_raw: Any) -> tuple[TagConfig | None, set[str]]:
+    return _without_broken_keys(TagConfig, tag_raw, {"address", "type"})
 
 
 def compile_map(map_config: MapConfig, protocol: Protocol, *, file: str = "<map>"
@@ -911,10 +936,11 @@ def detect_kind(raw: Mapping[str, Any]) -> Literal["gateway", "map"] | None:
 # --------------------------------------------------------------------------- gateway
 
 
-def _device_problems(devices: Sequence[DeviceConfig], shown: str) -> list[Problem]:
+def _device_problems(devices: Sequence[tuple[int, DeviceConfig]], shown: str
+                     ) -> list[Problem]:
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    for i, dev in enumerate(devices):
+    for i, dev in devices:
         base = f"devices[{i}]"
         if dev.name in seen:
             problems.append(Problem(shown, f"{base}.name",
@@ -971,12 +997,10 @@ def load_gateway(path: str | os.PathLike[str]) -> LoadedGateway:
         raw_devices = raw.get("devices")
         if isinstance(raw_devices, list):
             for i, item in enumerate(raw_devices):
-                try:
-                    devices.append((i, DeviceConfig.model_validate(item)))
-                except ValidationError:
-                    continue
-    problems.extend(_device_problems([d for _, d in devices], shown)
-                    if config is not None else [])
+                dev, _ = _without_broken_keys(DeviceConfig, item, {"name", "map", "protocol"})
+                if dev is not None:
+                    devices.append((i, dev))
+    problems.extend(_device_problems(devices, shown))
 
     base_dir = p.parent
     maps: dict[tuple[Path, str], LoadedMap] = {}
@@ -994,7 +1018,7 @@ def load_gateway(path: str | os.PathLike[str]) -> LoadedGateway:
         if not map_path.is_file():
             problems.append(Problem(shown, f"devices[{i}].map",
                                     f"device {dev.name!r}: map file {map_shown} not found",
-                                    f"the path is relative to {display_path(base_dir) or '.'}"))
+                                    f"map paths are relative to the folder of {shown}"))
             failed[key] = True
             continue
         map_raw, map_problems = _read_toml(map_path, map_shown)

@@ -53,7 +53,7 @@ def sim_points(lm: LoadedMap) -> list[SimPoint]:
         points.append(SimPoint(spec=spec, role=tag.role, counts=tag.counts,
                                states=dict(tag.states) if tag.states else None,
                                alarms=dict(tag.alarms) if tag.alarms else None,
-                               limits=tag.limits))
+                               limits=tuple(tag.limits) if tag.limits else None))  # type: ignore[arg-type]
     return points
 
 
