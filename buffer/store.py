@@ -81,6 +81,16 @@ is renamed ``<name>.corrupt-<UTC timestamp>`` together with its ``-wal``/``-shm`
 deleted), logged at error, and a fresh buffer starts whose first record is a ``gap`` with
 reason ``buffer_corrupt: moved to <file>: ...``; ``dropped`` is 0 and ``first_seq``/
 ``last_seq`` are null because the number of unsent records in it is unknown.
+
+Threading (why not aiosqlite's connection object)
+-------------------------------------------------
+The connection lives on one dedicated worker thread — the model aiosqlite uses — but each
+public operation runs as *one* function there: a whole ``BEGIN IMMEDIATE ... COMMIT`` with its
+rollback. aiosqlite would need 4-6 thread round trips per cycle, and a task cancelled between
+them leaves a transaction open on the shared connection; here a transaction cannot be
+interleaved with a ``peek`` of another task (which would see uncommitted seqs and could send
+records that are then rolled back) nor cut in half by cancellation, and the group commit is
+~30 % faster. aiosqlite stays a dependency of the cloud side.
 """
 
 from __future__ import annotations
@@ -93,14 +103,15 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
-import aiosqlite
 import structlog
 
 from buffer.records import DROPPABLE_KINDS, KINDS, Record, RecordError, encode_body, validate_body
@@ -151,6 +162,7 @@ _SQLITE_CORRUPT: Final = 11
 _SQLITE_NOTADB: Final = 26
 
 Synchronous = Literal["FULL", "NORMAL"]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +222,14 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
 )
 assert DROPPABLE_KINDS == frozenset({"sample"}), "records_droppable index names the kinds"
+_INSERT = "INSERT INTO records(seq, ts, device, kind, body) VALUES (?, ?, ?, ?, ?)"
 
 
 class Outbox:
     """The gateway's durable outbox. An async context manager; one per buffer file and
-    process (a lock file refuses a second). All methods are serialised on one connection."""
+    process (a lock file refuses a second). Operations run one at a time, in call order,
+    each as one function on the outbox's database thread; cached counters are only changed
+    there, after the commit they describe."""
 
     def __init__(self, path: str | os.PathLike[str], *, gateway: str, max_bytes: int,
                  synchronous: Synchronous = "FULL") -> None:
@@ -231,8 +246,8 @@ class Outbox:
         self.synchronous: Synchronous = synchronous
         self.wal_limit = min(max(max_bytes // 8, 512 * 1024), 16 * 2**20)
         self.content_budget = max_bytes - self.wal_limit
-        self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._con: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._page_size = 4096
         self._last_seq = 0
@@ -262,47 +277,123 @@ class Outbox:
     async def open(self) -> None:
         """Open (create, check, recover) the buffer. Raises BufferGatewayMismatch,
         BufferLocked, BufferCorrupt (damaged and cannot be moved aside), OutboxError."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = _acquire_lock(self.path)
+        if self._executor is not None:
+            raise OutboxError(f"{self.path}: the outbox is already open")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="plantsync-outbox")
         try:
-            await self._open_locked()
+            await self._run(self._open_sync)
         except BaseException:
-            if self._db is not None:
-                with contextlib.suppress(Exception):
-                    await self._db.close()
-                self._db = None
-            _release_lock(self._lock_fd)
-            self._lock_fd = None
+            self._executor.shutdown(wait=True)
+            self._executor = None
             raise
 
     async def close(self) -> None:
         """Checkpoint, truncate the WAL, mark a clean shutdown in the sidecar, close.
         Idempotent."""
-        if self._db is None:
+        if self._executor is None:
             return
-        async with self._lock:
-            db, self._db = self._db, None
-            try:
-                clean = False
-                try:
-                    await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                    clean = True
-                except sqlite3.Error as exc:
-                    log.warning("buffer_close_checkpoint_failed", path=str(self.path),
-                                error=str(exc))
-                if clean:
-                    try:
-                        await asyncio.to_thread(self._write_sidecar, self._reserved,
-                                                self._last_seq)
-                    except OSError as exc:
-                        log.warning("buffer_sidecar_write_failed", path=str(self.path),
-                                    error=str(exc))
-            finally:
-                await db.close()
-                _release_lock(self._lock_fd)
-                self._lock_fd = None
+        try:
+            await self._run(self._close_sync)
+        finally:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
-    async def _open_locked(self) -> None:
+    # ---------------------------------------------------------------- the contract
+
+    async def append(self, cycle: Cycle) -> list[int]:
+        """Store one poll cycle atomically and return the seqs of its records, in order.
+
+        Records are validated first (``RecordError``, nothing stored: a record the cloud
+        would reject must not block the queue). One ``BEGIN IMMEDIATE`` transaction stores
+        records and baselines together and applies the quota. Raises ``BufferWriteError``
+        (nothing of the cycle stored; the outbox stays usable; retry the same cycle) or
+        ``BufferCorrupt``. Not idempotent: a retried cycle after success is stored twice.
+        If the calling task is cancelled, the cycle is either wholly stored or not at all.
+        """
+        rows, base_rows = _prepare(cycle)
+        if not rows and not base_rows:
+            return []
+        return await self._run(self._append_sync, rows, base_rows)
+
+    async def baselines(self) -> dict[tuple[str, str], int]:
+        """The stored counter baselines ``{(device, tag): raw}``, as of the last append."""
+        return await self._run(self._baselines_sync)
+
+    async def peek(self, max_records: int, max_bytes: int = DEFAULT_PEEK_BYTES,
+                   after_seq: int | None = None) -> list[StoredRow]:
+        """The oldest stored records (after ``after_seq`` when given), oldest first: at most
+        ``max_records``, and no more once their encoded size would pass ``max_bytes`` (an
+        upper bound of their size in ``encode_batch_raw``, without the ~40-byte batch
+        header). The first row is always returned however big, so one large record cannot
+        block the queue. Reads in chunks of 256 rows and stops early; never loads the
+        backlog. Read-only; raises ``BufferCorrupt`` or ``OutboxError``."""
+        if max_records < 1:
+            raise ValueError(f"max_records must be >= 1, got {max_records}")
+        return await self._run(self._peek_sync, max_records, max_bytes, after_seq or 0)
+
+    async def ack_through(self, seq: int) -> int:
+        """Delete every stored record with seq <= ``seq`` (the cloud's ``acked_through``),
+        in chunks of ``ACK_CHUNK_ROWS`` per transaction; returns how many were deleted.
+        Idempotent. Raises ``BufferAckError`` when ``seq`` is above the last seq ever
+        assigned, ``BufferWriteError`` when a delete failed (nothing lost; ack again)."""
+        if seq < 0:
+            raise ValueError(f"seq must be >= 0, got {seq}")
+        return await self._run(self._ack_sync, seq)
+
+    async def stats(self) -> BufferStats:
+        """A snapshot for status and health: cheap (index lookups and file sizes)."""
+        return await self._run(self._stats_sync)
+
+    async def integrity_check(self) -> list[str]:
+        """``PRAGMA integrity_check`` (full, O(size)): ``[]`` when ok, else the problems."""
+        return await self._run(self._integrity_sync)
+
+    # ---------------------------------------------------------------- on the DB thread
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        if self._executor is None:
+            raise OutboxError(f"{self.path}: the outbox is not open (use `async with Outbox(...)`)")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, *args))
+
+    def _db(self) -> sqlite3.Connection:
+        if self._con is None:
+            raise OutboxError(f"{self.path}: the outbox is not open")
+        return self._con
+
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _acquire_lock(self.path)
+        try:
+            self._open_locked()
+        except BaseException:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+            _release_lock(self._lock_fd)
+            self._lock_fd = None
+            raise
+
+    def _close_sync(self) -> None:
+        con, self._con = self._con, None
+        if con is None:
+            return
+        try:
+            try:
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._write_sidecar(self._reserved, self._last_seq)
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("buffer_close_unclean", path=str(self.path), error=str(exc))
+        finally:
+            con.close()
+            _release_lock(self._lock_fd)
+            self._lock_fd = None
+
+    def _connect(self) -> sqlite3.Connection:
+        # Autocommit mode: we issue BEGIN IMMEDIATE / COMMIT ourselves.
+        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+
+    def _open_locked(self) -> None:
         sidecar = _read_sidecar(_sidecar_path(self.path))
         if sidecar is not None and sidecar.gateway != self.gateway:
             raise BufferGatewayMismatch(
@@ -310,14 +401,14 @@ class Outbox:
                 f"gateway is {self.gateway!r}; set [gateway].id = {sidecar.gateway!r}, or give "
                 "this gateway its own data_dir")
         existed = _size(self.path) > 0 or _size(Path(f"{self.path}-wal")) > 0
-        problem = await self._connect_and_check() if existed else None
+        problem = self._connect_and_check() if existed else None
         moved: Path | None = None
         salvage: int | None = None
         if problem is not None:
-            if self._db is not None:
-                with contextlib.suppress(Exception):
-                    await self._db.close()
-                self._db = None
+            if self._con is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._con.close()
+                self._con = None
             salvage = _salvage_last_seq(self.path)
             try:
                 moved = _move_aside(self.path)
@@ -327,28 +418,28 @@ class Outbox:
                     "move it away by hand to start a fresh buffer") from exc
             log.error("buffer_corrupt_moved_aside", path=str(self.path), moved_to=str(moved),
                       problem=problem)
-        if self._db is None:
-            self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        db = self._db
-        mode = await _fetchone(db, "PRAGMA journal_mode=WAL")
+        if self._con is None:
+            self._con = self._connect()
+        con = self._con
+        mode = con.execute("PRAGMA journal_mode=WAL").fetchone()
         if mode is None or str(mode[0]).lower() != "wal":
             raise OutboxError(f"{self.path}: cannot switch to WAL journal mode (got {mode})")
-        page_size = await _fetchone(db, "PRAGMA page_size")
-        self._page_size = int(page_size[0]) if page_size else 4096
+        self._page_size = int(con.execute("PRAGMA page_size").fetchone()[0])
         for pragma in (f"PRAGMA synchronous={self.synchronous}",
                        f"PRAGMA journal_size_limit={self.wal_limit}",
-                       f"PRAGMA wal_autocheckpoint={max(64, self.wal_limit // 2 // self._page_size)}",
+                       "PRAGMA wal_autocheckpoint="
+                       f"{max(64, self.wal_limit // 2 // self._page_size)}",
                        "PRAGMA busy_timeout=5000",
                        "PRAGMA temp_store=MEMORY"):
-            await db.execute(pragma)
+            con.execute(pragma)
 
         now = _now_ms()
         gaps: list[dict[str, Any]] = []
-        await db.execute("BEGIN IMMEDIATE")
+        con.execute("BEGIN IMMEDIATE")
         try:
             for stmt in _SCHEMA:
-                await db.execute(stmt)
-            meta = await self._read_meta()
+                con.execute(stmt)
+            meta = self._read_meta()
             fresh = "gateway" not in meta
             if fresh:
                 if moved is not None:
@@ -371,14 +462,13 @@ class Outbox:
                     log.error("buffer_lost", path=str(self.path), reserved=sidecar.reserved)
                 else:
                     base = 0
-                await db.executemany(
+                con.executemany(
                     "INSERT INTO meta(key, value) VALUES (?, ?)",
                     [("gateway", self.gateway), ("schema_version", SCHEMA_VERSION),
                      ("last_seq", base), ("acked_through", 0), ("dropped_samples_total", 0),
                      ("created_ms", now)])
-                meta = await self._read_meta()
-            top = await _fetchone(db, "SELECT max(seq) FROM records")
-            last_seq = max(int(meta["last_seq"]), int(top[0]) if top and top[0] else 0)
+                meta = self._read_meta()
+            last_seq = max(int(meta["last_seq"]), self._max_seq())
             if (not fresh and sidecar is not None and sidecar.synchronous == "NORMAL"
                     and sidecar.clean_close_seq != last_seq and sidecar.reserved > last_seq):
                 # The last run used NORMAL and did not close cleanly: a power cut may have
@@ -391,48 +481,44 @@ class Outbox:
                 log.warning("buffer_unclean_normal_shutdown", path=str(self.path),
                             last_seq=last_seq, skipped_to=sidecar.reserved)
                 last_seq = sidecar.reserved
-            self._last_seq = last_seq
-            self._acked_through = int(meta["acked_through"])
-            self._dropped_total = int(meta["dropped_samples_total"])
-            reserved = max(self._last_seq + len(gaps), sidecar.reserved if sidecar else 0)
+            reserved = max(last_seq + len(gaps), sidecar.reserved if sidecar else 0)
             # A fresh reservation before any seq of this run is committed; clean_close_seq
             # None marks the run as open until close() says otherwise.
+            self._write_sidecar(reserved + SEQ_RESERVE_STEP, None)
             self._reserved = reserved + SEQ_RESERVE_STEP
-            await asyncio.to_thread(self._write_sidecar, self._reserved, None)
             for gap in gaps:
-                self._last_seq += 1
-                await db.execute(
-                    "INSERT INTO records(seq, ts, device, kind, body) VALUES (?, ?, ?, ?, ?)",
-                    (self._last_seq, now, self.gateway, "gap", encode_body(gap)))
-            await db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'",
-                             (self._last_seq,))
-            await db.execute("COMMIT")
+                last_seq += 1
+                con.execute(_INSERT, (last_seq, now, self.gateway, "gap", encode_body(gap)))
+            con.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (last_seq,))
+            con.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
-                await db.execute("ROLLBACK")
+                con.execute("ROLLBACK")
             raise
-        count = await _fetchone(db, "SELECT count(*) FROM records")
-        self._backlog = int(count[0]) if count else 0
-        await self._content_bytes()
+        self._last_seq = last_seq
+        self._acked_through = int(meta["acked_through"])
+        self._dropped_total = int(meta["dropped_samples_total"])
+        self._backlog = int(con.execute("SELECT count(*) FROM records").fetchone()[0])
+        self._content_bytes()
         log.info("buffer_opened", path=str(self.path), gateway=self.gateway,
                  backlog=self._backlog, last_seq=self._last_seq,
                  synchronous=self.synchronous, max_bytes=self.max_bytes)
 
-    async def _connect_and_check(self) -> str | None:
+    def _connect_and_check(self) -> str | None:
         """Connect to an existing file and check it. Returns what is wrong, or None.
         Raises for problems that are not damage (another gateway, newer schema, I/O)."""
         try:
-            self._db = await aiosqlite.connect(self.path, isolation_level=None)
-            rows = list(await (await self._db.execute("PRAGMA quick_check")).fetchall())
+            self._con = self._connect()
+            rows = self._con.execute("PRAGMA quick_check").fetchall()
             if [tuple(r) for r in rows] != [("ok",)]:
                 return "quick_check: " + "; ".join(str(r[0]) for r in rows[:5])
-            tables = {str(r[0]) for r in await (await self._db.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")).fetchall()}
+            tables = {str(r[0]) for r in self._con.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
             if not tables:
                 return None  # an empty SQLite file: treat as new
             if not {"records", "baselines", "meta"} <= tables:
                 return f"not a plantsync buffer (tables: {', '.join(sorted(tables))})"
-            meta = await self._read_meta()
+            meta = self._read_meta()
         except sqlite3.DatabaseError as exc:
             if _is_corrupt(exc):
                 return f"{_errname(exc)}: {exc}"
@@ -452,167 +538,125 @@ class Outbox:
                 f"understands ({SCHEMA_VERSION}); upgrade plantsync, do not downgrade it")
         return None
 
-    # ---------------------------------------------------------------- the contract
+    def _append_sync(self, rows: list[tuple[int, str, str, bytes]],
+                     base_rows: list[tuple[str, str, Any]]) -> list[int]:
+        con = self._db()
+        first = self._last_seq + 1
+        last = self._last_seq + len(rows)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            if rows:
+                con.executemany(_INSERT, [(first + i, *row) for i, row in enumerate(rows)])
+            if base_rows:
+                con.executemany(
+                    "INSERT INTO baselines(device, tag, raw) VALUES (?, ?, ?) "
+                    "ON CONFLICT(device, tag) DO UPDATE SET raw = excluded.raw", base_rows)
+            # meta.last_seq is not written here (one statement less per cycle): max(seq) of
+            # the table is the truth while rows exist; ack_through writes meta.last_seq before
+            # deleting, and the quota never deletes the newest row.
+            new_last, dropped = self._apply_quota(last, first, _cycle_bytes(rows))
+            if new_last > self._reserved:
+                self._write_sidecar(new_last + SEQ_RESERVE_STEP, None)
+                self._reserved = new_last + SEQ_RESERVE_STEP
+            con.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            self._after_failure()
+            raise self._write_error(exc, f"storing a poll cycle of {len(rows)} records "
+                                         f"and {len(base_rows)} baselines") from exc
+        except BaseException:
+            self._after_failure()
+            raise
+        self._last_seq = new_last
+        self._backlog += len(rows) + (new_last - last) - dropped
+        self._dropped_total += dropped
+        self._note_ok()
+        return list(range(first, last + 1))
 
-    async def append(self, cycle: Cycle) -> list[int]:
-        """Store one poll cycle atomically and return the seqs of its records, in order.
-
-        Records are validated first (``RecordError``, nothing stored: a record the cloud
-        would reject must not block the queue). One ``BEGIN IMMEDIATE`` transaction stores
-        records and baselines together and applies the quota. Raises ``BufferWriteError``
-        (nothing of the cycle stored; the outbox stays usable; retry the same cycle) or
-        ``BufferCorrupt``. Not idempotent: a retried cycle after success is stored twice.
-        """
-        rows, base_rows = _prepare(cycle)
-        if not rows and not base_rows:
-            return []
-        db = self._conn()
-        async with self._lock:
-            first = self._last_seq + 1
-            last = self._last_seq + len(rows)
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-                if rows:
-                    await db.executemany(
-                        "INSERT INTO records(seq, ts, device, kind, body) VALUES (?, ?, ?, ?, ?)",
-                        [(first + i, *row) for i, row in enumerate(rows)])
-                if base_rows:
-                    await db.executemany(
-                        "INSERT INTO baselines(device, tag, raw) VALUES (?, ?, ?) "
-                        "ON CONFLICT(device, tag) DO UPDATE SET raw = excluded.raw", base_rows)
-                # meta.last_seq is not written here (one statement less per cycle): max(seq)
-                # of the table is the truth while rows exist; ack_through writes meta.last_seq
-                # before deleting, and the quota never deletes the newest row.
-                new_last, dropped = await self._apply_quota(last, first, _cycle_bytes(rows))
-                if new_last > self._reserved:
-                    await asyncio.to_thread(self._write_sidecar, new_last + SEQ_RESERVE_STEP,
-                                            None)
-                    self._reserved = new_last + SEQ_RESERVE_STEP
-                await db.execute("COMMIT")
-            except (sqlite3.Error, OSError) as exc:
-                await self._after_failure()
-                raise self._write_error(exc, f"storing a poll cycle of {len(rows)} records "
-                                             f"and {len(base_rows)} baselines") from exc
-            except BaseException:
-                await self._after_failure()
-                raise
-            self._last_seq = new_last
-            self._backlog += len(rows) + (new_last - last) - dropped
-            self._dropped_total += dropped
-            self._note_ok()
-            return list(range(first, last + 1))
-
-    async def baselines(self) -> dict[tuple[str, str], int]:
-        """The stored counter baselines ``{(device, tag): raw}``, as of the last append."""
-        db = self._conn()
-        async with self._lock:
-            rows = await (await db.execute("SELECT device, tag, raw FROM baselines")).fetchall()
+    def _baselines_sync(self) -> dict[tuple[str, str], int]:
+        try:
+            rows = self._db().execute("SELECT device, tag, raw FROM baselines").fetchall()
+        except sqlite3.Error as exc:
+            raise self._read_error(exc, "reading counter baselines") from exc
         return {(str(d), str(t)): int(r) for d, t, r in rows}
 
-    async def peek(self, max_records: int, max_bytes: int = DEFAULT_PEEK_BYTES,
-                   after_seq: int | None = None) -> list[StoredRow]:
-        """The oldest stored records (after ``after_seq`` when given), oldest first: at most
-        ``max_records``, and no more once the encoded size reaches ``max_bytes`` (the first
-        row is always returned, however big, so one large record cannot block the queue).
-        Reads in chunks of 256 rows and stops early; never loads the backlog. Read-only."""
-        if max_records < 1:
-            raise ValueError(f"max_records must be >= 1, got {max_records}")
-        db = self._conn()
+    def _peek_sync(self, max_records: int, max_bytes: int, after_seq: int) -> list[StoredRow]:
         out: list[StoredRow] = []
         size = 0
-        async with self._lock:
+        try:
+            cur = self._db().execute(
+                "SELECT seq, ts, device, kind, body FROM records WHERE seq > ? "
+                "ORDER BY seq LIMIT ?", (after_seq, max_records))
             try:
-                cur = await db.execute(
-                    "SELECT seq, ts, device, kind, body FROM records WHERE seq > ? "
-                    "ORDER BY seq LIMIT ?", (after_seq or 0, max_records))
-                try:
-                    while True:
-                        chunk = await cur.fetchmany(min(_PEEK_FETCH, max_records))
-                        if not chunk:
-                            break
-                        for seq, ts, device, kind, body in chunk:
-                            size += _ROW_OVERHEAD + len(device) + len(kind) + len(body)
-                            if out and size > max_bytes:
-                                return out
-                            out.append(StoredRow(seq, ts, device, kind, bytes(body)))
-                finally:
-                    await cur.close()
-            except sqlite3.Error as exc:
-                raise self._read_error(exc, "reading records to send") from exc
+                while chunk := cur.fetchmany(min(_PEEK_FETCH, max_records)):
+                    for seq, ts, device, kind, body in chunk:
+                        size += _ROW_OVERHEAD + len(device) + len(kind) + len(body)
+                        if out and size > max_bytes:
+                            return out
+                        out.append(StoredRow(seq, ts, device, kind, bytes(body)))
+            finally:
+                cur.close()
+        except sqlite3.Error as exc:
+            raise self._read_error(exc, "reading records to send") from exc
         return out
 
-    async def ack_through(self, seq: int) -> int:
-        """Delete every stored record with seq <= ``seq`` (the cloud's ``acked_through``),
-        in chunks of ``ACK_CHUNK_ROWS`` per transaction; returns how many were deleted.
-        Idempotent. Raises ``BufferAckError`` when ``seq`` is above the last seq ever
-        assigned, ``BufferWriteError`` when the delete failed (nothing lost; ack again)."""
-        if seq < 0:
-            raise ValueError(f"seq must be >= 0, got {seq}")
-        db = self._conn()
+    def _ack_sync(self, seq: int) -> int:
+        if seq > self._last_seq:
+            raise BufferAckError(
+                f"{self.path}: ack_through({seq}) but the last seq this buffer stored is "
+                f"{self._last_seq}: the cloud holds records this buffer never wrote "
+                "(another gateway's token, or a buffer reset without its .seq sidecar?)")
+        con = self._db()
         deleted = 0
-        async with self._lock:
-            if seq > self._last_seq:
-                raise BufferAckError(
-                    f"{self.path}: ack_through({seq}) but the last seq this buffer stored is "
-                    f"{self._last_seq}: the cloud holds records this buffer never wrote "
-                    "(another gateway's token, or a buffer reset without its .seq sidecar?)")
+        try:
+            while True:
+                con.execute("BEGIN IMMEDIATE")
+                row = con.execute("SELECT seq FROM records WHERE seq <= ? ORDER BY seq "
+                                  "LIMIT 1 OFFSET ?", (seq, ACK_CHUNK_ROWS - 1)).fetchone()
+                bound = seq if row is None else int(row[0])
+                con.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'last_seq'",
+                            (self._last_seq,))
+                n = max(con.execute("DELETE FROM records WHERE seq <= ?", (bound,)).rowcount, 0)
+                con.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'acked_through'",
+                            (bound,))
+                con.execute("COMMIT")
+                deleted += n
+                self._backlog -= n
+                self._acked_through = max(self._acked_through, bound)
+                if bound >= seq:
+                    break
+        except (sqlite3.Error, OSError) as exc:
+            self._after_failure()
+            raise self._write_error(exc, f"deleting records acked through {seq}") from exc
+        except BaseException:
+            self._after_failure()
+            raise
+        self._acked_since_truncate += deleted
+        if self._acked_since_truncate >= TRUNCATE_AFTER_ACKED_ROWS:
+            # Hand the WAL's disk back after a heavy drain; autocheckpoint alone only
+            # truncates it to journal_size_limit.
+            self._acked_since_truncate = 0
             try:
-                while True:
-                    await db.execute("BEGIN IMMEDIATE")
-                    row = await _fetchone(
-                        db, "SELECT seq FROM records WHERE seq <= ? ORDER BY seq "
-                            "LIMIT 1 OFFSET ?", (seq, ACK_CHUNK_ROWS - 1))
-                    bound = seq if row is None else int(row[0])
-                    await db.execute(
-                        "UPDATE meta SET value = max(value, ?) WHERE key = 'last_seq'",
-                        (self._last_seq,))
-                    cur = await db.execute("DELETE FROM records WHERE seq <= ?", (bound,))
-                    n = max(cur.rowcount, 0)
-                    await db.execute(
-                        "UPDATE meta SET value = max(value, ?) WHERE key = 'acked_through'",
-                        (bound,))
-                    await db.execute("COMMIT")
-                    deleted += n
-                    self._backlog -= n
-                    self._acked_through = max(self._acked_through, bound)
-                    if bound >= seq:
-                        break
-            except (sqlite3.Error, OSError) as exc:
-                await self._after_failure()
-                raise self._write_error(exc, f"deleting records acked through {seq}") from exc
-            except BaseException:
-                await self._after_failure()
-                raise
-            self._acked_since_truncate += deleted
-            if self._acked_since_truncate >= TRUNCATE_AFTER_ACKED_ROWS:
-                # Hand the WAL's disk back after a heavy drain; autocheckpoint alone only
-                # truncates it to journal_size_limit.
-                self._acked_since_truncate = 0
-                try:
-                    await db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                except sqlite3.Error as exc:
-                    log.warning("buffer_checkpoint_failed", path=str(self.path), error=str(exc))
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.warning("buffer_checkpoint_failed", path=str(self.path), error=str(exc))
         return deleted
 
-    async def stats(self) -> BufferStats:
-        """A snapshot for status and health: cheap (index lookups and file sizes)."""
-        db = self._conn()
-        async with self._lock:
-            try:
-                first = await _fetchone(db, "SELECT seq, ts FROM records ORDER BY seq LIMIT 1")
-                content = await self._content_bytes()
-            except sqlite3.Error as exc:
-                raise self._read_error(exc, "reading buffer stats") from exc
+    def _stats_sync(self) -> BufferStats:
+        try:
+            first = self._db().execute(
+                "SELECT seq, ts FROM records ORDER BY seq LIMIT 1").fetchone()
+            content = self._content_bytes()
+        except sqlite3.Error as exc:
+            raise self._read_error(exc, "reading buffer stats") from exc
         if self._over_quota and content <= self.content_budget:
             self._clear_over_quota()
-        db_size = _size(self.path)
         wal_size = _size(Path(f"{self.path}-wal"))
         return BufferStats(
             backlog=self._backlog,
             first_seq=int(first[0]) if first else None,
             last_seq=self._last_seq,
             oldest_ts=int(first[1]) if first else None,
-            disk_bytes=db_size + wal_size,
+            disk_bytes=_size(self.path) + wal_size,
             dropped_samples_total=self._dropped_total,
             over_quota=self._over_quota,
             last_error=self._last_error,
@@ -624,57 +668,51 @@ class Outbox:
             synchronous=self.synchronous,
         )
 
-    async def integrity_check(self) -> list[str]:
-        """``PRAGMA integrity_check`` (full, O(size)): ``[]`` when ok, else the problems."""
-        db = self._conn()
-        async with self._lock:
-            rows = await (await db.execute("PRAGMA integrity_check")).fetchall()
-        found = [str(r[0]) for r in rows]
+    def _integrity_sync(self) -> list[str]:
+        found = [str(r[0]) for r in self._db().execute("PRAGMA integrity_check")]
         return [] if found == ["ok"] else found
 
     # ---------------------------------------------------------------- internals
 
-    async def _apply_quota(self, last: int, first_of_cycle: int,
-                           cycle_bytes: int) -> tuple[int, int]:
+    def _apply_quota(self, last: int, first_of_cycle: int, cycle_bytes: int) -> tuple[int, int]:
         """Inside the append transaction: drop oldest samples (not of this cycle) when over
         budget, write one gap record. Returns (new last seq, samples dropped).
 
-        Measuring pages costs a round trip, so it is skipped while a pessimistic estimate
-        (last measurement + twice the bytes appended since) stays under the budget; the
-        estimate is re-anchored at least every MiB of appended data."""
+        Measuring pages is skipped while a pessimistic estimate (last measurement + twice
+        the bytes appended since) stays under the budget; re-anchored every MiB appended."""
         self._unmeasured += cycle_bytes
         if (not self._over_quota and self._unmeasured < 2**20
                 and self._measured + 2 * self._unmeasured < self.content_budget):
             return last, 0
-        content = await self._content_bytes()
+        content = self._content_bytes()
         if content <= self.content_budget:
             if self._over_quota:
                 self._clear_over_quota()
             return last, 0
-        db = self._conn()
+        con = self._db()
+        # Drop down to 95 % so that a steady overflow writes one gap per 5 % of the budget,
+        # not one per cycle (gap records are themselves never dropped).
         target = self.content_budget - max(self.content_budget // 20, 64 * 1024)
         dropped, lo, hi = 0, 0, 0
         while content > target:
-            row = await _fetchone(
-                db, "SELECT min(seq), max(seq), count(*) FROM (SELECT seq FROM records "
-                    "WHERE kind = 'sample' AND seq < ? ORDER BY seq LIMIT ?)",
-                (first_of_cycle, QUOTA_DROP_CHUNK_ROWS))
+            row = con.execute(
+                "SELECT min(seq), max(seq), count(*) FROM (SELECT seq FROM records "
+                "WHERE kind = 'sample' AND seq < ? ORDER BY seq LIMIT ?)",
+                (first_of_cycle, QUOTA_DROP_CHUNK_ROWS)).fetchone()
             if row is None or not row[2]:
                 break
             a, b, n = int(row[0]), int(row[1]), int(row[2])
-            await db.execute("DELETE FROM records WHERE kind = 'sample' AND seq >= ? AND seq <= ?",
-                             (a, b))
+            con.execute("DELETE FROM records WHERE kind = 'sample' AND seq >= ? AND seq <= ?",
+                        (a, b))
             lo = lo or a
             hi, dropped = b, dropped + n
-            content = await self._content_bytes()
+            content = self._content_bytes()
         if dropped:
             last += 1
             gap = {"dropped": dropped, "first_seq": lo, "last_seq": hi, "reason": "quota"}
-            await db.execute(
-                "INSERT INTO records(seq, ts, device, kind, body) VALUES (?, ?, ?, ?, ?)",
-                (last, _now_ms(), self.gateway, "gap", encode_body(gap)))
-            await db.execute("UPDATE meta SET value = value + ? "
-                             "WHERE key = 'dropped_samples_total'", (dropped,))
+            con.execute(_INSERT, (last, _now_ms(), self.gateway, "gap", encode_body(gap)))
+            con.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped_samples_total'",
+                        (dropped,))
             log.warning("buffer_quota_dropped_samples", path=str(self.path), dropped=dropped,
                         first_seq=lo, last_seq=hi, content_bytes=content,
                         content_budget=self.content_budget)
@@ -697,33 +735,32 @@ class Outbox:
         self._over_quota = False
         self._over_quota_appends = 0
 
-    async def _content_bytes(self) -> int:
-        row = await _fetchone(self._conn(), "SELECT page_count, freelist_count "
-                                            "FROM pragma_page_count(), pragma_freelist_count()")
+    def _content_bytes(self) -> int:
+        row = self._db().execute("SELECT page_count, freelist_count "
+                                 "FROM pragma_page_count(), pragma_freelist_count()").fetchone()
         content = (int(row[0]) - int(row[1])) * self._page_size if row else 0
         self._measured, self._unmeasured = content, 0
         return content
 
-    async def _read_meta(self) -> dict[str, Any]:
-        rows = await (await self._conn().execute("SELECT key, value FROM meta")).fetchall()
-        return {str(k): v for k, v in rows}
+    def _read_meta(self) -> dict[str, Any]:
+        return {str(k): v for k, v in self._db().execute("SELECT key, value FROM meta")}
 
-    async def _after_failure(self) -> None:
-        """Roll back and forget cached state: re-read it from what is really committed
-        (a cancelled COMMIT may still have landed)."""
-        db = self._conn()
+    def _max_seq(self) -> int:
+        top = self._db().execute("SELECT max(seq) FROM records").fetchone()
+        return int(top[0]) if top and top[0] is not None else 0
+
+    def _after_failure(self) -> None:
+        """Roll back, and re-read the cached counters from what is really committed."""
+        con = self._db()
         with contextlib.suppress(sqlite3.Error):
-            await db.execute("ROLLBACK")
+            con.execute("ROLLBACK")
         try:
-            meta = await self._read_meta()
-            top = await _fetchone(db, "SELECT max(seq) FROM records")
-            self._last_seq = max(self._last_seq, int(meta["last_seq"]),
-                                 int(top[0]) if top and top[0] else 0)
+            meta = self._read_meta()
+            self._last_seq = max(self._last_seq, int(meta["last_seq"]), self._max_seq())
             self._acked_through = int(meta["acked_through"])
             self._dropped_total = int(meta["dropped_samples_total"])
-            count = await _fetchone(db, "SELECT count(*) FROM records")
-            self._backlog = int(count[0]) if count else self._backlog
-        except (sqlite3.Error, KeyError, ValueError) as exc:
+            self._backlog = int(con.execute("SELECT count(*) FROM records").fetchone()[0])
+        except (sqlite3.Error, KeyError, ValueError, TypeError) as exc:
             log.warning("buffer_state_reload_failed", path=str(self.path), error=str(exc))
 
     def _write_error(self, exc: BaseException, doing: str) -> OutboxError:
@@ -731,16 +768,19 @@ class Outbox:
             return BufferCorrupt(f"{self.path}: damaged while {doing}: {exc}; close and "
                                  "reopen the outbox to move it aside")
         name = _errname(exc)
-        hint = {"SQLITE_FULL": "the disk is full", "SQLITE_IOERR": "an I/O error or failed fsync"}
-        cause = next((v for k, v in hint.items() if name.startswith(k)), "a write error")
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG):
+        cause = "a write error"
+        if name.startswith("SQLITE_FULL") or (
+                isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG)):
             cause = "the disk is full"
+        elif name.startswith("SQLITE_IOERR") or isinstance(exc, OSError):
+            cause = "an I/O error or a failed fsync"
         msg = (f"{self.path}: {doing} failed, {cause} ({name}: {exc}); nothing of it was "
                f"stored: free space on {self.path.parent} or check the disk, then retry")
         self._last_error = msg
         self._write_errors += 1
         self._failing_since_ok += 1
         if self._failing_since_ok == 1:
+            # The first failure loudly; repeats are counted until a write succeeds again.
             log.error("buffer_write_failed", path=str(self.path), error=msg)
         return BufferWriteError(msg)
 
@@ -756,11 +796,6 @@ class Outbox:
                         failures=self._failing_since_ok)
             self._failing_since_ok = 0
             self._last_error = None
-
-    def _conn(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise OutboxError(f"{self.path}: the outbox is not open (use `async with Outbox(...)`)")
-        return self._db
 
     def _write_sidecar(self, reserved: int, clean_close_seq: int | None) -> None:
         doc = {"v": 1, "gateway": self.gateway, "seq_reserved_through": reserved,
@@ -798,13 +833,6 @@ def _prepare(cycle: Cycle) -> tuple[list[tuple[int, str, str, bytes]], list[tupl
 def _cycle_bytes(rows: list[tuple[int, str, str, bytes]]) -> int:
     # Rough on-disk cost of a row: body, names, seq/ts, cell and index overhead.
     return sum(len(body) + len(device) + len(kind) + 24 for _, device, kind, body in rows)
-
-
-async def _fetchone(db: aiosqlite.Connection, sql: str,
-                    params: Sequence[Any] = ()) -> sqlite3.Row | None:
-    async with db.execute(sql, params) as cur:
-        row: sqlite3.Row | None = await cur.fetchone()
-        return row
 
 
 def _is_corrupt(exc: sqlite3.Error) -> bool:

@@ -1,0 +1,207 @@
+"""The outbox contract (buffer/store.py) against real SQLite files in tmp_path."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from buffer import (
+    BufferAckError,
+    BufferGatewayMismatch,
+    BufferLocked,
+    Cycle,
+    Outbox,
+    Record,
+    RecordError,
+)
+from buffer.records import decode_batch, encode_batch_raw
+
+MB = 2**20
+
+
+def count(device: str, before: int | None, after: int, ts: int = 1_700_000_000_000) -> Record:
+    return Record(0, ts, device, "count", {"tag": "part_count", "counts": "good",
+                                            "delta": after - (before or 0), "raw_before": before,
+                                            "raw_after": after, "reset": False})
+
+
+def sample(device: str, i: int, pad: int = 0) -> Record:
+    return Record(0, 1_700_000_000_000 + i, device, "sample",
+                  {"values": {"program": "P" * pad, "i": i}})
+
+
+def bodies(rows: list) -> list[dict]:
+    return [msgpack.unpackb(r.body) for r in rows]
+
+
+async def test_append_peek_ack_contract(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "b.db", gateway="gw-1", max_bytes=64 * MB) as ob:
+        seqs = await ob.append(Cycle([count("cnc-1", 0, 3), count("cnc-2", 5, 6)],
+                                     {("cnc-1", "part_count"): 3, ("cnc-2", "part_count"): 6}))
+        assert seqs == [1, 2]
+        assert await ob.append(Cycle([sample("cnc-1", i) for i in range(10)])) == list(range(3, 13))
+        rows = await ob.peek(max_records=5)
+        assert [r.seq for r in rows] == [1, 2, 3, 4, 5]
+        assert rows[0].kind == "count" and rows[0].device == "cnc-1"
+        assert bodies(rows)[0]["raw_after"] == 3
+        nxt = await ob.peek(after_seq=rows[-1].seq, max_records=100)
+        assert [r.seq for r in nxt] == list(range(6, 13))
+        # max_bytes: the first row always comes, then stop before passing the limit
+        assert len(await ob.peek(max_records=100, max_bytes=1)) == 1
+        small = await ob.peek(max_records=100, max_bytes=300)
+        assert 1 < len(small) < 12
+        # the stored bodies go on the wire as they are, and the cloud's decoder accepts them
+        batch = decode_batch(encode_batch_raw("gw-1", [(r.seq, r.ts, r.device, r.kind, r.body)
+                                                       for r in nxt]))
+        assert [r.seq for r in batch.records] == list(range(6, 13))
+
+        assert await ob.ack_through(5) == 5
+        assert await ob.ack_through(5) == 0          # idempotent
+        assert await ob.ack_through(3) == 0          # older ack: nothing to do
+        st = await ob.stats()
+        assert (st.backlog, st.first_seq, st.last_seq, st.acked_through) == (7, 6, 12, 5)
+        with pytest.raises(BufferAckError, match="last seq this buffer stored is 12"):
+            await ob.ack_through(13)
+        assert await ob.ack_through(12) == 7
+        st = await ob.stats()
+        assert (st.backlog, st.first_seq, st.oldest_ts, st.last_seq) == (0, None, None, 12)
+        assert await ob.peek(max_records=10) == []
+        assert await ob.integrity_check() == []
+
+
+async def test_seq_never_reused_after_acks_and_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    seen: list[int] = []
+    for _ in range(3):
+        async with Outbox(path, gateway="gw-1", max_bytes=64 * MB) as ob:
+            seen += await ob.append(Cycle([count("d", None, 1)] * 3))
+            await ob.ack_through(seen[-1])            # everything deleted
+            assert (await ob.stats()).backlog == 0
+    assert seen == list(range(1, 10))
+    async with Outbox(path, gateway="gw-1", max_bytes=64 * MB) as ob:
+        assert await ob.append(Cycle([count("d", None, 1)])) == [10]
+
+
+async def test_baselines_change_with_the_cycle(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    u64max = 2**64 - 1
+    async with Outbox(path, gateway="gw-1", max_bytes=64 * MB) as ob:
+        assert await ob.baselines() == {}
+        await ob.append(Cycle([], {("cnc-1", "good"): 10, ("cnc-1", "u64"): u64max}))
+        await ob.append(Cycle([count("cnc-1", 10, 12)], {("cnc-1", "good"): 12}))
+    async with Outbox(path, gateway="gw-1", max_bytes=64 * MB) as ob:
+        assert await ob.baselines() == {("cnc-1", "good"): 12, ("cnc-1", "u64"): u64max}
+        assert await ob.append(Cycle()) == []
+
+
+async def test_a_record_the_cloud_would_reject_is_refused_whole(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "b.db", gateway="gw-1", max_bytes=64 * MB) as ob:
+        bad = Record(0, 1, "cnc-1", "count", {"tag": "x", "counts": "good", "delta": -1,
+                                              "raw_before": 0, "raw_after": 1})
+        with pytest.raises(RecordError, match=r"cycle.records\[1\].body.delta"):
+            await ob.append(Cycle([count("cnc-1", 0, 1), bad], {("cnc-1", "x"): 1}))
+        with pytest.raises(RecordError, match="kind"):
+            await ob.append(Cycle([Record(0, 1, "d", "nope", {})]))
+        assert await ob.peek(max_records=10) == []
+        assert await ob.baselines() == {}
+        assert await ob.append(Cycle([count("cnc-1", 0, 1)])) == [1]
+
+
+async def test_quota_drops_oldest_samples_only_and_writes_a_gap(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "b.db", gateway="gw-1", max_bytes=2 * MB) as ob:
+        raw = 0
+        for i in range(1000):  # ~3 MB of samples, one count per cycle
+            recs = [sample("cnc-1", i * 10 + j, pad=250) for j in range(10)]
+            recs.append(count("cnc-1", raw, raw + 1))
+            await ob.append(Cycle(recs, {("cnc-1", "part_count"): raw + 1}))
+            raw += 1
+        st = await ob.stats()
+        assert st.dropped_samples_total > 0
+        assert not st.over_quota
+        assert st.content_bytes <= st.content_budget
+        rows = await ob.peek(max_records=100_000, max_bytes=1 << 30)
+        kinds = [r.kind for r in rows]
+        assert kinds.count("count") == 1000           # never dropped
+        gaps = [b for r, b in zip(rows, bodies(rows), strict=True) if r.kind == "gap"]
+        assert gaps and all(g["reason"] == "quota" for g in gaps)
+        assert sum(g["dropped"] for g in gaps) == st.dropped_samples_total
+        assert kinds.count("sample") + st.dropped_samples_total == 10_000
+        # continuity of the kept counts
+        counts = [b for r, b in zip(rows, bodies(rows), strict=True) if r.kind == "count"]
+        assert all(a["raw_after"] == b["raw_before"] for a, b in itertools.pairwise(counts))
+        # every dropped seq lies inside a gap's range
+        stored = {r.seq for r in rows}
+        missing = set(range(1, st.last_seq + 1)) - stored
+        assert all(any(g["first_seq"] <= s <= g["last_seq"] for g in gaps) for s in missing)
+        assert await ob.integrity_check() == []
+
+
+async def test_over_quota_with_only_non_droppable_keeps_everything(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "b.db", gateway="gw-1", max_bytes=2 * MB) as ob:
+        n = 0
+        while not (await ob.stats()).over_quota:
+            await ob.append(Cycle([count(f"cnc-{i}", n, n + 1) for i in range(100)]))
+            n += 1
+            assert n < 1000
+        await ob.append(Cycle([count("cnc-x", 0, 1)]))
+        st = await ob.stats()
+        assert st.over_quota and st.dropped_samples_total == 0
+        assert st.backlog == n * 100 + 1
+        assert all(r.kind == "count" for r in await ob.peek(max_records=100_000))
+        await ob.ack_through(st.last_seq)
+        assert not (await ob.stats()).over_quota
+
+
+async def test_gateway_mismatch_is_refused_and_the_file_kept(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    async with Outbox(path, gateway="gw-a", max_bytes=64 * MB) as ob:
+        await ob.append(Cycle([count("d", 0, 1)]))
+    before = path.read_bytes()
+    with pytest.raises(BufferGatewayMismatch, match=r"'gw-a'.*'gw-b'"):
+        async with Outbox(path, gateway="gw-b", max_bytes=64 * MB):
+            pass
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob("*.corrupt-*"))
+    async with Outbox(path, gateway="gw-a", max_bytes=64 * MB) as ob:  # still usable
+        assert (await ob.stats()).backlog == 1
+
+
+async def test_a_second_outbox_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "b.db", gateway="gw-1", max_bytes=64 * MB):
+        with pytest.raises(BufferLocked, match="already open"):
+            async with Outbox(tmp_path / "b.db", gateway="gw-1", max_bytes=64 * MB):
+                pass
+
+
+async def test_a_deleted_buffer_restarts_above_every_seq_used(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    async with Outbox(path, gateway="gw-1", max_bytes=64 * MB) as ob:
+        last = (await ob.append(Cycle([count("d", 0, 1)] * 5)))[-1]
+    for f in tmp_path.glob("b.db*"):
+        if not f.name.endswith((".seq", ".lock")):
+            f.unlink()
+    async with Outbox(path, gateway="gw-1", max_bytes=64 * MB) as ob:
+        rows = await ob.peek(max_records=10)
+        assert rows[0].kind == "gap" and rows[0].seq > last
+        assert bodies(rows)[0]["reason"].startswith("buffer_lost")
+        assert (await ob.append(Cycle([count("d", 0, 1)])))[0] > rows[0].seq
+
+
+def test_schema_on_disk(tmp_path: Path) -> None:
+    import asyncio
+
+    async def make() -> None:
+        async with Outbox(tmp_path / "b.db", gateway="gw-1", max_bytes=64 * MB) as ob:
+            await ob.append(Cycle([count("d", 0, 1)], {("d", "part_count"): 1}))
+
+    asyncio.run(make())
+    con = sqlite3.connect(tmp_path / "b.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert dict(con.execute("SELECT key, value FROM meta"))["gateway"] == "gw-1"
+    assert con.execute("SELECT seq, device, kind FROM records").fetchall() == [(1, "d", "count")]
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
