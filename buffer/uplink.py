@@ -19,9 +19,13 @@ starts again from the oldest unacked record (STYLE.md: "the buffer works in tran
 Why MQTT does not ack the Outbox on PUBACK: a PUBACK only says the broker has the message in
 memory. Mosquitto writes its persistence file at intervals, so a ``kill -9`` of the broker
 loses messages it already PUBACKed. The cloud's ``mqtt-ingest`` therefore publishes
-``{"acked_through": N}`` (retained, QoS 1) on ``plantsync/v1/<gateway>/acks`` after its
-database commit, and the gateway acks its Outbox from that, as with HTTP. The PUBACK still
-paces the in-flight window, and every reconnect republishes everything unacked.
+``{"acked_through", "first_seq", "last_seq"}`` (retained, QoS 1) on
+``plantsync/v1/<gateway>/acks`` after each batch's database commit, and the gateway acks its
+Outbox through the longest run of confirmed batches from its oldest unacked record. Per
+batch, not by the cumulative ``acked_through``: with several batches in flight a broker
+restart can lose batch 3 and deliver batch 4, and the cloud (which assumes in-order,
+stop-and-wait senders) would then acknowledge through batch 4 -- a test caught exactly
+that losing records. Every reconnect republishes everything unacked.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ import asyncio
 import json
 import random
 import ssl
-import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -127,16 +130,19 @@ class Uplink(abc.ABC):
         to the far side, once. Returns the ``acked_through`` known after the hand-over: the
         highest seq the cloud has durably stored with all lower ones (0 when unknown). It may
         be below ``last_seq`` (the cloud confirms later, see ``confirmed``) or above it.
+        Pipelined uplinks (MQTT) return 0 and confirm batch by batch (``confirmed``): a
+        cumulative number is only safe when batches cannot overtake or vanish one by one.
         Sending the same batch again is harmless: the cloud dedupes on (gateway, seq).
         Raises UplinkAuthError, UplinkTooLarge, UplinkUnavailable, UplinkRejected."""
 
-    async def confirmed(self, seq: int) -> int:
-        """Wait until the cloud confirmed everything through ``seq`` and return the
-        ``acked_through`` then known (below ``seq`` when the uplink has no more to wait for).
-        Raises UplinkUnavailable when the connection is lost or nothing is confirmed for too
-        long (the Forwarder then resends from the oldest unacked record).
-        Synchronous uplinks (HTTP) answer at once with what the last ``send`` returned."""
-        return self.last_acked_through
+    @abc.abstractmethod
+    async def confirmed(self, first_seq: int, last_seq: int) -> bool:
+        """Wait until the cloud confirmed it stored the batch ``first_seq..last_seq`` that
+        was sent. False when the uplink knows it will not be (HTTP: the answer to ``send``
+        acknowledged less). Raises UplinkUnavailable when the connection is lost or nothing
+        is confirmed for too long (the Forwarder then resends from the oldest unacked
+        record). Idempotent; a confirmation is a fact about the cloud (append-only), so an
+        old one stays valid."""
 
     #: The cloud's acked_through as last heard (0 when unknown).
     last_acked_through: int = 0
@@ -213,6 +219,9 @@ class HttpUplink(Uplink):
     async def reload(self) -> None:
         self._token = _read_token(self.token_file)
 
+    async def confirmed(self, first_seq: int, last_seq: int) -> bool:
+        return self.last_acked_through >= last_seq
+
     async def send(self, payload: bytes, *, last_seq: int) -> int:
         if self._client is None:
             raise RuntimeError("HttpUplink.send outside `async with`")
@@ -288,8 +297,27 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
 
 @dataclass
 class _AckWaiter:
-    seq: int
-    future: asyncio.Future[int]
+    first: int
+    last: int
+    future: asyncio.Future[bool]
+
+
+def _parse_confirmation(payload: bytes, where: str) -> tuple[int, int]:
+    """``{"acked_through", "first_seq", "last_seq"}`` (msgpack or JSON) -> (first, last)."""
+    try:
+        doc = msgpack.unpackb(payload, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        try:
+            doc = json.loads(payload)
+        except ValueError as exc:
+            raise UplinkRejected(f"{where}: unreadable confirmation ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise UplinkRejected(f"{where}: confirmation is not a map")
+    first, last = doc.get("first_seq"), doc.get("last_seq")
+    if type(first) is not int or type(last) is not int or not 1 <= first <= last:
+        raise UplinkRejected(f"{where}: confirmation without a first_seq..last_seq range "
+                             f"(got {first!r}..{last!r})")
+    return first, last
 
 
 class MqttUplink(Uplink):
@@ -327,8 +355,9 @@ class MqttUplink(Uplink):
         self._auth_error: str | None = None
         self._pubacks: dict[int, asyncio.Future[None]] = {}
         self._waiters: list[_AckWaiter] = []
-        self._lock = threading.Lock()
-        self.last_acked_through = 0
+        # Batches the cloud confirmed (first, last); facts, so old ones stay valid.
+        self._confirmed: deque[tuple[int, int]] = deque(maxlen=4096)
+        self.connections = 0  # successful connects (status page: reconnects = this - 1)
 
     # -- lifecycle
 
@@ -412,6 +441,7 @@ class MqttUplink(Uplink):
     def _connected_cb(self, code: int, text: str) -> None:
         if code == 0:
             self._auth_error = None
+            self.connections += 1
             self._connected.set()
             log.info("mqtt_connected", broker=self.broker_url, client_id=self.client_id)
             return
@@ -426,8 +456,6 @@ class MqttUplink(Uplink):
     def _lost(self, why: str) -> None:
         was = self._connected.is_set()
         self._connected.clear()
-        # Forget the cached position: the retained ack after reconnecting tells it again.
-        self.last_acked_through = 0
         exc = UplinkUnavailable(f"{self.broker_url}: {why}")
         for fut in self._pubacks.values():
             if not fut.done():
@@ -447,21 +475,16 @@ class MqttUplink(Uplink):
 
     def _cloud_ack_cb(self, payload: bytes) -> None:
         try:
-            try:
-                doc = msgpack.unpackb(payload, raw=False)
-            except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-                doc = json.loads(payload)
-            acked = _parse_acked_through(doc, self.acks_topic)
-        except (UplinkRejected, ValueError) as exc:
-            log.warning("mqtt_bad_ack", topic=self.acks_topic, error=str(exc))
+            first, last = _parse_confirmation(payload, self.acks_topic)
+        except UplinkRejected as exc:
+            log.warning("mqtt_bad_confirmation", topic=self.acks_topic, error=str(exc))
             return
-        # Acks from several ingest consumers may cross; the position only moves forward.
-        self.last_acked_through = max(self.last_acked_through, acked)
+        self._confirmed.append((first, last))
         keep = []
         for w in self._waiters:
-            if w.seq <= self.last_acked_through:
+            if first <= w.first and w.last <= last:
                 if not w.future.done():
-                    w.future.set_result(self.last_acked_through)
+                    w.future.set_result(True)
             else:
                 keep.append(w)
         self._waiters = keep
@@ -502,20 +525,20 @@ class MqttUplink(Uplink):
         finally:
             if self._pubacks.get(info.mid) is fut:
                 del self._pubacks[info.mid]
-        return self.last_acked_through
+        return 0  # confirmations come batch by batch, see confirmed()
 
-    async def confirmed(self, seq: int) -> int:
-        if self.last_acked_through >= seq:
-            return self.last_acked_through
+    async def confirmed(self, first_seq: int, last_seq: int) -> bool:
+        if any(f <= first_seq and last_seq <= t for f, t in self._confirmed):
+            return True
         await self._wait_connected()
         assert self._loop is not None
-        waiter = _AckWaiter(seq, self._loop.create_future())
+        waiter = _AckWaiter(first_seq, last_seq, self._loop.create_future())
         self._waiters.append(waiter)
         try:
             return await asyncio.wait_for(waiter.future, self._confirm_timeout)
         except TimeoutError:
-            raise UplinkUnavailable(f"{self.acks_topic}: the cloud confirmed nothing through "
-                                    f"seq {seq} within {self._confirm_timeout:g} s "
+            raise UplinkUnavailable(f"{self.acks_topic}: the cloud confirmed nothing for seq "
+                                    f"{first_seq}..{last_seq} within {self._confirm_timeout:g} s "
                                     "(is plantsync-cloud mqtt-ingest running?)") from None
         finally:
             if waiter in self._waiters:
@@ -610,7 +633,7 @@ class Forwarder:
         self._wake = asyncio.Event()
         self._resume = asyncio.Event()
         self._retry_at: float | None = None
-        self._in_flight: deque[int] = deque()
+        self._in_flight: deque[tuple[int, int]] = deque()
 
     # -- control
 
@@ -706,19 +729,19 @@ class Forwarder:
         try:
             while True:
                 if self._in_flight and (len(self._in_flight) >= window or not more):
-                    oldest = self._in_flight[0]
-                    acked = await self.uplink.confirmed(oldest)
-                    acked_in_pass = max(acked_in_pass, await self._ack(acked, after or 0))
-                    while self._in_flight and self._in_flight[0] <= acked:
+                    first, last = self._in_flight[0]
+                    if await self.uplink.confirmed(first, last):
+                        # The oldest batch of a pass that began at the oldest unacked
+                        # record: everything through its last seq is in the cloud.
                         self._in_flight.popleft()
-                    if self._in_flight and self._in_flight[0] == oldest:
-                        # The cloud took less than it was given.
-                        if pass_start is not None and acked_in_pass >= pass_start:
-                            raise _Restart
-                        raise UplinkRejected(
-                            f"the cloud acknowledged through {acked} after being sent "
-                            f"{pass_start}..{oldest}; will resend")
-                    continue
+                        acked_in_pass = max(acked_in_pass, await self._ack(last, last))
+                        continue
+                    # The cloud took less than it was given.
+                    if pass_start is not None and acked_in_pass >= pass_start:
+                        raise _Restart
+                    raise UplinkRejected(
+                        f"the cloud did not acknowledge {first}..{last} (acknowledged "
+                        f"through {self.uplink.last_acked_through}); will resend")
                 if not more:
                     self._note_success()
                     return acked_in_pass
@@ -742,10 +765,10 @@ class Forwarder:
                     self._ok_at_limit = 0
                     raise
                 self._stats.batches_sent += 1
-                self._in_flight.append(last)
+                self._in_flight.append((rows[0].seq, last))
                 after = last
                 acked_in_pass = max(acked_in_pass, await self._ack(acked, last))
-                while self._in_flight and self._in_flight[0] <= acked:
+                while self._in_flight and self._in_flight[0][1] <= acked:
                     self._in_flight.popleft()
                 self._grow_limit()
         finally:

@@ -6,9 +6,10 @@ down and several consumers may share the load. Each message is one msgpack batch
 ``cloud.ingest.ingest_batch`` in one transaction; only after that commit is the message
 acknowledged to the broker (paho manual ack), so a crash between receive and commit makes
 the broker deliver it again (the (gateway, seq) dedupe makes that harmless). Then the
-consumer publishes ``{"acked_through": N}`` (msgpack, QoS 1, retained) on
-``plantsync/v1/<gateway>/acks``; the gateway deletes from its buffer by that number, not by
-the broker's PUBACK (a broker killed with -9 loses what it had only in memory).
+consumer publishes ``{"acked_through", "first_seq", "last_seq"}`` (msgpack, QoS 1, retained)
+on ``plantsync/v1/<gateway>/acks``; the gateway deletes from its buffer by these batch
+confirmations, not by the broker's PUBACK (a broker killed with -9 loses what it had only
+in memory).
 
 Trust: the gateway id comes from the topic. Over MQTT the broker's authentication vouches for
 it, so a production broker MUST restrict each gateway (username = gateway id, password = its
@@ -178,5 +179,10 @@ async def _handle(client: mqtt.Client, db: Database, msg: _Message) -> None:
                       retry_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
-    client.publish(f"plantsync/v1/{gateway}/acks",
-                   msgpack.packb({"acked_through": result.acked_through}), qos=1, retain=True)
+    # The range says which batch was stored: a gateway with several batches in flight
+    # must not infer the earlier ones from acked_through (see buffer/uplink.py).
+    confirmation = {"acked_through": result.acked_through}
+    if batch.records:
+        confirmation |= {"first_seq": batch.records[0].seq, "last_seq": batch.records[-1].seq}
+    client.publish(f"plantsync/v1/{gateway}/acks", msgpack.packb(confirmation), qos=1,
+                   retain=True)
