@@ -62,7 +62,7 @@ class Driver(abc.ABC):
         for span in spans:
             try:
                 out.append(await self.read(span))
-            except (IllegalAddressBase,) as exc:
+            except IllegalAddressBase as exc:
                 out.append(exc)
         return out
 
@@ -101,7 +101,7 @@ def register_driver(protocol: str) -> Callable[[type[Driver]], type[Driver]]:
 
 def make_driver(endpoint: Endpoint) -> Driver:
     """Build the driver for ``endpoint.protocol``. Raises ValueError for an unknown one."""
-    import protocols.modbus  # noqa: F401  (registers modbus-tcp, modbus-rtu)
+    import protocols.modbus  # registers modbus-tcp, modbus-rtu
     import protocols.s7  # noqa: F401  (registers s7)
 
     try:

@@ -154,7 +154,12 @@ class PlanLimits:
 
     max_registers: int = 125      # Modbus FC3/FC4 per request
     max_bits: int = 2000          # Modbus FC1/FC2 per request
-    max_gap: int = 10             # registers (or bits/8, bytes for S7) read and thrown away to save a request
+    # Unused registers (bits/8 for coils, bytes for S7) a request may read and throw away to
+    # save a round trip. The default bridges any gap that fits the request limit, so the
+    # plan needs the fewest requests the protocol allows; a PLC that refuses reads across
+    # unmapped registers answers "illegal data address" once and read_plan splits that block.
+    # Set it lower per device (``max_gap`` in gateway.toml) for PLCs that need it.
+    max_gap: int = 125
     pdu_size: int = 480           # S7 negotiated PDU; the driver replaces it after connect
     max_vars: int = 20            # S7 items per multi-variable read
 

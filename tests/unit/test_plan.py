@@ -152,15 +152,23 @@ def test_2000_bits_per_request_and_one_area_each() -> None:
 
 
 def test_gaps_are_bridged_up_to_max_gap() -> None:
+    ten = PlanLimits(max_gap=10)
     near = [mb("a", "HR0"), mb("b", "HR11")]       # 10 unused registers between
     far = [mb("a", "HR0"), mb("b", "HR12")]        # 11
-    assert len(plan_reads("modbus-tcp", near).requests) == 1
-    assert len(plan_reads("modbus-tcp", far).requests) == 2
+    assert len(plan_reads("modbus-tcp", near, ten).requests) == 1
+    assert len(plan_reads("modbus-tcp", far, ten).requests) == 2
     assert len(plan_reads("modbus-tcp", near, PlanLimits(max_gap=0)).requests) == 2
     coils = [mb("a", "CO0", DataType.BOOL), mb("b", "CO81", DataType.BOOL)]
-    assert len(plan_reads("modbus-tcp", coils).requests) == 1   # 80 bits = 10 * 8
+    assert len(plan_reads("modbus-tcp", coils, ten).requests) == 1   # 80 bits = 10 * 8
     coils = [mb("a", "CO0", DataType.BOOL), mb("b", "CO82", DataType.BOOL)]
-    assert len(plan_reads("modbus-tcp", coils).requests) == 2
+    assert len(plan_reads("modbus-tcp", coils, ten).requests) == 2
+
+
+def test_default_limits_need_the_fewest_requests_the_125_limit_allows() -> None:
+    """The default bridges any gap that fits one request: sparse tags 100 registers apart
+    need one request per 125-register window, not one per tag."""
+    tags = [mb(f"t{i}", f"HR{i * 60}") for i in range(10)]   # HR0..HR540
+    assert len(plan_reads("modbus-tcp", tags).requests) == 4   # {0,60,120} {180,240,300} {360,420,480} {540}
 
 
 def test_per_device_lower_limit() -> None:
