@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -313,7 +314,10 @@ def cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
     try:
         _, readings = asyncio.run(probe_device(dev))
     except ProtocolError as exc:
-        raise _Failed(f"{dev.name} ({dev.config.protocol} {_where(dev)}): {exc}") from None
+        text = str(exc)
+        if not text.startswith(dev.name):
+            text = f"{dev.name} ({dev.config.protocol} {_where(dev)}): {text}"
+        raise _Failed(text) from None
     doc = probe_document(dev, readings)
     if args.json:
         json.dump(doc, out, indent=2, ensure_ascii=False)
@@ -414,6 +418,10 @@ def _configure_logging(verbose: bool) -> None:
     except ImportError:  # pragma: no cover - logs module belongs to the daemon work
         return
     configure("logfmt", "debug" if verbose else "warning", stream=sys.stderr)
+    if not verbose:
+        # the command reports connection failures itself, once, in plain words
+        for name in ("pymodbus", "snap7"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,202 @@
+"""`plantsync-edge simulate` as a real process, read by `plantsync-edge probe` and `plan`.
+
+The simulator runs with --speed 0 (its clock moves only when told through the control
+channel), so what probe reads can be compared exactly with the plant's own state.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MAPS = ROOT / "config" / "maps"
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge.cli", *argv], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+
+
+def _gateway(tmp_path: Path, ports: list[int]) -> Path:
+    cnc, imm_mb, imm_s7 = (MAPS / "cnc-generic-modbus.toml", MAPS / "imm-generic-modbus.toml",
+                           MAPS / "imm-generic-s7.toml")
+    text = f"""
+[gateway]
+id = "gw-it"
+data_dir = "{tmp_path}/data"
+
+[cloud]
+url = "auto"
+token_file = "{tmp_path}/token"
+
+[[devices]]
+name = "cnc-01"
+map = "{cnc}"
+protocol = "modbus-tcp"
+host = "127.0.0.1"
+port = {ports[0]}
+
+[[devices]]
+name = "imm-03"
+map = "{imm_mb}"
+protocol = "modbus-tcp"
+host = "127.0.0.1"
+port = {ports[1]}
+unit = 3
+
+[[devices]]
+name = "imm-07"
+map = "{imm_s7}"
+protocol = "s7"
+host = "127.0.0.1"
+port = {ports[2]}
+"""
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+class Sim:
+    def __init__(self, proc: subprocess.Popen[str], control_port: int, banner: list[str]):
+        self.proc = proc
+        self.control_port = control_port
+        self.banner = banner
+
+    def command(self, doc: dict[str, object]) -> dict[str, object]:
+        with socket.create_connection(("127.0.0.1", self.control_port), timeout=10) as s:
+            s.sendall(json.dumps(doc).encode() + b"\n")
+            answer = s.makefile("r").readline()
+        result: dict[str, object] = json.loads(answer)
+        assert result["ok"], result
+        return result
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[tuple[Sim, Path]]:
+    ports = _free_ports(4)
+    config = _gateway(tmp_path, ports)
+    err_path = tmp_path / "simulate.err"
+    with err_path.open("w") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "simulate", "--config", str(config),
+             "--seed", "7", "--speed", "0", "--control-port", str(ports[3])],
+            stdout=subprocess.PIPE, stderr=err_file, text=True, cwd=ROOT)
+    banner: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        banner.append(line.rstrip("\n"))
+        if line.startswith("ready"):
+            break
+    else:
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        pytest.fail(f"simulate exited: {proc.returncode}\n{err_path.read_text()}")
+    try:
+        yield Sim(proc, ports[3], banner), config
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
+        assert code == 0, err_path.read_text()
+
+
+def test_simulate_prints_where_machines_listen(sim: tuple[Sim, Path]) -> None:
+    s, _ = sim
+    text = "\n".join(s.banner)
+    for name in ("cnc-01", "imm-03", "imm-07"):
+        assert name in text
+    assert "control channel" in text
+
+
+def test_probe_agrees_with_the_plant(sim: tuple[Sim, Path]) -> None:
+    s, config = sim
+    state = s.command({"cmd": "step", "seconds": 900})["devices"]
+    assert isinstance(state, dict)
+    for device, good_tag, scrap_tag, state_tag, text_tag in (
+            ("cnc-01", "part_count", "scrap_count", "mode", "program"),
+            ("imm-03", "good_parts", "scrap_parts", "machine_state", "mold_name"),
+            ("imm-07", "good_parts", "scrap_parts", "machine_state", "mold_name")):
+        result = _cli("probe", "--config", str(config), device, "--json")
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout)
+        tags = {t["name"]: t for t in doc["tags"]}
+        assert all(t["quality"] == "good" for t in doc["tags"]), doc
+        dev_state = state[device]
+        assert tags[good_tag]["value"] == dev_state["counters"][good_tag]
+        assert tags[scrap_tag]["value"] == dev_state["counters"][scrap_tag]
+        assert tags[good_tag]["value"] > 0
+        assert tags[state_tag]["label"] == dev_state["state"]
+        assert tags[text_tag]["value"] == dev_state["program"]
+        raw = bytes.fromhex(tags[good_tag]["raw"].replace(" ", ""))
+        assert int.from_bytes(raw, "big") == tags[good_tag]["value"]
+
+
+def test_probe_table_for_people(sim: tuple[Sim, Path]) -> None:
+    _, config = sim
+    result = _cli("probe", "--config", str(config), "imm-07")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = lines[1]
+    assert header.split() == ["tag", "address", "type", "raw", "value", "unit", "quality"]
+    assert any(line.startswith("zone1_temp") and "degC" in line and line.endswith("good")
+               for line in lines)
+    assert "15 good, 0 bad" in result.stdout
+
+
+def test_probe_hints_at_the_other_word_order(sim: tuple[Sim, Path], tmp_path: Path) -> None:
+    s, config = sim
+    s.command({"cmd": "step", "seconds": 60})
+    # the same CNC read with a map that gets spindle_temp's word order wrong
+    wrong = (MAPS / "cnc-generic-modbus.toml").read_text().replace(
+        'word_order = "little"     # many', 'word_order = "big"     # many')
+    (tmp_path / "wrong.toml").write_text(wrong)
+    gw = config.read_text().replace(str(MAPS / "cnc-generic-modbus.toml"),
+                                    str(tmp_path / "wrong.toml"))
+    (tmp_path / "wrong-gw.toml").write_text(gw)
+    result = _cli("probe", "--config", str(tmp_path / "wrong-gw.toml"), "cnc-01", "--json")
+    doc = json.loads(result.stdout)
+    hint = next(t["hint"] for t in doc["tags"] if t["name"] == "spindle_temp")
+    assert hint is not None and 'word_order = "little"' in hint
+
+
+def test_plan_matches_what_probe_needs(sim: tuple[Sim, Path]) -> None:
+    _, config = sim
+    result = _cli("plan", "--config", str(config), "imm-07", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["request_count"] == 1 and doc["one_per_tag"] == 15
+
+
+def test_probe_of_a_device_that_is_not_there(tmp_path: Path) -> None:
+    (port,) = _free_ports(1)
+    config = _gateway(tmp_path, [port, port, port])
+    result = _cli("probe", "--config", str(config), "cnc-01")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"plantsync-edge probe: cnc-01: 127.0.0.1:{port}: ")
+    assert "connection refused" in result.stderr and result.stderr.count("\n") == 1

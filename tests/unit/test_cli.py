@@ -1,0 +1,244 @@
+"""plantsync-edge's device-engineer commands without a PLC: validate, import-csv, plan."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from edge.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "config" / "gateway.example.toml"
+PROBLEM_LINE = re.compile(r"^\S+\.(toml|csv): [^:]+: .+$")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------ validate
+
+def test_validate_example_gateway(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "validate", str(EXAMPLE))
+    assert code == 0, err
+    assert out.startswith("OK ") and "4 devices" in out and out.count("\n") == 1
+    assert err == ""
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "config" / "maps").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_validate_shipped_maps(capsys: pytest.CaptureFixture[str], path: Path) -> None:
+    code, out, err = run(capsys, "validate", str(path))
+    assert code == 0, err
+    assert out.startswith("OK ")
+
+
+def test_validate_bad_map_one_problem_per_line(capsys: pytest.CaptureFixture[str],
+                                               tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "x.toml").write_text(
+        'model = "x"\n[tags.spindle_temp]\nadress = "HR1"\ntype = "float32"\n'
+        '[tags.zone1_temp]\naddress = "HR10.3"\ntype = "float32"\n'
+        '[tags.parts]\naddress = "HR20"\ntype = "int16"\nrole = "counter"\ncounts = "good"\n')
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "validate", "maps/x.toml")
+    assert code == 1 and out == ""
+    lines = err.splitlines()
+    assert lines == [
+        "maps/x.toml: tags.spindle_temp.adress: unknown key 'adress' (did you mean 'address'?)",
+        "maps/x.toml: tags.zone1_temp.address: 'HR10.3' is a bit address but type is float32 "
+        "(e.g. HR10)",
+        "maps/x.toml: tags.parts.type: a counter must be an unsigned integer, not int16 "
+        "(use uint16 or uint32)",
+    ]
+    assert all(PROBLEM_LINE.match(line) for line in lines)
+
+
+def test_validate_map_for_another_protocol(capsys: pytest.CaptureFixture[str]) -> None:
+    path = ROOT / "config" / "maps" / "cnc-generic-modbus.toml"
+    code, out, err = run(capsys, "validate", "--protocol", "s7", str(path))
+    assert code == 1 and out == ""
+    assert "is Modbus notation but the device speaks S7 (e.g. DB1.DBW4)" in err
+
+
+def test_validate_syntax_error_has_line(capsys: pytest.CaptureFixture[str],
+                                        tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text('[gateway]\nid = "x"\ndata_dir = /var\n')
+    code, _, err = run(capsys, "validate", str(path))
+    assert code == 1 and "line 3, column" in err and "TOML syntax error" in err
+
+
+def test_validate_neither_kind(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "x.toml"
+    path.write_text('name = "x"\n')
+    code, _, err = run(capsys, "validate", str(path))
+    assert code == 1 and "neither a gateway config" in err
+
+
+def test_validate_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run(capsys, "validate", str(tmp_path / "nope.toml"))
+    assert code == 1 and err.strip().endswith("nope.toml: file not found")
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in ([], ["bogus"], ["plan", str(EXAMPLE)], ["import-csv", "x.csv"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+    capsys.readouterr()
+
+
+def test_status_is_not_there_yet(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "status")
+    assert code == 1 and out == "" and "not yet implemented" in err
+
+
+# ------------------------------------------------------------------ import-csv
+
+MODBUS_CSV = """Tag Name;Register;Data Type;Units;Factor;Comment
+Part Count;40101;UDINT;;;Good parts
+Spindle Temp;HR120;REAL;degC;;Spindle bearing
+Spindle Load;4x0114;UINT;%;0,1;
+Door;40116.0;BOOL;;;
+Program;40131;STRING[16];;;Active program
+Coolant;00001;;;;
+"""
+
+S7_CSV = """name,address,type,unit,scale,description
+Good parts,%DB1.DBD0,UDInt,,,
+Zone 1 temp,DB1.DBD12,Real,°C,,"Barrel zone 1, feed"
+Mold,DB1.STRING44.20,String,,,
+Motor on,DB1.DBX66.0,,,,
+Marker,MW20,Int,,,
+"""
+
+
+def _import(capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str | bytes,
+            protocol: str, name: str = "vendor.csv") -> tuple[int, str, str]:
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return run(capsys, "import-csv", str(path), "--protocol", protocol)
+
+
+def _validates(capsys: pytest.CaptureFixture[str], tmp_path: Path, toml_text: str,
+               protocol: str) -> None:
+    out_path = tmp_path / "imported.toml"
+    out_path.write_text(toml_text)
+    code, _, err = run(capsys, "validate", "--protocol", protocol, str(out_path))
+    assert code == 0, err
+
+
+def test_import_csv_modbus_style(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = _import(capsys, tmp_path, MODBUS_CSV, "modbus")
+    assert code == 0, err
+    import tomllib
+    doc = tomllib.loads(out)
+    tags = doc["tags"]
+    assert list(tags) == ["part_count", "spindle_temp", "spindle_load", "door", "program",
+                          "coolant"]
+    assert tags["part_count"] == {"address": "HR100", "type": "uint32", "role": "sample",
+                                  "description": "Good parts"}
+    assert tags["spindle_load"]["address"] == "HR113" and tags["spindle_load"]["scale"] == 0.1
+    assert tags["door"] == {"address": "HR115.0", "type": "bool", "role": "sample"}
+    assert tags["program"]["length"] == 16 and tags["program"]["type"] == "string"
+    assert tags["coolant"]["address"] == "CO0" and tags["coolant"]["type"] == "bool"
+    _validates(capsys, tmp_path, out, "modbus")
+
+
+def test_import_csv_s7_style(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = _import(capsys, tmp_path, S7_CSV, "s7")
+    assert code == 0, err
+    import tomllib
+    tags = tomllib.loads(out)["tags"]
+    assert tags["good_parts"]["address"] == "DB1.DBD0"
+    assert tags["zone_1_temp"]["unit"] == "°C"
+    assert tags["zone_1_temp"]["description"] == "Barrel zone 1, feed"
+    assert tags["mold"] == {"address": "DB1.STRING44.20", "type": "string", "role": "sample"}
+    assert tags["motor_on"]["type"] == "bool"
+    assert tags["marker"] == {"address": "MW20", "type": "int16", "role": "sample"}
+    _validates(capsys, tmp_path, out, "s7")
+
+
+def test_import_csv_chinese_headers_gbk(capsys: pytest.CaptureFixture[str],
+                                        tmp_path: Path) -> None:
+    text = "变量名,寄存器地址,数据类型,单位,倍率,备注\nzone1_temp,40011,INT,degC,0.1,一区温度\n"
+    code, out, err = _import(capsys, tmp_path, text.encode("gb18030"), "modbus")
+    assert code == 0, err
+    assert 'description = "一区温度"' in out and "scale = 0.1" in out
+
+
+def test_import_csv_errors_have_row_numbers(capsys: pytest.CaptureFixture[str],
+                                            tmp_path: Path) -> None:
+    text = ("name,address,type\n"
+            "a,40001,uint16\n"
+            "b,DB1.DBW4,uint16\n"
+            "c,40002,blob\n"
+            "a,40003,uint16\n"
+            "d,40001,uint16\n"
+            "e,40010,\n")
+    code, out, err = _import(capsys, tmp_path, text, "modbus")
+    assert code == 1 and out == ""
+    rows = [re.search(r": (row \d+): ", line).group(1)  # type: ignore[union-attr]
+            for line in err.splitlines()]
+    assert rows == ["row 3", "row 4", "row 5", "row 6", "row 7"]
+    assert "S7 notation" in err and "unknown type 'blob'" in err
+    assert "already used in row 2" in err and "overlaps tag 'a'" in err
+
+
+def test_import_csv_without_address_column(capsys: pytest.CaptureFixture[str],
+                                           tmp_path: Path) -> None:
+    code, out, err = _import(capsys, tmp_path, "name,kind\na,b\n", "s7")
+    assert code == 1 and out == "" and "no address column" in err
+
+
+# ------------------------------------------------------------------ plan
+
+def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "plan", "--config", str(EXAMPLE), "cnc-01", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["device"] == "cnc-01" and doc["protocol"] == "modbus-tcp"
+    assert doc["one_per_tag"] == doc["tags"] == 12
+    assert doc["request_count"] == len(doc["requests"]) < doc["one_per_tag"]
+    served = [t for r in doc["requests"] for s in r["spans"] for t in s["tags"]]
+    assert sorted(served) == sorted(set(served)) and len(served) == 12
+    span = doc["requests"][0]["spans"][0]
+    assert set(span) == {"area", "db", "start", "count", "unit", "tags"}
+
+
+def test_plan_json_s7(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "plan", "--config", str(EXAMPLE), "imm-01", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["requests"][0]["spans"][0]["area"] == "DB"
+    assert doc["requests"][0]["spans"][0]["unit"] == "bytes"
+
+
+def test_plan_text(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "plan", "--config", str(EXAMPLE), "imm-01")
+    assert code == 0
+    assert "requests per poll (one per tag would need 15)" in out
+
+
+def test_plan_unknown_device(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "plan", "--config", str(EXAMPLE), "nope")
+    assert code == 1 and out == ""
+    assert "no device 'nope'" in err and "cnc-01" in err
+
+
+def test_plan_bad_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text('[gateway]\nid = "x"\n')
+    code, out, err = run(capsys, "plan", "--config", str(path), "x", "--json")
+    assert code == 1 and out == ""
+    assert "gateway.data_dir: required key is missing" in err
