@@ -22,6 +22,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import structlog
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from cloud.errors import CloudError
 
@@ -178,9 +180,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CloudError as exc:
         print(f"plantsync-cloud: error: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:  # a database file in a missing or read-only directory, ...
-        print(f"plantsync-cloud: error: {exc}", file=sys.stderr)
+    except OSError as exc:  # PostgreSQL not reachable, ...
+        print(f"plantsync-cloud: error: cannot reach the database: {exc}", file=sys.stderr)
         return 1
+    except SQLAlchemyError as exc:  # a SQLite file in a missing or read-only directory, ...
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        print(f"plantsync-cloud: error: database {_db_for_message(args)}: {detail} (does it "
+              "exist, and may this user write to it and its directory?)", file=sys.stderr)
+        return 1
+
+
+def _db_for_message(args: argparse.Namespace) -> str:
+    from cloud.db import resolve_url
+
+    try:
+        return str(make_url(resolve_url(getattr(args, "db", None)).url)
+                   .render_as_string(hide_password=True))
+    except CloudError:
+        return "?"
 
 
 if __name__ == "__main__":
