@@ -1,1 +1,35 @@
-"""The plantsync cloud service."""
+"""The plantsync cloud service.
+
+Public surface (the rest is private to the package):
+- ``create_app(db_url, ...)`` -> FastAPI (cloud.app), with ``app.state.appliers``: the
+  hook where domain processing (attribution, backflush) joins the ingest transaction;
+- ``ingest_batch`` / ``IngestResult`` / ``Applier`` (cloud.ingest): storing a decoded batch,
+  for other transports (MQTT);
+- ``Database`` / ``resolve_url`` (cloud.db), ``upgrade`` / ``check_current`` (cloud.migrate).
+
+Names are imported lazily so ``plantsync-cloud --version`` stays quick.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "create_app": "cloud.app",
+    "ingest_batch": "cloud.ingest",
+    "IngestResult": "cloud.ingest",
+    "Applier": "cloud.ingest",
+    "Database": "cloud.db",
+    "resolve_url": "cloud.db",
+    "upgrade": "cloud.migrate",
+    "check_current": "cloud.migrate",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cloud' has no attribute {name!r}")
+    return getattr(import_module(module), name)
