@@ -1,5 +1,6 @@
 """Store-and-forward: the durable outbox, the record contract, and the uplinks."""
 
+from buffer.discovery import Advertiser, CloudNotFound, discover_cloud
 from buffer.records import (
     DROPPABLE_KINDS,
     KINDS,
@@ -21,10 +22,23 @@ from buffer.store import (
     OutboxError,
     StoredRow,
 )
+from buffer.uplink import (
+    Forwarder,
+    ForwarderStats,
+    HttpUplink,
+    MqttUplink,
+    Uplink,
+    UplinkAuthError,
+    UplinkError,
+    UplinkRejected,
+    UplinkTooLarge,
+    UplinkUnavailable,
+)
 
 __all__ = [
     "DROPPABLE_KINDS",
     "KINDS",
+    "Advertiser",
     "Batch",
     "BufferAckError",
     "BufferCorrupt",
@@ -32,12 +46,24 @@ __all__ = [
     "BufferLocked",
     "BufferStats",
     "BufferWriteError",
+    "CloudNotFound",
     "Cycle",
+    "Forwarder",
+    "ForwarderStats",
+    "HttpUplink",
+    "MqttUplink",
     "Outbox",
     "OutboxError",
     "Record",
     "RecordError",
     "StoredRow",
+    "Uplink",
+    "UplinkAuthError",
+    "UplinkError",
+    "UplinkRejected",
+    "UplinkTooLarge",
+    "UplinkUnavailable",
     "decode_batch",
+    "discover_cloud",
     "encode_batch",
 ]

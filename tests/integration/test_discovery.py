@@ -1,0 +1,54 @@
+"""Zeroconf discovery and advertising on loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from zeroconf import ServiceStateChange, Zeroconf
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
+
+from buffer.discovery import CLOUD_SERVICE, EDGE_SERVICE, Advertiser, CloudNotFound, discover_cloud
+
+LOOPBACK = ["127.0.0.1"]
+
+
+async def test_gateway_finds_the_advertised_cloud() -> None:
+    async with Advertiser(CLOUD_SERVICE, "plantsync-cloud-test", 18080,
+                          properties={"scheme": "http", "path": "/mes"},
+                          interfaces=LOOPBACK):
+        url = await discover_cloud(20, interfaces=LOOPBACK)
+    assert url == "http://127.0.0.1:18080/mes"
+
+
+async def test_defaults_without_txt() -> None:
+    async with Advertiser(CLOUD_SERVICE, "plain-cloud", 8443, interfaces=LOOPBACK):
+        assert await discover_cloud(20, interfaces=LOOPBACK) == "http://127.0.0.1:8443"
+
+
+async def test_nothing_advertised_is_cloud_not_found() -> None:
+    with pytest.raises(CloudNotFound, match=r"no _plantsync\._tcp\.local\. service"):
+        await discover_cloud(0.5, interfaces=LOOPBACK)
+
+
+async def test_edge_advertises_its_status_port() -> None:
+    found: asyncio.Queue[str] = asyncio.Queue()
+
+    def on_change(zeroconf: Zeroconf, service_type: str, name: str,
+                  state_change: ServiceStateChange) -> None:
+        if state_change is ServiceStateChange.Added:
+            found.put_nowait(name)
+
+    async with Advertiser(EDGE_SERVICE, "gw-hall1", 9100, interfaces=LOOPBACK) as adv:
+        assert adv.registered_name == f"gw-hall1.{EDGE_SERVICE}"
+        aiozc = AsyncZeroconf(interfaces=LOOPBACK)
+        browser = AsyncServiceBrowser(aiozc.zeroconf, EDGE_SERVICE, handlers=[on_change])
+        try:
+            name = await asyncio.wait_for(found.get(), 20)
+            info = await aiozc.async_get_service_info(EDGE_SERVICE, name, 3000)
+        finally:
+            await browser.async_cancel()
+            await aiozc.async_close()
+    assert name == f"gw-hall1.{EDGE_SERVICE}"
+    assert info is not None and info.port == 9100
+    assert info.parsed_addresses() == ["127.0.0.1"]
