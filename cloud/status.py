@@ -79,7 +79,8 @@ async def seq_gaps(session: AsyncSession, gateway_id: str,
 async def acked_frontier(session: AsyncSession, gateway_id: str, last_seq: int) -> int:
     """The highest seq below which every missing seq is explained by a gap record or
     lies below the gateway's first stored record (the answer to an empty batch)."""
-    gaps, _ = await seq_gaps(session, gateway_id)
+    # No cut here: an unexplained hole after the first MAX_GAPS must still stop the ack.
+    gaps, _ = await seq_gaps(session, gateway_id, limit=2**62)
     for gap in gaps:
         if not gap.before_first_record and not gap.explained_by:
             return gap.first_seq - 1
