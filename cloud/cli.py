@@ -153,8 +153,7 @@ async def _admin(args: argparse.Namespace) -> int:
 
 
 async def _mqtt_ingest(args: argparse.Namespace) -> int:
-    from buffer.uplink import parse_broker_url
-    from cloud.mqtt_ingest import run_mqtt_ingest
+    from cloud.mqtt_ingest import parse_broker_url, run_mqtt_ingest
 
     try:
         parse_broker_url(args.broker)

@@ -26,6 +26,7 @@ import socket
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgpack
 import paho.mqtt.client as mqtt
@@ -33,7 +34,6 @@ import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
 from buffer.records import RecordError, decode_batch
-from buffer.uplink import parse_broker_url
 from cloud.db import Database, resolve_url
 from cloud.ingest import GatewayGone, ingest_batch
 
@@ -51,6 +51,18 @@ class _Message:
     qos: int
     topic: str
     payload: bytes
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` -> (host, port, tls). Raises
+    ValueError. (The gateway has its own copy in buffer/uplink.py: cloud imports only the
+    record schema from buffer.)"""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"{url!r} is not a broker URL (e.g. mqtt://broker:1883 or "
+                         "mqtts://broker:8883)")
+    tls = parts.scheme == "mqtts"
+    return parts.hostname, parts.port or (8883 if tls else 1883), tls
 
 
 def gateway_from_topic(topic: str) -> str | None:
