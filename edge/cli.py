@@ -359,6 +359,62 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     return code
 
 
+def _status_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return str(args.url).rstrip("/")
+    listen = "127.0.0.1:8470"
+    if args.config:
+        listen = load_gateway(args.config).config.gateway.status_listen
+    host, _, port = listen.rpartition(":")
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
+    """Ask the running daemon's status endpoint (GET /status) and show what it says."""
+    import urllib.error
+    import urllib.request
+
+    url = _status_url(args) + "/status"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            doc = json.loads(response.read().decode("utf-8"))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise _Failed(f"no gateway daemon answering at {url} ({reason}); is "
+                      "`plantsync-edge run` going, and is status_listen right?") from None
+    if args.json:
+        json.dump(doc, out, indent=2, ensure_ascii=False)
+        out.write("\n")
+        return EXIT_OK
+    render_status(doc, out)
+    return EXIT_OK
+
+
+def _flat(doc: Any) -> str:
+    if isinstance(doc, dict):
+        return ", ".join(f"{k}={_flat(v)}" for k, v in doc.items() if v is not None)
+    return str(doc)
+
+
+def render_status(doc: dict[str, Any], out: TextIO) -> None:
+    """The daemon's status document as a few readable lines."""
+    print(f"gateway {doc.get('gateway', '?')}, up {doc.get('uptime_s', '?')} s", file=out)
+    devices = doc.get("devices") or {}
+    if isinstance(devices, dict) and devices:
+        rows = [("device", "online", "polls", "requests/poll", "latency ms", "last error")]
+        for name, dev in devices.items():
+            dev = dev if isinstance(dev, dict) else {}
+            rows.append((str(name), "yes" if dev.get("online") else "no",
+                         str(dev.get("polls", "")), str(dev.get("requests_per_poll", "")),
+                         str(dev.get("poll_latency_ms", "")), str(dev.get("last_error") or "")))
+        _table(rows, out)
+    for key in doc:
+        if key not in ("gateway", "uptime_s", "devices"):
+            print(f"{key}: {_flat(doc[key])}", file=out)
+
+
 def cmd_not_yet(args: argparse.Namespace, out: TextIO) -> int:
     raise _Failed("not yet implemented (the gateway daemon comes with a later issue)")
 
@@ -407,8 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="gateway.toml")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("status", help="the running daemon's status")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_not_yet)
+    p.add_argument("--config", help="gateway.toml (for its status_listen)")
+    p.add_argument("--url", help="status endpoint (default: from --config, else "
+                   "http://127.0.0.1:8470)")
+    p.add_argument("--timeout", type=float, default=5.0, help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.set_defaults(func=cmd_status)
     return parser
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -95,9 +99,68 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
 
 
-def test_status_is_not_there_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "status")
-    assert code == 1 and out == "" and "not yet implemented" in err
+STATUS = {"gateway": "gw-t", "uptime_s": 12.5,
+          "devices": {"cnc-01": {"online": True, "polls": 9, "requests_per_poll": 1,
+                                 "poll_latency_ms": 3, "last_error": None}},
+          "buffer": {"records": 4, "commits": 9}, "uplink": {"state": "off"}}
+
+
+@pytest.fixture
+def status_server() -> Iterator[str]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(STATUS).encode()
+            self.send_response(200 if self.path == "/status" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_status_json_and_table(capsys: pytest.CaptureFixture[str], status_server: str) -> None:
+    code, out, err = run(capsys, "status", "--url", status_server, "--json")
+    assert code == 0, err
+    assert json.loads(out) == STATUS
+    code, out, _ = run(capsys, "status", "--url", status_server)
+    assert code == 0
+    assert out.splitlines()[0] == "gateway gw-t, up 12.5 s"
+    assert any(line.startswith("cnc-01") and "yes" in line for line in out.splitlines())
+    assert "buffer: records=4, commits=9" in out
+
+
+def test_status_without_a_daemon(capsys: pytest.CaptureFixture[str]) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    code, out, err = run(capsys, "status", "--url", f"http://127.0.0.1:{port}")
+    assert code == 1 and out == ""
+    assert "no gateway daemon answering" in err
+
+
+def test_status_address_from_config(capsys: pytest.CaptureFixture[str],
+                                    status_server: str, tmp_path: Path) -> None:
+    port = status_server.rsplit(":", 1)[1]
+    text = EXAMPLE.read_text().replace('status_listen = "127.0.0.1:8470"',
+                                       f'status_listen = "127.0.0.1:{port}"')
+    (tmp_path / "maps").symlink_to(EXAMPLE.parent / "maps")
+    (tmp_path / "gw.toml").write_text(text)
+    code, out, err = run(capsys, "status", "--config", str(tmp_path / "gw.toml"), "--json")
+    assert code == 0, err
+    assert json.loads(out)["gateway"] == "gw-t"
 
 
 # ------------------------------------------------------------------ import-csv
