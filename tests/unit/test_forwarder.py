@@ -1,0 +1,190 @@
+"""Forwarder logic against an in-memory outbox and scripted uplinks (no I/O)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import pytest
+
+from buffer.uplink import (
+    Forwarder,
+    Uplink,
+    UplinkAuthError,
+    UplinkRejected,
+    UplinkTooLarge,
+    UplinkUnavailable,
+    backoff_delay,
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    seq: int
+    ts: int
+    device: str
+    kind: str
+    body: bytes
+
+
+class MemOutbox:
+    def __init__(self, n: int) -> None:
+        body = msgpack.packb({"state": "running", "prev": None, "code": None})
+        self.rows = [Row(i, 1_700_000_000_000 + i, "cnc-03", "state", body)
+                     for i in range(1, n + 1)]
+        self.acks: list[int] = []
+
+    async def peek(self, max_records: int, max_bytes: int = 1 << 20,
+                   after_seq: int | None = None) -> list[Row]:
+        return [r for r in self.rows if r.seq > (after_seq or 0)][:max_records]
+
+    async def ack_through(self, seq: int) -> int:
+        assert seq <= self.rows[-1].seq if self.rows else True
+        self.acks.append(seq)
+        before = len(self.rows)
+        self.rows = [r for r in self.rows if r.seq > seq]
+        return before - len(self.rows)
+
+
+class Scripted(Uplink):
+    """Answers from a script: each entry is an exception to raise or a function of the
+    batch's seqs returning acked_through."""
+
+    def __init__(self, script: list[Any], *, window: int = 1) -> None:
+        self.script = script
+        self.max_in_flight = window
+        self.sent: list[list[int]] = []
+        self.reloads = 0
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def reload(self) -> None:
+        self.reloads += 1
+
+    async def send(self, payload: bytes, *, last_seq: int) -> int:
+        seqs = [r["seq"] for r in msgpack.unpackb(payload)["records"]]
+        assert seqs[-1] == last_seq
+        step = self.script.pop(0) if self.script else (lambda s: s[-1])
+        if isinstance(step, BaseException):
+            raise step
+        self.sent.append(seqs)
+        acked = step(seqs)
+        self.last_acked_through = acked
+        return int(acked)
+
+    async def confirmed(self, first_seq: int, last_seq: int) -> bool:
+        return self.last_acked_through >= last_seq
+
+
+def fw(outbox: MemOutbox, up: Uplink, **kw: Any) -> Forwarder:
+    kw.setdefault("backoff_base", 0.001)
+    kw.setdefault("backoff_cap", 0.002)
+    kw.setdefault("idle_interval", 0.01)
+    return Forwarder(outbox, up, gateway="gw-1", **kw)
+
+
+def test_backoff_is_full_jitter_and_capped() -> None:
+    rng = random.Random(7)
+    for failures in range(1, 40):
+        bound = min(60.0, 0.5 * 2 ** (failures - 1))
+        samples = [backoff_delay(failures, base=0.5, cap=60.0, rng=rng) for _ in range(200)]
+        assert all(0.0 <= d <= bound for d in samples)
+        assert min(samples) < bound * 0.2 and max(samples) > bound * 0.8  # spread, not fixed
+
+
+async def test_never_acks_more_than_sent() -> None:
+    out = MemOutbox(250)
+    up = Scripted([lambda s: 10_000] * 3)  # a confused cloud claims far more
+    assert await fw(out, up, max_records=100).drain() == 250
+    assert out.acks == [100, 200, 250]
+
+
+async def test_partial_ack_resends_from_oldest_unacked() -> None:
+    out = MemOutbox(200)
+    up = Scripted([lambda s: 50])  # the cloud took half of the first batch
+    await fw(out, up, max_records=100).drain()
+    assert up.sent[0] == list(range(1, 101)) and up.sent[1][0] == 51
+    assert out.rows == []
+
+
+async def test_no_progress_is_an_error() -> None:
+    out = MemOutbox(10)
+    up = Scripted([lambda s: 0])
+    with pytest.raises(UplinkRejected, match=r"did not acknowledge 1\.\.10"):
+        await fw(out, up).drain()
+    assert len(out.rows) == 10
+
+
+async def test_413_halves_until_it_fits_and_nothing_is_skipped() -> None:
+    out = MemOutbox(100)
+    too_large = UplinkTooLarge("413")
+    up = Scripted([too_large, too_large, too_large])
+    f = fw(out, up, max_records=100)
+    task = asyncio.create_task(f.run())
+    while out.rows:
+        await asyncio.sleep(0.005)
+    task.cancel()
+    assert [len(b) for b in up.sent[:2]] == [12, 12]  # 100 -> 50 -> 25 -> 12
+    assert sorted(s for b in up.sent for s in b) == list(range(1, 101))
+    assert f.stats().errors == {"too_large": 3}
+
+
+async def test_auth_error_waits_for_resume() -> None:
+    out = MemOutbox(5)
+    up = Scripted([UplinkAuthError("401")])
+    f = fw(out, up)
+    task = asyncio.create_task(f.run())
+    while f.state != "auth_failed":
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)
+    assert up.sent == [] and len(out.rows) == 5 and up.reloads == 0
+    f.resume()
+    while out.rows:
+        await asyncio.sleep(0.005)
+    task.cancel()
+    assert up.reloads == 1 and f.stats().errors == {"auth": 1}
+
+
+async def test_errors_back_off_and_count_then_recover() -> None:
+    out = MemOutbox(5)
+    up = Scripted([UplinkUnavailable("503"), UplinkUnavailable("503"), UplinkRejected("400")])
+    f = fw(out, up)
+    task = asyncio.create_task(f.run())
+    while out.rows:
+        await asyncio.sleep(0.005)
+    task.cancel()
+    s = f.stats()
+    assert s.errors == {"unavailable": 2, "rejected": 1} and s.consecutive_failures == 0
+    assert s.last_ack_seq == 5
+
+
+class Pipelined(Scripted):
+    """Confirms batches out of order, as an MQTT consumer may."""
+
+    def __init__(self) -> None:
+        super().__init__([], window=4)
+        self.confirmed_batches: set[tuple[int, int]] = set()
+        self.pending: list[tuple[int, int]] = []
+
+    async def send(self, payload: bytes, *, last_seq: int) -> int:
+        seqs = [r["seq"] for r in msgpack.unpackb(payload)["records"]]
+        self.sent.append(seqs)
+        self.pending.append((seqs[0], seqs[-1]))
+        if len(self.pending) == 2:  # confirm the second before the first
+            self.confirmed_batches.add(self.pending[1])
+        return 0
+
+    async def confirmed(self, first_seq: int, last_seq: int) -> bool:
+        self.confirmed_batches.update(self.pending)
+        return (first_seq, last_seq) in self.confirmed_batches
+
+
+async def test_window_acks_only_the_confirmed_prefix() -> None:
+    out = MemOutbox(1000)
+    up = Pipelined()
+    assert await fw(out, up, max_records=100).drain() == 1000
+    assert out.acks == list(range(100, 1001, 100))  # in order, batch by batch
