@@ -386,6 +386,7 @@ class MqttUplink(Uplink):
     def _start(self) -> None:
         assert self._client is not None
         self._auth_error = None
+        self._connected = asyncio.Event()
         self._client.connect_async(self.host, self.port, keepalive=self._keepalive)
         self._client.loop_start()
 
@@ -399,14 +400,10 @@ class MqttUplink(Uplink):
         self._lost("closed")
 
     async def reload(self) -> None:
-        if self._client is None:
-            return
-        client = self._client
-        client.disconnect()
-        await asyncio.to_thread(client.loop_stop)
-        self._lost("reloading credentials")
-        self._set_credentials()
-        self._start()
+        # A fresh client: paho's loop_start after loop_stop leaks its wake-up socket pair,
+        # and our Outbox, not paho's memory, is the record of what is unacked anyway.
+        await self.close()
+        await self.open()
 
     # -- paho callbacks (network thread): hand over to asyncio, nothing else
 

@@ -96,3 +96,78 @@ async def test_broker_restart_mid_drain(tmp_path: Path, mosquitto: Mosquitto,
         assert stored(db_file) == seqs  # nothing lost, nothing twice
         assert (await outbox.stats()).backlog == 0
         assert up.connections >= 2  # it did lose the broker and reconnect
+
+
+CONFIG = Path(__file__).resolve().parents[2] / "config" / "mosquitto"
+
+
+@pytest.fixture
+def secured_broker(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A broker with passwords and the shipped ACL (config/mosquitto/acl.conf)."""
+    import subprocess
+
+    from tests.services import free_port, require_binary
+
+    d = tmp_path_factory.mktemp("secured")
+    passwd = d / "passwd"
+    tool = require_binary("mosquitto_passwd", "mosquitto")
+    subprocess.run([tool, "-c", "-b", str(passwd), GATEWAY, "psg_right"], check=True)
+    subprocess.run([tool, "-b", str(passwd), "plantsync-ingest", "ingest-pw"], check=True)
+    broker = Mosquitto(require_binary("mosquitto"), d, free_port(), anonymous=False,
+                       extra_config=f"password_file {passwd}\nacl_file {CONFIG / 'acl.conf'}\n")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+async def test_bad_credentials_stop_until_resume_and_acl_allows_own_topics(
+        tmp_path: Path, secured_broker: Mosquitto) -> None:
+    db_url, db_file, _ = await make_cloud_db(tmp_path)
+    token = tmp_path / "token"
+    token.write_text("psg_wrong\n")
+    ready = asyncio.Event()
+    consumer = asyncio.create_task(run_mqtt_ingest(
+        secured_broker.url, db_url, client_id="ingest-acl", username="plantsync-ingest",
+        password="ingest-pw", ready=ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        async with open_outbox(tmp_path / "buf.db") as outbox:
+            seqs = await fill(outbox, 500)
+            async with uplink(secured_broker, token_file=token) as up:
+                fw = forwarder(outbox, up, max_records=100)
+                task = asyncio.create_task(fw.run())
+                try:
+                    await wait_for(lambda: fw.state == "auth_failed", what="auth_failed")
+                    await asyncio.sleep(0.5)
+                    s = fw.stats()
+                    assert s.state == "auth_failed" and s.errors == {"auth": 1}
+                    assert "psg_wrong" not in (s.last_error or "")
+                    assert up.connections == 0
+                    token.write_text("psg_right\n")
+                    fw.resume()
+                    await wait_for(lambda: fw.stats().last_ack_seq == seqs[-1], what="drained")
+                finally:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+        assert stored(db_file) == seqs
+    finally:
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+
+
+async def test_consumer_down_then_up_gets_the_queued_batches(tmp_path: Path,
+                                                             mosquitto: Mosquitto) -> None:
+    """The consumer's persistent session: the broker queues while mqtt-ingest is down."""
+    db_url, db_file, _ = await make_cloud_db(tmp_path)
+    async with ingest(mosquitto, db_url):
+        pass  # creates the session and its shared subscription, then goes away
+    async with open_outbox(tmp_path / "buf.db") as outbox:
+        seqs = await fill(outbox, 1_000)
+        async with uplink(mosquitto, max_in_flight=20, confirm_timeout=60) as up:
+            fw = forwarder(outbox, up, max_records=100)
+            drain = asyncio.create_task(fw.drain())
+            await wait_for(lambda: fw.stats().batches_sent == 10, what="all published")
+            assert (await outbox.stats()).backlog == 1_000  # nothing confirmed yet
+            async with ingest(mosquitto, db_url):
+                assert await asyncio.wait_for(drain, 60) == seqs[-1]
+    assert stored(db_file) == seqs
