@@ -772,8 +772,13 @@ class Outbox:
         if name.startswith("SQLITE_FULL") or (
                 isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG)):
             cause = "the disk is full"
+        elif name == "SQLITE_IOERR_WRITE":
+            # SQLite reports ENOSPC on some paths, EFBIG (file size limit) and EIO alike.
+            cause = "a write failed (disk full, file size limit or I/O error)"
+        elif name == "SQLITE_IOERR_FSYNC":
+            cause = "fsync failed (I/O error)"
         elif name.startswith("SQLITE_IOERR") or isinstance(exc, OSError):
-            cause = "an I/O error or a failed fsync"
+            cause = "an I/O error"
         msg = (f"{self.path}: {doing} failed, {cause} ({name}: {exc}); nothing of it was "
                f"stored: free space on {self.path.parent} or check the disk, then retry")
         self._last_error = msg
