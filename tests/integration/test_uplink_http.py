@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,11 @@ async def test_drains_everything_once(tmp_path: Path) -> None:
         s = fw.stats()
         assert s.last_ack_seq == seqs[-1] and s.last_ack_at is not None
         assert s.state == "draining" and s.batches_sent == 9 and s.errors == {}
+        # X-Plantsync-Sent-At arrived: the cloud measured the skew exactly.
+        with sqlite3.connect(cloud.db_file) as conn:
+            (exact,) = conn.execute("SELECT clock_skew_exact FROM gateways WHERE id = ?",
+                                    (GATEWAY,)).fetchone()
+        assert exact == 1
 
 
 async def test_deletes_only_what_the_cloud_acked(tmp_path: Path) -> None:
