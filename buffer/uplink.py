@@ -581,7 +581,7 @@ class ForwarderStats:
     state: ForwarderState = "idle"
     last_ack_seq: int | None = None
     last_ack_at: float | None = None
-    records_acked: int = 0
+    records_acked: int = 0       # seqs acknowledged since start (quota-dropped seqs included)
     batches_sent: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     consecutive_failures: int = 0
@@ -625,6 +625,7 @@ class Forwarder:
         self._limit = max_records
         self._ok_at_limit = 0
         self._halved = False
+        self._acked_floor: int | None = None  # seq below the first row seen, for counting
         self._state: ForwarderState = "idle"
         self._stats = ForwarderStats(batch_records=max_records)
         self._wake = asyncio.Event()
@@ -683,6 +684,7 @@ class Forwarder:
             except UplinkAuthError as exc:
                 self._failed(exc)
                 self._state = "auth_failed"
+                self._resume.clear()  # only a resume() from now on counts
                 continue
             except UplinkTooLarge as exc:
                 self._failed(exc)
@@ -751,6 +753,8 @@ class Forwarder:
                     continue
                 if pass_start is None:
                     pass_start = rows[0].seq
+                    if self._acked_floor is None:
+                        self._acked_floor = pass_start - 1
                 last = rows[-1].seq
                 payload = encode_batch_raw(
                     self.gateway, ((r.seq, r.ts, r.device, r.kind, r.body) for r in rows))
@@ -777,10 +781,12 @@ class Forwarder:
         if through > (self._stats.last_ack_seq or 0):
             await self.outbox.ack_through(through)
             prev = self._stats.last_ack_seq
+            if prev is None:
+                prev = self._acked_floor
             self._stats.last_ack_seq = through
             self._stats.last_ack_at = time.time()
             if prev is not None:
-                self._stats.records_acked += through - prev
+                self._stats.records_acked += max(0, through - prev)
         return through
 
     def _grow_limit(self) -> None:

@@ -99,8 +99,10 @@ def test_backoff_is_full_jitter_and_capped() -> None:
 async def test_never_acks_more_than_sent() -> None:
     out = MemOutbox(250)
     up = Scripted([lambda s: 10_000] * 3)  # a confused cloud claims far more
-    assert await fw(out, up, max_records=100).drain() == 250
+    f = fw(out, up, max_records=100)
+    assert await f.drain() == 250
     assert out.acks == [100, 200, 250]
+    assert f.stats().records_acked == 250
 
 
 async def test_partial_ack_resends_from_oldest_unacked() -> None:
