@@ -243,7 +243,7 @@ class Rig:
     def __init__(self, root: Path, *, seed: int = 1, speed: float = 60.0, poll_ms: int = 150,
                  devices: list[Device] | None = None, transport: str = "http",
                  proxy: bool = False, broker_url: str | None = None,
-                 buffer_max_mb: int = 64) -> None:
+                 buffer_max_mb: int = 64, cloud_debug: bool = False) -> None:
         self.root = root
         self.seed, self.speed, self.poll_ms = seed, speed, poll_ms
         self.transport = transport
@@ -274,10 +274,12 @@ class Rig:
         self.write_config()
         self.counter_tags = self._counter_tags()
         self.cloud = Proc("cloud", [*CLOUD, "serve", "--db", self.db_url, "--port",
-                                    str(self.cloud_port), "--log-level", "debug"],
+                                    str(self.cloud_port), "--log-level",
+                                    "debug" if cloud_debug else "info"],
                           root / "cloud" / "serve.log", cwd=root / "cloud")
         self.ingest = Proc("mqtt-ingest", [*CLOUD, "mqtt-ingest", "--broker", broker_url or "",
-                                           "--db", self.db_url, "--log-level", "debug"],
+                                           "--db", self.db_url, "--log-level",
+                                           "debug" if cloud_debug else "info"],
                            root / "cloud" / "mqtt-ingest.log", cwd=root / "cloud")
         self.sim = Proc("simulate", [*EDGE, "simulate", "--config", str(self.config),
                                      "--speed", str(speed), "--seed", str(seed),
@@ -559,7 +561,8 @@ class Rig:
         return asyncio.run(go())
 
     def batch_counts(self) -> tuple[int, int]:
-        """(batches, duplicate records) the cloud's ingest reported in its debug log."""
+        """(batches, duplicate records) the cloud's ingest reported in its debug log
+        (``cloud_debug=True``; else both 0)."""
         batches = dups = 0
         for p in (self.cloud, self.ingest):
             for line in p.text().splitlines():
