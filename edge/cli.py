@@ -472,12 +472,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CurrentStderr:
+    """Whatever sys.stderr is when a line is written (not when logging was set up)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _configure_logging(verbose: bool) -> None:
     try:
         from edge.logs import configure
     except ImportError:  # pragma: no cover - logs module belongs to the daemon work
         return
-    configure("logfmt", "debug" if verbose else "warning", stream=sys.stderr)
+    configure("logfmt", "debug" if verbose else "warning",
+              stream=_CurrentStderr())  # type: ignore[arg-type]
     if not verbose:
         # the command reports connection failures itself, once, in plain words
         for name in ("pymodbus", "snap7"):

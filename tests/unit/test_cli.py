@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import logging
 import re
 import socket
 import threading
@@ -11,12 +12,28 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from edge.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "gateway.example.toml"
 PROBLEM_LINE = re.compile(r"^\S+\.(toml|csv): [^:]+: .+$")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """main() configures structlog and stdlib logging for a process; undo it per test."""
+    root = logging.getLogger()
+    handlers, levels = list(root.handlers), {
+        n: logging.getLogger(n).level for n in ("pymodbus", "snap7")}
+    yield
+    structlog.reset_defaults()
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
