@@ -239,12 +239,20 @@ class GatewaySection(BaseModel):
         examples=["FULL"],
     )
     log_format: Literal["json", "logfmt"] = Field(
-        default="json", description="Log line format on stderr.", examples=["json"])
+        default="json", description="Log line format on stdout (the journal): json or logfmt.",
+        examples=["json"])
     status_listen: str = Field(
         default="127.0.0.1:8470",
         pattern=r"^[^\s:]*:\d{1,5}$",
         description="host:port of the status endpoint.",
         examples=["127.0.0.1:8470"],
+    )
+    zeroconf_interfaces: list[str] | None = Field(
+        default=None,
+        description=("IPv4 addresses of the interfaces zeroconf may use: to advertise the "
+                     "status port as _plantsync-edge._tcp.local. and to find the cloud when "
+                     "cloud.url is \"auto\". Default: every interface. [] turns zeroconf off."),
+        examples=[["192.168.10.5"], []],
     )
 
 
@@ -581,8 +589,10 @@ def _translate(err: ErrorDetails, root: type[BaseModel], shown: str) -> Problem:
     if kind == "too_short" or kind == "too_long":
         return Problem(shown, path, f"expected two numbers [lo, hi], got {value!r}", hint)
     if kind == "string_pattern_mismatch":
-        return Problem(shown, path, f"{value!r} has characters that are not allowed",
-                       hint or "letters, digits, '.', '_' and '-'")
+        if ":" in str(ctx.get("pattern", "")):
+            return Problem(shown, path, f"{value!r} is not host:port", hint)
+        return Problem(shown, path, f"{value!r}: use only letters, digits, '.', '_' and '-' "
+                       "(no spaces), starting with a letter or digit", hint)
     if kind == "string_too_short":
         return Problem(shown, path, "must not be empty", hint)
     return Problem(shown, path, err["msg"].removeprefix("Value error, "), hint)
