@@ -21,7 +21,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,12 @@ QUEUE_PER_DEVICE = 2
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def loaded_path(loaded: LoadedGateway, path: str) -> Path:
+    """A path from gateway.toml: relative ones are relative to that file's folder, like
+    the map paths, so a config folder can be moved as a whole."""
+    return loaded.path.parent / path
 
 
 def rules_for(device: LoadedDevice) -> tuple[TagRule, ...]:
@@ -255,6 +261,12 @@ class BusPoller:
         dev.polls += 1
         try:
             await dev.driver.connect()
+            pdu = dev.driver.pdu_size
+            if pdu is not None and pdu != dev.plan.limits.pdu_size:
+                # S7: plan again within the PDU this PLC negotiated (240 on an S7-300,
+                # 480/960 on newer CPUs): fewer round trips, or requests that fit at all.
+                dev.plan = plan_reads(dev.plan.protocol, dev.plan.tags,
+                                      replace(dev.plan.limits, pdu_size=pdu))
             dev.plan, readings = await read_plan(dev.driver, dev.plan)
         except DriverError as exc:
             await self._failed(dev, exc, started)
@@ -342,8 +354,7 @@ class Daemon:
 
     async def run(self) -> None:
         cfg = self.loaded.config
-        data_dir = Path(cfg.gateway.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = loaded_path(self.loaded, cfg.gateway.data_dir)
         loop = asyncio.get_running_loop()
         for sig, handler in ((signal.SIGTERM, self.stop.set), (signal.SIGINT, self.stop.set),
                              (signal.SIGHUP, self.reload_requested.set)):
@@ -463,7 +474,7 @@ class Daemon:
         while True:
             await asyncio.sleep(1.0)
             now_offset = time.time() - time.monotonic()
-            jump_ms = int(round((now_offset - offset) * 1000))
+            jump_ms = round((now_offset - offset) * 1000)
             if abs(jump_ms) >= CLOCK_JUMP_MS:
                 offset = now_offset
                 self.clock_jumps += 1
@@ -543,6 +554,12 @@ def run(config_path: str, *, status_port: int | None = None) -> int:
         return 1
     from edge.logs import configure
     configure(loaded.config.gateway.log_format)
+    try:
+        loaded_path(loaded, loaded.config.gateway.data_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"{loaded.path}: gateway.data_dir: cannot create {loaded.config.gateway.data_dir!r} "
+              f"({exc.strerror}); create it or point data_dir at a writable directory", flush=True)
+        return 1
     asyncio.run(Daemon(loaded, status_port=status_port).run())
     return 0
 

@@ -8,7 +8,9 @@ import contextlib
 from typing import Any
 
 import structlog
+from zeroconf import InterfaceChoice
 
+from buffer.discovery import CLOUD_SERVICE, EDGE_SERVICE, Advertiser, CloudNotFound, discover_cloud
 from buffer.uplink import Forwarder, HttpUplink, MqttUplink, Uplink, UplinkError
 from edge.config import LoadedGateway
 
@@ -17,35 +19,43 @@ log = structlog.get_logger(__name__)
 DISCOVERY_TIMEOUT_S = 10.0
 
 
-async def resolve_cloud_url(url: str, *, timeout: float = DISCOVERY_TIMEOUT_S) -> str:
+def zeroconf_interfaces(loaded: LoadedGateway) -> list[str] | InterfaceChoice:
+    """The configured interfaces, or all of them."""
+    chosen = loaded.config.gateway.zeroconf_interfaces
+    return InterfaceChoice.All if chosen is None else list(chosen)
+
+
+async def resolve_cloud_url(url: str, *, search_s: float = DISCOVERY_TIMEOUT_S,
+                            interfaces: list[str] | InterfaceChoice = InterfaceChoice.All) -> str:
     """``auto`` -> the URL the cloud advertises on the LAN (``_plantsync._tcp.local.``).
     Retries until found: a gateway that boots before the cloud must not give up."""
     if url != "auto":
         return url
-    from buffer.discovery import discover_cloud
-
+    if interfaces == []:
+        raise ValueError('cloud.url is "auto" but gateway.zeroconf_interfaces is [] (zeroconf off)')
     delay = 1.0
     while True:
         try:
-            found: str | None = await discover_cloud(timeout)
+            found = await discover_cloud(search_s, interfaces=interfaces)
+        except CloudNotFound:
+            log.warning("cloud_not_found", service=CLOUD_SERVICE, retry_s=delay)
         except Exception as exc:  # discovery errors are retried like a missing cloud
-            log.warning("cloud_discovery_failed", error=str(exc))
+            log.warning("cloud_discovery_failed", error=str(exc), retry_s=delay)
         else:
-            if found:
-                log.info("cloud_discovered", url=found)
-                return found
-            log.warning("cloud_not_found", service="_plantsync._tcp.local.", retry_s=delay)
+            log.info("cloud_discovered", url=found)
+            return found
         await asyncio.sleep(delay)
         delay = min(delay * 2, 60.0)
 
 
 def make_uplink(loaded: LoadedGateway, url: str) -> Uplink:
     cfg = loaded.config
+    token_file = loaded.path.parent / cfg.cloud.token_file
     if cfg.cloud.transport == "mqtt":
         if cfg.mqtt is None:  # validation refuses this; keep the error clear anyway
             raise ValueError("cloud.transport is 'mqtt' but there is no [mqtt] table")
-        return MqttUplink(cfg.mqtt.broker, gateway=cfg.gateway.id, token_file=cfg.cloud.token_file)
-    return HttpUplink(url, token_file=cfg.cloud.token_file)
+        return MqttUplink(cfg.mqtt.broker, gateway=cfg.gateway.id, token_file=token_file)
+    return HttpUplink(url, token_file=token_file)
 
 
 class ForwarderHandle:
@@ -86,8 +96,9 @@ async def start_uplink(loaded: LoadedGateway, outbox: Any, stack: contextlib.Asy
     handle = ForwarderHandle()
 
     async def sync() -> None:
-        url = await resolve_cloud_url(loaded.config.cloud.url)
         try:
+            url = await resolve_cloud_url(loaded.config.cloud.url,
+                                          interfaces=zeroconf_interfaces(loaded))
             uplink = make_uplink(loaded, url)
         except ValueError as exc:
             handle.error = str(exc)
@@ -109,12 +120,12 @@ async def start_uplink(loaded: LoadedGateway, outbox: Any, stack: contextlib.Asy
             delay = min(delay * 2, 60.0)
 
     async def advertise() -> None:
-        try:
-            from buffer.discovery import Advertiser
-        except ImportError:
+        interfaces = zeroconf_interfaces(loaded)
+        if interfaces == []:
             return
         try:
-            async with Advertiser.edge(loaded.config.gateway.id, status_port):
+            async with Advertiser(EDGE_SERVICE, loaded.config.gateway.id, status_port,
+                                  properties={"path": "/status"}, interfaces=interfaces):
                 await asyncio.Event().wait()
         except asyncio.CancelledError:
             raise
