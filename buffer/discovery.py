@@ -38,6 +38,23 @@ EDGE_SERVICE: Final = "_plantsync-edge._tcp.local."
 Interfaces = InterfaceChoice | list[str]
 
 
+INTERFACES_ENV: Final = "PLANTSYNC_ZEROCONF_INTERFACES"
+
+
+def interfaces_from_env(default: Interfaces = InterfaceChoice.All) -> Interfaces:
+    """Interfaces from $PLANTSYNC_ZEROCONF_INTERFACES: comma-separated IPv4 addresses,
+    ``off`` (an empty list: zeroconf off), or unset for ``default``. The tests set it to
+    127.0.0.1 so that nothing they start multicasts beyond loopback."""
+    import os
+
+    raw = os.environ.get(INTERFACES_ENV)
+    if raw is None or not raw.strip():
+        return default
+    if raw.strip().lower() == "off":
+        return []
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
 class CloudNotFound(UplinkUnavailable):
     """No cloud answered on the local network within the timeout (retry later, or set
     ``cloud.url`` to the cloud's address)."""

@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-body-mb", type=float, default=8.0,
                    help="largest ingest body accepted, MiB (default 8); larger gets 413")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--no-zeroconf", action="store_true",
+                   help="do not advertise _plantsync._tcp.local. (gateways then need cloud.url)")
 
     m = sub.add_parser("migrate", help="create or upgrade the database schema")
     m.add_argument("--db", help=db_help)
@@ -104,15 +106,53 @@ async def _prepare(db_arg: str | None) -> str:
     return resolved.url
 
 
+def _advertiser(host: str, port: int) -> Any:
+    """Lifespan hook: advertise ``_plantsync._tcp.local.`` so gateways with
+    ``url = "auto"`` find this service. A service bound to loopback advertises on loopback
+    only; otherwise on $PLANTSYNC_ZEROCONF_INTERFACES or every interface. A LAN without
+    multicast is not an error: the service runs, and the log says so."""
+    import contextlib
+    import ipaddress
+
+    from buffer.discovery import CLOUD_SERVICE, Advertiser, interfaces_from_env
+
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    interfaces = ["127.0.0.1"] if loopback else interfaces_from_env()
+
+    @contextlib.asynccontextmanager
+    async def hook(_app: Any) -> Any:
+        log = structlog.get_logger(__name__)
+        if interfaces == []:
+            yield
+            return
+        adv = Advertiser(CLOUD_SERVICE, "plantsync-cloud", port,
+                         properties={"scheme": "http", "path": ""}, interfaces=interfaces)
+        try:
+            await adv.__aenter__()
+        except Exception as exc:
+            log.warning("zeroconf_advertise_failed", error=str(exc))
+            yield
+            return
+        try:
+            yield
+        finally:
+            await adv.__aexit__(None, None, None)
+
+    return hook
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from cloud.app import create_app
 
     url = asyncio.run(_prepare(args.db))
-    # The zeroconf advertiser (_plantsync._tcp.local.) plugs in here as a lifespan hook:
-    # a callable(app) -> async context manager, entered after start-up.
     hooks: list[Any] = []
+    if not args.no_zeroconf:
+        hooks.append(_advertiser(args.host, args.port))
     app = create_app(url, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
                      lifespan_hooks=hooks)
     structlog.get_logger(__name__).info("serving", host=args.host, port=args.port)

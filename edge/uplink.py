@@ -10,7 +10,14 @@ from typing import Any
 import structlog
 from zeroconf import InterfaceChoice
 
-from buffer.discovery import CLOUD_SERVICE, EDGE_SERVICE, Advertiser, CloudNotFound, discover_cloud
+from buffer.discovery import (
+    CLOUD_SERVICE,
+    EDGE_SERVICE,
+    Advertiser,
+    CloudNotFound,
+    discover_cloud,
+    interfaces_from_env,
+)
 from buffer.uplink import Forwarder, HttpUplink, MqttUplink, Uplink, UplinkError
 from edge.config import LoadedGateway
 
@@ -22,7 +29,7 @@ DISCOVERY_TIMEOUT_S = 10.0
 def zeroconf_interfaces(loaded: LoadedGateway) -> list[str] | InterfaceChoice:
     """The configured interfaces, or all of them."""
     chosen = loaded.config.gateway.zeroconf_interfaces
-    return InterfaceChoice.All if chosen is None else list(chosen)
+    return interfaces_from_env() if chosen is None else list(chosen)
 
 
 async def resolve_cloud_url(url: str, *, search_s: float = DISCOVERY_TIMEOUT_S,
