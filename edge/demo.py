@@ -1,57 +1,209 @@
-"""``make demo``: the simulated demo plant, probed live until Ctrl-C.
+"""``make demo``: the whole system on this machine, on embedded defaults.
 
-Starts the machines of ``config/gateway.example.toml`` (two CNCs over Modbus TCP, two
-injection-molding machines over S7, on 127.0.0.1) in this process, then every few
-seconds reads every tag of every machine over the real protocols, exactly as
-``plantsync-edge probe`` does, and prints one line per machine: state, good and scrap
-counters, the active alarm and the parameters outside their limits. ``--full`` prints the
-whole probe table of each machine instead.
+Starts, each as its own process with its log in ``demo-data/``:
 
-The daemon issue turns this into the whole system (gateway, buffer, cloud, reports).
+- the simulated plant of ``config/gateway.example.toml`` (two CNCs over Modbus TCP, two
+  injection-molding machines over S7) on 127.0.0.1;
+- the cloud (``plantsync-cloud serve``) on a SQLite file, with a gateway token made for
+  this demo;
+- the gateway daemon (``plantsync-edge run``) polling the plant, buffering in SQLite and
+  syncing to the cloud.
+
+It prints where to look and then, every few seconds, what the cloud has received per
+machine next to what the gateway sees. Ctrl-C stops all of it cleanly (the gateway
+flushes its buffer first). The data stays in ``demo-data/``: the next ``make demo``
+resumes where this one stopped; ``--fresh`` starts over.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
+import json
+import os
+import shutil
 import signal
+import socket
+import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
-from edge.cli import probe_device, probe_document, render_probe
-from edge.config import ConfigError, LoadedDevice, LoadedGateway, display_path
-from edge.simulate import build_plant, demo_gateway, describe
-from protocols.errors import ProtocolError
+from edge.config import ConfigError
+from edge.simulate import demo_gateway
+
+GATEWAY_ID = "gw-demo"
+PY = sys.executable
 
 
-def _summary(dev: LoadedDevice, doc: dict[str, Any]) -> list[str]:
-    tags = {t["name"]: t for t in doc["tags"]}
-    state = good = scrap = "?"
-    alarm = "-"
-    out_of_limits = []
-    for name, tag in dev.map.tags.items():
-        reading = tags.get(name)
-        if reading is None or reading["quality"] != "good":
-            continue
-        value = reading["value"]
-        if tag.role == "state":
-            state = reading["label"] or str(value)
-        elif tag.role == "counter" and tag.counts == "good":
-            good = str(value)
-        elif tag.role == "counter" and tag.counts == "scrap":
-            scrap = str(value)
-        elif tag.role == "alarm" and value:
-            alarm = reading["label"] or f"code {value}"
-        elif tag.limits is not None and isinstance(value, int | float):
-            lo, hi = tag.limits
-            if not lo <= value <= hi:
-                bound = f"< {lo:g}" if value < lo else f"> {hi:g}"
-                out_of_limits.append(f"{name} {value:.4g} {tag.unit or ''} {bound}".replace(
-                    "  ", " "))
-    return [dev.name, state, good, scrap, alarm, ", ".join(out_of_limits) or "-"]
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(preferred: int) -> int:
+    if _port_free(preferred):
+        return preferred
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path,
+               timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}; see {log}:\n"
+                               + _tail(log))
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start listening on port {port}; see {log}")
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def _get_json(url: str, token: str | None = None) -> Any:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.load(resp)
+
+
+class Demo:
+    """The three processes of the demo and the files they share."""
+
+    def __init__(self, root: Path, *, speed: float, seed: int, cloud_port: int) -> None:
+        self.root = root
+        self.speed = speed
+        self.seed = seed
+        self.example = demo_gateway()
+        self.cloud_port = _free_port(cloud_port)
+        self.status_port = _free_port(8470)
+        self.db = root / "cloud.db"
+        self.token_file = root / "token"
+        self.config = root / "gateway.toml"
+        self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    def check_plant_ports(self) -> None:
+        taken = [f"{d.config.name} ({d.config.effective_port})" for d in self.example.devices
+                 if not _port_free(d.config.effective_port)]
+        if taken:
+            raise RuntimeError("the demo plant's ports are taken: " + ", ".join(taken)
+                               + " (is another demo or `plantsync-edge simulate` running?)")
+
+    def write_config(self) -> None:
+        """The example config with this demo's folders, ports and an absolute map path."""
+        lines = [
+            "# Written by `make demo` from config/gateway.example.toml.",
+            "[gateway]", f'id = "{GATEWAY_ID}"', f'data_dir = "{self.root / "edge"}"',
+            "buffer_max_mb = 64", 'log_format = "logfmt"',
+            f'status_listen = "127.0.0.1:{self.status_port}"',
+            'zeroconf_interfaces = ["127.0.0.1"]', "",
+            "[cloud]", f'url = "http://127.0.0.1:{self.cloud_port}"',
+            f'token_file = "{self.token_file}"', 'transport = "http"',
+        ]
+        for dev in self.example.devices:
+            c = dev.config
+            lines += ["", "[[devices]]", f'name = "{c.name}"', f'map = "{dev.map.path}"',
+                      f'protocol = "{c.protocol}"', f'host = "{c.host or "127.0.0.1"}"',
+                      f"port = {c.effective_port}", f"poll_ms = {c.poll_ms}"]
+            lines += ["rack = 0", "slot = 1"] if c.protocol == "s7" else [f"unit = {c.unit}"]
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def make_token(self) -> None:
+        """Migrate the cloud DB and make (or rotate) the demo gateway's token."""
+        db = ["--db", str(self.db)]
+        subprocess.run([PY, "-m", "cloud.cli", "migrate", *db], check=True,
+                       capture_output=True, timeout=120)
+        res = subprocess.run([PY, "-m", "cloud.cli", "admin", "create-gateway", GATEWAY_ID, *db],
+                             capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:  # it exists from an earlier demo: give it a new token
+            res = subprocess.run([PY, "-m", "cloud.cli", "admin", "create-gateway", GATEWAY_ID,
+                                  "--rotate", *db], capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            raise RuntimeError(f"could not make the gateway token: {res.stderr.strip()}")
+        self.token_file.write_text(res.stdout.strip().splitlines()[-1] + "\n")
+        self.token_file.chmod(0o600)
+
+    def start(self, name: str, argv: list[str], port: int | None = None) -> None:
+        log = self.root / f"{name}.log"
+        with log.open("ab") as fh:
+            proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT,
+                                    cwd=self.root, start_new_session=True)
+        self.procs.append((name, proc, log))
+        if port is not None:
+            _wait_port(port, proc, name, log)
+
+    def start_all(self) -> None:
+        self.check_plant_ports()
+        self.write_config()
+        self.make_token()
+        self.start("simulate", [PY, "-m", "edge.cli", "simulate", "--config", str(self.config),
+                                "--speed", f"{self.speed:g}", "--seed", str(self.seed)],
+                   self.example.devices[-1].config.effective_port)
+        self.start("cloud", [PY, "-m", "cloud.cli", "serve", "--db", str(self.db),
+                             "--port", str(self.cloud_port)], self.cloud_port)
+        self.start("gateway", [PY, "-m", "edge.cli", "run", "--config", str(self.config)],
+                   self.status_port)
+
+    def stop_all(self) -> None:
+        """Gateway first (it flushes), then the cloud, then the plant."""
+        for name, proc, _log in sorted(self.procs, key=lambda p: ["gateway", "cloud",
+                                                                  "simulate"].index(p[0])):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    print(f"  {name} did not stop in 15 s; killing it", flush=True)
+                    proc.kill()
+                    proc.wait()
+
+    def dead(self) -> list[str]:
+        return [f"{name} exited with {p.returncode}; see {log}:\n{_tail(log)}"
+                for name, p, log in self.procs if p.poll() is not None]
+
+    def rows(self) -> tuple[list[Sequence[str]], str]:
+        """The table (one row per machine) and a line about the buffer and uplink."""
+        token = self.token_file.read_text().strip()
+        cloud = f"http://127.0.0.1:{self.cloud_port}/api/v1/gateways/{GATEWAY_ID}"
+        try:
+            status = _get_json(f"http://127.0.0.1:{self.status_port}/status")
+        except (OSError, urllib.error.URLError, ValueError):
+            status = {"devices": {}, "buffer": {}, "uplink": {}}
+        rows: list[Sequence[str]] = [("machine", "online", "polls", "good", "scrap", "resets")]
+        for dev in self.example.devices:
+            name = dev.config.name
+            st = status["devices"].get(name, {})
+            try:
+                counters = _get_json(f"{cloud}/devices/{name}/counters", token)
+                totals = counters["totals"]
+                resets = sum(t["resets"] for t in counters["tags"])
+                good, scrap = str(totals["good"]), str(totals["scrap"])
+            except (OSError, urllib.error.URLError, ValueError, KeyError):
+                good = scrap = resets_s = "?"
+            else:
+                resets_s = str(resets)
+            online = {True: "yes", False: "NO"}.get(st.get("online"), "-")
+            rows.append((name, online, str(st.get("polls", "-")), good, scrap, resets_s))
+        buf, up = status.get("buffer", {}), status.get("uplink", {})
+        footer = (f"gateway buffer backlog {buf.get('backlog', '?')}, uplink "
+                  f"{up.get('state', '?')}, acked through seq {up.get('acked_seq') or '-'}")
+        return rows, footer
 
 
 def _print_rows(rows: Sequence[Sequence[str]], out: TextIO) -> None:
@@ -60,83 +212,69 @@ def _print_rows(rows: Sequence[Sequence[str]], out: TextIO) -> None:
         print("  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip(), file=out)
 
 
-async def _probe_round(gw: LoadedGateway, full: bool, out: TextIO) -> None:
-    rows: list[Sequence[str]] = [("machine", "state", "good", "scrap", "alarm",
-                                  "outside limits")]
-    for dev in gw.devices:
-        try:
-            _, readings = await probe_device(dev)
-        except ProtocolError as exc:
-            rows.append((dev.name, "offline", "", "", str(exc), ""))
-            continue
-        doc = probe_document(dev, readings)
-        if full:
-            render_probe(doc, out)
-            print(file=out)
-        rows.append(_summary(dev, doc))
-    if not full:
-        _print_rows(rows, out)
+def run_demo(root: Path, *, speed: float, seed: int, cloud_port: int, interval: float,
+             fresh: bool, out: TextIO = sys.stdout) -> int:
+    if fresh and root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    demo = Demo(root, speed=speed, seed=seed, cloud_port=cloud_port)
+    stopping = False
 
+    def on_signal(_sig: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
 
-async def run_demo(*, seed: int = 1, speed: float = 10.0, interval: float = 3.0,
-                   full: bool = False, out: TextIO = sys.stdout,
-                   stop: asyncio.Event | None = None) -> None:
-    """Serve the demo plant and print probes every ``interval`` seconds until ``stop``
-    is set (or SIGINT/SIGTERM). Raises OSError when a demo port is taken."""
-    gw = demo_gateway()
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    plant = build_plant(gw, seed=seed, speed=speed)
-    await plant.start(live=True)
-    started = time.monotonic()
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
-        print(f"plantsync demo: simulated plant of {display_path(gw.path)} at {speed:g}x "
-              "speed, probed over Modbus TCP and S7:", file=out)
-        for line in describe(gw):
-            print(line, file=out)
-        print("Ctrl-C to stop.\n", file=out, flush=True)
-        while not stop.is_set():
-            plant_s = int((time.monotonic() - started) * speed)
-            print(f"--- {time.strftime('%H:%M:%S')}  plant time "
-                  f"+{plant_s // 3600:02d}:{plant_s // 60 % 60:02d}:{plant_s % 60:02d}",
-                  file=out)
-            await _probe_round(gw, full, out)
+        demo.start_all()
+        print(f"""plantsync demo is running ({speed:g}x plant speed). Where to look:
+  cloud API        http://127.0.0.1:{demo.cloud_port}/docs
+  gateway in cloud curl -H "Authorization: Bearer $(cat {demo.token_file})" \\
+                     http://127.0.0.1:{demo.cloud_port}/api/v1/gateways/{GATEWAY_ID}
+  gateway status   http://127.0.0.1:{demo.status_port}/status   (and /metrics)
+                   .venv/bin/plantsync-edge status --config {demo.config}
+  probe a machine  .venv/bin/plantsync-edge probe --config {demo.config} cnc-01
+  logs             {root}/{{simulate,cloud,gateway}}.log
+Ctrl-C stops everything; the data stays in {root} (--fresh starts over).
+""", file=out, flush=True)
+        while not stopping:
+            if problems := demo.dead():
+                print("\n".join(problems), file=sys.stderr)
+                return 1
+            print(f"--- {time.strftime('%H:%M:%S')}  counted in the cloud", file=out)
+            rows, footer = demo.rows()
+            _print_rows(rows, out)
+            print(footer, file=out)
             print(file=out, flush=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+            deadline = time.monotonic() + interval
+            while not stopping and time.monotonic() < deadline:
+                time.sleep(0.1)
+        return 0
+    except (RuntimeError, ConfigError, subprocess.CalledProcessError) as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
     finally:
-        await plant.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
-        print("demo stopped.", file=out, flush=True)
+        print("stopping: gateway (flushing its buffer), cloud, simulated plant ...", file=out,
+              flush=True)
+        demo.stop_all()
+        print(f"demo stopped; data kept in {root}", file=out, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.demo", description=__doc__.split(
-        "\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="python -m edge.demo",
+                                     description="The whole plantsync system on this machine.")
+    parser.add_argument("--dir", default=os.environ.get("PLANTSYNC_DEMO_DIR", "demo-data"),
+                        help="where the demo keeps its data and logs (default ./demo-data)")
+    parser.add_argument("--speed", type=float, default=20.0,
+                        help="plant time per wall second (default 20: things happen)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--speed", type=float, default=10.0,
-                        help="plant time per wall second (default 10: things happen)")
-    parser.add_argument("--interval", type=float, default=3.0, help="seconds between probes")
-    parser.add_argument("--full", action="store_true", help="print every tag of every machine")
+    parser.add_argument("--cloud-port", type=int, default=8080)
+    parser.add_argument("--interval", type=float, default=3.0, help="seconds between tables")
+    parser.add_argument("--fresh", action="store_true", help="delete earlier demo data first")
     args = parser.parse_args(argv)
-    try:
-        asyncio.run(run_demo(seed=args.seed, speed=args.speed, interval=args.interval,
-                             full=args.full))
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"demo: cannot start the simulated plant: {exc} (is another demo or "
-              "`plantsync-edge simulate` running?)", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run_demo(Path(args.dir).resolve(), speed=args.speed, seed=args.seed,
+                    cloud_port=args.cloud_port, interval=args.interval, fresh=args.fresh)
 
 
 if __name__ == "__main__":

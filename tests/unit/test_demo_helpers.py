@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge.cli import order_hint
-from edge.config import load_gateway, load_map
-from edge.demo import _summary
+from edge.config import load_map
 from edge.simulate import machine_kind, sim_points
 from protocols.codec import encode
 from protocols.model import Order
@@ -29,19 +28,6 @@ def test_machine_kind_and_points_follow_the_map() -> None:
 def _reading(name: str, value: object, label: str | None = None,
              quality: str = "good") -> dict[str, object]:
     return {"name": name, "value": value, "label": label, "quality": quality}
-
-
-def test_summary_line() -> None:
-    gw = load_gateway(ROOT / "config" / "gateway.example.toml")
-    dev = gw.device("imm-01")
-    doc = {"tags": [
-        _reading("good_parts", 120), _reading("scrap_parts", 3),
-        _reading("machine_state", 3, "alarm"), _reading("alarm_code", 102, "Nozzle heater failure"),
-        _reading("zone1_temp", 205.25), _reading("zone2_temp", 230.0),
-        _reading("injection_pressure", 0.0, quality="IllegalAddress"),
-    ]}
-    assert _summary(dev, doc) == ["imm-01", "alarm", "120", "3", "Nozzle heater failure",
-                                  "zone1_temp 205.2 degC < 210"]
 
 
 def test_order_hint_names_the_order_that_makes_sense() -> None:
