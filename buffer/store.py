@@ -1,4 +1,4 @@
-"""The durable store-and-forward outbox (SQLite through aiosqlite, WAL).
+"""The durable store-and-forward outbox (SQLite in WAL mode, on one dedicated thread).
 
 INTERFACE CONTRACT — implemented by the buffer work; the uplinks and the daemon use only this.
 
