@@ -13,8 +13,11 @@ from protocols.address import tag_extent
 from protocols.plan import plan_reads
 
 
+_DEFAULT = PlanLimits()
+
+
 def one_request_per_tag(protocol: str, tags: Sequence[TagSpec],
-                        limits: PlanLimits = PlanLimits()) -> ReadPlan:
+                        limits: PlanLimits = _DEFAULT) -> ReadPlan:
     plan = plan_reads(protocol, tags, limits)  # validates the tags the same way
     requests = []
     for t in plan.tags:
