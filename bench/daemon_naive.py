@@ -12,7 +12,6 @@ from protocols import PlanLimits, ReadPlan, Request, Span, TagSpec
 from protocols.address import tag_extent
 from protocols.plan import plan_reads
 
-
 _DEFAULT = PlanLimits()
 
 
