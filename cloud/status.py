@@ -14,6 +14,8 @@ from cloud.models import gateways, records
 
 # A status page lists at most this many gap ranges (first ones); it says when it cut.
 MAX_GAPS: Final = 1000
+# ... and the most recent wall-clock jumps the gateway reported.
+MAX_CLOCK_JUMPS: Final = 50
 
 
 @dataclass(slots=True)
@@ -101,6 +103,12 @@ async def gateway_status(session: AsyncSession, gateway_id: str) -> dict[str, An
         select(func.count()).select_from(records).where(records.c.gateway_id == gateway_id)
     )).scalar_one()
     gaps, cut = await seq_gaps(session, gateway_id)
+    # Wall-clock jumps the gateway saw (NTP after boot, a reset RTC): records near one of
+    # these carry timestamps from the clock before or after the jump.
+    jumps = (await session.execute(
+        select(records.c.seq, records.c.ts, records.c.body)
+        .where(records.c.gateway_id == gateway_id, records.c.kind == "clock")
+        .order_by(records.c.seq.desc()).limit(MAX_CLOCK_JUMPS))).all()
     return {
         "id": gw.id,
         "created": _iso(gw.created),
@@ -113,6 +121,8 @@ async def gateway_status(session: AsyncSession, gateway_id: str) -> dict[str, An
         "gaps_truncated": cut,
         "clock_skew_ms": gw.clock_skew_ms,
         "clock_skew_exact": gw.clock_skew_exact,
+        "clock_jumps": [{"seq": j.seq, "ts": j.ts, "jump_ms": j.body.get("jump_ms"),
+                         "reason": j.body.get("reason")} for j in reversed(jumps)],
     }
 
 
