@@ -169,3 +169,17 @@ def test_logs_are_quiet_and_never_carry_the_token(rig: Rig) -> None:
     for ln in lines:
         if ln.startswith("{"):
             json.loads(ln)   # log_format = json: one JSON object per line
+
+
+async def test_gateway_advertises_its_status_port(rig: Rig) -> None:
+    """`_plantsync-edge._tcp.local.` on loopback points at the daemon's status endpoint."""
+    from buffer.discovery import EDGE_SERVICE, discover_cloud
+
+    rig.start_cloud()
+    rig.start_sim()
+    rig.start_edge()
+    url = await discover_cloud(15.0, interfaces=["127.0.0.1"], service_type=EDGE_SERVICE)
+    assert url.startswith(f"http://127.0.0.1:{rig.status_port}")
+    async with httpx.AsyncClient() as client:
+        st = (await client.get(f"http://127.0.0.1:{rig.status_port}/status")).json()
+    assert st["gateway"] == "gw-faults"
