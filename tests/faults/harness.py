@@ -123,7 +123,8 @@ class Proc:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-                raise HarnessError(f"{self.name} did not stop within {timeout} s of {sig!r}")
+                raise HarnessError(
+                    f"{self.name} did not stop within {timeout} s of {sig!r}") from None
         if self._pump is not None:
             self._pump.join(timeout=10)
         return proc.returncode

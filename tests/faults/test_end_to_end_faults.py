@@ -99,7 +99,7 @@ def test_proxy_partitions_then_drain(tmp_path: Path) -> None:
             before = rig.cloud_last_seq()
             rig.proxy.set_mode(mode, latency_ms=latency)
             # records pile up in the buffer while the link misbehaves (latency: they flow)
-            wait_for(lambda: rig.edge_status()["buffer"]["last_seq"] > before + 40,
+            wait_for(lambda b=before: rig.edge_status()["buffer"]["last_seq"] > b + 40,
                      f"records appended during {mode}", on_fail=rig.logs)
             if mode in ("refuse", "blackhole", "reset_after_forward"):
                 assert rig.edge_status()["uplink"]["errors"] or mode == "blackhole"
@@ -280,7 +280,8 @@ def test_truncated_and_garbled_buffer_between_runs(tmp_path: Path) -> None:
             seq_before = rig.cloud_last_seq()
             kept.append(_damage(rig.buffer_path, how))
             rig.start_edge()
-            gap = wait_for(lambda n=len(kept): len(r := rig.cloud_query(
+            want = len(kept)
+            gap = wait_for(lambda n=want: len(r := rig.cloud_query(
                 "SELECT seq, body FROM records WHERE kind = 'gap' AND body LIKE '%buffer_corrupt%'"
                 " ORDER BY seq")) >= n and r, "the buffer_corrupt gap record in the cloud",
                 on_fail=rig.logs)
@@ -328,7 +329,8 @@ def test_wall_clock_jumps_day_back_ten_years_forward(tmp_path: Path) -> None:
         jumps = []
         for offset, sign in (("-1d", -1), ("+3652d", 1)):
             spec.write_text(offset + "\n")
-            clock = wait_for(lambda n=len(jumps) + 1: (r := rig.cloud_query(
+            want = len(jumps) + 1
+            clock = wait_for(lambda n=want: (r := rig.cloud_query(
                 "SELECT seq, ts, body FROM records WHERE kind = 'clock' AND device = '_gateway'"
                 " ORDER BY seq")) and len(r) >= n and r, f"clock record for {offset}",
                 on_fail=rig.logs)
