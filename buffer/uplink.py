@@ -332,7 +332,7 @@ class MqttUplink(Uplink):
 
     def __init__(self, broker_url: str, *, gateway: str, token_file: str | Path | None = None,
                  max_in_flight: int = 8, connect_timeout: float = 10.0,
-                 puback_timeout: float = 30.0, confirm_timeout: float = 120.0,
+                 puback_timeout: float = 30.0, confirm_timeout: float = 15.0,
                  keepalive: int = 30, client_id: str | None = None,
                  tls_context: ssl.SSLContext | None = None) -> None:
         _check_topic_level(gateway)

@@ -263,10 +263,12 @@ class MqttConfig(BaseModel):
 
     broker: str = Field(
         description="Broker URL.", examples=["mqtt://broker.example.com:1883"])
-    topic_prefix: str = Field(
-        default="plantsync/v1",
-        description="Records go to <topic_prefix>/<gateway id>/records.",
-        examples=["plantsync/v1"],
+    confirm_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=15.0,
+        description=("Seconds to wait for the cloud's confirmation (plantsync/v1/<gateway>/acks) "
+                     "of a published batch before publishing it again. Records go to "
+                     "plantsync/v1/<gateway>/records; the cloud drops what it already has."),
+        examples=[15.0],
     )
 
 

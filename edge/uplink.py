@@ -61,7 +61,8 @@ def make_uplink(loaded: LoadedGateway, url: str) -> Uplink:
     if cfg.cloud.transport == "mqtt":
         if cfg.mqtt is None:  # validation refuses this; keep the error clear anyway
             raise ValueError("cloud.transport is 'mqtt' but there is no [mqtt] table")
-        return MqttUplink(cfg.mqtt.broker, gateway=cfg.gateway.id, token_file=token_file)
+        return MqttUplink(cfg.mqtt.broker, gateway=cfg.gateway.id, token_file=token_file,
+                          confirm_timeout=cfg.mqtt.confirm_timeout_s)
     return HttpUplink(url, token_file=token_file)
 
 
