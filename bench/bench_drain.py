@@ -26,10 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from buffer import Cycle, Outbox, Record  # noqa: E402
+from tests.services import wait_port  # noqa: E402
 
 Report = Callable[[str, float, float, str], None]
 MB = 2**20
@@ -95,17 +94,6 @@ def _cli(*args: str) -> str:
                           text=True, check=True, timeout=120, cwd=ROOT).stdout
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("plantsync-cloud serve exited during start-up")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"plantsync-cloud serve not listening on {port}")
 
 
 def measure(tmp: Path) -> dict[str, float]:
@@ -121,7 +109,7 @@ def measure(tmp: Path) -> dict[str, float]:
                               "--port", str(port), "--log-level", "warning"], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_port(port, cloud)
+        wait_port(port, timeout=30.0, proc=cloud)
         child = subprocess.run(
             [sys.executable, __file__, "--child", str(buffer_path), f"http://127.0.0.1:{port}",
              str(token_file)], capture_output=True, text=True, timeout=900, cwd=ROOT,

@@ -26,6 +26,8 @@ RECORDS = int(os.environ.get("BENCH_INGEST_RECORDS", "200000"))
 BATCH = int(os.environ.get("BENCH_INGEST_BATCH", "2000"))
 TARGET = 20_000.0
 
+from tests.services import wait_port  # noqa: E402
+
 Report = Callable[[str, float, float, str], None]
 
 
@@ -49,17 +51,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("plantsync-cloud serve exited during start-up")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"plantsync-cloud serve not listening on {port}")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -76,7 +67,7 @@ def _http_ingest(db: Path) -> float:
                              str(port), "--log-level", "warning"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_port(port, proc)
+        wait_port(port, timeout=30.0, proc=proc)
         bodies = [encode_batch("gw-bench", _records(s, min(BATCH, RECORDS - s + 1)))
                   for s in range(1, RECORDS + 1, BATCH)]
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/msgpack",

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import msgpack
 
@@ -219,3 +220,37 @@ def validate_body(kind: str, body: Mapping[str, Any], where: str = "body") -> di
 
 def _names(types: tuple[type, ...]) -> str:
     return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+# -- MQTT addressing (the same batches over MQTT; ARCHITECTURE.md "Sync") ---------------
+
+RECORDS_TOPIC_FILTER: Final = "plantsync/v1/+/records"
+
+
+def records_topic(gateway: str) -> str:
+    """Where a gateway publishes its batches."""
+    return f"plantsync/v1/{gateway}/records"
+
+
+def acks_topic(gateway: str) -> str:
+    """Where the cloud confirms what it stored of a gateway's batches."""
+    return f"plantsync/v1/{gateway}/acks"
+
+
+def gateway_from_topic(topic: str) -> str | None:
+    """The gateway id of a records topic, None for any other topic."""
+    parts = topic.split("/")
+    if len(parts) == 4 and parts[:2] == ["plantsync", "v1"] and parts[3] == "records" and parts[2]:
+        return parts[2]
+    return None
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` -> (host, port, tls). Raises
+    ValueError naming the URL and an example."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"{url!r} is not a broker URL (e.g. mqtt://broker:1883 or "
+                         "mqtts://broker:8883)")
+    tls = parts.scheme == "mqtts"
+    return parts.hostname, parts.port or (8883 if tls else 1883), tls

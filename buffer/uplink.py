@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Literal, Protocol, Self
-from urllib.parse import urlsplit
 
 import httpx
 import msgpack
@@ -51,7 +50,7 @@ import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from buffer.records import encode_batch_raw
+from buffer.records import acks_topic, encode_batch_raw, parse_broker_url, records_topic
 
 log = structlog.get_logger(__name__)
 
@@ -271,28 +270,10 @@ class HttpUplink(Uplink):
 _AUTH_CODES = frozenset({4, 5, 0x86, 0x87, 0x8C})
 
 
-def records_topic(gateway: str) -> str:
-    return f"plantsync/v1/{gateway}/records"
-
-
-def acks_topic(gateway: str) -> str:
-    return f"plantsync/v1/{gateway}/acks"
-
-
 def _check_topic_level(gateway: str) -> None:
     if not gateway or any(c in gateway for c in "/+#\0$"):
         raise ValueError(f"gateway.id: {gateway!r} cannot be an MQTT topic level "
                          "(no '/', '+', '#', '$'; e.g. gw-hall1)")
-
-
-def parse_broker_url(url: str) -> tuple[str, int, bool]:
-    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` -> (host, port, tls)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"mqtt.url: {url!r} is not a broker URL (e.g. mqtt://broker:1883 "
-                         "or mqtts://broker:8883)")
-    tls = parts.scheme == "mqtts"
-    return parts.hostname, parts.port or (8883 if tls else 1883), tls
 
 
 @dataclass

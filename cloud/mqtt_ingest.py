@@ -26,20 +26,26 @@ import socket
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgpack
 import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
-from buffer.records import RecordError, decode_batch
+from buffer.records import (
+    RECORDS_TOPIC_FILTER,
+    RecordError,
+    acks_topic,
+    decode_batch,
+    gateway_from_topic,
+    parse_broker_url,
+)
 from cloud.db import Database, resolve_url
 from cloud.ingest import GatewayGone, ingest_batch
 
 log = structlog.get_logger(__name__)
 
-TOPIC_FILTER = "plantsync/v1/+/records"
+TOPIC_FILTER = RECORDS_TOPIC_FILTER
 USERNAME_ENV = "PLANTSYNC_MQTT_USERNAME"
 PASSWORD_ENV = "PLANTSYNC_MQTT_PASSWORD"
 
@@ -51,26 +57,6 @@ class _Message:
     qos: int
     topic: str
     payload: bytes
-
-
-def parse_broker_url(url: str) -> tuple[str, int, bool]:
-    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` -> (host, port, tls). Raises
-    ValueError. (The gateway has its own copy in buffer/uplink.py: cloud imports only the
-    record schema from buffer.)"""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError(f"{url!r} is not a broker URL (e.g. mqtt://broker:1883 or "
-                         "mqtts://broker:8883)")
-    tls = parts.scheme == "mqtts"
-    return parts.hostname, parts.port or (8883 if tls else 1883), tls
-
-
-def gateway_from_topic(topic: str) -> str | None:
-    parts = topic.split("/")
-    if len(parts) == 4 and parts[:2] == ["plantsync", "v1"] and parts[3] == "records" \
-            and parts[2]:
-        return parts[2]
-    return None
 
 
 async def run_mqtt_ingest(broker_url: str, db_url: str | None = None, *,
@@ -196,5 +182,5 @@ async def _handle(client: mqtt.Client, db: Database, msg: _Message) -> None:
     confirmation = {"acked_through": result.acked_through}
     if batch.records:
         confirmation |= {"first_seq": batch.records[0].seq, "last_seq": batch.records[-1].seq}
-    client.publish(f"plantsync/v1/{gateway}/acks", msgpack.packb(confirmation), qos=1,
+    client.publish(acks_topic(gateway), msgpack.packb(confirmation), qos=1,
                    retain=True)

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import threading
+from typing import Any
 
 import pytest
 
@@ -81,12 +82,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:
-    """Block until something accepts on ``host:port`` (a start-up wait, not a timing assert)."""
+def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0,
+              proc: subprocess.Popen[Any] | None = None) -> None:
+    """Block until something accepts on ``host:port`` (a start-up wait, not a timing assert).
+    With ``proc``, fail at once when that process exits instead of waiting out the timeout."""
     import time
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening "
+                               f"on {host}:{port}")
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
