@@ -40,8 +40,6 @@ from protocols import (
     DataType,
     Driver,
     DriverError,
-    Endpoint,
-    PlanLimits,
     ProtocolError,
     ReadPlan,
     make_driver,
@@ -82,23 +80,6 @@ def rules_for(device: LoadedDevice) -> tuple[TagRule, ...]:
             limits=tuple(tag.limits) if tag.limits else None,  # type: ignore[arg-type]
             deadband=tag.deadband or 0.0))
     return tuple(out)
-
-
-def endpoint_for(device: LoadedDevice) -> Endpoint:
-    c = device.config
-    default_port = 102 if c.protocol == "s7" else 502
-    return Endpoint(protocol=c.protocol, name=c.name, host=c.host or "127.0.0.1",
-                    port=c.port or default_port, unit=c.unit, serial_port=c.serial_port,
-                    baudrate=c.baudrate, parity=c.parity, stopbits=c.stopbits, rack=c.rack,
-                    slot=c.slot, timeout_s=c.timeout_ms / 1000)
-
-
-def limits_for(device: LoadedDevice) -> PlanLimits:
-    c = device.config
-    d = PlanLimits()
-    return PlanLimits(max_registers=c.max_registers or d.max_registers,
-                      max_bits=c.max_bits or d.max_bits,
-                      max_gap=d.max_gap if c.max_gap is None else c.max_gap)
 
 
 # -- the writer -----------------------------------------------------------------------------
@@ -415,8 +396,8 @@ class Daemon:
                 loaded=dev,
                 deriver=DeviceDeriver(dev.config.name, rules_for(dev),
                                       persisted=by_device.get(dev.config.name, {})),
-                plan=plan_reads(dev.config.protocol, dev.map.specs, limits_for(dev)),
-                driver=make_driver(endpoint_for(dev)))
+                plan=plan_reads(dev.config.protocol, dev.map.specs, dev.limits),
+                driver=make_driver(dev.endpoint))
             self.devices.append(rt)
             bus = f"serial:{dev.config.serial_port}" if dev.config.protocol == "modbus-rtu" \
                 else f"dev:{dev.config.name}"
