@@ -287,6 +287,13 @@ class CloudConfig(BaseModel):
     )
     transport: Literal["http", "mqtt"] = Field(
         default="http", description="http, or mqtt (then a [mqtt] table).", examples=["http"])
+    retry_max_s: Annotated[float, Field(ge=1, le=600)] = Field(
+        default=30.0,
+        description=("Longest wait between tries while the cloud (or broker) is unreachable: "
+                     "retries back off exponentially with full jitter up to this, so a "
+                     "returning cloud is used again within this many seconds."),
+        examples=[30.0],
+    )
 
 
 class DeviceConfig(BaseModel):

@@ -112,7 +112,8 @@ async def start_uplink(loaded: LoadedGateway, outbox: Any, stack: contextlib.Asy
             handle.error = str(exc)
             log.error("uplink_config_error", error=str(exc))
             return
-        handle.forwarder = Forwarder(outbox, uplink, gateway=loaded.config.gateway.id)
+        handle.forwarder = Forwarder(outbox, uplink, gateway=loaded.config.gateway.id,
+                                     backoff_cap=loaded.config.cloud.retry_max_s)
         delay = 1.0
         while True:
             # open() fails for an unreadable token file or an unreachable broker; the
@@ -125,7 +126,7 @@ async def start_uplink(loaded: LoadedGateway, outbox: Any, stack: contextlib.Asy
                 handle.error = str(exc)
                 log.error("uplink_open_failed", error=str(exc), retry_s=delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 60.0)
+            delay = min(delay * 2, loaded.config.cloud.retry_max_s)
 
     async def advertise() -> None:
         interfaces = zeroconf_interfaces(loaded)

@@ -325,6 +325,7 @@ class Rig:
             f'url = "{self.edge_cloud_url}"',        # explicit, never "auto"
             'token_file = "token"',
             f'transport = "{self.transport}"',
+            "retry_max_s = 2",                       # a returning cloud is used at once
         ]
         if self.transport == "mqtt":
             lines += ["", "[mqtt]", f'broker = "{self.broker_url}"']
