@@ -14,13 +14,16 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
     MetaData,
     String,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -188,3 +191,223 @@ api_tokens = ApiToken.__table__
 sessions = Session.__table__
 login_attempts = LoginAttempt.__table__
 audit_log = AuditEntry.__table__
+
+
+# -- master data and work orders (cloud core issue) ----------------------------------------
+#
+# Quantities of materials are exact decimals stored as integers in micro-units: a column
+# named ``*_u`` holds value x 1,000,000 (``2.5 kg`` -> ``2_500_000``). SQLite has no exact
+# decimal type, and the stock ledger must equal the sum of its moves exactly on both
+# backends; integer arithmetic makes that true. Pieces of product (work order quantity,
+# good, scrap) are plain integers. Scrap factors are float fractions (0.02 = 2 %); they
+# only ever feed a rounding step that produces ``*_u`` integers.
+
+WORK_ORDER_STATUSES = ("draft", "released", "in_progress", "completed", "closed", "cancelled")
+OPERATION_STATUSES = ("pending", "in_progress", "completed", "on_hold")
+COMPLETION_MODES = ("auto", "confirm")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Machine(Base):
+    """A machine: one device of one gateway, with a display name and work center."""
+
+    __tablename__ = "machines"
+    __table_args__ = (
+        UniqueConstraint("gateway_id", "device"),
+        Index("ix_machines_work_center", "work_center"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    gateway_id: Mapped[str] = mapped_column(String(64), ForeignKey("gateways.id"))
+    device: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(128))
+    work_center: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Product(Base):
+    """Something the plant makes; counted in pieces on the machines."""
+
+    __tablename__ = "products"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
+    unit: Mapped[str] = mapped_column(String(16), default="pcs", server_default="pcs")
+
+
+class Material(Base):
+    """A raw material or component (物料). ``safety_stock_manual_u`` overrides the computed
+    safety stock when set (micro-units of ``unit``)."""
+
+    __tablename__ = "materials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    code: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
+    unit: Mapped[str] = mapped_column(String(16))
+    lead_time_days: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    safety_stock_manual_u: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class Bom(Base):
+    """One version of a product's bill of materials. The current version is the highest;
+    a work order copies it at release (wo_components), so later versions never change
+    an order already running."""
+
+    __tablename__ = "boms"
+    __table_args__ = (UniqueConstraint("product_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    product_id: Mapped[int] = mapped_column(Integer, ForeignKey("products.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class BomLine(Base):
+    """A component per unit of product. ``scrap_factor``: extra fraction consumed
+    (0.02 = 2 %); ``backflush_scrap``: scrap counts consume this component too;
+    ``step``: the routing step that consumes it (None = the last operation)."""
+
+    __tablename__ = "bom_lines"
+    __table_args__ = (Index("ix_bom_lines_bom_id", "bom_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    bom_id: Mapped[int] = mapped_column(Integer, ForeignKey("boms.id"))
+    material_id: Mapped[int] = mapped_column(Integer, ForeignKey("materials.id"))
+    qty_per_unit_u: Mapped[int] = mapped_column(BigInteger)
+    scrap_factor: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    backflush_scrap: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                  server_default=false())
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class Routing(Base):
+    """One version of a product's routing (工艺路线); the current version is the highest."""
+
+    __tablename__ = "routings"
+    __table_args__ = (UniqueConstraint("product_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    product_id: Mapped[int] = mapped_column(Integer, ForeignKey("products.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RoutingOp(Base):
+    """An operation (工序) of a routing, in ``step`` order, on a machine or a work center."""
+
+    __tablename__ = "routing_ops"
+    __table_args__ = (UniqueConstraint("routing_id", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    routing_id: Mapped[int] = mapped_column(Integer, ForeignKey("routings.id"))
+    step: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(128))
+    machine_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("machines.id"),
+                                                   nullable=True)
+    work_center: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    ideal_cycle_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cavities: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+
+
+class WorkOrder(Base):
+    """An order to make ``quantity`` pieces of a product (生产工单). States:
+    draft -> released -> in_progress -> completed -> closed; cancelled from draft/released
+    (cloud/production.py holds every transition). ``bom_version``/``routing_version``
+    are the versions copied at release. ``priority``: higher runs first."""
+
+    __tablename__ = "work_orders"
+    __table_args__ = (
+        CheckConstraint(_in("status", WORK_ORDER_STATUSES), name="status"),
+        CheckConstraint(_in("completion_mode", COMPLETION_MODES), name="completion_mode"),
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+        Index("ix_work_orders_status_due", "status", "due"),
+        Index("ix_work_orders_due", "due"),
+        Index("ix_work_orders_customer", "customer"),
+        Index("ix_work_orders_product_id", "product_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    number: Mapped[str] = mapped_column(String(64), unique=True)
+    product_id: Mapped[int] = mapped_column(Integer, ForeignKey("products.id"))
+    quantity: Mapped[int] = mapped_column(BigInteger)
+    due: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    customer: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    status: Mapped[str] = mapped_column(String(16), default="draft", server_default="draft")
+    completion_mode: Mapped[str] = mapped_column(String(8), default="auto",
+                                                 server_default="auto")
+    bom_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    routing_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated: Mapped[datetime] = mapped_column(UTCDateTime())
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class WoOperation(Base):
+    """A work order's operation, copied from the routing at release, with its progress.
+    ``good``/``scrap`` are pieces attributed to it (attribution keeps them; status rules
+    in cloud/production.py ``on_operation_progress``)."""
+
+    __tablename__ = "wo_operations"
+    __table_args__ = (
+        UniqueConstraint("work_order_id", "step"),
+        CheckConstraint(_in("status", OPERATION_STATUSES), name="status"),
+        Index("ix_wo_operations_machine_id_status", "machine_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    work_order_id: Mapped[int] = mapped_column(Integer, ForeignKey("work_orders.id"))
+    step: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(128))
+    machine_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("machines.id"),
+                                                   nullable=True)
+    work_center: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    ideal_cycle_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cavities: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    status: Mapped[str] = mapped_column(String(16), default="pending",
+                                        server_default="pending")
+    good: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    scrap: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class WoComponent(Base):
+    """A work order's component, copied from the BOM at release: what backflush consumes
+    per counted piece (``qty_per_unit_u`` x (1 + ``scrap_factor``); scrap pieces too when
+    ``backflush_scrap``), at operation ``step`` (None = the last operation)."""
+
+    __tablename__ = "wo_components"
+    __table_args__ = (
+        Index("ix_wo_components_work_order_id", "work_order_id"),
+        Index("ix_wo_components_material_id", "material_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    work_order_id: Mapped[int] = mapped_column(Integer, ForeignKey("work_orders.id"))
+    material_id: Mapped[int] = mapped_column(Integer, ForeignKey("materials.id"))
+    qty_per_unit_u: Mapped[int] = mapped_column(BigInteger)
+    scrap_factor: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    backflush_scrap: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                  server_default=false())
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+machines = Machine.__table__
+products = Product.__table__
+materials = Material.__table__
+boms = Bom.__table__
+bom_lines = BomLine.__table__
+routings = Routing.__table__
+routing_ops = RoutingOp.__table__
+work_orders = WorkOrder.__table__
+wo_operations = WoOperation.__table__
+wo_components = WoComponent.__table__
