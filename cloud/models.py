@@ -411,3 +411,109 @@ routing_ops = RoutingOp.__table__
 work_orders = WorkOrder.__table__
 wo_operations = WoOperation.__table__
 wo_components = WoComponent.__table__
+
+
+# -- dispatch, attribution, stock ledger (cloud core issue: attribution and inventory) -----
+#
+# Times of dispatches, attributions and stock moves are integer epoch milliseconds, the
+# record's unit, so attribution compares integers. A dispatch covers [start_ts, end_ts);
+# end_ts NULL = still running.
+
+STOCK_MOVE_KINDS = ("receipt", "issue", "backflush", "scrap", "adjustment", "count")
+
+
+class Dispatch(Base):
+    """Operation ``wo_operation_id`` ran on ``machine_id`` during [start_ts, end_ts).
+    Dispatches of one machine never overlap (cloud/dispatch.py refuses it)."""
+
+    __tablename__ = "dispatches"
+    __table_args__ = (
+        Index("ix_dispatches_machine_id_start_ts", "machine_id", "start_ts"),
+        Index("ix_dispatches_wo_operation_id", "wo_operation_id"),
+        CheckConstraint("end_ts IS NULL OR end_ts > start_ts", name="interval"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    machine_id: Mapped[int] = mapped_column(Integer, ForeignKey("machines.id"))
+    wo_operation_id: Mapped[int] = mapped_column(Integer, ForeignKey("wo_operations.id"))
+    start_ts: Mapped[int] = mapped_column(BigInteger)
+    end_ts: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(96))
+    edited: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    edited_by: Mapped[str | None] = mapped_column(String(96), nullable=True)
+
+
+class Attribution(Base):
+    """One count record and where its pieces went. ``good``/``scrap`` are the record's
+    contribution (fixed when it is first applied; cloud/attribution.py says how counters
+    combine); ``wo_operation_id`` NULL = unassigned production, kept and assignable;
+    ``machine_id`` NULL = a device no machine is registered for (yet)."""
+
+    __tablename__ = "attributions"
+    __table_args__ = (
+        Index("ix_attributions_machine_id_ts", "machine_id", "ts"),
+        Index("ix_attributions_wo_operation_id", "wo_operation_id"),
+        Index("ix_attributions_gateway_id_device_ts", "gateway_id", "device", "ts"),
+    )
+
+    gateway_id: Mapped[str] = mapped_column(String(64), ForeignKey("gateways.id"),
+                                            primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    device: Mapped[str] = mapped_column(String(128))
+    machine_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("machines.id"),
+                                                   nullable=True)
+    ts: Mapped[int] = mapped_column(BigInteger)
+    counts: Mapped[str] = mapped_column(String(8))
+    delta: Mapped[int] = mapped_column(BigInteger)
+    good: Mapped[int] = mapped_column(BigInteger)
+    scrap: Mapped[int] = mapped_column(BigInteger)
+    dispatch_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("dispatches.id"),
+                                                    nullable=True)
+    wo_operation_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("wo_operations.id"),
+                                                        nullable=True)
+
+
+class StockMove(Base):
+    """One line of the stock ledger (micro-units, signed: + in, - out). References: the
+    work order, the count record (gateway_id, seq) a backflush came from, the user.
+    ``ts`` is when the move happened (epoch ms; a backflush has its record's ts)."""
+
+    __tablename__ = "stock_moves"
+    __table_args__ = (
+        CheckConstraint(_in("kind", STOCK_MOVE_KINDS), name="kind"),
+        # one backflush per record and material: it can never run twice
+        UniqueConstraint("gateway_id", "seq", "material_id"),
+        Index("ix_stock_moves_material_id_ts", "material_id", "ts"),
+        Index("ix_stock_moves_work_order_id", "work_order_id"),
+        Index("ix_stock_moves_kind_ts", "kind", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    material_id: Mapped[int] = mapped_column(Integer, ForeignKey("materials.id"))
+    qty_u: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))
+    ts: Mapped[int] = mapped_column(BigInteger)
+    work_order_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("work_orders.id"),
+                                                      nullable=True)
+    gateway_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    user: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    note: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class StockBalance(Base):
+    """A material's on-hand quantity: always the sum of its stock_moves (maintained in
+    the same transaction as every move)."""
+
+    __tablename__ = "stock_balances"
+
+    material_id: Mapped[int] = mapped_column(Integer, ForeignKey("materials.id"),
+                                             primary_key=True)
+    qty_u: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+dispatches = Dispatch.__table__
+attributions = Attribution.__table__
+stock_moves = StockMove.__table__
+stock_balances = StockBalance.__table__
