@@ -347,6 +347,9 @@ class WorkOrder(Base):
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # "system" when completed by the counts (auto mode; re-attribution may reopen it),
+    # else the planner who completed it (sticky: counts never reopen it).
+    completed_by: Mapped[str | None] = mapped_column(String(96), nullable=True)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
@@ -378,6 +381,8 @@ class WoOperation(Base):
     scrap: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # "system" (auto completion, may reopen) or the planner who confirmed it (sticky).
+    completed_by: Mapped[str | None] = mapped_column(String(96), nullable=True)
 
 
 class WoComponent(Base):
