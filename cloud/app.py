@@ -24,10 +24,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from buffer.records import RecordError, decode_batch
+from cloud.api_users import install_user_api
 from cloud.auth import (
-    ADMIN_TOKEN_ENV,
+    SESSION_COOKIE,
+    Actor,
     AuthError,
-    Principal,
     authenticate,
     require_gateway,
     require_read,
@@ -52,19 +53,15 @@ class ApiError(Exception):
         self.status, self.error, self.detail, self.extra = status, error, detail, extra
 
 
-def create_app(db_url: str | None = None, *, admin_token: str | None = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY, appliers: Sequence[Applier] = (),
-               lifespan_hooks: Sequence[LifespanHook] = ()) -> FastAPI:
+def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_BODY,
+               appliers: Sequence[Applier] = (), lifespan_hooks: Sequence[LifespanHook] = ()) -> FastAPI:
     """The cloud API on the database at ``db_url`` (resolved like ``--db``; the schema
-    must be migrated, see cloud/migrate.py). ``admin_token`` defaults to
-    $PLANTSYNC_CLOUD_ADMIN_TOKEN (none: no admin access over HTTP). ``appliers`` are the
+    must be migrated, see cloud/migrate.py). People log in or use API tokens
+    (cloud/auth.py, cloud/api_users.py); there is no built-in admin. ``appliers`` are the
     domain-processing hook of ingest; ``lifespan_hooks`` are entered at start-up and
     left at shutdown (in reverse)."""
-    import os
-
     url = resolve_url(db_url).url
     db = Database(url)
-    admin = admin_token if admin_token is not None else os.environ.get(ADMIN_TOKEN_ENV) or None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -87,13 +84,16 @@ def create_app(db_url: str | None = None, *, admin_token: str | None = None,
 
     @app.exception_handler(AuthError)
     async def _auth_error(_request: Request, exc: AuthError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
         return JSONResponse({"error": exc.reason, "detail": exc.detail},
-                            status_code=exc.status, headers=headers)
+                            status_code=exc.status, headers={**headers, **(exc.headers or {})})
 
-    async def principal(request: Request) -> Principal:
+    install_user_api(app)
+
+    async def principal(request: Request) -> Actor:
         async with db.sessions() as session:
-            return await authenticate(session, request.headers.get("authorization"), admin)
+            return await authenticate(session, request.headers.get("authorization"),
+                                      request.cookies.get(SESSION_COOKIE))
 
     @app.post("/api/v1/ingest")
     async def ingest(request: Request) -> Response:

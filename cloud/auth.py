@@ -1,58 +1,110 @@
-"""Who is calling: gateway tokens and the admin token. All authentication lives here.
+"""Who is calling, and the audit trail. All authentication lives here.
 
-Tokens are 256-bit random strings (``psg_`` + 43 url-safe characters). We store only
-their SHA-256, as a unique lookup key. A slow password hash (argon2) exists to make
-guessing a *low-entropy secret* from a stolen hash expensive; a 256-bit random token
-cannot be guessed whatever the hash costs, so a fast hash is just as safe here and lets
-every request find its gateway with one indexed lookup instead of an argon2 run
-(tens of ms of CPU per ingest). User passwords (a later issue) do need argon2.
+Public names (other cloud modules use exactly these):
 
-The admin token (until users exist) comes from ``$PLANTSYNC_CLOUD_ADMIN_TOKEN`` or
-``create_app(admin_token=...)``; it may read every gateway but does not ingest.
+- ``Actor(name, role, kind, gateway_id=None, user_id=None, token_id=None)``: the
+  authenticated caller. ``kind`` is ``"user"`` (browser session), ``"token"`` (API token
+  acting as a user) or ``"gateway"`` (gateway token; ``role == "gateway"``,
+  ``gateway_id`` set, ``name == "gateway:<id>"``). ``role`` of a person is one of
+  ``admin > planner > viewer``.
+- ``require(role, *, allow_gateway=False)``: a FastAPI dependency factory::
+
+      @router.post("/api/v1/work-orders/{number}/release")
+      async def release(number: str, actor: Actor = Depends(require("planner"))): ...
+
+  It accepts ``Authorization: Bearer <API token>`` or the session cookie
+  (``plantsync_session``), answers 401 ``{error, detail}`` for missing/unknown/expired/
+  revoked credentials and for disabled users, 403 when the role is below ``role``.
+  A gateway token gets 403 ``gateway_not_allowed`` unless ``allow_gateway=True`` (then
+  the route itself must check ``actor.may_read_gateway(id)`` / ``require_read``).
+  ``require("gateway")`` accepts only gateway tokens (ingest).
+- ``async audit(session, actor, action, entity, entity_id, detail) -> None``: adds one
+  ``audit_log`` row in the caller's session/transaction (no commit, no flush). ``actor``
+  is an ``Actor`` (recorded as its ``name``: the user name, or ``gateway:<id>``) or a
+  plain string (``"system"``, a CLI user). ``action`` like ``work_order.release``.
+
+Tokens (gateway and API) are 256-bit random strings; we store only their SHA-256, as a
+unique lookup key. A slow password hash (argon2, cloud/users.py) exists to make guessing
+a *low-entropy secret* from a stolen hash expensive; a 256-bit random token cannot be
+guessed whatever the hash costs, so a fast hash is just as safe and lets every request
+find its caller with one indexed lookup instead of an argon2 run.
+
+Sessions: the cookie holds a random secret, the ``sessions`` row its SHA-256. A session
+ends 12 h after its last use (idle) and 7 days after login (absolute), whichever first;
+``expires_at`` holds the earlier of the two and slides forward on use (written at most
+every ``SESSION_TOUCH_EVERY``, not on every request).
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Final, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal
 
-from sqlalchemy import select
+from fastapi import Request
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.models import Gateway
+from cloud.models import ApiToken, AuditEntry, Gateway, Session, User
 
-ADMIN_TOKEN_ENV: Final = "PLANTSYNC_CLOUD_ADMIN_TOKEN"
-TOKEN_PREFIX: Final = "psg_"
+TOKEN_PREFIX: Final = "psg_"      # gateway tokens
+API_TOKEN_PREFIX: Final = "psu_"  # API tokens acting as a user
+SESSION_COOKIE: Final = "plantsync_session"
+SESSION_IDLE: Final = timedelta(hours=12)
+SESSION_ABSOLUTE: Final = timedelta(days=7)
+SESSION_TOUCH_EVERY: Final = timedelta(minutes=5)
+TOKEN_TOUCH_EVERY: Final = timedelta(minutes=5)
+
+ROLES: Final = ("viewer", "planner", "admin")  # ascending power
+_RANK: Final = {role: i for i, role in enumerate(ROLES)}
+
+ActorKind = Literal["user", "token", "gateway"]
 
 
 @dataclass(frozen=True, slots=True)
-class Principal:
-    """An authenticated caller: a gateway (``gateway_id`` set) or the admin."""
+class Actor:
+    """An authenticated caller: a person (by session or API token) or a gateway."""
 
-    role: Literal["gateway", "admin"]
+    name: str
+    role: str
+    kind: ActorKind
     gateway_id: str | None = None
+    user_id: int | None = None
+    token_id: int | None = None
+
+    def has_role(self, role: str) -> bool:
+        """At least ``role`` (admin > planner > viewer); gateways have no person's role."""
+        return self.kind != "gateway" and _RANK.get(self.role, -1) >= _RANK[role]
 
     def may_read_gateway(self, gateway_id: str) -> bool:
-        return self.role == "admin" or self.gateway_id == gateway_id
+        """Every person may read every gateway's status; a gateway only its own."""
+        return self.kind != "gateway" or self.gateway_id == gateway_id
 
 
 class AuthError(Exception):
-    """The request is not authorized. ``status`` is 401 (who are you?) or 403 (not you)."""
+    """The request is not authorized: ``status`` 401 (who are you?), 403 (not you),
+    429 (too many failed logins; ``headers`` carry Retry-After)."""
 
-    def __init__(self, status: int, reason: str, detail: str) -> None:
+    def __init__(self, status: int, reason: str, detail: str,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.reason = reason  # short machine-readable code
         self.detail = detail
+        self.headers = headers
 
 
 def new_token() -> str:
     """A fresh gateway token (shown once to the admin, never stored in clear)."""
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_api_token() -> str:
+    """A fresh API token (shown once to its user, never stored in clear)."""
+    return API_TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_token(token: str) -> str:
@@ -62,9 +114,9 @@ def hash_token(token: str) -> str:
 def bearer_token(authorization: str | None) -> str:
     """The token of an ``Authorization: Bearer ...`` header. Raises AuthError(401)."""
     if not authorization:
-        raise AuthError(401, "missing_token", "no Authorization header; send "
-                        "`Authorization: Bearer <token>` (from `plantsync-cloud admin "
-                        "create-gateway`)")
+        raise AuthError(401, "missing_token", "not logged in: log in (POST /api/v1/login) "
+                        "or send `Authorization: Bearer <token>` (an API token from "
+                        "`plantsync-cloud admin create-token USER`, or a gateway's token)")
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
@@ -73,37 +125,122 @@ def bearer_token(authorization: str | None) -> str:
 
 
 async def authenticate(session: AsyncSession, authorization: str | None,
-                       admin_token: str | None) -> Principal:
-    """The caller behind ``authorization``. Raises AuthError(401) for a missing, unknown
-    or revoked token."""
+                       session_cookie: str | None = None) -> Actor:
+    """The caller behind an ``Authorization`` header, else a session cookie.
+    Raises AuthError(401) for missing, unknown, expired or revoked credentials and for
+    a disabled user. A present but bad header never falls back to the cookie."""
+    if authorization is None and session_cookie:
+        return await _from_session(session, session_cookie)
     token = bearer_token(authorization)
-    if admin_token and hmac.compare_digest(hash_token(token), hash_token(admin_token)):
-        return Principal("admin")
+    digest = hash_token(token)
+    now = datetime.now(UTC)
+    if not token.startswith(API_TOKEN_PREFIX):
+        gw = (await session.execute(
+            select(Gateway.id, Gateway.revoked_at).where(Gateway.token_hash == digest)
+        )).first()
+        if gw is not None:
+            if gw.revoked_at is not None:
+                raise AuthError(401, "revoked_token",
+                                f"the token of gateway {gw.id!r} was revoked at "
+                                f"{_iso(gw.revoked_at)}; ask for a new one")
+            return Actor(f"gateway:{gw.id}", "gateway", "gateway", gateway_id=gw.id)
     row = (await session.execute(
-        select(Gateway.id, Gateway.revoked_at).where(Gateway.token_hash == hash_token(token))
+        select(ApiToken.id, ApiToken.revoked_at, ApiToken.last_used_at, User.id.label("uid"),
+               User.name, User.role, User.disabled_at)
+        .join(User, User.id == ApiToken.user_id).where(ApiToken.token_hash == digest)
     )).first()
     if row is None:
-        raise AuthError(401, "unknown_token", "this token belongs to no gateway")
+        raise AuthError(401, "unknown_token", "this token belongs to no gateway or user")
     if row.revoked_at is not None:
-        raise AuthError(401, "revoked_token",
-                        f"the token of gateway {row.id!r} was revoked at "
-                        f"{_iso(row.revoked_at)}; ask for a new one")
-    return Principal("gateway", row.id)
+        raise AuthError(401, "revoked_token", f"this API token of {row.name!r} was revoked "
+                        f"at {_iso(row.revoked_at)}")
+    if row.disabled_at is not None:
+        raise AuthError(401, "user_disabled", f"user {row.name!r} is disabled")
+    if row.last_used_at is None or now - row.last_used_at > TOKEN_TOUCH_EVERY:
+        await session.execute(update(ApiToken).where(ApiToken.id == row.id)
+                              .values(last_used_at=now))
+        await session.commit()
+    return Actor(row.name, row.role, "token", user_id=row.uid, token_id=row.id)
 
 
-def require_gateway(principal: Principal) -> str:
+async def _from_session(session: AsyncSession, secret: str) -> Actor:
+    now = datetime.now(UTC)
+    row = (await session.execute(
+        select(Session.id, Session.created, Session.expires_at, User.id.label("uid"),
+               User.name, User.role, User.disabled_at)
+        .join(User, User.id == Session.user_id).where(Session.id == hash_token(secret))
+    )).first()
+    if row is None or row.expires_at <= now:
+        raise AuthError(401, "session_expired", "the session has ended; log in again")
+    if row.disabled_at is not None:
+        raise AuthError(401, "user_disabled", f"user {row.name!r} is disabled")
+    slid = min(row.created + SESSION_ABSOLUTE, now + SESSION_IDLE)
+    if slid - row.expires_at > SESSION_TOUCH_EVERY:
+        await session.execute(update(Session).where(Session.id == row.id)
+                              .values(expires_at=slid))
+        await session.commit()
+    return Actor(row.name, row.role, "user", user_id=row.uid)
+
+
+def require(role: str, *, allow_gateway: bool = False
+            ) -> Callable[[Request], Awaitable[Actor]]:
+    """A FastAPI dependency: the caller, who must have at least ``role`` (``viewer``,
+    ``planner``, ``admin``), or ``"gateway"`` for gateway-only routes. Gateways pass
+    only with ``allow_gateway=True`` (the route then checks which gateway). Raises
+    AuthError 401/403, answered as JSON ``{error, detail}``."""
+    if role != "gateway" and role not in _RANK:
+        raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)} or 'gateway'")
+
+    async def dependency(request: Request) -> Actor:
+        async with request.app.state.db.sessions() as session:
+            actor = await authenticate(session, request.headers.get("authorization"),
+                                       request.cookies.get(SESSION_COOKIE))
+        check_role(actor, role, allow_gateway=allow_gateway)
+        return actor
+
+    dependency.__name__ = f"require_{role}"
+    return dependency
+
+
+def check_role(actor: Actor, role: str, *, allow_gateway: bool = False) -> None:
+    """Raise AuthError(403) unless ``actor`` may act as ``role`` (see ``require``)."""
+    if role == "gateway":
+        require_gateway(actor)
+        return
+    if actor.kind == "gateway":
+        if allow_gateway:
+            return
+        raise AuthError(403, "gateway_not_allowed",
+                        "a gateway token may only ingest and read its own gateway's status "
+                        "and counters")
+    if not actor.has_role(role):
+        raise AuthError(403, "forbidden", f"this needs the {role} role; {actor.name!r} is "
+                        f"{actor.role}")
+
+
+def require_gateway(actor: Actor) -> str:
     """The gateway id of a caller that must be a gateway (ingest). Raises AuthError(403)."""
-    if principal.gateway_id is None:
+    if actor.gateway_id is None:
         raise AuthError(403, "not_a_gateway", "only a gateway token may ingest records")
-    return principal.gateway_id
+    return actor.gateway_id
 
 
-def require_read(principal: Principal, gateway_id: str) -> None:
-    """Raise AuthError(403) unless ``principal`` may read ``gateway_id``."""
-    if not principal.may_read_gateway(gateway_id):
+def require_read(actor: Actor, gateway_id: str) -> None:
+    """Raise AuthError(403) unless ``actor`` may read ``gateway_id``."""
+    if not actor.may_read_gateway(gateway_id):
         raise AuthError(403, "other_gateway",
-                        f"the token of gateway {principal.gateway_id!r} may read only "
+                        f"the token of gateway {actor.gateway_id!r} may read only "
                         f"that gateway, not {gateway_id!r}")
+
+
+async def audit(session: AsyncSession, actor: Actor | str, action: str, entity: str,
+                entity_id: str | int, detail: dict[str, Any]) -> None:
+    """Record who did what in ``audit_log``, inside the caller's transaction: the entry
+    commits (or rolls back) with the change it describes. ``detail`` must be JSON."""
+    session.add(AuditEntry(ts=datetime.now(UTC),
+                           actor=actor.name if isinstance(actor, Actor) else actor,
+                           action=action, entity=entity, entity_id=str(entity_id),
+                           detail=detail))
 
 
 def _iso(value: datetime) -> str:

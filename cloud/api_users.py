@@ -1,0 +1,235 @@
+"""HTTP API for people: login, sessions, own API tokens and locale, user admin.
+
+- ``POST /api/v1/login`` {name, password} -> {name, role, locale}; sets the session
+  cookie (HttpOnly, SameSite=Lax, Secure on https). 401 ``bad_credentials``,
+  ``user_disabled``; 429 ``too_many_attempts`` with Retry-After (cloud/users.py).
+- ``POST /api/v1/logout`` -> {logged_out: true}; ends the cookie's session (idempotent).
+- ``GET /api/v1/me`` -> {name, role, locale, kind}; ``PUT /api/v1/me/locale`` {locale}.
+- ``GET /api/v1/me/tokens``; ``POST /api/v1/me/tokens`` {name} -> 201 {id, name, token}
+  (the token is shown this once); ``DELETE /api/v1/me/tokens/{id}``.
+- admin: ``GET /api/v1/users?limit=&offset=``, ``POST /api/v1/users`` {name, role,
+  password, locale?} -> 201, ``PATCH /api/v1/users/{name}`` {role?, disabled?},
+  ``POST /api/v1/users/{name}/password`` {password} (ends that user's sessions).
+
+``install_user_api(app)`` adds these routes and the JSON error answers they need
+(including ``{error: "invalid_request", detail, field}`` for 422 body validation).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from cloud.auth import SESSION_ABSOLUTE, SESSION_COOKIE, Actor, require
+from cloud.models import ApiToken, User
+from cloud.users import (
+    UnknownUser,
+    UserError,
+    UserExists,
+    create_api_token_in,
+    create_user_in,
+    get_user,
+    list_users,
+    login,
+    logout,
+    revoke_api_token_in,
+    set_locale_in,
+    set_password_in,
+    update_user_in,
+)
+
+router = APIRouter(prefix="/api/v1", tags=["users"])
+viewer = Depends(require("viewer"))
+admin = Depends(require("admin"))
+
+
+class LoginBody(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    password: str = Field(max_length=1024)
+
+
+class LocaleBody(BaseModel):
+    locale: Literal["zh-CN", "en"]
+
+
+class TokenBody(BaseModel):
+    name: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class NewUserBody(BaseModel):
+    name: str
+    role: Literal["admin", "planner", "viewer"]
+    password: str = Field(max_length=1024)
+    locale: Literal["zh-CN", "en"] | None = None
+
+
+class UserPatchBody(BaseModel):
+    role: Literal["admin", "planner", "viewer"] | None = None
+    disabled: bool | None = None
+
+
+class PasswordBody(BaseModel):
+    password: str = Field(max_length=1024)
+
+
+def _user_doc(user: User) -> dict[str, Any]:
+    return {"name": user.name, "role": user.role, "locale": user.locale,
+            "created": _iso(user.created), "disabled": user.disabled_at is not None}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="seconds")
+
+
+def _db(request: Request) -> Any:
+    return request.app.state.db
+
+
+@router.post("/login")
+async def post_login(body: LoginBody, request: Request, response: Response) -> dict[str, Any]:
+    """Log in; sets the session cookie. Rate-limited per name and per client address."""
+    address = request.client.host if request.client else "unknown"
+    async with _db(request).sessions() as session:
+        result = await login(session, body.name, body.password, address)
+    response.set_cookie(SESSION_COOKIE, result.session_secret, httponly=True, samesite="lax",
+                        secure=request.url.scheme == "https", path="/",
+                        max_age=int(SESSION_ABSOLUTE.total_seconds()))
+    return {"name": result.user.name, "role": result.user.role, "locale": result.user.locale}
+
+
+@router.post("/logout")
+async def post_logout(request: Request, response: Response) -> dict[str, Any]:
+    """End this browser's session (no error when there is none)."""
+    secret = request.cookies.get(SESSION_COOKIE)
+    if secret:
+        async with _db(request).sessions() as session:
+            await logout(session, secret)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
+    return {"logged_out": True}
+
+
+@router.get("/me")
+async def get_me(request: Request, actor: Actor = viewer) -> dict[str, Any]:
+    async with _db(request).sessions() as session:
+        user = await get_user(session, actor.name)
+    return {"name": user.name, "role": user.role, "locale": user.locale, "kind": actor.kind}
+
+
+@router.put("/me/locale")
+async def put_locale(body: LocaleBody, request: Request, actor: Actor = viewer
+                     ) -> dict[str, Any]:
+    """Remember the user's language (reports and UI)."""
+    assert actor.user_id is not None
+    async with _db(request).sessions() as session, session.begin():
+        await set_locale_in(session, actor.user_id, body.locale)
+    return {"name": actor.name, "locale": body.locale}
+
+
+@router.get("/me/tokens")
+async def get_tokens(request: Request, actor: Actor = viewer) -> dict[str, Any]:
+    """The caller's API tokens (never their secrets)."""
+    async with _db(request).sessions() as session:
+        rows = (await session.execute(select(ApiToken).where(
+            ApiToken.user_id == actor.user_id).order_by(ApiToken.id))).scalars().all()
+    return {"items": [{"id": t.id, "name": t.name, "created": _iso(t.created),
+                       "last_used_at": _iso(t.last_used_at),
+                       "revoked_at": _iso(t.revoked_at)} for t in rows]}
+
+
+@router.post("/me/tokens", status_code=201)
+async def post_token(body: TokenBody, request: Request, actor: Actor = viewer
+                     ) -> dict[str, Any]:
+    """A new API token acting as the caller; shown only in this answer."""
+    async with _db(request).sessions() as session, session.begin():
+        token_id, token = await create_api_token_in(session, actor.name, body.name,
+                                                    actor=actor)
+    return {"id": token_id, "name": body.name, "token": token}
+
+
+@router.delete("/me/tokens/{token_id}")
+async def delete_token(token_id: int, request: Request, actor: Actor = viewer
+                       ) -> dict[str, Any]:
+    """Revoke one of the caller's tokens (idempotent); 404 if it is not theirs."""
+    assert actor.user_id is not None
+    async with _db(request).sessions() as session, session.begin():
+        when = await revoke_api_token_in(session, actor.user_id, token_id, actor=actor)
+    if when is None:
+        raise UserApiError(404, "unknown_token", f"you have no API token {token_id}")
+    return {"id": token_id, "revoked_at": _iso(when)}
+
+
+@router.get("/users")
+async def get_users(request: Request, limit: int = 100, offset: int = 0,
+                    _actor: Actor = admin) -> dict[str, Any]:
+    if not 1 <= limit <= 1000 or offset < 0:
+        raise UserApiError(422, "invalid_request", "limit is 1-1000, offset >= 0")
+    async with _db(request).sessions() as session:
+        users = await list_users(session, limit=limit, offset=offset)
+    return {"items": [_user_doc(u) for u in users], "limit": limit, "offset": offset}
+
+
+@router.post("/users", status_code=201)
+async def post_user(body: NewUserBody, request: Request, actor: Actor = admin
+                    ) -> dict[str, Any]:
+    async with _db(request).sessions() as session, session.begin():
+        await create_user_in(session, body.name, body.role, body.password,
+                             locale=body.locale, actor=actor)
+        user = await get_user(session, body.name)
+        return _user_doc(user)
+
+
+@router.patch("/users/{name}")
+async def patch_user(name: str, body: UserPatchBody, request: Request, actor: Actor = admin
+                     ) -> dict[str, Any]:
+    """Change role and/or disable/enable (disabling ends the user's sessions)."""
+    async with _db(request).sessions() as session, session.begin():
+        user = await update_user_in(session, name, role=body.role, disabled=body.disabled,
+                                    actor=actor)
+        return _user_doc(user)
+
+
+@router.post("/users/{name}/password")
+async def post_password(name: str, body: PasswordBody, request: Request,
+                        actor: Actor = admin) -> dict[str, Any]:
+    """Set a user's password (ends their sessions)."""
+    async with _db(request).sessions() as session, session.begin():
+        await set_password_in(session, name, body.password, actor=actor)
+    return {"name": name, "password_set": True}
+
+
+class UserApiError(Exception):
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
+def install_user_api(app: FastAPI) -> None:
+    """Add the routes above and the JSON answers for their errors to ``app``."""
+    app.include_router(router)
+
+    async def user_error(_request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, UserApiError):
+            return JSONResponse({"error": exc.error, "detail": exc.detail},
+                                status_code=exc.status)
+        status, code = ((404, "unknown_user") if isinstance(exc, UnknownUser) else
+                        (409, "user_exists") if isinstance(exc, UserExists) else
+                        (422, "invalid_request"))
+        return JSONResponse({"error": code, "detail": str(exc)}, status_code=status)
+
+    async def invalid(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        return JSONResponse({"error": "invalid_request",
+                             "detail": f"{'.'.join(loc) or 'body'}: {first.get('msg', '')}",
+                             "field": ".".join(loc) or None}, status_code=422)
+
+    app.add_exception_handler(UserApiError, user_error)
+    app.add_exception_handler(UserError, user_error)
+    app.add_exception_handler(RequestValidationError, invalid)
