@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("migrate", help="create or upgrade the database schema")
     m.add_argument("--db", help=db_help)
 
-    a = sub.add_parser("admin", help="gateways and tokens")
+    a = sub.add_parser("admin", help="gateways, users and tokens")
     asub = a.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
     c = asub.add_parser("create-gateway",
                         help="create a gateway; prints its token once, on the last line")
@@ -67,6 +67,20 @@ def _parser() -> argparse.ArgumentParser:
     r = asub.add_parser("revoke-gateway", help="revoke a gateway's token (records stay)")
     r.add_argument("gateway_id", metavar="ID")
     r.add_argument("--db", help=db_help)
+    u = asub.add_parser("create-user", help="create a user; the password is read from stdin "
+                        "(one line, at least 10 characters)")
+    u.add_argument("name", metavar="NAME")
+    u.add_argument("--role", required=True, choices=["admin", "planner", "viewer"])
+    u.add_argument("--db", help=db_help)
+    w = asub.add_parser("set-password", help="set a user's password from stdin (one line); "
+                        "ends the user's sessions")
+    w.add_argument("name", metavar="NAME")
+    w.add_argument("--db", help=db_help)
+    t = asub.add_parser("create-token", help="an API token acting as USER; printed once, "
+                        "on the last line")
+    t.add_argument("name", metavar="USER")
+    t.add_argument("--name", dest="token_name", help="what the token is for (e.g. erp-sync)")
+    t.add_argument("--db", help=db_help)
 
     q = sub.add_parser("mqtt-ingest", help="store gateway batches from an MQTT broker")
     q.add_argument("--broker", required=True, help="mqtt://HOST[:1883] or mqtts://HOST[:8883]; "
@@ -173,10 +187,51 @@ async def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _password_from_stdin() -> str:
+    """One line of stdin (without its line break); checked before the database is
+    touched. Raises UserError for an empty or short password."""
+    from cloud.users import check_password
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    check_password(password)
+    return password
+
+
+async def _admin_users(args: argparse.Namespace) -> int:
+    from cloud.db import Database
+    from cloud.users import check_user_name, create_api_token, create_user, set_password
+
+    check_user_name(args.name)
+    password = "" if args.admin_command == "create-token" else _password_from_stdin()
+    url = await _prepare(args.db)
+    actor = "cli"
+    async with Database(url) as db:
+        if args.admin_command == "create-user":
+            await create_user(db, args.name, args.role, password, actor=actor)
+            print(f"created user {args.name} ({args.role})")
+        elif args.admin_command == "set-password":
+            await set_password(db, args.name, password, actor=actor)
+            print(f"new password set for {args.name}; their sessions ended")
+        else:
+            token_id, token = await create_api_token(db, args.name, args.token_name,
+                                                     actor=actor)
+            print(f"API token {token_id} for user {args.name}; it follows, shown only this "
+                  "once:")
+            print(token)
+    return 0
+
+
 async def _admin(args: argparse.Namespace) -> int:
     from cloud.admin import check_gateway_id, create_gateway, revoke_gateway
     from cloud.db import Database
 
+    if args.admin_command in ("create-user", "set-password", "create-token"):
+        return await _admin_users(args)
     check_gateway_id(args.gateway_id)
     url = await _prepare(args.db)
     async with Database(url) as db:
