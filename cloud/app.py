@@ -24,7 +24,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from buffer.records import RecordError, decode_batch
+from cloud.api_dispatch import install_dispatch_api
+from cloud.api_inventory import install_inventory_api
 from cloud.api_users import install_user_api
+from cloud.attribution import apply_counts
 from cloud.auth import (
     SESSION_COOKIE,
     Actor,
@@ -74,7 +77,8 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
 
     app = FastAPI(title="plantsync cloud", version=_version(), lifespan=lifespan)
     app.state.db = db
-    app.state.appliers = list(appliers)  # the cloud-core issue appends its appliers here
+    # attribution (cloud/attribution.py) always runs first; callers may add more
+    app.state.appliers = [apply_counts, *appliers]
     app.state.max_body_bytes = max_body_bytes
 
     @app.exception_handler(ApiError)
@@ -89,6 +93,8 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
                             status_code=exc.status, headers={**headers, **(exc.headers or {})})
 
     install_user_api(app)
+    install_dispatch_api(app)
+    install_inventory_api(app)
 
     async def principal(request: Request) -> Actor:
         async with db.sessions() as session:
