@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from buffer.records import RecordError, decode_batch
 from cloud.api_dispatch import install_dispatch_api
 from cloud.api_inventory import install_inventory_api
+from cloud.api_production import install_production_api
 from cloud.api_users import install_user_api
 from cloud.attribution import apply_counts
 from cloud.auth import (
@@ -95,6 +96,7 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
     install_user_api(app)
     install_dispatch_api(app)
     install_inventory_api(app)
+    install_production_api(app)
 
     async def principal(request: Request) -> Actor:
         async with db.sessions() as session:
