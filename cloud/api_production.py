@@ -21,7 +21,7 @@ nothing was imported).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -108,7 +108,7 @@ async def _paged(session: AsyncSession, stmt: Any, order: Any, limit: int, offse
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
 def _micro(value: Quantity | None, what: str) -> int | None:

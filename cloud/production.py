@@ -415,7 +415,7 @@ def _check(order: WorkOrder, action: str) -> None:
 def _due(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         raise InvalidInput("due must carry a time zone (UTC: ...Z)", "due")
-    return value
+    return None if value is None else value.astimezone(UTC)
 
 
 def _mode(value: str) -> str:
@@ -478,7 +478,7 @@ async def update_work_order(session: AsyncSession, actor: Actor | str, number: s
             order.quantity = changes["quantity"] = _int(quantity, "quantity", minimum=1)
     if due is not _UNSET:
         order.due = _due(due)
-        changes["due"] = due.isoformat() if due else None
+        changes["due"] = order.due.isoformat() if order.due else None
     if customer is not _UNSET:
         order.customer = changes["customer"] = _text(customer, "customer", max_len=128,
                                                      required=False)
@@ -695,7 +695,8 @@ async def on_operation_progress(session: AsyncSession, wo_operation_id: int, *,
       away by re-attribution) -> operation back to in_progress, and if it is the last
       operation and the counts completed the order, the order back to in_progress; what
       a planner completed stays completed (``completed_by``);
-    - operations on hold, and orders closed or cancelled, keep their status.
+    - an operation on hold keeps its status (its order still starts); closed and
+      cancelled orders keep theirs.
 
     Idempotent (a second call with unchanged counts changes nothing). Locks the order row
     (PostgreSQL) so concurrent attributions to one order serialise their status rules.
@@ -707,7 +708,7 @@ async def on_operation_progress(session: AsyncSession, wo_operation_id: int, *,
                                  .with_for_update().execution_options(populate_existing=True))
     assert order is not None
     result = Progress()
-    if order.status not in (*OPEN_ORDER, "completed") or op.status == "on_hold":
+    if order.status not in (*OPEN_ORDER, "completed"):
         return result
     when = at or _now()
     counted = op.good + op.scrap > 0
