@@ -328,3 +328,25 @@ async def test_cli_create_user_token_password(client: Any, cloud_db_url: str):
             ).status_code == 200
     assert [e.actor for e in await rows(client, AuditEntry, AuditEntry.entity_id == "chen")
             ] == ["cli", "cli"]
+
+
+async def test_session_expiry_idle_and_absolute(client: Any):
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    await add_user(client, "tang")
+    assert (await client.post("/api/v1/login", json={"name": "tang", "password": PASSWORD})
+            ).status_code == 200
+    db: Database = client.app.state.db
+    now = datetime.now(UTC)
+    async with db.sessions() as session, session.begin():  # 11 h idle: still valid, slides
+        await session.execute(update(Session).values(expires_at=now + timedelta(hours=1)))
+    assert (await client.get("/api/v1/me")).status_code == 200
+    [row] = await rows(client, Session)
+    assert row.expires_at > now + timedelta(hours=11)
+    async with db.sessions() as session, session.begin():  # logged in 7 days ago: over
+        await session.execute(update(Session).values(created=now - timedelta(days=7),
+                                                     expires_at=now - timedelta(seconds=1)))
+    res = await client.get("/api/v1/me")
+    assert res.status_code == 401 and res.json()["error"] == "session_expired"
