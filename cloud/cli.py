@@ -123,10 +123,13 @@ async def _prepare(db_arg: str | None) -> str:
 def _advertiser(host: str, port: int) -> Any:
     """Lifespan hook: advertise ``_plantsync._tcp.local.`` so gateways with
     ``url = "auto"`` find this service. A service bound to loopback advertises on loopback
-    only; otherwise on $PLANTSYNC_ZEROCONF_INTERFACES or every interface. A LAN without
+    only, otherwise on every interface, unless $PLANTSYNC_ZEROCONF_INTERFACES says which
+    (``off``: none). A LAN without
     multicast is not an error: the service runs, and the log says so."""
     import contextlib
     import ipaddress
+
+    from zeroconf import InterfaceChoice
 
     from buffer.discovery import CLOUD_SERVICE, Advertiser, interfaces_from_env
 
@@ -134,7 +137,7 @@ def _advertiser(host: str, port: int) -> Any:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    interfaces = ["127.0.0.1"] if loopback else interfaces_from_env()
+    interfaces = interfaces_from_env(default=["127.0.0.1"] if loopback else InterfaceChoice.All)
 
     @contextlib.asynccontextmanager
     async def hook(_app: Any) -> Any:

@@ -2,8 +2,9 @@
 
 import os
 
-# Nothing a test starts (gateways, the cloud) may multicast beyond loopback.
-os.environ.setdefault("PLANTSYNC_ZEROCONF_INTERFACES", "127.0.0.1")
+# Nothing a test starts advertises over zeroconf unless the test asks for it (on loopback
+# only): a cloud or gateway left advertising would answer another test's discovery.
+os.environ["PLANTSYNC_ZEROCONF_INTERFACES"] = "off"
 
 pytest_plugins = [
     "tests.fixtures.plc",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ async def test_gateway_finds_the_cloud_by_zeroconf(tmp_path: Path) -> None:
                    check=True, capture_output=True, timeout=120)
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "cloud.cli", "serve", "--db", str(db),
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PLANTSYNC_ZEROCONF_INTERFACES": "127.0.0.1"})
     try:
         wait_port(port)
         url = await discover_cloud(15.0, interfaces=["127.0.0.1"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 
 import pytest
 from zeroconf import ServiceStateChange, Zeroconf
@@ -27,8 +29,11 @@ async def test_defaults_without_txt() -> None:
 
 
 async def test_nothing_advertised_is_cloud_not_found() -> None:
-    with pytest.raises(CloudNotFound, match=r"no _plantsync\._tcp\.local\. service"):
-        await discover_cloud(0.5, interfaces=LOOPBACK)
+    # A service type of this test's own: a cloud another test left running may well be
+    # advertising _plantsync._tcp.local. on loopback right now.
+    service = f"_ps-none-{os.getpid() % 10000}._tcp.local."
+    with pytest.raises(CloudNotFound, match=rf"no {re.escape(service)} service"):
+        await discover_cloud(0.5, interfaces=LOOPBACK, service_type=service)
 
 
 async def test_edge_advertises_its_status_port() -> None:
