@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -95,6 +96,7 @@ class Demo:
         self.status_port = _free_port(8470)
         self.db = root / "cloud.db"
         self.token_file = root / "token"
+        self.password_file = root / "admin-password"
         self.config = root / "gateway.toml"
         self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
@@ -138,6 +140,21 @@ class Demo:
             raise RuntimeError(f"could not make the gateway token: {res.stderr.strip()}")
         self.token_file.write_text(res.stdout.strip().splitlines()[-1] + "\n")
         self.token_file.chmod(0o600)
+        self.make_admin(db)
+
+    def make_admin(self, db: list[str]) -> None:
+        """A demo-only admin with a random password (kept beside the demo's data, mode
+        0600): outside the demo plantsync has no default user or password."""
+        if self.password_file.exists():
+            return
+        password = secrets.token_urlsafe(12)
+        res = subprocess.run([PY, "-m", "cloud.cli", "admin", "create-user", "admin", "--role",
+                              "admin", *db], input=password + "\n", capture_output=True,
+                             text=True, timeout=120)
+        if res.returncode != 0:
+            raise RuntimeError(f"could not create the demo admin: {res.stderr.strip()}")
+        self.password_file.write_text(password + "\n")
+        self.password_file.chmod(0o600)
 
     def start(self, name: str, argv: list[str], port: int | None = None) -> None:
         log = self.root / f"{name}.log"
@@ -235,6 +252,7 @@ def run_demo(root: Path, *, speed: float, seed: int, cloud_port: int, interval: 
   gateway status   http://127.0.0.1:{demo.status_port}/status   (and /metrics)
                    .venv/bin/plantsync-edge status --config {demo.config}
   probe a machine  .venv/bin/plantsync-edge probe --config {demo.config} cnc-01
+  sign in          user admin, password in {demo.password_file}
   logs             {root}/{{simulate,cloud,gateway}}.log
 Ctrl-C stops everything; the data stays in {root} (--fresh starts over).
 """, file=out, flush=True)

@@ -10,14 +10,17 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from tests.services import free_port
 
 
 def test_demo_starts_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     out_path = tmp_path / "demo.out"
+    cloud_port = free_port()
     with out_path.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "edge.demo", "--dir", str(tmp_path / "d"),
-                                 "--cloud-port", str(free_port()), "--interval", "1",
+                                 "--cloud-port", str(cloud_port), "--interval", "1",
                                  "--speed", "200"], stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
@@ -29,6 +32,11 @@ def test_demo_starts_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         text = out_path.read_text()
         assert counted.search(text), text[-3000:]
         assert "cloud API" in text and "gateway status" in text
+        # the demo's admin (random password, printed where to find) can sign in
+        password = (tmp_path / "d" / "admin-password").read_text().strip()
+        r = httpx.post(f"http://127.0.0.1:{cloud_port}/api/v1/login",
+                       json={"name": "admin", "password": password}, timeout=30)
+        assert r.status_code == 200 and r.json()["role"] == "admin", r.text
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=60)
