@@ -5,7 +5,10 @@ Public surface (the rest is private to the package):
   hook where domain processing (attribution, backflush) joins the ingest transaction;
 - ``ingest_batch`` / ``IngestResult`` / ``Applier`` (cloud.ingest): storing a decoded batch,
   for other transports (MQTT);
-- ``Database`` / ``resolve_url`` (cloud.db), ``upgrade`` / ``check_current`` (cloud.migrate).
+- ``Database`` / ``resolve_url`` (cloud.db), ``upgrade`` / ``check_current`` (cloud.migrate);
+- ``Actor`` / ``require`` / ``audit`` (cloud.auth): who is asking, the FastAPI dependency
+  every route uses for its role, and the audit trail of every planner action;
+- ``create_user`` (cloud.users): users outside the CLI (the demo's admin).
 
 Names are imported lazily so ``plantsync-cloud --version`` stays quick.
 """
@@ -24,6 +27,10 @@ _EXPORTS = {
     "resolve_url": "cloud.db",
     "upgrade": "cloud.migrate",
     "check_current": "cloud.migrate",
+    "Actor": "cloud.auth",
+    "require": "cloud.auth",
+    "audit": "cloud.auth",
+    "create_user": "cloud.users",
 }
 __all__ = sorted(_EXPORTS)
 
