@@ -131,3 +131,11 @@ def run(report: Report) -> None:
         url = f"sqlite+aiosqlite:///{Path(tmp) / 'c.db'}"
         report("re-attribute one machine-day (86,400 counts), SQLite",
                asyncio.run(_reattribute(url)), None, "s")
+    # PostgreSQL: a private server with its default durability (fsync on), as in production.
+    from tests.fixtures.postgres import running_postgres
+
+    with running_postgres(durable=True) as pg:
+        full = asyncio.run(_ingest(pg.url(pg.create_database()), True))
+        raw = asyncio.run(_ingest(pg.url(pg.create_database()), False))
+        report("core ingest+attribution+backflush, 20 gateways, PostgreSQL", full, raw,
+               "records/s")
