@@ -35,9 +35,16 @@ class CountIn(BaseModel):
     note: str | None = None
 
 
-def _signed_micro(value: str | int | float) -> int:
-    text = repr(value) if isinstance(value, float) else str(value).strip()
-    return -to_micro(text[1:]) if text.startswith("-") else to_micro(text)
+def _micro(value: str | int | float, field: str, *, signed: bool = False) -> int:
+    """``value`` in micro-units; InventoryError naming ``field`` when it is no quantity."""
+    try:
+        if not signed:
+            return to_micro(value, what=field)
+        text = repr(value) if isinstance(value, float) else str(value).strip()
+        return -to_micro(text[1:], what=field) if text.startswith("-") else to_micro(text,
+                                                                                  what=field)
+    except InvalidInput as exc:
+        raise inventory.InventoryError(str(exc), field) from None
 
 
 def install_inventory_api(app: FastAPI) -> None:
@@ -46,7 +53,8 @@ def install_inventory_api(app: FastAPI) -> None:
 
     @app.exception_handler(inventory.InventoryError)
     async def _err(_r: Request, exc: inventory.InventoryError) -> JSONResponse:
-        return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status)
+        return JSONResponse({"error": exc.code, "detail": exc.detail, "field": exc.field},
+                            status_code=exc.status)
 
     @router.get("/materials/{code}/stock")
     async def stock(code: str, request: Request, _a: Actor = viewer) -> dict[str, Any]:
@@ -68,10 +76,7 @@ def install_inventory_api(app: FastAPI) -> None:
                                               before_id=before_id)
 
     async def _book(request: Request, actor: Actor, kind: str, body: MoveIn) -> dict[str, Any]:
-        try:
-            qty = _signed_micro(body.qty) if kind == "adjustment" else to_micro(body.qty)
-        except InvalidInput as exc:
-            raise inventory.InventoryError(str(exc)) from None
+        qty = _micro(body.qty, "qty", signed=kind == "adjustment")
         async with request.app.state.db.sessions() as s, s.begin():
             return await inventory.post_move(s, actor, body.material, kind, qty,
                                              work_order=body.work_order, note=body.note)
@@ -95,10 +100,7 @@ def install_inventory_api(app: FastAPI) -> None:
 
     @router.post("/stock/counts", status_code=201)
     async def count(body: CountIn, request: Request, actor: Actor = planner) -> dict[str, Any]:
-        try:
-            counted = to_micro(body.counted)
-        except InvalidInput as exc:
-            raise inventory.InventoryError(str(exc)) from None
+        counted = _micro(body.counted, "counted")
         async with request.app.state.db.sessions() as s, s.begin():
             return await inventory.stock_count(s, actor, body.material, counted, note=body.note)
 

@@ -38,15 +38,17 @@ LIVE_DAYS: Final = 7
 SAFETY_FACTOR: Final = 1.5
 USAGE_KINDS: Final = ("backflush", "issue", "scrap")
 SIGN: Final = {"receipt": 1, "issue": -1, "scrap": -1}
+MAX_QTY_U: Final = 10**15  # one move or count: at most 10^9 units (balances are 64-bit)
 
 
 class InventoryError(Exception):
     status = 422
     code = "invalid_stock_move"
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, field: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.field = field  # the request field at fault, when there is one
 
 
 class UnknownMaterial(InventoryError):
@@ -65,7 +67,7 @@ def _name(actor: Any) -> str:
 async def material_id(session: AsyncSession, code: str) -> int:
     mid = (await session.execute(select(materials.c.id).where(materials.c.code == code))).scalar()
     if mid is None:
-        raise UnknownMaterial(f"no material {code!r}")
+        raise UnknownMaterial(f"no material {code!r}", "material")
     return int(mid)
 
 
@@ -83,12 +85,15 @@ async def post_move(session: AsyncSession, actor: Any, code: str, kind: str, qty
     UnknownMaterial, InventoryError."""
     if kind in SIGN:
         if qty_u <= 0:
-            raise InventoryError(f"{kind} quantity must be positive, got {qty_u}")
+            raise InventoryError(f"qty of a {kind} must be positive, got {qty_u} micro-units",
+                                 "qty")
         qty_u *= SIGN[kind]
     elif kind != "adjustment":
-        raise InventoryError(f"kind must be receipt, issue, scrap or adjustment, not {kind!r}")
+        raise InventoryError(f"kind must be receipt, issue, scrap or adjustment, not {kind!r}",
+                             "kind")
     elif qty_u == 0:
-        raise InventoryError("an adjustment of 0 changes nothing")
+        raise InventoryError("qty: an adjustment of 0 changes nothing", "qty")
+    _check_size(qty_u, "qty")
     return await _book(session, actor, code, kind, qty_u, work_order, note, ts)
 
 
@@ -96,10 +101,17 @@ async def stock_count(session: AsyncSession, actor: Any, code: str, counted_u: i
                       note: str | None = None, ts: int | None = None) -> dict[str, Any]:
     """A physical count: books the difference to the current balance (kind ``count``)."""
     if counted_u < 0:
-        raise InventoryError(f"a counted quantity cannot be negative ({counted_u})")
+        raise InventoryError(f"counted cannot be negative ({counted_u} micro-units)", "counted")
+    _check_size(counted_u, "counted")
     mid = await material_id(session, code)
     diff = counted_u - await balance_u(session, mid)
     return await _book(session, actor, code, "count", diff, None, note, ts, counted_u=counted_u)
+
+
+def _check_size(qty_u: int, field: str) -> None:
+    if abs(qty_u) > MAX_QTY_U:
+        raise InventoryError(f"{field} is too large: at most {MAX_QTY_U // 1_000_000} units "
+                             f"per move", field)
 
 
 async def _book(session: AsyncSession, actor: Any, code: str, kind: str, qty_u: int,
@@ -111,7 +123,7 @@ async def _book(session: AsyncSession, actor: Any, code: str, kind: str, qty_u: 
         wo_id = (await session.execute(select(work_orders.c.id)
                                        .where(work_orders.c.number == work_order))).scalar()
         if wo_id is None:
-            raise InventoryError(f"no work order {work_order!r}")
+            raise InventoryError(f"work_order: no work order {work_order!r}", "work_order")
     move_id = (await session.execute(insert(stock_moves).values(
         material_id=mid, qty_u=qty_u, kind=kind, ts=now_ms() if ts is None else ts,
         work_order_id=wo_id, user=_name(actor), note=note).returning(stock_moves.c.id))
