@@ -1,0 +1,337 @@
+"""The stock ledger through the REST API, on SQLite and PostgreSQL (Alembic-migrated):
+receipts, issues, scrap, adjustments, counts; the moves list; balances == ledger sum after
+every step; safety stock (computed and manual), days of cover, shortages; bad input.
+
+The inventory module reads its clock through ``cloud.inventory.now_ms`` (the ts of API
+moves and the end of the usage windows); the tests pin it, so nothing depends on today's
+date. Backflush moves carry their count record's ts, so usage is built from backdated
+count records on a dispatched order.
+
+Plant: machine gw-test/cnc-03, product P, one operation; order WO-1 (1000 pieces)
+dispatched from NOW-40d. BOM: RESIN 0.5 kg per piece (scrap backflushes too), INSERT 2 per
+good piece. Materials: RESIN (kg, lead 4 d), INSERT (pcs, lead 10 d, manual safety 150),
+BOX (pcs, lead 30 d, only issued by hand), IDLE (pcs, lead 5 d, never used).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from cloud import inventory
+from cloud.models import AuditEntry, stock_moves
+from tests.fixtures.cloud import batch_bytes, count_record
+from tests.integration.production_api import api_fixture  # noqa: F401
+
+pytestmark = pytest.mark.needs_service("postgresql")
+DAY = 86_400_000
+NOW = 1_760_000_000_000  # 2025-10-09, a fixed "now"
+U = 1_000_000
+
+
+class Clock:
+    t = NOW
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(inventory, "now_ms", lambda: c.t)
+    return c
+
+
+async def ledger_ok(api: Any) -> dict[str, int]:
+    """Assert ledger sum == balances; the balances by material code."""
+    async with api.app.state.db.sessions() as s:
+        assert await inventory.ledger_mismatches(s) == []
+    out = {}
+    for code in ("RESIN", "INSERT", "BOX", "IDLE"):
+        res = await api.get(f"/api/v1/materials/{code}/stock")
+        assert res.status_code == 200, res.text
+        out[code] = res.json()["balance_u"]
+    return out
+
+
+async def post(api: Any, path: str, **body: Any) -> Any:
+    return await api.post(f"/api/v1/stock/{path}", json=body)
+
+
+async def ingest(api: Any, records: list[dict[str, Any]]) -> None:
+    res = await api.post("/api/v1/ingest", content=batch_bytes(api.gateway, records),
+                         headers={"Authorization": f"Bearer {api.token}",
+                                  "Content-Type": "application/msgpack",
+                                  "Accept": "application/json"})
+    assert res.status_code == 200, res.text
+
+
+@pytest.fixture
+async def plant(api: Any, clock: Clock) -> Any:
+    res = await api.post("/api/v1/machines", headers=api.admin, json={
+        "gateway_id": "gw-test", "device": "cnc-03", "name": "CNC 3"})
+    assert res.status_code == 201, res.text
+    machine = res.json()["id"]
+    for code, unit, lead, safety in (("RESIN", "kg", 4, None), ("INSERT", "pcs", 10, 150),
+                                     ("BOX", "pcs", 30, None), ("IDLE", "pcs", 5, None)):
+        res = await api.put(f"/api/v1/materials/{code}", json={
+            "name": code.lower(), "unit": unit, "lead_time_days": lead, "safety_stock": safety})
+        assert res.status_code == 200, res.text
+    assert (await api.put("/api/v1/products/P", json={"name": "part"})).status_code == 200
+    res = await api.post("/api/v1/boms", json={"product": "P", "lines": [
+        {"material": "RESIN", "qty_per_unit": "0.5", "backflush_scrap": True},
+        {"material": "INSERT", "qty_per_unit": 2}]})
+    assert res.status_code == 201, res.text
+    res = await api.post("/api/v1/routings", json={"product": "P", "operations": [
+        {"step": 10, "name": "mold", "machine_id": machine}]})
+    assert res.status_code == 201, res.text
+    res = await api.post("/api/v1/work-orders", json={"number": "WO-1", "product": "P",
+                                                      "quantity": 1000})
+    assert res.status_code == 201, res.text
+    res = await api.post("/api/v1/work-orders/WO-1/release")
+    assert res.status_code == 200, res.text
+    op = res.json()["operations"][0]["id"]
+    res = await api.post("/api/v1/dispatches", json={"machine_id": machine, "wo_operation_id": op,
+                                                     "start_ts": NOW - 40 * DAY})
+    assert res.status_code == 201, res.text
+    api.clock = clock
+    return api
+
+
+async def test_moves_balances_usage_safety_stock_cover_and_shortages(plant):
+    api, clock = plant, plant.clock
+    assert await ledger_ok(api) == {"RESIN": 0, "INSERT": 0, "BOX": 0, "IDLE": 0}
+
+    # receipts (decimal string, integer, float), booked 40 days ago
+    clock.t = NOW - 40 * DAY
+    for path, body, bal in (("receipts", {"material": "RESIN", "qty": "200"}, 200 * U),
+                            ("receipts", {"material": "INSERT", "qty": 500}, 500 * U),
+                            ("receipts", {"material": "BOX", "qty": 20.0}, 20 * U)):
+        res = await post(api, path, **body)
+        assert res.status_code == 201, res.text
+        doc = res.json()
+        assert (doc["kind"], doc["qty_u"], doc["balance_u"]) == ("receipt", bal, bal)
+    assert await ledger_ok(api) == {"RESIN": 200 * U, "INSERT": 500 * U, "BOX": 20 * U,
+                                    "IDLE": 0}
+
+    # production: 100 good at -35 d (outside the 30-day window), 60 good at -20 d,
+    # 30 good + 10 scrap at -3 d (inside the 7-day window); RESIN 0.5/piece, INSERT 2/good
+    await ingest(api, [
+        count_record(1, "c_good", 0, 100, ts=NOW - 35 * DAY),
+        count_record(2, "c_good", 100, 160, ts=NOW - 20 * DAY),
+        count_record(3, "c_good", 160, 190, ts=NOW - 3 * DAY),
+        count_record(4, "c_scrap", 0, 10, counts="scrap", ts=NOW - 3 * DAY + 1)])
+    assert await ledger_ok(api) == {"RESIN": (200 - 50 - 30 - 20) * U,
+                                    "INSERT": (500 - 380) * U, "BOX": 20 * U, "IDLE": 0}
+
+    # an issue to the order 10 days ago, scrap and adjustments yesterday
+    clock.t = NOW - 10 * DAY
+    res = await post(api, "issues", material="BOX", qty="12", work_order="WO-1", note="packing")
+    assert res.status_code == 201, res.text
+    assert (res.json()["qty_u"], res.json()["work_order"]) == (-12 * U, "WO-1")
+    clock.t = NOW - DAY
+    res = await post(api, "scrap", material="RESIN", qty="5", note="wet")
+    assert res.status_code == 201 and res.json()["qty_u"] == -5 * U, res.text
+    res = await post(api, "adjustments", material="RESIN", qty="-2.5")
+    assert res.status_code == 201 and res.json()["qty_u"] == -2_500_000, res.text
+    res = await post(api, "adjustments", material="RESIN", qty=1)
+    assert res.status_code == 201 and res.json()["qty_u"] == U, res.text
+    assert await ledger_ok(api) == {"RESIN": 93_500_000, "INSERT": 120 * U, "BOX": 8 * U,
+                                    "IDLE": 0}
+
+    # counts book the difference: INSERT 120 -> 115, IDLE (no balance row yet) 0 -> 7,
+    # BOX as booked -> a zero move that documents the count
+    for code, counted, diff in (("INSERT", "115", -5 * U), ("IDLE", 7, 7 * U),
+                                ("BOX", "8.000", 0)):
+        res = await post(api, "counts", material=code, counted=counted)
+        assert res.status_code == 201, res.text
+        doc = res.json()
+        assert (doc["kind"], doc["qty_u"]) == ("count", diff)
+        assert doc["counted_u"] == doc["balance_u"] == round(float(counted) * U)
+    res = await post(api, "counts", material="IDLE", counted=0)  # back to 0 for the test below
+    assert res.json()["qty_u"] == -7 * U
+    bal = await ledger_ok(api)
+    assert bal == {"RESIN": 93_500_000, "INSERT": 115 * U, "BOX": 8 * U, "IDLE": 0}
+
+    # read everything at NOW: 30-day window (NOW-30d, NOW], 7-day window (NOW-7d, NOW]
+    clock.t = NOW
+    docs = {c: (await api.get(f"/api/v1/materials/{c}/stock")).json()
+            for c in ("RESIN", "INSERT", "BOX", "IDLE")}
+    # RESIN: used 30 + 20 (backflush) + 5 (scrap) kg in 30 d; 20 + 5 in 7 d; adjustments
+    # and the 35-day-old backflush are not usage
+    used30 = {"RESIN": 55 * U, "INSERT": 180 * U, "BOX": 12 * U, "IDLE": 0}
+    used7 = {"RESIN": 25 * U, "INSERT": 60 * U, "BOX": 0, "IDLE": 0}
+    lead = {"RESIN": 4, "INSERT": 10, "BOX": 30, "IDLE": 5}
+    for code, doc in docs.items():
+        daily30 = Fraction(used30[code], 30)
+        daily7 = Fraction(used7[code], 7)
+        assert doc["balance_u"] == bal[code]
+        assert doc["avg_daily_usage_30d_u"] == round(daily30), code
+        assert doc["avg_daily_usage_7d_u"] == round(daily7), code
+        assert doc["lead_time_days"] == lead[code]
+        if code == "INSERT":
+            assert (doc["safety_stock_u"], doc["safety_stock_source"]) == (150 * U, "manual")
+        else:
+            assert doc["safety_stock_source"] == "computed"
+            assert doc["safety_stock_u"] == round(daily30 * lead[code] * Fraction(3, 2)), code
+        cover = None if daily7 == 0 else round(float(bal[code] / daily7), 2)
+        assert doc["days_of_cover"] == cover, code
+    # by hand: RESIN 55/30*4*1.5 = 11 kg (93.5 kg: fine, 26.18 days at 25/7 kg a day);
+    # BOX 12/30*30*1.5 = 18 > 8 (short, no cover figure: nothing used in 7 d);
+    # INSERT manual 150 > 115 (short; 115 / (60/7) = 13.42 days); IDLE safety 0
+    assert docs["RESIN"]["safety_stock_u"] == 11 * U and docs["RESIN"]["days_of_cover"] == 26.18
+    assert docs["BOX"]["safety_stock_u"] == 18 * U
+    assert docs["INSERT"]["days_of_cover"] == 13.42
+    assert [d["below_safety_stock"] for d in docs.values()] == [False, True, True, False]
+    res = await api.get("/api/v1/stock/shortages", headers=api.viewer)
+    assert res.status_code == 200, res.text
+    assert [d["material"] for d in res.json()["items"]] == ["INSERT", "BOX"]  # lowest cover first
+
+    # a manual safety stock overrides the computed one, and clearing it restores it
+    res = await api.put("/api/v1/materials/RESIN", json={
+        "name": "resin", "unit": "kg", "lead_time_days": 4, "safety_stock": "100"})
+    assert res.status_code == 200, res.text
+    doc = (await api.get("/api/v1/materials/RESIN/stock")).json()
+    assert (doc["safety_stock_u"], doc["safety_stock_source"]) == (100 * U, "manual")
+    assert {d["material"] for d in (await api.get("/api/v1/stock/shortages")).json()["items"]} \
+        == {"INSERT", "BOX", "RESIN"}
+    res = await api.put("/api/v1/materials/RESIN", json={
+        "name": "resin", "unit": "kg", "lead_time_days": 4, "safety_stock": None})
+    assert res.status_code == 200, res.text
+    assert (await api.get("/api/v1/materials/RESIN/stock")).json()["safety_stock_u"] == 11 * U
+
+    # the windows follow the clock: 400 days later nothing was used, only the manual
+    # safety stock signals
+    clock.t = NOW + 400 * DAY
+    items = (await api.get("/api/v1/stock/shortages")).json()["items"]
+    assert [(d["material"], d["safety_stock_u"], d["days_of_cover"]) for d in items] \
+        == [("INSERT", 150 * U, None)]
+    assert (await api.get("/api/v1/materials/RESIN/stock")).json()["safety_stock_u"] == 0
+    await ledger_ok(api)
+
+
+async def test_moves_list_paginated_and_filtered(plant):
+    api, clock = plant, plant.clock
+    clock.t = NOW - 5 * DAY
+    for i in range(7):
+        assert (await post(api, "receipts", material="RESIN", qty=i + 1)).status_code == 201
+    await post(api, "issues", material="RESIN", qty="2", work_order="WO-1")
+    await post(api, "receipts", material="BOX", qty="3", work_order="WO-1")
+    await post(api, "scrap", material="BOX", qty="1")
+    await ingest(api, [count_record(1, "c_good", 0, 4, ts=NOW - 4 * DAY)])  # 2 backflush moves
+    await ledger_ok(api)
+
+    everything = (await api.get("/api/v1/stock/moves", params={"limit": 1000})).json()
+    assert everything["next_before_id"] is None
+    all_items = everything["items"]
+    assert len(all_items) == 12
+    assert [m["id"] for m in all_items] == sorted((m["id"] for m in all_items), reverse=True)
+
+    async def pages(**params: Any) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        before = None
+        while True:
+            q = {**params, "limit": 3, **({"before_id": before} if before else {})}
+            res = await api.get("/api/v1/stock/moves", params=q, headers=api.viewer)
+            assert res.status_code == 200, res.text
+            page = res.json()
+            assert len(page["items"]) <= 3
+            out += page["items"]
+            before = page["next_before_id"]
+            if before is None:
+                return out
+
+    assert await pages() == all_items
+    for params, pred in (
+            ({"material": "RESIN"}, lambda m: m["material"] == "RESIN"),
+            ({"kind": "receipt"}, lambda m: m["kind"] == "receipt"),
+            ({"kind": "backflush"}, lambda m: m["kind"] == "backflush"),
+            ({"work_order": "WO-1"}, lambda m: m["work_order"] == "WO-1"),
+            ({"material": "BOX", "work_order": "WO-1"},
+             lambda m: m["material"] == "BOX" and m["work_order"] == "WO-1")):
+        want = [m for m in all_items if pred(m)]
+        assert want, params
+        assert await pages(**params) == want, params
+    wo = await pages(work_order="WO-1")
+    assert sorted((m["material"], m["kind"]) for m in wo) == [
+        ("BOX", "receipt"), ("INSERT", "backflush"), ("RESIN", "backflush"), ("RESIN", "issue")]
+    bf = [m for m in wo if m["kind"] == "backflush"]
+    assert {(m["gateway_id"], m["seq"], m["ts"], m["user"]) for m in bf} == {
+        ("gw-test", 1, NOW - 4 * DAY, None)}
+    issue = next(m for m in wo if m["kind"] == "issue")
+    assert (issue["user"], issue["ts"], issue["qty_u"]) == ("pat", NOW - 5 * DAY, -2 * U)
+    assert (await pages(material="NOPE")) == []
+    res = await api.get("/api/v1/stock/moves", params={"limit": 0})
+    assert res.status_code == 422 and "limit" in res.text
+
+
+BAD = [
+    # (path, body, status, words the detail must name)
+    ("receipts", {"material": "NOPE", "qty": 1}, 404, ["NOPE"]),
+    ("issues", {"material": "NOPE", "qty": 1}, 404, ["NOPE"]),
+    ("counts", {"material": "NOPE", "counted": 1}, 404, ["NOPE"]),
+    ("receipts", {"material": "RESIN", "qty": 1, "work_order": "WO-404"}, 422, ["WO-404"]),
+    ("receipts", {"material": "RESIN", "qty": 0}, 422, ["qty"]),
+    ("receipts", {"material": "RESIN", "qty": "0.000"}, 422, ["qty"]),
+    ("issues", {"material": "RESIN", "qty": -1}, 422, ["qty"]),
+    ("scrap", {"material": "RESIN", "qty": "-0.5"}, 422, ["qty"]),
+    ("receipts", {"material": "RESIN", "qty": "abc"}, 422, ["qty", "abc"]),
+    ("receipts", {"material": "RESIN", "qty": "1,5"}, 422, ["qty"]),
+    ("receipts", {"material": "RESIN", "qty": "1.0000001"}, 422, ["qty", "6 decimals"]),
+    ("receipts", {"material": "RESIN", "qty": "NaN"}, 422, ["qty"]),
+    ("receipts", {"material": "RESIN", "qty": "Infinity"}, 422, ["qty"]),
+    ("receipts", {"material": "RESIN", "qty": "1e30"}, 422, ["qty"]),
+    ("receipts", {"material": "RESIN", "qty": ""}, 422, ["qty"]),
+    ("receipts", {"material": "RESIN"}, 422, ["qty"]),
+    ("receipts", {"qty": 1}, 422, ["material"]),
+    ("receipts", {"material": "RESIN", "qty": [1]}, 422, ["qty"]),
+    ("adjustments", {"material": "RESIN", "qty": 0}, 422, ["qty"]),
+    ("adjustments", {"material": "RESIN", "qty": "-0"}, 422, ["qty"]),
+    ("adjustments", {"material": "RESIN", "qty": "--1"}, 422, ["qty"]),
+    ("adjustments", {"material": "RESIN", "qty": "-x"}, 422, ["qty"]),
+    ("adjustments", {"material": "RESIN", "qty": "-1e30"}, 422, ["qty"]),
+    ("counts", {"material": "RESIN", "counted": -1}, 422, ["counted"]),
+    ("counts", {"material": "RESIN", "counted": "lots"}, 422, ["counted"]),
+    ("counts", {"material": "RESIN", "counted": "1e30"}, 422, ["counted"]),
+    ("counts", {"material": "RESIN"}, 422, ["counted"]),
+]
+
+
+async def test_bad_input_is_refused_naming_the_field_and_changes_nothing(plant):
+    api = plant
+    assert (await post(api, "receipts", material="RESIN", qty=10)).status_code == 201
+    before = await ledger_ok(api)
+    db = api.app.state.db
+
+    async def counts() -> tuple[int, int]:
+        async with db.sessions() as s:
+            return ((await s.execute(select(func.count()).select_from(stock_moves))).scalar_one(),
+                    (await s.execute(select(func.count()).select_from(AuditEntry))).scalar_one())
+
+    n = await counts()
+    wrong = []
+    for path, body, status, words in BAD:
+        res = await post(api, path, **body)
+        detail = str(res.json()["detail"]) if res.status_code < 500 else res.text
+        if res.status_code != status or not all(w in detail for w in words):
+            wrong.append((path, body, res.status_code, detail))
+    assert wrong == []
+    res = await post(api, "counts", material="RESIN", counted="-3")
+    assert res.json() == {"error": "invalid_stock_move", "field": "counted",
+                          "detail": "counted '-3' is negative"}
+    res = await post(api, "receipts", material="RESIN", qty="1e30")
+    assert (res.status_code, res.json()["field"]) == (422, "qty")
+    assert await counts() == n
+    assert await ledger_ok(api) == before
+    # roles: a viewer reads but may not book, a gateway token neither
+    res = await api.post("/api/v1/stock/receipts", headers=api.viewer,
+                         json={"material": "RESIN", "qty": 1})
+    assert res.status_code == 403
+    gw = {"Authorization": f"Bearer {api.token}"}
+    assert (await api.post("/api/v1/stock/receipts", headers=gw,
+                           json={"material": "RESIN", "qty": 1})).status_code == 403
+    assert (await api.get("/api/v1/stock/shortages", headers=gw)).status_code == 403
+    assert (await api.get("/api/v1/materials/RESIN/stock", headers=api.viewer)).status_code == 200
+    assert (await api.get("/api/v1/materials/NOPE/stock")).status_code == 404
+    assert await counts() == n
