@@ -138,7 +138,8 @@ async def start(session: AsyncSession, actor: Any, machine_id: int, wo_operation
         machine_id=machine_id, wo_operation_id=wo_operation_id, start_ts=start_ts,
         end_ts=end_ts, created=now, created_by=_name(actor)).returning(dispatches.c.id))
     ).scalar_one()
-    res = await reattribute(session, machine_id, start_ts, end_ts)
+    # a stopped running dispatch gave up everything from start_ts on, also after end_ts
+    res = await reattribute(session, machine_id, start_ts, None if stopped else end_ts)
     await audit(session, actor, "dispatch.start", "dispatch", str(new_id),
                 {"machine_id": machine_id, "wo_operation_id": wo_operation_id,
                  "start_ts": start_ts, "end_ts": end_ts, "stopped_dispatch": stopped,
