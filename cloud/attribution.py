@@ -71,6 +71,7 @@ from cloud.models import (
     stock_moves,
     wo_components,
     wo_operations,
+    work_orders,
 )
 
 log = structlog.get_logger(__name__)
@@ -148,6 +149,22 @@ async def lock_machines(session: AsyncSession, machine_ids: Iterable[int]) -> No
     if ids and session.bind.dialect.name == "postgresql":
         await session.execute(select(machines.c.id).where(machines.c.id.in_(ids))
                               .order_by(machines.c.id).with_for_update())
+
+
+async def lock_orders(session: AsyncSession, op_ids: Iterable[int | None]) -> None:
+    """PostgreSQL: lock the work orders of these operations FOR UPDATE, in id order,
+    before any backflush move references them. Inserting a stock move takes a KEY SHARE
+    lock on its work order, which blocks the FOR UPDATE the status rules take later
+    (cloud/production.py on_operation_progress): two transactions on one order, each
+    holding its KEY SHARE and waiting for the other's FOR UPDATE or operation row, were
+    a deadlock (20 gateways on one order's machines). Taking the order lock first
+    serializes them instead. Callers hold the machine lock already."""
+    ids = sorted({i for i in op_ids if i is not None})
+    if ids and session.bind.dialect.name == "postgresql":
+        await session.execute(
+            select(work_orders.c.id).where(work_orders.c.id.in_(
+                select(wo_operations.c.work_order_id).where(wo_operations.c.id.in_(ids))))
+            .order_by(work_orders.c.id).with_for_update())
 
 
 async def apply_quantities(session: AsyncSession, op_deltas: dict[int, list[int]],
@@ -263,6 +280,7 @@ async def apply_counts(session: AsyncSession, gateway_id: str,
     await session.execute(insert(attributions), attr_rows)
     if not op_deltas:
         return
+    await lock_orders(session, op_deltas)
     infos = await op_infos(session, op_deltas)
     moves: dict[tuple[int, int], dict[str, Any]] = {}
     balance: dict[int, int] = defaultdict(int)
@@ -314,6 +332,12 @@ async def reattribute(session: AsyncSession, machine_id: int, lo: int,
         cursor = end
     if cursor is not None and (hi is None or cursor < hi):
         segments.append((cursor, hi, None))
+    old_ops = (await session.execute(
+        select(attributions.c.wo_operation_id).distinct().where(
+            attributions.c.machine_id == machine_id, attributions.c.ts >= lo,
+            *([attributions.c.ts < hi] if hi is not None else []),
+            attributions.c.wo_operation_id.is_not(None)))).scalars().all()
+    await lock_orders(session, [*old_ops, *(d.wo_operation_id for d in disp_rows)])
     infos = await op_infos(session, [d.wo_operation_id for d in disp_rows])
     op_deltas: dict[int, list[int]] = {}
     balance: dict[int, int] = defaultdict(int)
