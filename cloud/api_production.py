@@ -202,16 +202,21 @@ def _material(m: Material) -> dict[str, Any]:
             "safety_stock_manual": prod.from_micro(m.safety_stock_manual_u)}
 
 
+def _code_or_name(stmt: Any, model: Any, q: str | None) -> Any:
+    """``stmt`` narrowed to rows whose code or name contains ``q`` (case-insensitive)."""
+    if not q:
+        return stmt
+    pattern = prod.like_pattern(q)
+    return stmt.where(or_(func.lower(model.code).like(pattern, escape="\\"),
+                          func.lower(model.name).like(pattern, escape="\\")))
+
+
 @router.get("/products", tags=["products"])
 async def list_products(_: Viewer, session: Db,
                         q: Annotated[str | None, Query(description="in code or name")] = None,
                         limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
     """Products, by code."""
-    stmt = select(Product)
-    if q:
-        pattern = prod.like_pattern(q)
-        stmt = stmt.where(or_(func.lower(Product.code).like(pattern, escape="\\"),
-                              func.lower(Product.name).like(pattern, escape="\\")))
+    stmt = _code_or_name(select(Product), Product, q)
     return await _paged(session, stmt, [Product.code], limit, offset, _product)
 
 
@@ -232,11 +237,7 @@ async def list_materials(_: Viewer, session: Db,
                          q: Annotated[str | None, Query(description="in code or name")] = None,
                          limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
     """Materials, by code."""
-    stmt = select(Material)
-    if q:
-        pattern = prod.like_pattern(q)
-        stmt = stmt.where(or_(func.lower(Material.code).like(pattern, escape="\\"),
-                              func.lower(Material.name).like(pattern, escape="\\")))
+    stmt = _code_or_name(select(Material), Material, q)
     return await _paged(session, stmt, [Material.code], limit, offset, _material)
 
 
