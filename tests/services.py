@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,11 +76,46 @@ def _which(name: str) -> str | None:
     return None
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that is free now, that no earlier call in this session returned,
+    and that lies outside the kernel's ephemeral range.
+
+    Binding port 0 and closing returns an *ephemeral* port: the kernel may give it again to the
+    next bind(0) (two servers of one test on one port) or use it as the source port of any
+    outgoing connection (a listener restarted on it then fails with EADDRINUSE, a "refused"
+    port may self-connect). Ports below the ephemeral range are never picked by the kernel on
+    its own, so once free they stay free for the test that asked."""
+    import os
+    import random
+
+    lo, _hi = _ephemeral_range()
+    first, last = 20000, min(lo, 65536) - 1
+    if last - first < 1000:       # an unusual range: fall back to the kernel's choice
+        first, last = 10000, 19999
+    rng = random.Random(os.getpid() ^ int.from_bytes(os.urandom(4), "little"))
+    for _ in range(500):
+        port = rng.randint(first, last)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port in {first}..{last} after 500 tries")
 
 
 def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0,

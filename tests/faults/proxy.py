@@ -24,6 +24,11 @@ class FaultProxy:
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1", *,
                  port: int = 0, host: str = "127.0.0.1") -> None:
         self.upstream = (upstream_host, upstream_port)
+        # A fixed port outside the ephemeral range: "refuse" closes the listener and a later
+        # mode re-opens it on the same port, which an outgoing connection must not take meanwhile.
+        if not port:
+            from tests.services import free_port
+            port = free_port()
         self.host, self.port = host, port
         self.mode: Mode = "pass"
         self.latency_ms = 0
