@@ -39,7 +39,9 @@ from cloud.auth import (
 )
 from cloud.db import Database, resolve_url
 from cloud.ingest import Applier, GatewayGone, ingest_batch
+from cloud.jobs import job_runner
 from cloud.status import device_counters, gateway_exists, gateway_status
+from cloud.timeline import apply_events
 
 log = structlog.get_logger(__name__)
 
@@ -58,12 +60,15 @@ class ApiError(Exception):
 
 
 def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_BODY,
-               appliers: Sequence[Applier] = (), lifespan_hooks: Sequence[LifespanHook] = ()) -> FastAPI:
+               appliers: Sequence[Applier] = (), lifespan_hooks: Sequence[LifespanHook] = (),
+               run_jobs: bool = False) -> FastAPI:
     """The cloud API on the database at ``db_url`` (resolved like ``--db``; the schema
     must be migrated, see cloud/migrate.py). People log in or use API tokens
     (cloud/auth.py, cloud/api_users.py); there is no built-in admin. ``appliers`` are the
     domain-processing hook of ingest; ``lifespan_hooks`` are entered at start-up and
-    left at shutdown (in reverse)."""
+    left at shutdown (in reverse). ``run_jobs``: run the periodic jobs of ``app.state.jobs``
+    (cloud/jobs.py) in this process; ``serve`` does, in-process test clients call
+    ``run_jobs_once`` with a pinned time instead."""
     url = resolve_url(db_url).url
     db = Database(url)
 
@@ -73,13 +78,17 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
             stack.push_async_callback(db.dispose)
             for hook in lifespan_hooks:
                 await stack.enter_async_context(hook(app))
+            if run_jobs:
+                await stack.enter_async_context(job_runner(app))
             log.info("cloud_started", db=db.engine.url.render_as_string(hide_password=True))
             yield
 
     app = FastAPI(title="plantsync cloud", version=_version(), lifespan=lifespan)
     app.state.db = db
-    # attribution (cloud/attribution.py) always runs first; callers may add more
-    app.state.appliers = [apply_counts, *appliers]
+    # attribution (cloud/attribution.py) runs first, then the machine timeline
+    # (cloud/timeline.py); callers may add more
+    app.state.appliers = [apply_counts, apply_events, *appliers]
+    app.state.jobs = []
     app.state.max_body_bytes = max_body_bytes
 
     @app.exception_handler(ApiError)

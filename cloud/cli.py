@@ -171,7 +171,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not args.no_zeroconf:
         hooks.append(_advertiser(args.host, args.port))
     app = create_app(url, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-                     lifespan_hooks=hooks)
+                     lifespan_hooks=hooks, run_jobs=True)
     structlog.get_logger(__name__).info("serving", host=args.host, port=args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None,
                 log_level=args.log_level, access_log=args.log_level == "debug")

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -522,3 +523,253 @@ dispatches = Dispatch.__table__
 attributions = Attribution.__table__
 stock_moves = StockMove.__table__
 stock_balances = StockBalance.__table__
+
+
+# -- machine timeline, anomalies, notifications, OEE, maintenance (anomalies/OEE issue) -----
+#
+# Times are epoch ms (the record's clock) unless the column is a UTCDateTime (the cloud's
+# clock: when a person or the cloud did something).
+
+MACHINE_EVENT_KINDS = ("state", "link")
+ANOMALY_KINDS = ("alarm", "limit", "offline", "stop", "scrap_rate", "stock_low", "maintenance",
+                 "material", "operator", "quality")
+MANUAL_ANOMALY_KINDS = ("material", "operator", "quality")
+ANOMALY_STATUSES = ("open", "acknowledged", "resolved", "closed")
+SEVERITIES = ("info", "minor", "major", "critical")
+CHANNEL_KINDS = ("webhook", "dingtalk", "wecom", "email")
+NOTIFICATION_STATUSES = ("pending", "sent", "dead")
+MAINTENANCE_METRICS = ("run_hours", "cycles")
+
+
+class MachineEvent(Base):
+    """A device's state or link change, copied from its ``state``/``link`` record at ingest:
+    the timeline that stops, downtime, OEE, offline anomalies and run hours are computed
+    from. Keyed by the record, so a replay adds nothing; a late record simply lands at its
+    own ``ts`` and every report computed from the timeline follows. Machines are found by
+    (gateway_id, device) at query time, so a device registered later keeps its history."""
+
+    __tablename__ = "machine_events"
+    __table_args__ = (
+        CheckConstraint(_in("kind", MACHINE_EVENT_KINDS), name="kind"),
+        Index("ix_machine_events_gateway_id_device_ts", "gateway_id", "device", "ts"),
+    )
+
+    gateway_id: Mapped[str] = mapped_column(String(64), ForeignKey("gateways.id"),
+                                            primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    device: Mapped[str] = mapped_column(String(128))
+    ts: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(8))
+    state: Mapped[str | None] = mapped_column(String(32), nullable=True)    # kind state
+    code: Mapped[int | None] = mapped_column(BigInteger, nullable=True)      # kind state
+    online: Mapped[bool | None] = mapped_column(Boolean, nullable=True)      # kind link
+    error: Mapped[str | None] = mapped_column(String(255), nullable=True)    # kind link
+
+
+class Anomaly(Base):
+    """Something wrong on the floor (异常): raised from records, by the cloud's sweep or by
+    a person. ``ts`` is the anomaly's own time (the record's), ``cleared_ts`` when its
+    condition ended (alarm cleared, machine back online). ``source_key`` makes raising
+    idempotent (e.g. ``alarm:<gateway>:<seq>``). Lifecycle open -> acknowledged ->
+    resolved -> closed, every step with who and when (cloud/anomalies.py)."""
+
+    __tablename__ = "anomalies"
+    __table_args__ = (
+        CheckConstraint(_in("kind", ANOMALY_KINDS), name="kind"),
+        CheckConstraint(_in("status", ANOMALY_STATUSES), name="status"),
+        CheckConstraint(_in("severity", SEVERITIES), name="severity"),
+        Index("ix_anomalies_status_ts", "status", "ts"),
+        Index("ix_anomalies_machine_id_code_ts", "machine_id", "code", "ts"),
+        Index("ix_anomalies_kind_ts", "kind", "ts"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    severity: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(16), default="open", server_default="open")
+    title: Mapped[str] = mapped_column(String(255))
+    detail: Mapped[dict[str, Any]] = mapped_column(JsonBody)
+    machine_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("machines.id"),
+                                                   nullable=True)
+    material_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("materials.id"),
+                                                    nullable=True)
+    gateway_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    device: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    ts: Mapped[int] = mapped_column(BigInteger)
+    cleared_ts: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    source_key: Mapped[str | None] = mapped_column(String(160), unique=True, nullable=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str] = mapped_column(String(96))
+    assignee: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    cause: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    action: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    resolved_by: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    closed_by: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    escalation_level: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # the earlier anomaly of the same machine and code within the repeat window
+    repeat_of: Mapped[int | None] = mapped_column(Integer, ForeignKey("anomalies.id"),
+                                                  nullable=True)
+    # operations this anomaly put on hold (a severe quality anomaly), so resolving can say so
+    held_operations: Mapped[list[int] | None] = mapped_column(JsonBody, nullable=True)
+
+
+class AnomalyLink(Base):
+    """An order an anomaly hits: the operation dispatched on its machine at its ``ts``, or,
+    for a material shortage, an open order whose components use the material
+    (``wo_operation_id`` NULL). ``customer`` is copied for the report."""
+
+    __tablename__ = "anomaly_links"
+    __table_args__ = (
+        Index("ix_anomaly_links_anomaly_id", "anomaly_id"),
+        Index("ix_anomaly_links_work_order_id", "work_order_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    anomaly_id: Mapped[int] = mapped_column(Integer, ForeignKey("anomalies.id"))
+    work_order_id: Mapped[int] = mapped_column(Integer, ForeignKey("work_orders.id"))
+    wo_operation_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("wo_operations.id"),
+                                                        nullable=True)
+    customer: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class CloudSetting(Base):
+    """A cloud-wide setting as JSON under a key (anomaly thresholds and severity rules,
+    escalation, OEE thresholds); defaults live in code, a row overrides them."""
+
+    __tablename__ = "cloud_settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JsonBody)
+    updated: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_by: Mapped[str] = mapped_column(String(96))
+
+
+class NotificationChannel(Base):
+    """Where anomaly messages go: a generic JSON webhook, a DingTalk or WeCom robot URL,
+    or email addresses (``target``). ``secret``: DingTalk's signing secret (it must be
+    readable to sign, so it is stored as given and never shown back by the API)."""
+
+    __tablename__ = "notification_channels"
+    __table_args__ = (
+        CheckConstraint(_in("kind", CHANNEL_KINDS), name="kind"),
+        CheckConstraint(_in("min_severity", SEVERITIES), name="min_severity"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(1000))
+    secret: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    min_severity: Mapped[str] = mapped_column(String(8), default="minor", server_default="minor")
+    kinds: Mapped[list[str] | None] = mapped_column(JsonBody, nullable=True)   # None = all
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Notification(Base):
+    """One message to one channel (the outbox). Anomalies of one group (same machine and
+    code, within the grouping window) join a pending message instead of sending another.
+    ``status``: pending (retried with backoff until ``next_attempt``), sent, or dead (the
+    dead-letter list, after the last retry; can be retried by hand)."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        CheckConstraint(_in("status", NOTIFICATION_STATUSES), name="status"),
+        Index("ix_notifications_status_next_attempt", "status", "next_attempt"),
+        Index("ix_notifications_channel_id_group_key", "channel_id", "group_key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    channel_id: Mapped[int] = mapped_column(Integer, ForeignKey("notification_channels.id"))
+    group_key: Mapped[str] = mapped_column(String(255))
+    event: Mapped[str] = mapped_column(String(32))        # opened | escalated | ...
+    anomaly_ids: Mapped[list[int]] = mapped_column(JsonBody)
+    suppressed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    status: Mapped[str] = mapped_column(String(8), default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ShiftCalendar(Base):
+    """Working time (班次日历): ``definition`` holds shifts (name, start, end, weekdays,
+    breaks) and non-working dates, in ``timezone`` (cloud/calendars.py validates it)."""
+
+    __tablename__ = "shift_calendars"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    timezone: Mapped[str] = mapped_column(String(64))
+    definition: Mapped[dict[str, Any]] = mapped_column(JsonBody)
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class MachineCalendar(Base):
+    """Which calendar a machine works to (none: the calendar named ``default``, else
+    around the clock)."""
+
+    __tablename__ = "machine_calendars"
+
+    machine_id: Mapped[int] = mapped_column(Integer, ForeignKey("machines.id"), primary_key=True)
+    calendar_id: Mapped[int] = mapped_column(Integer, ForeignKey("shift_calendars.id"))
+
+
+class StopReason(Base):
+    """The reason a person gave a stop afterwards; a stop is keyed by its machine and the
+    ts it started (the timeline's event), so the reason survives recomputation."""
+
+    __tablename__ = "stop_reasons"
+
+    machine_id: Mapped[int] = mapped_column(Integer, ForeignKey("machines.id"), primary_key=True)
+    start_ts: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    reason: Mapped[str] = mapped_column(String(128))
+    note: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    set_by: Mapped[str] = mapped_column(String(96))
+    set_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class MaintenanceCounter(Base):
+    """A maintenance interval on a machine: run hours or cycles since ``since_ts`` against
+    ``threshold`` (run_hours: milliseconds of run time; cycles: machine cycles). Reaching
+    it raises a maintenance-due anomaly (``due_anomaly_id``); a reset (audited) starts
+    counting again from the reset time."""
+
+    __tablename__ = "maintenance_counters"
+    __table_args__ = (
+        UniqueConstraint("machine_id", "name"),
+        CheckConstraint(_in("metric", MAINTENANCE_METRICS), name="metric"),
+        CheckConstraint("threshold > 0", name="threshold_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    machine_id: Mapped[int] = mapped_column(Integer, ForeignKey("machines.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    metric: Mapped[str] = mapped_column(String(16))
+    threshold: Mapped[int] = mapped_column(BigInteger)
+    since_ts: Mapped[int] = mapped_column(BigInteger)
+    due_anomaly_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("anomalies.id"),
+                                                       nullable=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_reset_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_reset_by: Mapped[str | None] = mapped_column(String(96), nullable=True)
+
+
+machine_events = MachineEvent.__table__
+anomalies = Anomaly.__table__
+anomaly_links = AnomalyLink.__table__
+cloud_settings = CloudSetting.__table__
+notification_channels = NotificationChannel.__table__
+notifications = Notification.__table__
+shift_calendars = ShiftCalendar.__table__
+machine_calendars = MachineCalendar.__table__
+stop_reasons = StopReason.__table__
+maintenance_counters = MaintenanceCounter.__table__
