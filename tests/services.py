@@ -7,11 +7,13 @@ under CI a skipped service test would be a silently untested feature.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ def require_binary(name: str, package: str | None = None) -> str:
         pytest.fail(f"{name} is not installed and this user cannot install it: "
                     f"run `sudo apt-get install -y {pkg}`", pytrace=False)
     global _apt_updated
-    with _apt_lock:
+    with _apt_lock, _dpkg_file_lock():
         if not _which(name):
             env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
             if not _apt_updated:
@@ -59,6 +61,20 @@ def require_binary(name: str, package: str | None = None) -> str:
     if not found:
         pytest.fail(f"{pkg} installed but {name} is still not found", pytrace=False)
     return found
+
+
+@contextlib.contextmanager
+def _dpkg_file_lock() -> Iterator[None]:
+    """One apt-get at a time across test processes (pytest-xdist workers): a second
+    concurrent apt-get fails on dpkg's lock instead of waiting."""
+    import fcntl
+
+    with open("/tmp/plantsync-tests-apt.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _which(name: str) -> str | None:
