@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from buffer.records import RecordError, decode_batch
 from cloud.api_dispatch import install_dispatch_api
 from cloud.api_inventory import install_inventory_api
+from cloud.api_notify import install_notify_api
 from cloud.api_production import install_production_api
 from cloud.api_users import install_user_api
 from cloud.attribution import apply_counts
@@ -39,7 +40,8 @@ from cloud.auth import (
 )
 from cloud.db import Database, resolve_url
 from cloud.ingest import Applier, GatewayGone, ingest_batch
-from cloud.jobs import job_runner
+from cloud.jobs import Job, job_runner
+from cloud.notify import deliver
 from cloud.status import device_counters, gateway_exists, gateway_status
 from cloud.timeline import apply_events
 
@@ -106,6 +108,8 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
     install_dispatch_api(app)
     install_inventory_api(app)
     install_production_api(app)
+    install_notify_api(app)
+    app.state.jobs.append(Job("notify", deliver, 5.0))
 
     async def principal(request: Request) -> Actor:
         async with db.sessions() as session:
