@@ -44,6 +44,7 @@ from cloud.jobs import Job, job_runner
 from cloud.notify import deliver
 from cloud.status import device_counters, gateway_exists, gateway_status
 from cloud.timeline import apply_events
+from cloud.users import prune as prune_logins
 
 log = structlog.get_logger(__name__)
 
@@ -90,7 +91,7 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
     # attribution (cloud/attribution.py) runs first, then the machine timeline
     # (cloud/timeline.py); callers may add more
     app.state.appliers = [apply_counts, apply_events, *appliers]
-    app.state.jobs = []
+    app.state.jobs = [Job("prune", prune_logins, 3600.0)]
     app.state.max_body_bytes = max_body_bytes
 
     @app.exception_handler(ApiError)

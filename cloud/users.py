@@ -33,7 +33,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 import structlog
 from argon2 import PasswordHasher
@@ -344,3 +344,19 @@ async def list_users(session: AsyncSession, *, limit: int, offset: int) -> list[
 async def set_locale_in(session: AsyncSession, user_id: int, locale: str) -> None:
     check_locale(locale)
     await session.execute(update(User).where(User.id == user_id).values(locale=locale))
+
+
+LOGIN_ATTEMPTS_KEPT: Final = timedelta(days=30)
+
+
+async def prune(db: Any, now_ms: int) -> None:
+    """A periodic job (cloud/jobs.py): delete login attempts older than
+    ``LOGIN_ATTEMPTS_KEPT`` (the rate limit looks back ``LOGIN_WINDOW``; failures stay in
+    the audit log) and every ended session. Idempotent."""
+    now = datetime.fromtimestamp(now_ms / 1000, UTC)
+    async with db.sessions() as session, session.begin():
+        attempts = await session.execute(delete(LoginAttempt).where(
+            LoginAttempt.ts < now - LOGIN_ATTEMPTS_KEPT))
+        ended = await session.execute(delete(Session).where(Session.expires_at <= now))
+    if attempts.rowcount or ended.rowcount:
+        log.info("pruned", login_attempts=attempts.rowcount, sessions=ended.rowcount)

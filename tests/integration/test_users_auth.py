@@ -350,3 +350,35 @@ async def test_session_expiry_idle_and_absolute(client: Any):
                                                      expires_at=now - timedelta(seconds=1)))
     res = await client.get("/api/v1/me")
     assert res.status_code == 401 and res.json()["error"] == "session_expired"
+
+
+async def test_prune_job_deletes_old_attempts_and_ended_sessions(client: Any):
+    """The hourly ``prune`` job: login attempts past 30 days and ended sessions go; recent
+    attempts (the rate limit's window) and live sessions stay; the audit log is untouched."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from cloud.jobs import run_jobs_once
+
+    await add_user(client, "pruned")
+    for _ in range(2):
+        assert (await client.post("/api/v1/login", json={"name": "pruned", "password": PASSWORD})
+                ).status_code == 200
+    assert (await client.post("/api/v1/login", json={"name": "pruned", "password": "wrong!"})
+            ).status_code == 401
+    db: Database = client.app.state.db
+    now = datetime.now(UTC)
+    first, second = await rows(client, Session)
+    async with db.sessions() as session, session.begin():
+        await session.execute(update(LoginAttempt).where(LoginAttempt.ok.is_(True))
+                              .values(ts=now - timedelta(days=31)))
+        await session.execute(update(Session).where(Session.id == first.id)
+                              .values(expires_at=now - timedelta(seconds=1)))
+    audit_before = len(await rows(client, AuditEntry))
+    await run_jobs_once(client.app, int(now.timestamp() * 1000))
+    assert [a.ok for a in await rows(client, LoginAttempt)] == [False]
+    assert [s.id for s in await rows(client, Session)] == [second.id]
+    assert len(await rows(client, AuditEntry)) == audit_before
+    await run_jobs_once(client.app, int(now.timestamp() * 1000))    # idempotent
+    assert len(await rows(client, LoginAttempt)) == 1
