@@ -107,6 +107,19 @@ async def _check_operation(session: AsyncSession, wo_operation_id: int) -> None:
                                f"in-progress order can be dispatched")
 
 
+async def _check_not_final(session: AsyncSession, wo_operation_id: int, dispatch_id: int) -> None:
+    """A closed order's numbers are final (progress, backflush, reports were settled): its
+    dispatches are not moved any more. Ending one that still runs stays allowed."""
+    row = (await session.execute(
+        select(work_orders.c.number, work_orders.c.status)
+        .select_from(wo_operations.join(work_orders))
+        .where(wo_operations.c.id == wo_operation_id))).first()
+    if row is not None and row.status in ("closed", "cancelled"):
+        raise DispatchConflict(f"dispatch {dispatch_id} belongs to work order {row.number}, "
+                               f"which is {row.status}; its counts are final and the dispatch "
+                               f"can no longer be edited")
+
+
 async def get(session: AsyncSession, dispatch_id: int) -> Any:
     row = (await session.execute(select(dispatches).where(dispatches.c.id == dispatch_id))).first()
     if row is None:
@@ -156,6 +169,8 @@ async def edit(session: AsyncSession, actor: Any, dispatch_id: int, *,
     d = await get(session, dispatch_id)
     await lock_machine(session, d.machine_id)
     d = await get(session, dispatch_id)  # re-read under the lock
+    if not (action == "dispatch.stop" and d.end_ts is None):
+        await _check_not_final(session, d.wo_operation_id, dispatch_id)
     new_start = d.start_ts if start_ts is None else start_ts
     new_end = None if clear_end else (d.end_ts if end_ts is None else end_ts)
     _check_interval(new_start, new_end)

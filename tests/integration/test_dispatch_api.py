@@ -326,3 +326,24 @@ async def _concurrent(server: CloudServer, gws: list[Any], suffix: str) -> None:
             AuditEntry.action.in_(("dispatch.edit", "dispatch.stop")),
             AuditEntry.entity_id.in_((str(disp[0]), str(disp[10])))))).all()
         assert len(n) == edits
+
+
+async def test_closed_order_dispatch_is_final(plant):
+    """A closed order's dispatches cannot be moved (409, nothing re-attributed); a
+    forgotten running one can still be ended."""
+    api = plant
+    res = await api.post("/api/v1/dispatches", json={
+        "machine_id": api.m["M1"], "wo_operation_id": api.ops["WO-1"], "start_ts": T0})
+    d = res.json()["id"]
+    await ingest(api, [good(1, T0 + 10, 3)])
+    for action in ("complete", "close"):
+        res = await api.post(f"/api/v1/work-orders/WO-1/{action}")
+        assert res.status_code == 200, res.text
+    res = await api.patch(f"/api/v1/dispatches/{d}", json={"start_ts": T0 + H})
+    assert res.status_code == 409 and "closed" in res.json()["detail"], res.text
+    assert await good_of(api, "WO-1") == 3
+    res = await api.post(f"/api/v1/dispatches/{d}/stop", json={"end_ts": T0 + H})
+    assert res.status_code == 200, res.text
+    res = await api.post(f"/api/v1/dispatches/{d}/stop", json={"end_ts": T0 + 2 * H})
+    assert res.status_code == 409, res.text
+    assert await good_of(api, "WO-1") == 3
