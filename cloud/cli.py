@@ -1,4 +1,4 @@
-"""``plantsync-cloud``: serve, migrate, admin.
+"""``plantsync-cloud``: serve, migrate, admin, import, mqtt-ingest.
 
 Database: ``--db URL`` (or a SQLite file path), else $PLANTSYNC_CLOUD_DB, else
 ``./plantsync-cloud.db``. ``migrate`` is explicit: ``serve`` and ``admin`` refuse a
@@ -19,6 +19,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -81,6 +82,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("name", metavar="USER")
     t.add_argument("--name", dest="token_name", help="what the token is for (e.g. erp-sync)")
     t.add_argument("--db", help=db_help)
+
+    i = sub.add_parser("import", help="import materials, BOMs, routings or work orders from a "
+                       "CSV or XLSX file (all or nothing; every problem is listed by row)")
+    i.add_argument("kind", choices=["materials", "boms", "routings", "work-orders"])
+    i.add_argument("file", metavar="FILE", help="CSV (UTF-8 or GBK) or XLSX; '-' reads stdin")
+    i.add_argument("--tz", default="UTC",
+                   help="time zone of due dates written without one (e.g. Asia/Shanghai)")
+    i.add_argument("--as", dest="as_user", default="cli",
+                   help="name recorded in the audit log (default cli)")
+    i.add_argument("--db", help=db_help)
 
     q = sub.add_parser("mqtt-ingest", help="store gateway batches from an MQTT broker")
     q.add_argument("--broker", required=True, help="mqtt://HOST[:1883] or mqtts://HOST[:8883]; "
@@ -250,6 +261,49 @@ async def _admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    """Read the file and check the options before touching the database."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        zone = ZoneInfo(args.tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        print(f"plantsync-cloud: error: --tz: unknown time zone {args.tz!r} "
+              "(e.g. Asia/Shanghai)", file=sys.stderr)
+        return 1
+    try:
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"plantsync-cloud: error: {args.file}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return asyncio.run(_import_data(args, data, zone))
+
+
+async def _import_data(args: argparse.Namespace, data: bytes, zone: Any) -> int:
+    import json
+
+    from cloud.db import Database
+    from cloud.imports import TableImportError, import_table
+    from cloud.production import ProductionError
+
+    url = await _prepare(args.db)
+    async with Database(url) as db:
+        try:
+            async with db.sessions() as session, session.begin():
+                result = await import_table(session, args.as_user, args.kind, data, tz=zone)
+        except TableImportError as exc:
+            print(f"plantsync-cloud: error: {args.file}: nothing imported; "
+                  f"{len(exc.errors)} problem(s):", file=sys.stderr)
+            for problem in exc.errors:
+                print(f"  {problem}", file=sys.stderr)
+            return 1
+        except ProductionError as exc:
+            print(f"plantsync-cloud: error: {args.file}: nothing imported; {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(result.as_dict(), ensure_ascii=False))
+    return 0
+
+
 async def _mqtt_ingest(args: argparse.Namespace) -> int:
     from cloud.mqtt_ingest import parse_broker_url, run_mqtt_ingest
 
@@ -273,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_migrate(args))
         if args.command == "mqtt-ingest":
             return asyncio.run(_mqtt_ingest(args))
+        if args.command == "import":
+            return _import(args)
         return asyncio.run(_admin(args))
     except CloudError as exc:
         print(f"plantsync-cloud: error: {exc}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -93,3 +94,27 @@ def test_errors_are_one_clear_line_and_exit_1(tmp_path: Path, args: list[str], m
     assert out.returncode == 1, (out.stdout, out.stderr)
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_import_command_all_or_nothing(tmp_path: Path):
+    """`plantsync-cloud import` runs the same importer as the API: a good file prints the
+    result as JSON; a bad one lists every row-numbered problem and imports nothing."""
+    db = str(tmp_path / "imp.db")
+    assert cli("migrate", "--db", db).returncode == 0
+    good = tmp_path / "materials.csv"
+    good.write_bytes("物料编码,物料名称,单位,采购提前期(天)\nM-1,树脂 PA66,kg,7\n".encode("gbk"))
+    out = cli("import", "materials", str(good), "--db", db)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"kind": "materials", "rows": 1, "created": 1, "updated": 0,
+                                      "unchanged": 0}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("code,name,unit,lead_time_days\nM-2,ok,kg,1\nM-3,,kg,-4\n")
+    out = cli("import", "materials", str(bad), "--db", db)
+    assert out.returncode == 1
+    assert "nothing imported" in out.stderr and "row 3" in out.stderr, out.stderr
+    only_m2 = tmp_path / "m2.csv"
+    only_m2.write_text("code,name,unit,lead_time_days\nM-2,ok,kg,1\n")
+    again = cli("import", "materials", str(only_m2), "--db", db)
+    assert json.loads(again.stdout)["created"] == 1     # M-2 of the bad file never landed
+    missing = cli("import", "boms", str(tmp_path / "nope.csv"), "--db", db)
+    assert missing.returncode == 1 and "nope.csv" in missing.stderr
