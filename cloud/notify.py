@@ -588,14 +588,13 @@ def _redact(text: str, channel: Channel) -> str:
 
 
 def mask_target(kind: str, target: str) -> str:
-    """A target fit to show: URL query values (robot tokens) and passwords masked to
-    their last 4 characters."""
+    """A target fit to show: URL query values (robot tokens) masked to their last 4
+    characters (all of it when short), a password in the URL masked."""
     if kind == "email":
         return target
     parts = urllib.parse.urlsplit(target)
-    query = urllib.parse.urlencode(
-        [(k, "…" + v[-4:] if len(v) > 4 else "…") for k, v in
-         urllib.parse.parse_qsl(parts.query, keep_blank_values=True)], safe="…")
+    query = "&".join(f"{urllib.parse.quote_plus(k)}=…{urllib.parse.quote_plus(v[-4:]) if len(v) > 8 else ''}"
+                     for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
     netloc = parts.netloc
     if parts.password:
         netloc = netloc.replace(f":{parts.password}@", ":…@")
@@ -783,7 +782,9 @@ async def _settle(db: Database, row: Any, channel: Channel | None, error: str | 
                   attempts=attempts, error=error)
     else:
         delay = backoff_s(attempts, float(conf["backoff_base_s"]), float(conf["backoff_cap_s"]))
-        values = {"next_attempt": now + timedelta(seconds=delay), "last_error": error}
+        # whole milliseconds: the job's clock is epoch ms
+        values = {"next_attempt": now + timedelta(milliseconds=round(delay * 1000)),
+                  "last_error": error}
         log.warning("notification_failed", notification=row["id"], channel=name,
                     attempts=attempts, retry_in_s=round(delay, 1), error=error)
     async with db.sessions() as session, session.begin():
