@@ -45,6 +45,7 @@ from cloud.notify import deliver
 from cloud.status import device_counters, gateway_exists, gateway_status
 from cloud.timeline import apply_events
 from cloud.users import prune as prune_logins
+from cloud.web import install_web
 
 log = structlog.get_logger(__name__)
 
@@ -109,6 +110,7 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
     install_dispatch_api(app)
     install_inventory_api(app)
     install_production_api(app)
+    install_web(app)  # the pages (cloud/web/): plant board, reports, planner actions
     install_notify_api(app)
     app.state.jobs.append(Job("notify", deliver, 5.0))
 

@@ -1,0 +1,52 @@
+"""The plant manager's web UI: server-rendered pages in simplified Chinese and English.
+
+``install_web(app)`` adds the pages (cloud/web/pages.py), the forms behind the planner's
+buttons (cloud/web/actions.py) and ``/static`` (one CSS file, one small script; no CDN,
+no internet: charts are inline SVG drawn on the server). Languages: cloud/web/i18n.py;
+sessions, CSRF and roles: cloud/web/context.py; what the pages read and the due-date and
+provisional-data rules: cloud/web/reports.py; CSV/XLSX exports: cloud/web/exports.py.
+
+Pages: ``/`` plant board (``?wall=1`` for a wall screen), ``/work-orders`` and
+``/work-orders/{number}``, ``/anomalies``, ``/oee``, ``/inventory``, ``/completeness``,
+``/login``. Every table exports with ``?export=csv|xlsx`` (``&table=`` on pages with
+several), with the page's filters.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+__all__ = ["install_web"]
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def install_web(app: FastAPI) -> None:
+    """Add the web UI's routes, its error pages and ``/static`` to ``app``."""
+    from cloud.web import actions, analysis, pages
+    from cloud.web.context import WebError, render
+    from cloud.web.i18n import N_
+
+    app.include_router(pages.router)
+    app.include_router(analysis.router)
+    app.include_router(actions.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(pages.LoginRequired)
+    async def _login(_request: Request, exc: pages.LoginRequired) -> Response:
+        from urllib.parse import quote
+
+        return RedirectResponse(f"/login?next={quote(exc.next_url, safe='')}", status_code=303)
+
+    @app.exception_handler(WebError)
+    async def _web_error(request: Request, exc: WebError) -> Response:
+        if exc.status == 401:
+            return RedirectResponse("/login", status_code=303)
+        page = await pages.open_page(request, login=False)
+        titles = {403: N_("Not allowed"), 404: N_("Not found")}
+        return render(page, "error.html", status=exc.status, message=exc.message,
+                      detail=exc.detail, title=titles.get(exc.status, N_("Error")))

@@ -1,0 +1,236 @@
+"""The forms (POST): log in and out, language, and the planner's actions. Each action
+calls the same service function as the REST API, in one transaction, then redirects
+back (303) with a message. Guards: cloud/web/context.py (session, CSRF token, Origin,
+planner role)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cloud import dispatch, inventory
+from cloud import production as prod
+from cloud.auth import SESSION_ABSOLUTE, SESSION_COOKIE, Actor, AuthError
+from cloud.users import login, logout, set_locale_in
+from cloud.web import engine
+from cloud.web.context import (
+    WebError,
+    current_user,
+    redirect_with_flash,
+    render,
+    require_action,
+    safe_next,
+    same_origin,
+)
+from cloud.web.i18n import LANG_COOKIE, LOCALES, N_
+
+router = APIRouter(include_in_schema=False)
+SERVICE_ERRORS = (prod.ProductionError, dispatch.DispatchError, inventory.InventoryError,
+                  ValueError, LookupError)
+
+
+@router.post("/login")
+async def post_login(request: Request) -> Response:
+    from cloud.web.pages import open_page
+
+    form = await request.form()
+    name, password = str(form.get("name") or ""), str(form.get("password") or "")
+    target = safe_next(str(form.get("next") or "/"))
+    page = await open_page(request, login=False)
+    if not same_origin(request):
+        return render(page, "login.html", status=403, next=target, name=name,
+                      error=N_("This form was sent from another site; refused."))
+    address = request.client.host if request.client else "unknown"
+    try:
+        async with request.app.state.db.sessions() as session:
+            result = await login(session, name[:64], password[:1024], address)
+    except AuthError as exc:
+        message = (N_("Too many failed logins; wait a few minutes.") if exc.status == 429
+                   else N_("User disabled; ask an admin.") if exc.reason == "user_disabled"
+                   else N_("Wrong user name or password."))
+        return render(page, "login.html", status=exc.status, next=target, name=name,
+                      error=message)
+    resp = RedirectResponse(target, status_code=303)
+    resp.set_cookie(SESSION_COOKIE, result.session_secret, httponly=True, samesite="lax",
+                    secure=request.url.scheme == "https", path="/",
+                    max_age=int(SESSION_ABSOLUTE.total_seconds()))
+    return resp
+
+
+@router.post("/logout")
+async def post_logout(request: Request) -> Response:
+    form = await request.form()
+    user = await current_user(request)
+    if user is not None and (form.get("csrf_token") != user.csrf or not same_origin(request)):
+        raise WebError(403, N_("The form is out of date (security token); reload the page "
+                               "and try again."))
+    secret = request.cookies.get(SESSION_COOKIE)
+    if secret:
+        async with request.app.state.db.sessions() as session:
+            await logout(session, secret)
+    resp = RedirectResponse("/login", status_code=303)
+    resp.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
+    return resp
+
+
+@router.post("/locale")
+async def post_locale(request: Request) -> Response:
+    """Switch the language: remembered for the user (users.locale) and in a cookie (the
+    login page, before anyone is known)."""
+    form = await request.form()
+    locale = str(form.get("locale") or "")
+    if locale not in LOCALES:
+        raise WebError(400, N_("Unknown language."), locale)
+    user = await current_user(request)
+    if user is not None:
+        if form.get("csrf_token") != user.csrf or not same_origin(request):
+            raise WebError(403, N_("The form is out of date (security token); reload the "
+                                   "page and try again."))
+        async with request.app.state.db.sessions() as session, session.begin():
+            assert user.actor.user_id is not None
+            await set_locale_in(session, user.actor.user_id, locale)
+    resp = RedirectResponse(safe_next(str(form.get("next") or "/")), status_code=303)
+    resp.set_cookie(LANG_COOKIE, locale, max_age=365 * 86400, samesite="lax", path="/")
+    return resp
+
+
+# -- planner actions -------------------------------------------------------------------------
+
+Act = Callable[[AsyncSession, Actor, Any], Awaitable[Any]]
+
+
+async def _act(request: Request, back: str, done: str, fn: Act,
+               errors: tuple[type[Exception], ...] = (), **params: Any) -> Response:
+    form = await request.form()
+    user = await require_action(request, form)
+    target = safe_next(str(form.get("next") or back))
+    try:
+        async with request.app.state.db.sessions() as session, session.begin():
+            await fn(session, user.actor, form)
+    except (*SERVICE_ERRORS, *errors) as exc:
+        return redirect_with_flash(target, "error", N_("Not done:"), str(exc))
+    return redirect_with_flash(target, "ok", done, **params)
+
+
+def _form_int(form: Any, name: str) -> int:
+    try:
+        return int(str(form.get(name) or "").strip())
+    except ValueError:
+        raise prod.InvalidInput(f"{name} must be a whole number", name) from None
+
+
+def _opt_int(form: Any, name: str) -> int | None:
+    raw = str(form.get(name) or "").strip()
+    return None if not raw else _form_int(form, name)
+
+
+ORDER_ACTIONS = {
+    "release": (prod.release_work_order, N_("Work order %(number)s released.")),
+    "complete": (prod.complete_work_order, N_("Work order %(number)s completed.")),
+    "close": (prod.close_work_order, N_("Work order %(number)s closed.")),
+    "cancel": (prod.cancel_work_order, N_("Work order %(number)s cancelled.")),
+}
+
+
+@router.post("/work-orders/{number}/{action}")
+async def order_action(number: str, action: str, request: Request) -> Response:
+    if action not in ORDER_ACTIONS and action != "dispatch":
+        raise WebError(404, N_("No such action."), action)
+    back = f"/work-orders/{number}"
+    if action == "dispatch":
+        async def start(session: AsyncSession, actor: Actor, form: Any) -> None:
+            await dispatch.start(session, actor, _form_int(form, "machine_id"),
+                                 _form_int(form, "wo_operation_id"))
+        return await _act(request, back, N_("Dispatched."), start)
+    fn, done = ORDER_ACTIONS[action]
+
+    async def run(session: AsyncSession, actor: Actor, _form: Any) -> None:
+        await fn(session, actor, number)
+    return await _act(request, back, done, run, number=number)
+
+
+@router.post("/work-orders/{number}/operations/{step}/{action}")
+async def operation_action(number: str, step: int, action: str, request: Request) -> Response:
+    fns = {"hold": prod.stop_operation, "resume": prod.resume_operation,
+           "complete": prod.complete_operation}
+    if action not in fns:
+        raise WebError(404, N_("No such action."), action)
+    fn = fns[action]
+
+    async def run(session: AsyncSession, actor: Actor, _form: Any) -> None:
+        await fn(session, actor, number, step)
+    return await _act(request, f"/work-orders/{number}", N_("Operation updated."), run)
+
+
+@router.post("/dispatches/{dispatch_id}/stop")
+async def stop_dispatch(dispatch_id: int, request: Request) -> Response:
+    async def run(session: AsyncSession, actor: Actor, _form: Any) -> None:
+        await dispatch.stop(session, actor, dispatch_id)
+    return await _act(request, "/", N_("Dispatch stopped."), run)
+
+
+@router.post("/machines/{machine_id}/assign")
+async def assign_unassigned(machine_id: int, request: Request) -> Response:
+    async def run(session: AsyncSession, actor: Actor, form: Any) -> None:
+        await dispatch.assign(session, actor, machine_id, _form_int(form, "wo_operation_id"),
+                              _form_int(form, "start_ts"), _form_int(form, "end_ts"))
+    return await _act(request, "/", N_("Unassigned production assigned."), run)
+
+
+@router.post("/machines")
+async def register_machine(request: Request) -> Response:
+    """An admin registers a device as a machine (from the board's list of devices)."""
+    form = await request.form()
+    user = await require_action(request, form)
+    if not user.is_admin:
+        raise WebError(403, N_("This needs the admin role."))
+
+    async def run(session: AsyncSession, actor: Actor, f: Any) -> None:
+        await prod.create_machine(session, actor, str(f.get("gateway_id") or ""),
+                                  str(f.get("device") or ""),
+                                  str(f.get("name") or f.get("device") or ""),
+                                  str(f.get("work_center") or "") or None)
+    return await _act(request, "/", N_("Machine registered."), run)
+
+
+@router.post("/stops/reason")
+async def stop_reason(request: Request) -> Response:
+    o = engine.oee()
+    if o is None:
+        raise WebError(503, N_("Stop reasons need the OEE engine."))
+
+    async def run(session: AsyncSession, actor: Actor, form: Any) -> None:
+        await o.set_stop_reason(session, actor, machine_id=_form_int(form, "machine_id"),
+                                start_ts=_form_int(form, "start_ts"),
+                                reason=str(form.get("reason") or "").strip(),
+                                note=str(form.get("note") or "").strip() or None)
+    return await _act(request, "/oee", N_("Stop reason saved."), run)
+
+
+@router.post("/anomalies/{anomaly_id}/{action}")
+async def anomaly_action(anomaly_id: int, action: str, request: Request) -> Response:
+    a = engine.anomalies()
+    if a is None:
+        raise WebError(503, N_("Anomalies need the anomaly engine."))
+    if action not in ("acknowledge", "resolve", "close"):
+        raise WebError(404, N_("No such action."), action)
+    errors = tuple(e for e in (getattr(a, "AnomalyError", None),) if isinstance(e, type))
+
+    async def run(session: AsyncSession, actor: Actor, form: Any) -> None:
+        if action == "acknowledge":
+            await a.acknowledge(session, actor, anomaly_id,
+                                assignee=str(form.get("assignee") or "").strip() or None,
+                                note=str(form.get("note") or "").strip() or None)
+        elif action == "resolve":
+            await a.resolve(session, actor, anomaly_id, str(form.get("cause") or "").strip(),
+                            str(form.get("action") or "").strip())
+        else:
+            await a.close(session, actor, anomaly_id)
+
+    done = {"acknowledge": N_("Anomaly acknowledged."), "resolve": N_("Anomaly resolved."),
+            "close": N_("Anomaly closed.")}[action]
+    return await _act(request, "/anomalies", done, run, errors)

@@ -1,0 +1,464 @@
+"""The pages (GET): login, plant board, work orders, inventory, data completeness, and
+(with the anomalies/OEE engine) anomalies and OEE. Every table exports with
+``?export=csv|xlsx[&table=NAME]`` and the page's own filters."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+
+from cloud import dispatch as dispatch_service
+from cloud import inventory
+from cloud.models import WORK_ORDER_STATUSES, machines, products, work_orders
+from cloud.production import NotFound, from_micro, get_work_order
+from cloud.status import gateway_status
+from cloud.web import charts, labels, reports
+from cloud.web.context import (
+    Page,
+    WebError,
+    current_user,
+    display_tz,
+    read_flash,
+    refresh_s,
+    render,
+    render_fragment,
+    safe_next,
+    signed_micro,
+)
+from cloud.web.exports import FORMATS, MAX_ROWS, Column, export
+from cloud.web.i18n import LANG_COOKIE, LOCALES, N_, pick_locale
+
+router = APIRouter(include_in_schema=False)
+PAGE_SIZES: Final = (25, 50, 100, 200)
+
+
+class LoginRequired(Exception):
+    def __init__(self, next_url: str) -> None:
+        super().__init__(next_url)
+        self.next_url = next_url
+
+
+async def open_page(request: Request, *, login: bool = True) -> Page:
+    """The page context of a request; raises LoginRequired without a session."""
+    user = await current_user(request)
+    if user is None and login:
+        raise LoginRequired(request.url.path + (f"?{request.url.query}" if request.url.query
+                                                else ""))
+    locale = pick_locale(user.locale if user else None, request.cookies.get(LANG_COOKIE),
+                         request.headers.get("accept-language"))
+    async with request.app.state.db.sessions() as session:
+        tz = await display_tz(session)
+        page = Page(request, user, locale, tz, flash=read_flash(request))
+        if user is not None:
+            page.provisional = [g for g in await reports.gateway_freshness(session, page.now_ms)
+                                if g["provisional"]]
+    return page
+
+
+def _int(request: Request, name: str, default: int, lo: int = 0, hi: int = 10**12) -> int:
+    try:
+        return max(lo, min(hi, int(request.query_params.get(name, default))))
+    except ValueError:
+        return default
+
+
+def _limit(request: Request, default: int = 50) -> int:
+    value = _int(request, "limit", default, 1, max(PAGE_SIZES))
+    return value
+
+
+def _export_fmt(request: Request) -> str | None:
+    fmt = request.query_params.get("export")
+    if fmt is None:
+        return None
+    if fmt not in FORMATS:
+        raise WebError(400, N_("Unknown export format; use csv or xlsx."))
+    return fmt
+
+
+# -- login ---------------------------------------------------------------------------------
+
+@router.get("/login")
+async def login_page(request: Request) -> Response:
+    lang = request.query_params.get("lang")
+    page = await open_page(request, login=False)
+    if lang in LOCALES:
+        page.locale = lang
+    resp = render(page, "login.html", next=safe_next(request.query_params.get("next")),
+                  error=None, name="")
+    if lang in LOCALES:
+        resp.set_cookie(LANG_COOKIE, lang, max_age=365 * 86400, samesite="lax", path="/")
+    return resp
+
+
+# -- plant board ---------------------------------------------------------------------------
+
+async def board_data(request: Request, page: Page) -> dict[str, Any]:
+    from cloud.web import engine  # the anomalies/OEE parts
+
+    async with request.app.state.db.sessions() as session:
+        ms = await reports.machine_list(session)
+        running = await reports.running_dispatches(session)
+        midnight = _local_midnight_ms(page)
+        today = await reports.good_since(session, midnight)
+        extra = await engine.board_extras(session, page.now_ms, midnight,
+                                          [m["id"] for m in ms])
+        unregistered = [] if ms else await _unregistered_devices(session)
+    tiles = []
+    for m in ms:
+        d = running.get(m["id"])
+        x = extra.get(m["id"], {})
+        state = x.get("state") or "unknown"
+        good, scrap = today.get(m["id"], (0, 0))
+        tiles.append({**m, "state": state, "since_ts": x.get("since_ts"),
+                      "code": x.get("code"), "oee": x.get("oee"),
+                      "anomalies": x.get("anomalies", 0), "dispatch": d,
+                      "progress": (min(1.0, d["good"] / d["quantity"]) if d and d["quantity"]
+                                   else None),
+                      "today_good": good, "today_scrap": scrap})
+    counts: dict[str, int] = {}
+    for t in tiles:
+        counts[t["state"]] = counts.get(t["state"], 0) + 1
+    return {"tiles": tiles, "counts": counts, "unregistered": unregistered,
+            "engine": engine.available()}
+
+
+async def _unregistered_devices(session: Any) -> list[dict[str, Any]]:
+    """Devices that sent state or count records but are no machine yet (shown on an empty
+    board so an admin can register them)."""
+    from sqlalchemy import and_, exists
+
+    from cloud.models import records
+
+    q = (select(records.c.gateway_id, records.c.device).distinct()
+         .where(records.c.kind.in_(("count", "state")),
+                ~exists().where(and_(machines.c.gateway_id == records.c.gateway_id,
+                                     machines.c.device == records.c.device)))
+         .order_by(records.c.gateway_id, records.c.device).limit(50))
+    return [{"gateway_id": g, "device": d} for g, d in (await session.execute(q)).all()]
+
+
+def _local_midnight_ms(page: Page) -> int:
+    now = datetime.fromtimestamp(page.now_ms / 1000, UTC).astimezone(page.tz)
+    return int(now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 1000)
+
+
+BOARD_COLUMNS: Final = (
+    Column("name", N_("Machine")), Column("work_center", N_("Work center")),
+    Column("state", N_("State")),
+    Column("work_order", N_("Work order"), lambda r: r["dispatch"] and r["dispatch"]["number"]),
+    Column("operation", N_("Operation"), lambda r: r["dispatch"] and r["dispatch"]["operation"]),
+    Column("customer", N_("Customer"), lambda r: r["dispatch"] and r["dispatch"]["customer"]),
+    Column("good", N_("Good"), lambda r: r["dispatch"] and r["dispatch"]["good"]),
+    Column("quantity", N_("Quantity"), lambda r: r["dispatch"] and r["dispatch"]["quantity"]),
+    Column("today_good", N_("Good today")), Column("today_scrap", N_("Scrap today")),
+    Column("oee", N_("OEE today"), lambda r: None if r["oee"] is None else round(r["oee"], 4)),
+    Column("anomalies", N_("Open anomalies")),
+)
+
+
+@router.get("/", response_class=HTMLResponse)
+async def board(request: Request) -> Response:
+    page = await open_page(request)
+    data = await board_data(request, page)
+    if fmt := _export_fmt(request):
+        return export(fmt, "plant-board", BOARD_COLUMNS, data["tiles"], page.t.gettext)
+    wall = request.query_params.get("wall") == "1"
+    return render(page, "board.html", wall=wall, refresh=refresh_s(), **data)
+
+
+@router.get("/board/tiles", response_class=HTMLResponse)
+async def board_tiles(request: Request) -> Response:
+    page = await open_page(request)
+    data = await board_data(request, page)
+    return HTMLResponse(render_fragment(page, "_tiles.html", **data))
+
+
+# -- work orders ---------------------------------------------------------------------------
+
+ORDER_COLUMNS: Final = (
+    Column("number", N_("Work order")), Column("product", N_("Product")),
+    Column("customer", N_("Customer")), Column("priority", N_("Priority")),
+    Column("status", N_("Status")), Column("quantity", N_("Quantity")),
+    Column("good", N_("Good")), Column("scrap", N_("Scrap")),
+    Column("progress", N_("Progress"), lambda r: round(r["progress"], 4)),
+    Column("due", N_("Due")), Column("due_status", N_("Due status")),
+)
+
+
+def _order_query(request: Request) -> reports.OrderQuery:
+    status = tuple(s for s in request.query_params.getlist("status") if s in WORK_ORDER_STATUSES)
+    due = request.query_params.get("due")
+    return reports.OrderQuery(status=status, customer=request.query_params.get("customer"),
+                              q=request.query_params.get("q"),
+                              due=due if due in labels.DUE else None)
+
+
+@router.get("/work-orders", response_class=HTMLResponse)
+async def work_orders_page(request: Request) -> Response:
+    page = await open_page(request)
+    query = _order_query(request)
+    fmt = _export_fmt(request)
+    limit = MAX_ROWS if fmt else _limit(request, 25)
+    offset = 0 if fmt else _int(request, "offset", 0)
+    now = datetime.now(UTC)
+    async with request.app.state.db.sessions() as session:
+        rows, total = await reports.order_rows(session, query, limit=limit, offset=offset,
+                                               now=now)
+        customers = list((await session.execute(
+            select(work_orders.c.customer).where(work_orders.c.customer.is_not(None))
+            .distinct().order_by(work_orders.c.customer).limit(200))).scalars())
+    if fmt:
+        for r in rows:
+            r["status"] = page.t.gettext(labels.ORDER_STATUS[r["status"]])
+            r["due_status"] = page.t.gettext(labels.DUE[r["due_status"]]) if r["due_status"] \
+                else None
+            r["due"] = page.dt(r["due"]) or None
+        return export(fmt, "work-orders", ORDER_COLUMNS, rows, page.t.gettext)
+    return render(page, "work_orders.html", rows=rows, total=total, limit=limit, offset=offset,
+                  query=query, customers=customers, statuses=WORK_ORDER_STATUSES)
+
+
+async def _order_detail(request: Request, page: Page, number: str) -> dict[str, Any]:
+    from cloud.web import engine
+
+    async with request.app.state.db.sessions() as session:
+        try:
+            wo = await get_work_order(session, number)
+        except NotFound:
+            raise WebError(404, N_("No such work order."), number) from None
+        product = (await session.execute(select(products).where(
+            products.c.id == wo.product_id))).first()
+        ops = await reports.operations_of(session, wo.id)
+        history = await reports.dispatch_history(session, wo.id)
+        hourly = await reports.output_per_hour(session, wo.id)
+        mats = await reports.materials_vs_bom(session, wo.id)
+        ms = await reports.machine_list(session)
+        machine_ids = sorted({o["machine_id"] for o in ops if o["machine_id"]}
+                             | {h["machine_id"] for h in history})
+        unassigned = [u for u in await dispatch_service.unassigned(session)
+                      if u["machine_id"] is not None] if wo.status in ("released",
+                                                                        "in_progress") else []
+        timeline = await engine.order_timeline(session, wo.id, history, machine_ids,
+                                               page.now_ms)
+    good = max(ops, key=lambda o: o["step"])["good"] if ops else 0
+    due = reports.due_status(status=wo.status, due=wo.due, quantity=wo.quantity, good=good,
+                             now=datetime.now(UTC), started=wo.released_at or wo.created,
+                             completed_at=wo.completed_at)
+    return {"wo": wo, "product": product, "ops": ops, "history": history, "hourly": hourly,
+            "materials": mats, "machines": ms, "unassigned": unassigned, "timeline": timeline,
+            "good": good, "due_status": due,
+            "progress": min(1.0, good / wo.quantity) if wo.quantity else 0.0}
+
+
+OP_COLUMNS: Final = (
+    Column("step", N_("Step")), Column("name", N_("Operation")),
+    Column("machine", N_("Machine")), Column("work_center", N_("Work center")),
+    Column("status", N_("Status")), Column("good", N_("Good")), Column("scrap", N_("Scrap")),
+)
+DISPATCH_COLUMNS: Final = (
+    Column("id", N_("Dispatch")), Column("step", N_("Step")),
+    Column("operation", N_("Operation")), Column("machine", N_("Machine")),
+    Column("start", N_("Start")), Column("end", N_("End")),
+    Column("created_by", N_("By")),
+)
+MATERIAL_COLUMNS: Final = (
+    Column("material", N_("Material code")), Column("name", N_("Material")),
+    Column("unit", N_("Unit")),
+    Column("qty_per_unit", N_("Per piece"), lambda r: from_micro(r["qty_per_unit_u"])),
+    Column("planned", N_("BOM at counted quantity"), lambda r: from_micro(r["planned_u"])),
+    Column("consumed", N_("Consumed (ledger)"), lambda r: from_micro(r["consumed_u"])),
+    Column("difference", N_("Difference"), lambda r: signed_micro(r["difference_u"])),
+)
+TIMELINE_COLUMNS: Final = (
+    Column("time", N_("Time")), Column("kind", N_("Event")), Column("machine", N_("Machine")),
+    Column("text", N_("Detail")),
+)
+
+
+@router.get("/work-orders/{number}", response_class=HTMLResponse)
+async def work_order_page(number: str, request: Request) -> Response:
+    page = await open_page(request)
+    data = await _order_detail(request, page, number)
+    if fmt := _export_fmt(request):
+        table = request.query_params.get("table", "operations")
+        if table == "operations":
+            rows = [{**o, "status": page.t.gettext(labels.OPERATION_STATUS[o["status"]])}
+                    for o in data["ops"]]
+            return export(fmt, f"{number}-operations", OP_COLUMNS, rows, page.t.gettext)
+        if table == "dispatches":
+            rows = [{**h, "start": page.ts(h["start_ts"]), "end": page.ts(h["end_ts"])}
+                    for h in data["history"]]
+            return export(fmt, f"{number}-dispatches", DISPATCH_COLUMNS, rows, page.t.gettext)
+        if table == "materials":
+            return export(fmt, f"{number}-materials", MATERIAL_COLUMNS, data["materials"],
+                          page.t.gettext)
+        if table == "timeline":
+            rows = [{**e, "time": page.ts(e["ts"]), "kind": page.t.gettext(e["label"])}
+                    for e in data["timeline"]]
+            return export(fmt, f"{number}-timeline", TIMELINE_COLUMNS, rows, page.t.gettext)
+        raise WebError(404, N_("No such table."), table)
+    hourly = data["hourly"]
+    chart = charts.bar_chart(
+        [charts.Bar(page.ts(h)[11:13], (g, s), f"{page.ts(h)}: {g} / {s}")
+         for h, g, s in hourly],
+        label_every=max(1, len(hourly) // 16), title=page._("Output per hour")) if hourly \
+        else None
+    return render(page, "work_order.html", chart=chart, refresh=refresh_s(), **data)
+
+
+@router.get("/work-orders/{number}/operations", response_class=HTMLResponse)
+async def work_order_operations(number: str, request: Request) -> Response:
+    """The operations table alone (the detail page refreshes it in place)."""
+    page = await open_page(request)
+    data = await _order_detail(request, page, number)
+    return HTMLResponse(render_fragment(page, "_operations.html", **data))
+
+
+# -- inventory -----------------------------------------------------------------------------
+
+STOCK_COLUMNS: Final = (
+    Column("material", N_("Material code")), Column("name", N_("Material")),
+    Column("unit", N_("Unit")),
+    Column("balance", N_("On hand"), lambda r: from_micro(r["balance_u"])),
+    Column("safety", N_("Safety stock"), lambda r: from_micro(r["safety_stock_u"])),
+    Column("source", N_("Safety stock from")),
+    Column("usage", N_("Daily usage (7 d)"), lambda r: from_micro(r["avg_daily_usage_7d_u"])),
+    Column("days_of_cover", N_("Days of cover")),
+    Column("shortage", N_("Shortage")),
+)
+LEDGER_COLUMNS: Final = (
+    Column("id", N_("Move")), Column("time", N_("Time")), Column("material", N_("Material code")),
+    Column("kind", N_("Kind")), Column("qty", N_("Quantity"), lambda r: signed_micro(r["qty_u"])),
+    Column("work_order", N_("Work order")), Column("gateway_id", N_("Gateway")),
+    Column("seq", N_("Record seq")), Column("user", N_("By")), Column("note", N_("Note")),
+)
+
+
+@router.get("/inventory", response_class=HTMLResponse)
+async def inventory_page(request: Request) -> Response:
+    page = await open_page(request)
+    fmt = _export_fmt(request)
+    table = request.query_params.get("table", "stock")
+    qp = request.query_params
+    q = qp.get("q") or None
+    shortage = qp.get("shortage") == "1"
+    limit = _limit(request, 50)
+    offset = _int(request, "offset", 0)
+    move_filter = {"material": qp.get("material") or None,
+                   "kind": qp.get("kind") if qp.get("kind") in labels.MOVE_KIND else None,
+                   "work_order": qp.get("work_order") or None}
+    before = _int(request, "before", 0) or None
+    async with request.app.state.db.sessions() as session:
+        if fmt and table == "ledger":
+            moves = await _all_moves(session, move_filter)
+            rows = [{**m, "time": page.ts(m["ts"]),
+                     "kind": page.t.gettext(labels.MOVE_KIND[m["kind"]])} for m in moves]
+            return export(fmt, "stock-ledger", LEDGER_COLUMNS, rows, page.t.gettext)
+        stock, total = await reports.stock_rows(
+            session, q=q, shortage_only=shortage, limit=MAX_ROWS if fmt else limit,
+            offset=0 if fmt else offset, now_ms=page.now_ms)
+        if fmt:
+            rows = [{**s, "source": page.t.gettext(
+                N_("manual") if s["safety_stock_source"] == "manual" else N_("computed")),
+                "shortage": page.t.gettext(N_("yes") if s["below_safety_stock"] else N_("no"))}
+                for s in stock]
+            return export(fmt, "stock", STOCK_COLUMNS, rows, page.t.gettext)
+        ledger = await inventory.list_moves(session, limit=50, before_id=before, **move_filter)
+    return render(page, "inventory.html", stock=stock, total=total, limit=limit, offset=offset,
+                  q=q or "", shortage=shortage, ledger=ledger, move_filter=move_filter)
+
+
+async def _all_moves(session: Any, flt: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    before = None
+    while len(out) < MAX_ROWS:
+        chunk = await inventory.list_moves(session, limit=1000, before_id=before, **flt)
+        out += chunk["items"]
+        before = chunk["next_before_id"]
+        if before is None:
+            break
+    return out[:MAX_ROWS]
+
+
+# -- data completeness ---------------------------------------------------------------------
+
+GATEWAY_COLUMNS: Final = (
+    Column("id", N_("Gateway")), Column("state", N_("State")),
+    Column("records_stored", N_("Records received")), Column("last_seq", N_("Last seq")),
+    Column("missing", N_("Missing")), Column("unexplained", N_("Missing, unexplained")),
+    Column("completeness", N_("Completeness"),
+           lambda r: None if r["completeness"] is None else round(r["completeness"], 6)),
+    Column("last_seen", N_("Last seen")), Column("lag", N_("Newest record lag (s)"),
+                                                 lambda r: None if r["lag_ms"] is None
+                                                 else r["lag_ms"] // 1000),
+    Column("clock_skew_ms", N_("Clock skew (ms)")),
+)
+GAP_COLUMNS: Final = (
+    Column("gateway", N_("Gateway")), Column("first_seq", N_("First seq")),
+    Column("last_seq", N_("Last seq")), Column("missing", N_("Missing")),
+    Column("why", N_("Why")),
+)
+
+
+async def completeness_data(request: Request, page: Page) -> list[dict[str, Any]]:
+    async with request.app.state.db.sessions() as session:
+        fresh = {g["id"]: g for g in await reports.gateway_freshness(session, page.now_ms)}
+        out = []
+        for gid in await reports.gateway_ids(session):
+            doc = await gateway_status(session, gid)
+            if doc is None:
+                continue
+            f = fresh.get(gid, {"state": "never", "lag_ms": None, "provisional": False})
+            unexplained = sum(g["missing"] for g in doc["gaps"]
+                              if not g["explained"] and not g["before_first_record"])
+            sent = doc["last_seq"]
+            out.append({**doc, "state": f["state"], "lag_ms": f["lag_ms"],
+                        "provisional": f["provisional"], "unexplained": unexplained,
+                        "revoked": doc["revoked_at"] is not None,
+                        "completeness": (doc["records_stored"] / sent) if sent else None})
+    return out
+
+
+def _gap_why(gap: dict[str, Any], page: Page) -> str:
+    if gap["before_first_record"] and not gap["explained_by"]:
+        return page._("Before the first record the cloud received")
+    if not gap["explained_by"]:
+        return page._("Not explained yet (may still arrive)")
+    parts = []
+    for e in gap["explained_by"][:3]:
+        reason = e.get("reason") or e.get("cause") or ""
+        parts.append(f"{page._('gap record')} #{e['seq']}: {reason}".strip())
+    return "; ".join(parts)
+
+
+@router.get("/completeness", response_class=HTMLResponse)
+async def completeness_page(request: Request) -> Response:
+    page = await open_page(request)
+    gws = await completeness_data(request, page)
+    selected = request.query_params.get("gateway") or (gws[0]["id"] if gws else None)
+    gaps = []
+    for g in gws:
+        if g["id"] == selected:
+            gaps = [{**gap, "gateway": g["id"], "why": _gap_why(gap, page)} for gap in g["gaps"]]
+    if fmt := _export_fmt(request):
+        if request.query_params.get("table") == "gaps":
+            return export(fmt, f"gaps-{selected}", GAP_COLUMNS, gaps, page.t.gettext)
+        rows = [{**g, "state": page.t.gettext(labels.GATEWAY_STATE[g["state"]]),
+                 "last_seen": (g["last_seen"] or "")[:19].replace("T", " ")} for g in gws]
+        return export(fmt, "data-completeness", GATEWAY_COLUMNS, rows, page.t.gettext)
+    limit = _limit(request, 50)
+    offset = _int(request, "offset", 0)
+    return render(page, "completeness.html", gateways=gws, selected=selected,
+                  gaps=gaps[offset:offset + limit], gaps_total=len(gaps), limit=limit,
+                  offset=offset)
+
+
+@router.get("/logout")
+async def logout_get(_request: Request) -> Response:
+    """A bookmark to /logout lands on the login page; logging out is a POST."""
+    return RedirectResponse("/login", status_code=303)

@@ -1,0 +1,361 @@
+"""What the pages show, read from the database: board tiles, work orders with progress
+and due-date status, an order's detail, stock, data completeness. Read-only; every list
+is bounded (a page, or ``limit`` for exports).
+
+Due-date colour of a work order (``due_status``), the rule the pages and exports share:
+
+- no due date, or cancelled: none;
+- completed/closed: ``on_time`` if it completed by its due date, else ``late``;
+- otherwise ``late`` once the due date has passed;
+- ``at_risk`` (yellow) when it is due within ``AT_RISK_WITHIN`` (24 h) with pieces still
+  to make, or when it is more than ``BEHIND_BY`` (25 percentage points) behind a straight
+  line from release (or creation) to due: the share still to make exceeds the share of
+  time left by more than that;
+- else ``on_time`` (green).
+
+Provisional reports (``gateway_freshness``): a gateway's data is still arriving when the
+newest record it sent (its highest seq) reached the cloud more than ``CATCHING_UP``
+(5 min) after it was made (its ``received_at`` minus its ``ts`` corrected by the clock
+skew): its last batch came from a backlog, so more is most likely queued behind it. A
+gateway not seen for ``SILENT`` (10 min) holds back whatever it buffered meanwhile. Either
+way every report built from its machines may still change, and the report pages say so.
+Gateways do not report their buffer backlog to the cloud; the completeness page shows
+the lag of the newest record instead.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cloud import inventory
+from cloud.models import (
+    attributions,
+    dispatches,
+    gateways,
+    machines,
+    materials,
+    products,
+    records,
+    stock_moves,
+    wo_components,
+    wo_operations,
+    work_orders,
+)
+from cloud.production import WorkOrderFilter, list_work_orders
+
+HOUR_MS: Final = 3_600_000
+DAY_MS: Final = 86_400_000
+AT_RISK_WITHIN: Final = timedelta(hours=24)
+BEHIND_BY: Final = 0.25
+CATCHING_UP_MS: Final = 5 * 60_000
+SILENT_MS: Final = 10 * 60_000
+DONE: Final = ("completed", "closed")
+
+
+# -- due dates ---------------------------------------------------------------------------
+
+def due_status(*, status: str, due: datetime | None, quantity: int, good: int,
+               now: datetime, started: datetime | None = None,
+               completed_at: datetime | None = None) -> str | None:
+    """``on_time`` / ``at_risk`` / ``late`` / None by the rule in the module docstring.
+    ``started``: the order's release (or creation) time, the start of its straight line."""
+    if due is None or status == "cancelled":
+        return None
+    if status in DONE:
+        return "late" if completed_at is not None and completed_at > due else "on_time"
+    if now > due:
+        return "late"
+    remaining = max(0.0, 1.0 - good / quantity) if quantity > 0 else 0.0
+    if remaining <= 0:
+        return "on_time"
+    if due - now <= AT_RISK_WITHIN:
+        return "at_risk"
+    if started is not None and due > started:
+        time_left = (due - now) / (due - started)
+        if remaining - time_left > BEHIND_BY:
+            return "at_risk"
+    return "on_time"
+
+
+# -- gateways: provisional data ------------------------------------------------------------
+
+async def gateway_freshness(session: AsyncSession, now_ms: int) -> list[dict[str, Any]]:
+    """Per gateway (not revoked): last seen, the newest record's lag, and ``state``
+    live / catching_up / silent / never; ``provisional`` for the last three but never
+    (a gateway that never sent has nothing to hold back that we know of)."""
+    newest = records.alias("newest")
+    rows = (await session.execute(
+        select(gateways.c.id, gateways.c.last_seen, gateways.c.last_seq,
+               gateways.c.clock_skew_ms, newest.c.ts, newest.c.received_at)
+        .select_from(gateways.outerjoin(newest, and_(newest.c.gateway_id == gateways.c.id,
+                                                     newest.c.seq == gateways.c.last_seq)))
+        .where(gateways.c.revoked_at.is_(None)).order_by(gateways.c.id))).all()
+    out = []
+    for r in rows:
+        seen_ms = int(r.last_seen.timestamp() * 1000) if r.last_seen else None
+        lag = None
+        if r.ts is not None and r.received_at is not None:
+            lag = max(0, int(r.received_at) - (int(r.ts) + int(r.clock_skew_ms or 0)))
+        if seen_ms is None:
+            state = "never"
+        elif now_ms - seen_ms > SILENT_MS:
+            state = "silent"
+        elif lag is not None and lag > CATCHING_UP_MS:
+            state = "catching_up"
+        else:
+            state = "live"
+        out.append({"id": r.id, "last_seen_ms": seen_ms, "last_seq": r.last_seq,
+                    "newest_ts": r.ts, "lag_ms": lag, "clock_skew_ms": r.clock_skew_ms,
+                    "state": state, "provisional": state in ("silent", "catching_up")})
+    return out
+
+
+# -- machines ------------------------------------------------------------------------------
+
+async def machine_list(session: AsyncSession) -> list[dict[str, Any]]:
+    rows = (await session.execute(
+        select(machines).order_by(machines.c.work_center.is_(None), machines.c.work_center,
+                                  machines.c.name).limit(1000))).all()
+    return [dict(r._mapping) for r in rows]
+
+
+async def running_dispatches(session: AsyncSession,
+                             machine_ids: list[int] | None = None) -> dict[int, dict[str, Any]]:
+    """The running dispatch (no end) of each machine: order, operation, progress."""
+    q = (select(dispatches.c.id, dispatches.c.machine_id, dispatches.c.start_ts,
+                wo_operations.c.id.label("op_id"), wo_operations.c.step,
+                wo_operations.c.name.label("operation"), wo_operations.c.good,
+                wo_operations.c.scrap, wo_operations.c.status.label("op_status"),
+                work_orders.c.number, work_orders.c.quantity, work_orders.c.customer,
+                products.c.code.label("product"))
+         .select_from(dispatches.join(wo_operations,
+                                      wo_operations.c.id == dispatches.c.wo_operation_id)
+                      .join(work_orders, work_orders.c.id == wo_operations.c.work_order_id)
+                      .join(products, products.c.id == work_orders.c.product_id))
+         .where(dispatches.c.end_ts.is_(None)).order_by(dispatches.c.start_ts))
+    if machine_ids is not None:
+        q = q.where(dispatches.c.machine_id.in_(machine_ids))
+    return {r.machine_id: dict(r._mapping) for r in (await session.execute(q)).all()}
+
+
+async def good_since(session: AsyncSession, since_ms: int) -> dict[int, tuple[int, int]]:
+    """(good, scrap) per machine counted since ``since_ms`` (today's output)."""
+    rows = (await session.execute(
+        select(attributions.c.machine_id, func.sum(attributions.c.good),
+               func.sum(attributions.c.scrap))
+        .where(attributions.c.ts >= since_ms, attributions.c.machine_id.is_not(None))
+        .group_by(attributions.c.machine_id))).all()
+    return {int(m): (int(g or 0), int(s or 0)) for m, g, s in rows}
+
+
+# -- work orders ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class OrderQuery:
+    status: tuple[str, ...] = ()
+    customer: str | None = None
+    q: str | None = None
+    due: str | None = None          # on_time | at_risk | late (filtered after the page)
+
+    def to_filter(self) -> WorkOrderFilter:
+        return WorkOrderFilter(status=self.status, customer=self.customer or None,
+                               q=self.q or None)
+
+
+async def order_rows(session: AsyncSession, query: OrderQuery, *, limit: int, offset: int,
+                     now: datetime) -> tuple[list[dict[str, Any]], int]:
+    """A page of work orders (earliest due first) with good = the last operation's good
+    pieces, scrap over all operations, progress 0..1 and the due status."""
+    flt = query.to_filter()
+    if query.due == "late" and not flt.status:
+        flt = WorkOrderFilter(status=("draft", "released", "in_progress"),
+                              customer=flt.customer, q=flt.q, due_to=now)
+    elif query.due == "late":
+        flt = WorkOrderFilter(status=flt.status, customer=flt.customer, q=flt.q, due_to=now)
+    rows, total = await list_work_orders(session, flt, limit=limit, offset=offset)
+    ids = [wo.id for wo, _ in rows]
+    prog = await order_progress(session, ids)
+    out = []
+    for wo, product in rows:
+        good, scrap, ops = prog.get(wo.id, (0, 0, 0))
+        out.append({
+            "id": wo.id, "number": wo.number, "product": product, "quantity": wo.quantity,
+            "good": good, "scrap": scrap, "operations": ops,
+            "progress": min(1.0, good / wo.quantity) if wo.quantity else 0.0,
+            "status": wo.status, "customer": wo.customer, "priority": wo.priority,
+            "due": wo.due, "released_at": wo.released_at, "completed_at": wo.completed_at,
+            "due_status": due_status(status=wo.status, due=wo.due, quantity=wo.quantity,
+                                     good=good, now=now,
+                                     started=wo.released_at or wo.created,
+                                     completed_at=wo.completed_at)})
+    if query.due in ("on_time", "at_risk"):
+        out = [r for r in out if r["due_status"] == query.due]
+    return out, total
+
+
+async def order_progress(session: AsyncSession, order_ids: list[int]
+                         ) -> dict[int, tuple[int, int, int]]:
+    """(good of the last operation, scrap of all, number of operations) per order."""
+    if not order_ids:
+        return {}
+    rows = (await session.execute(
+        select(wo_operations.c.work_order_id, wo_operations.c.step, wo_operations.c.good,
+               wo_operations.c.scrap)
+        .where(wo_operations.c.work_order_id.in_(order_ids)))).all()
+    best: dict[int, tuple[int, int]] = {}
+    scrap: dict[int, int] = defaultdict(int)
+    count: dict[int, int] = defaultdict(int)
+    for r in rows:
+        if r.work_order_id not in best or r.step > best[r.work_order_id][0]:
+            best[r.work_order_id] = (r.step, int(r.good))
+        scrap[r.work_order_id] += int(r.scrap)
+        count[r.work_order_id] += 1
+    return {wid: (best[wid][1], scrap[wid], count[wid]) for wid in best}
+
+
+async def operations_of(session: AsyncSession, order_id: int) -> list[dict[str, Any]]:
+    running = {r.wo_operation_id: r for r in (await session.execute(
+        select(dispatches.c.id, dispatches.c.wo_operation_id, dispatches.c.machine_id,
+               dispatches.c.start_ts)
+        .where(dispatches.c.end_ts.is_(None), dispatches.c.wo_operation_id.in_(
+            select(wo_operations.c.id).where(wo_operations.c.work_order_id == order_id)))
+    )).all()}
+    rows = (await session.execute(
+        select(wo_operations, machines.c.name.label("machine"))
+        .select_from(wo_operations.outerjoin(machines,
+                                             machines.c.id == wo_operations.c.machine_id))
+        .where(wo_operations.c.work_order_id == order_id).order_by(wo_operations.c.step))).all()
+    out = []
+    for r in rows:
+        doc = dict(r._mapping)
+        d = running.get(r.id)
+        doc["running"] = None if d is None else {"dispatch_id": d.id, "machine_id": d.machine_id,
+                                                  "start_ts": d.start_ts}
+        out.append(doc)
+    return out
+
+
+async def dispatch_history(session: AsyncSession, order_id: int, limit: int = 200
+                           ) -> list[dict[str, Any]]:
+    rows = (await session.execute(
+        select(dispatches, wo_operations.c.step, wo_operations.c.name.label("operation"),
+               machines.c.name.label("machine"))
+        .select_from(dispatches.join(wo_operations,
+                                     wo_operations.c.id == dispatches.c.wo_operation_id)
+                     .join(machines, machines.c.id == dispatches.c.machine_id))
+        .where(wo_operations.c.work_order_id == order_id)
+        .order_by(dispatches.c.start_ts.desc()).limit(limit))).all()
+    return [dict(r._mapping) for r in rows]
+
+
+async def output_per_hour(session: AsyncSession, order_id: int, hours: int = 48
+                          ) -> list[tuple[int, int, int]]:
+    """(hour start ms, good, scrap) of the order's counted pieces over the last ``hours``
+    hours with output (its last operation's good; scrap of all), oldest first."""
+    op_ids = select(wo_operations.c.id).where(wo_operations.c.work_order_id == order_id)
+    last_step = (await session.execute(
+        select(func.max(wo_operations.c.step))
+        .where(wo_operations.c.work_order_id == order_id))).scalar()
+    newest = (await session.execute(
+        select(func.max(attributions.c.ts))
+        .where(attributions.c.wo_operation_id.in_(op_ids)))).scalar()
+    if newest is None:
+        return []
+    start = (int(newest) // HOUR_MS - hours + 1) * HOUR_MS
+    bucket = (attributions.c.ts / HOUR_MS).label("h")
+    rows = (await session.execute(
+        select(bucket, wo_operations.c.step, func.sum(attributions.c.good),
+               func.sum(attributions.c.scrap))
+        .select_from(attributions.join(wo_operations,
+                                       wo_operations.c.id == attributions.c.wo_operation_id))
+        .where(attributions.c.wo_operation_id.in_(op_ids), attributions.c.ts >= start)
+        .group_by(bucket, wo_operations.c.step))).all()
+    per: dict[int, list[int]] = {}
+    for h, step, g, s in rows:
+        acc = per.setdefault(int(h), [0, 0])
+        if step == last_step:
+            acc[0] += int(g or 0)
+        acc[1] += int(s or 0)
+    first = min(per) if per else int(newest) // HOUR_MS
+    return [(h * HOUR_MS, *per.get(h, [0, 0])) for h in range(first, int(newest) // HOUR_MS + 1)]
+
+
+async def materials_vs_bom(session: AsyncSession, order_id: int) -> list[dict[str, Any]]:
+    """Per component: what the BOM calls for at the counted quantities (good, and scrap
+    where it backflushes scrap, at the consuming step) and what the ledger booked against
+    the order (backflush, issues, scrap; micro-units)."""
+    comps = (await session.execute(
+        select(wo_components, materials.c.code, materials.c.name, materials.c.unit)
+        .join(materials, materials.c.id == wo_components.c.material_id)
+        .where(wo_components.c.work_order_id == order_id).order_by(wo_components.c.id))).all()
+    ops = {r.step: (int(r.good), int(r.scrap)) for r in (await session.execute(
+        select(wo_operations.c.step, wo_operations.c.good, wo_operations.c.scrap)
+        .where(wo_operations.c.work_order_id == order_id))).all()}
+    last = max(ops) if ops else None
+    booked = dict((await session.execute(
+        select(stock_moves.c.material_id, func.sum(stock_moves.c.qty_u))
+        .where(stock_moves.c.work_order_id == order_id,
+               stock_moves.c.kind.in_(inventory.USAGE_KINDS))
+        .group_by(stock_moves.c.material_id))).tuples().all())
+    out: dict[int, dict[str, Any]] = {}
+    for c in comps:
+        step = c.step if c.step is not None else last
+        good, scrap = ops.get(step, (0, 0)) if step is not None else (0, 0)
+        per_piece = round(c.qty_per_unit_u * (1 + c.scrap_factor))
+        planned = per_piece * good + (per_piece * scrap if c.backflush_scrap else 0)
+        doc = out.setdefault(c.material_id, {
+            "material": c.code, "name": c.name, "unit": c.unit, "qty_per_unit_u": 0,
+            "planned_u": 0, "consumed_u": -int(booked.get(c.material_id, 0) or 0)})
+        doc["qty_per_unit_u"] += c.qty_per_unit_u
+        doc["planned_u"] += planned
+    for doc in out.values():
+        doc["difference_u"] = doc["consumed_u"] - doc["planned_u"]
+    return list(out.values())
+
+
+# -- inventory -----------------------------------------------------------------------------
+
+async def stock_rows(session: AsyncSession, *, q: str | None, shortage_only: bool,
+                     limit: int, offset: int, now_ms: int) -> tuple[list[dict[str, Any]], int]:
+    """A page of materials (by code) with balance, safety stock, days of cover and
+    shortage (cloud/inventory.py's rules). ``shortage_only``: only those below safety."""
+    if shortage_only:
+        docs = await inventory.shortages(session, now=now_ms)
+        if q:
+            docs = [d for d in docs if q.lower() in d["material"].lower()]
+        names = dict((await session.execute(
+            select(materials.c.code, materials.c.name)
+            .where(materials.c.code.in_([d["material"] for d in docs[offset:offset + limit]]))
+        )).tuples().all())
+        page = [{**d, "name": names.get(d["material"], "")} for d in docs[offset:offset + limit]]
+        return page, len(docs)
+    stmt = select(materials.c.code, materials.c.name)
+    if q:
+        pattern = f"%{q.lower()}%"
+        stmt = stmt.where(or_(func.lower(materials.c.code).like(pattern),
+                              func.lower(materials.c.name).like(pattern)))
+    total = int((await session.execute(select(func.count()).select_from(stmt.subquery())))
+                .scalar() or 0)
+    rows = (await session.execute(stmt.order_by(materials.c.code).limit(limit)
+                                  .offset(offset))).all()
+    out = []
+    for code, name in rows:
+        out.append({**await inventory.stock(session, code, now=now_ms), "name": name})
+    return out, total
+
+
+# -- data completeness ---------------------------------------------------------------------
+
+async def gateway_ids(session: AsyncSession) -> list[str]:
+    return list((await session.execute(select(gateways.c.id).order_by(gateways.c.id)))
+                .scalars())
+
+
+def utc_ms(value: datetime) -> int:
+    return int(value.astimezone(UTC).timestamp() * 1000)
