@@ -752,6 +752,8 @@ async def deliver(db: Database, now_ms: int) -> int:
             error: str | None = None
             if channel is None or not channel.enabled:
                 error = "channel disabled or deleted"
+            elif not messages[row["id"]].anomalies:
+                error = "its anomalies no longer exist"
             else:
                 async with limit:
                     try:
@@ -776,7 +778,8 @@ async def _settle(db: Database, row: Any, channel: Channel | None, error: str | 
         values: dict[str, Any] = {"status": "sent", "sent_at": now, "last_error": None}
         log.info("notification_sent", notification=row["id"], channel=name,
                  anomalies=len(row["anomaly_ids"]), attempts=attempts)
-    elif attempts >= int(conf["max_attempts"]) or channel is None or not channel.enabled:
+    elif (attempts >= int(conf["max_attempts"]) or channel is None or not channel.enabled
+          or error == "its anomalies no longer exist"):
         values = {"status": "dead", "last_error": error}
         log.error("notification_dead", notification=row["id"], channel=name,
                   attempts=attempts, error=error)
