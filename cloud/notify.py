@@ -196,7 +196,8 @@ def group_key(anomaly: Any, event: str) -> str:
 async def enqueue(session: AsyncSession, anomaly_id: int, event: str, *,
                   now: datetime | None = None) -> None:
     """Write (or join) outbox messages for ``anomaly_id`` and ``event`` in the caller's
-    transaction; no network I/O, no commit. Idempotent within the grouping window.
+    transaction; no network I/O, no commit. Idempotent while its message is unsent
+    (an anomaly already in it is not added again).
     ``now`` defaults to the wall clock (tests pin it). Raises NotifyError for an unknown
     event; an anomaly id that does not exist is logged and ignored (the caller's
     transaction must not fail over a notification)."""
@@ -246,11 +247,10 @@ async def _enqueue_one(session: AsyncSession, channel_id: int, key: str, event: 
                                   .values(anomaly_ids=ids, suppressed=len(ids) - 1))
         return
     last_sent = (await session.execute(
-        select(n.sent_at, n.anomaly_ids)
+        select(n.sent_at)
         .where(same_group, n.status == "sent", n.sent_at >= now - window)
         .order_by(n.sent_at.desc()).limit(1))).mappings().one_or_none()
-    if last_sent is not None and anomaly_id in last_sent["anomaly_ids"]:
-        return
+    # (an anomaly already in a sent message is a new event now, e.g. a second escalation)
     next_attempt = now if last_sent is None else max(now, last_sent["sent_at"] + window)
     await session.execute(notifications.insert().values(
         channel_id=channel_id, group_key=key, event=event, anomaly_ids=[anomaly_id],

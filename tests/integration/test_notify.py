@@ -416,14 +416,13 @@ async def test_a_storm_is_one_message_per_window(db: Database, receiver: Receive
     # until t=700 s and collects the whole storm
     second = [await raise_anomaly(db, now=at(650 + i), machine_id=press) for i in range(100)]
     assert await notify.deliver(db, ms(at(699))) == 0
+    async with db.sessions() as s, s.begin():   # again while unsent: nothing added
+        await notify.enqueue(s, second[-1], "opened", now=at(749))
+    assert len(await outbox(db)) == 3
     assert await notify.deliver(db, ms(at(750))) == 1
     assert len(receiver.requests) == 3
     doc = receiver.requests[-1].json()
     assert doc["count"] == 100 and [a["id"] for a in doc["anomalies"]] == second
-    # enqueueing an anomaly again adds nothing (idempotent)
-    async with db.sessions() as s, s.begin():
-        await notify.enqueue(s, second[-1], "opened", now=at(760))
-    assert len(await outbox(db)) == 3
 
 
 async def test_escalation_is_its_own_group(db: Database) -> None:
@@ -437,6 +436,15 @@ async def test_escalation_is_its_own_group(db: Database) -> None:
             await notify.enqueue(s, a, "exploded", now=at(1))
     assert [(r["event"], r["anomaly_ids"]) for r in await outbox(db)] == [
         ("opened", [a]), ("escalated", [a])]
+    # a second escalation after the first went out is a message of its own, held until
+    # the group's window ends
+    async with db.sessions() as s, s.begin():
+        await s.execute(notifications.update().where(notifications.c.event == "escalated")
+                        .values(status="sent", sent_at=at(2)))
+        await notify.enqueue(s, a, "escalated", now=at(300))
+    last = (await outbox(db))[-1]
+    assert (last["event"], last["anomaly_ids"], last["next_attempt"]) == (
+        "escalated", [a], at(602))
 
 
 async def test_channel_filters(db: Database) -> None:
