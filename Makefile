@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # daemons, servers), so two workers on a 2-core machine about halve the wall time.
 TEST_WORKERS ?= 2
 
-.PHONY: venv test demo bench lint schemas clean
+.PHONY: venv test demo bench lint schemas i18n clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,15 @@ lint: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/python -m edge.schema config/schema
+
+# The web UI's messages: extract from cloud/web (templates and Python) and merge into each
+# language's cloud/web/locale/*/LC_MESSAGES/messages.po; then translate the new zh_CN
+# entries (docs/GLOSSARY.md). The .po files are compiled when the cloud starts.
+i18n: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg -k N_ --no-location --sort-output --omit-header \
+		-o cloud/web/locale/messages.pot cloud/web
+	$(BIN)/pybabel update -i cloud/web/locale/messages.pot -d cloud/web/locale -D messages \
+		--no-fuzzy-matching --ignore-obsolete -w 100
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

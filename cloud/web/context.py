@@ -180,6 +180,10 @@ class Page:
     def t(self) -> Translations:
         return i18n.translations(self.locale)
 
+    def tr(self, message: str) -> str:
+        """``message`` (a msgid held in a variable) in this page's language."""
+        return str(self.t.gettext(message))
+
     def _(self, message: str, **params: Any) -> str:
         text = self.t.gettext(message)
         return text % params if params else text

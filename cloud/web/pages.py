@@ -214,8 +214,8 @@ async def work_orders_page(request: Request) -> Response:
             .distinct().order_by(work_orders.c.customer).limit(200))).scalars())
     if fmt:
         for r in rows:
-            r["status"] = page.t.gettext(labels.ORDER_STATUS[r["status"]])
-            r["due_status"] = page.t.gettext(labels.DUE[r["due_status"]]) if r["due_status"] \
+            r["status"] = page.tr(labels.ORDER_STATUS[r["status"]])
+            r["due_status"] = page.tr(labels.DUE[r["due_status"]]) if r["due_status"] \
                 else None
             r["due"] = page.dt(r["due"]) or None
         return export(fmt, "work-orders", ORDER_COLUMNS, rows, page.t.gettext)
@@ -287,7 +287,7 @@ async def work_order_page(number: str, request: Request) -> Response:
     if fmt := _export_fmt(request):
         table = request.query_params.get("table", "operations")
         if table == "operations":
-            rows = [{**o, "status": page.t.gettext(labels.OPERATION_STATUS[o["status"]])}
+            rows = [{**o, "status": page.tr(labels.OPERATION_STATUS[o["status"]])}
                     for o in data["ops"]]
             return export(fmt, f"{number}-operations", OP_COLUMNS, rows, page.t.gettext)
         if table == "dispatches":
@@ -298,7 +298,7 @@ async def work_order_page(number: str, request: Request) -> Response:
             return export(fmt, f"{number}-materials", MATERIAL_COLUMNS, data["materials"],
                           page.t.gettext)
         if table == "timeline":
-            rows = [{**e, "time": page.ts(e["ts"]), "kind": page.t.gettext(e["label"])}
+            rows = [{**e, "time": page.ts(e["ts"]), "kind": page.tr(e["label"])}
                     for e in data["timeline"]]
             return export(fmt, f"{number}-timeline", TIMELINE_COLUMNS, rows, page.t.gettext)
         raise WebError(404, N_("No such table."), table)
@@ -357,15 +357,15 @@ async def inventory_page(request: Request) -> Response:
         if fmt and table == "ledger":
             moves = await _all_moves(session, move_filter)
             rows = [{**m, "time": page.ts(m["ts"]),
-                     "kind": page.t.gettext(labels.MOVE_KIND[m["kind"]])} for m in moves]
+                     "kind": page.tr(labels.MOVE_KIND[m["kind"]])} for m in moves]
             return export(fmt, "stock-ledger", LEDGER_COLUMNS, rows, page.t.gettext)
         stock, total = await reports.stock_rows(
             session, q=q, shortage_only=shortage, limit=MAX_ROWS if fmt else limit,
             offset=0 if fmt else offset, now_ms=page.now_ms)
         if fmt:
-            rows = [{**s, "source": page.t.gettext(
+            rows = [{**s, "source": page.tr(
                 N_("manual") if s["safety_stock_source"] == "manual" else N_("computed")),
-                "shortage": page.t.gettext(N_("yes") if s["below_safety_stock"] else N_("no"))}
+                "shortage": page.tr(N_("yes") if s["below_safety_stock"] else N_("no"))}
                 for s in stock]
             return export(fmt, "stock", STOCK_COLUMNS, rows, page.t.gettext)
         ledger = await inventory.list_moves(session, limit=50, before_id=before, **move_filter)
@@ -432,7 +432,8 @@ def _gap_why(gap: dict[str, Any], page: Page) -> str:
     parts = []
     for e in gap["explained_by"][:3]:
         reason = e.get("reason") or e.get("cause") or ""
-        parts.append(f"{page._('gap record')} #{e['seq']}: {reason}".strip())
+        label = page._("gap record")
+        parts.append(f"{label} #{e['seq']}: {reason}".strip())
     return "; ".join(parts)
 
 
@@ -448,7 +449,7 @@ async def completeness_page(request: Request) -> Response:
     if fmt := _export_fmt(request):
         if request.query_params.get("table") == "gaps":
             return export(fmt, f"gaps-{selected}", GAP_COLUMNS, gaps, page.t.gettext)
-        rows = [{**g, "state": page.t.gettext(labels.GATEWAY_STATE[g["state"]]),
+        rows = [{**g, "state": page.tr(labels.GATEWAY_STATE[g["state"]]),
                  "last_seen": (g["last_seen"] or "")[:19].replace("T", " ")} for g in gws]
         return export(fmt, "data-completeness", GATEWAY_COLUMNS, rows, page.t.gettext)
     limit = _limit(request, 50)
