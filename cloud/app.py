@@ -27,6 +27,7 @@ from buffer.records import RecordError, decode_batch
 from cloud.api_dispatch import install_dispatch_api
 from cloud.api_inventory import install_inventory_api
 from cloud.api_notify import install_notify_api
+from cloud.api_oee import install_oee_api
 from cloud.api_production import install_production_api
 from cloud.api_users import install_user_api
 from cloud.attribution import apply_counts
@@ -41,6 +42,7 @@ from cloud.auth import (
 from cloud.db import Database, resolve_url
 from cloud.ingest import Applier, GatewayGone, ingest_batch
 from cloud.jobs import Job, job_runner
+from cloud.maintenance import check_maintenance
 from cloud.notify import deliver
 from cloud.status import device_counters, gateway_exists, gateway_status
 from cloud.timeline import apply_events
@@ -109,6 +111,9 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
     install_user_api(app)
     install_dispatch_api(app)
     install_inventory_api(app)
+    # before the production routes: /machines/states must match before /machines/{id}
+    install_oee_api(app)
+    app.state.jobs.append(Job("maintenance", check_maintenance, 60.0))
     install_production_api(app)
     install_web(app)  # the pages (cloud/web/): plant board, reports, planner actions
     install_notify_api(app)

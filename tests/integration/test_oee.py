@@ -1,0 +1,309 @@
+"""OEE, stops, downtime, calendars and maintenance counters against numbers worked out by
+hand (cloud/oee.py has the definitions), through the real ingest API and the REST routes.
+
+THE SCRIPTED DAY (Wednesday 2025-03-12, calendar "two-shift" in Asia/Shanghai, UTC+8,
+all times local). Machine M1 = gw-test/cnc-03, micro-stop threshold 120 s (default).
+
+Shifts: A 06:00-14:00, break 10:00-10:30; B 14:00-22:00, break 18:00-18:30.
+    planned A = (10:00-06:00) 240 + (14:00-10:30) 210 = 450 min
+    planned B = (18:00-14:00) 240 + (22:00-18:30) 210 = 450 min      day = 900 min
+Orders: WO-A (product P-A, ideal cycle 30 s, 1 cavity  -> 0.5 min per piece)
+        WO-B (product P-B, ideal cycle 60 s, 4 cavities -> 0.25 min per piece)
+Dispatches: WO-A [06:30, 12:00), WO-B [12:00, open). 06:00-06:30 is unassigned.
+
+Timeline                                   what it is (stops are "not running" stretches)
+05:30 link online, state idle              stop 05:30-06:00: outside the shifts, 0 planned
+06:00 running
+06:20 +10 good                             unassigned -> unrated piece (no ideal cycle)
+07:00 idle, 07:01 running                  60 s  < 120 s: micro-stop, 1 min (A, WO-A)
+07:59 +100 good                            WO-A
+08:00 alarm 1001, 08:45 running            45 min downtime (A, WO-A); reason "tool change"
+                                           is assigned afterwards over the API
+09:30:00 idle, 09:31:30 running            90 s micro-stop, 1.5 min (A, WO-A)
+10:00 idle, 10:30 running                  30 min stop, all inside the break: 0 planned
+10:15 +10 good                             during the break: not in OEE (unplanned time)
+  (LATE: 11:00 idle, 11:05 running)        5 min downtime "idle" (A, WO-A)
+  (LATE: 11:30 +20 good)                   WO-A
+11:59 +300 good, +20 scrap                 WO-A
+12:00 setup, 12:40 running                 changeover: 40 min downtime "setup" (A, WO-B)
+13:59 +240 good                            WO-B, shift A
+15:00 link offline, 15:20 link online      20 min downtime, reason "offline" (B, WO-B)
+16:00 idle, 16:01 running                  micro-stop 1 min (B)
+17:00 +1000 good, +40 scrap                WO-B
+18:29:30 idle, 18:30:30 running            60 s micro-stop across the break's end: only
+                                           18:30:00-18:30:30 is planned -> 0.5 min (B)
+21:00 +400 good                            WO-B
+21:50 idle (still idle at the end)         10 min downtime "idle" in planned time (B)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from tests.fixtures.cloud import batch_bytes
+from tests.integration.production_api import api_fixture  # noqa: F401
+
+MIN = 60_000
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+CALENDAR = {"shifts": [
+    {"name": "A", "start": "06:00", "end": "14:00", "days": [1, 2, 3, 4, 5],
+     "breaks": [["10:00", "10:30"]]},
+    {"name": "B", "start": "14:00", "end": "22:00", "days": [1, 2, 3, 4, 5],
+     "breaks": [["18:00", "18:30"]]}],
+    "non_working_dates": ["2025-10-01"]}
+
+
+def at(hhmmss: str, day: str = "2025-03-12", tz: ZoneInfo = SHANGHAI) -> int:
+    """Epoch ms of a local time on ``day``."""
+    parts = [int(p) for p in hhmmss.split(":")] + [0]
+    return int(datetime(*map(int, day.split("-")), parts[0], parts[1], parts[2],
+                        tzinfo=tz).timestamp() * 1000)
+
+
+DAY_START, DAY_END = at("00:00"), at("00:00", "2025-03-13")
+# (local time, what, late?) in time order; seq = position + 1
+SCRIPT: list[tuple[str, tuple[Any, ...], bool]] = [
+    ("05:30", ("link", True), False),
+    ("05:30", ("state", "idle", 0), False),
+    ("06:00", ("state", "running", 0), False),
+    ("06:20", ("good", 10), False),
+    ("07:00", ("state", "idle", 0), False),
+    ("07:01", ("state", "running", 0), False),
+    ("07:59", ("good", 100), False),
+    ("08:00", ("state", "alarm", 1001), False),
+    ("08:45", ("state", "running", 0), False),
+    ("09:30:00", ("state", "idle", 0), False),
+    ("09:31:30", ("state", "running", 0), False),
+    ("10:00", ("state", "idle", 0), False),
+    ("10:15", ("good", 10), False),
+    ("10:30", ("state", "running", 0), False),
+    ("11:00", ("state", "idle", 0), True),
+    ("11:05", ("state", "running", 0), True),
+    ("11:30", ("good", 20), True),
+    ("11:59", ("good", 300), False),
+    ("11:59", ("scrap", 20), False),
+    ("12:00", ("state", "setup", 0), False),
+    ("12:40", ("state", "running", 0), False),
+    ("13:59", ("good", 240), False),
+    ("15:00", ("link", False), False),
+    ("15:20", ("link", True), False),
+    ("16:00", ("state", "idle", 0), False),
+    ("16:01", ("state", "running", 0), False),
+    ("17:00", ("good", 1000), False),
+    ("17:00", ("scrap", 40), False),
+    ("18:29:30", ("state", "idle", 0), False),
+    ("18:30:30", ("state", "running", 0), False),
+    ("21:00", ("good", 400), False),
+    ("21:50", ("state", "idle", 0), False),
+]
+
+
+def script_records(device: str = "cnc-03") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(first batch, late batch): wire records of SCRIPT; counter raws run in time order."""
+    raw = {"good": 0, "scrap": 0}
+    first, late = [], []
+    for i, (hhmm, what, is_late) in enumerate(SCRIPT):
+        ts = at(hhmm)
+        kind = what[0]
+        if kind == "link":
+            rec = {"kind": "link", "body": {"online": what[1], "error": None}}
+        elif kind == "state":
+            rec = {"kind": "state", "body": {"state": what[1], "prev": None, "code": what[2]}}
+        else:
+            before = raw[kind]
+            raw[kind] += what[1]
+            rec = {"kind": "count", "body": {"tag": f"c_{kind}", "counts": kind,
+                                             "delta": what[1], "raw_before": before,
+                                             "raw_after": raw[kind], "reset": False}}
+        rec.update(seq=i + 1, ts=ts, device=device)
+        (late if is_late else first).append(rec)
+    return first, late
+
+
+async def ingest(api: Any, records: list[dict[str, Any]]) -> None:
+    res = await api.post("/api/v1/ingest", content=batch_bytes(api.gateway, records),
+                         headers={"Authorization": f"Bearer {api.token}",
+                                  "Content-Type": "application/msgpack",
+                                  "Accept": "application/json"})
+    assert res.status_code == 200, res.text
+
+
+async def make_day_plant(api: Any) -> dict[str, Any]:
+    """M1 on calendar two-shift, orders WO-A/WO-B released and dispatched as scripted."""
+    res = await api.post("/api/v1/machines", headers=api.admin, json={
+        "gateway_id": "gw-test", "device": "cnc-03", "name": "M1"})
+    assert res.status_code == 201, res.text
+    m1 = res.json()["id"]
+    ops = {}
+    for product, cycle, cavities, order, customer in (("P-A", 30_000, 1, "WO-A", "ACME"),
+                                                     ("P-B", 60_000, 4, "WO-B", "Globex")):
+        assert (await api.put(f"/api/v1/products/{product}",
+                              json={"name": product})).status_code == 200
+        res = await api.post("/api/v1/routings", json={"product": product, "operations": [
+            {"step": 10, "name": "mold", "machine_id": m1, "ideal_cycle_ms": cycle,
+             "cavities": cavities}]})
+        assert res.status_code == 201, res.text
+        res = await api.post("/api/v1/work-orders", json={
+            "number": order, "product": product, "quantity": 5000, "customer": customer})
+        assert res.status_code == 201, res.text
+        ops[order] = (await api.post(f"/api/v1/work-orders/{order}/release")
+                      ).json()["operations"][0]["id"]
+    for body in ({"machine_id": m1, "wo_operation_id": ops["WO-A"], "start_ts": at("06:30"),
+                  "end_ts": at("12:00")},
+                 {"machine_id": m1, "wo_operation_id": ops["WO-B"], "start_ts": at("12:00")}):
+        res = await api.post("/api/v1/dispatches", json=body)
+        assert res.status_code == 201, res.text
+    res = await api.post("/api/v1/calendars", json={
+        "name": "two-shift", "timezone": "Asia/Shanghai", "definition": CALENDAR})
+    assert res.status_code == 201, res.text
+    cal = res.json()["id"]
+    res = await api.put(f"/api/v1/machines/{m1}/calendar", json={"calendar_id": cal})
+    assert res.status_code == 200 and res.json()["effective"] == "two-shift", res.text
+    return {"m1": m1, "ops": ops, "calendar": cal}
+
+
+async def report(api: Any, group_by: str, **params: Any) -> list[dict[str, Any]]:
+    res = await api.get("/api/v1/oee", params={"start": DAY_START, "end": DAY_END,
+                                               "group_by": group_by, **params})
+    assert res.status_code == 200, res.text
+    return res.json()["items"]
+
+
+def check(row: dict[str, Any], *, planned: float, run: float, down: float, micro: float,
+          ideal: float, good: int, scrap: int, unrated: int = 0) -> None:
+    """Compare a report row with hand numbers (times in minutes) and the ratios they give."""
+    got = {k: row[k] for k in ("planned_ms", "run_ms", "downtime_ms", "micro_stop_ms",
+                               "ideal_ms", "good", "scrap", "unrated_pieces")}
+    assert got == {"planned_ms": planned * MIN, "run_ms": run * MIN, "downtime_ms": down * MIN,
+                   "micro_stop_ms": micro * MIN, "ideal_ms": ideal * MIN, "good": good,
+                   "scrap": scrap, "unrated_pieces": unrated}, row
+    a, p, q = run / planned, (ideal / run if ideal or not unrated else None), good / (good + scrap)
+    assert row["availability"] == pytest.approx(a)
+    assert row["quality"] == pytest.approx(q)
+    if p is None:
+        assert row["performance"] is None and row["oee"] is None
+    else:
+        assert row["performance"] == pytest.approx(p)
+        assert row["oee"] == pytest.approx(a * p * q)
+    assert row["losses"]["speed_loss_ms"] == round((run - ideal) * MIN)
+
+
+async def test_scripted_day_by_hand(api, cloud_db_url):
+    plant = await make_day_plant(api)
+    m1 = plant["m1"]
+    first, late = script_records()
+    await ingest(api, first)
+    # the reason for the 08:00 alarm stop, given afterwards by a planner
+    res = await api.put(f"/api/v1/machines/{m1}/stops/{at('08:00')}/reason",
+                        json={"reason": "tool change", "note": "insert broke"})
+    assert res.status_code == 200, res.text
+
+    # -- per machine = the whole day ----------------------------------------------------
+    # planned 900; downtime = alarm 45 + setup 40 + offline 20 + idle 10 = 115
+    # run = 900 - 115 = 785 (of which micro-stops 1 + 1.5 + 1 + 0.5 = 4)
+    # ideal = WO-A (100 + 300 + 20 scrap) x 0.5 = 210 + WO-B (240 + 1040 + 400) x 0.25 = 420
+    #       = 630; unrated: the 10 unassigned pieces; the 10 made in the break don't count
+    # good = 10 + 100 + 300 + 240 + 1000 + 400 = 2050, scrap = 20 + 40 = 60
+    # A = 785/900 = 0.872, P = 630/785 = 0.803, Q = 2050/2110 = 0.972, OEE = 0.680
+    [day] = await report(api, "machine")
+    assert (day["machine_id"], day["machine"]) == (m1, "M1")
+    check(day, planned=900, run=785, down=115, micro=4, ideal=630, good=2050, scrap=60,
+          unrated=10)
+    assert day["oee"] == pytest.approx(0.680095, abs=1e-6)
+    assert day["losses"]["downtime_by_state"] == {
+        "alarm": 45 * MIN, "idle": 10 * MIN, "offline": 20 * MIN, "setup": 40 * MIN}
+    assert day["losses"]["downtime_by_reason"] == {
+        "idle": 10 * MIN, "offline": 20 * MIN, "setup": 40 * MIN, "tool change": 45 * MIN}
+    # scrap loss = 20 x 0.5 + 40 x 0.25 = 20 min
+    assert day["losses"]["scrap_loss_ms"] == 20 * MIN
+    # the same through the function the pages call
+    from cloud.oee import oee_report
+    async with api.app.state.db.sessions() as s:
+        assert await oee_report(s, start_ms=DAY_START, end_ms=DAY_END) == [day]
+
+    # -- per shift ----------------------------------------------------------------------
+    # A: planned 450, downtime alarm 45 + setup 40 = 85, run 365, micro 1 + 1.5 = 2.5
+    #    ideal 210 (WO-A) + 240 x 0.25 = 60 (WO-B before 14:00) = 270
+    #    good 10 + 100 + 300 + 240 = 650, scrap 20
+    #    A = 365/450 = 0.811, P = 270/365 = 0.740, Q = 650/670 = 0.970
+    # B: planned 450, downtime offline 20 + idle 10 = 30, run 420, micro 1 + 0.5 = 1.5
+    #    ideal (1040 + 400) x 0.25 = 360, good 1400, scrap 40
+    #    A = 420/450 = 0.933, P = 360/420 = 0.857, Q = 1400/1440 = 0.972
+    a, b = await report(api, "shift")
+    assert (a["shift"], b["shift"]) == ("A", "B")
+    check(a, planned=450, run=365, down=85, micro=2.5, ideal=270, good=650, scrap=20,
+          unrated=10)
+    check(b, planned=450, run=420, down=30, micro=1.5, ideal=360, good=1400, scrap=40)
+    [(key, dayrow)] = [(r["day"], r) for r in await report(api, "day")]
+    assert key == "2025-03-12"   # the Shanghai date, though shift A starts on 03-11 in UTC
+    assert {k: v for k, v in dayrow.items() if k != "day"} == \
+        {k: v for k, v in day.items() if k not in ("machine_id", "machine")}
+
+    # -- per order (time by dispatch, pieces by attribution) ----------------------------
+    # unassigned 06:00-06:30: planned 30, run 30; 10 pieces without ideal -> P undefined
+    # WO-A [06:30,12:00): planned 210 + 90 = 300, downtime alarm 45, run 255, micro 2.5
+    #    ideal 420 x 0.5 = 210, good 400, scrap 20: A 0.85, P 210/255 = 0.824, Q 0.952
+    # WO-B [12:00,22:00): planned 120 + 450 = 570, downtime 40 + 20 + 10 = 70, run 500,
+    #    micro 1.5, ideal 1680 x 0.25 = 420, good 1640, scrap 40: A 0.877, P 0.84, Q 0.976
+    orders = {r["work_order"]: r for r in await report(api, "order")}
+    assert set(orders) == {"WO-A", "WO-B", None}
+    assert (orders["WO-A"]["customer"], orders["WO-A"]["product"]) == ("ACME", "P-A")
+    check(orders[None], planned=30, run=30, down=0, micro=0, ideal=0, good=10, scrap=0,
+          unrated=10)
+    check(orders["WO-A"], planned=300, run=255, down=45, micro=2.5, ideal=210, good=400,
+          scrap=20)
+    check(orders["WO-B"], planned=570, run=500, down=70, micro=1.5, ideal=420, good=1640,
+          scrap=40)
+    assert orders["WO-B"]["losses"]["downtime_by_reason"] == {
+        "idle": 10 * MIN, "offline": 20 * MIN, "setup": 40 * MIN}
+    products = {r["product"]: r for r in await report(api, "product")}
+    assert {k: v for k, v in products["P-B"].items() if k != "product"} == \
+        {k: v for k, v in orders["WO-B"].items()
+         if k not in ("work_order", "customer", "product")}
+
+    # -- stops and pareto ---------------------------------------------------------------
+    res = await api.get(f"/api/v1/machines/{m1}/stops",
+                        params={"start": at("06:00"), "end": at("13:00")})
+    got = [(s["start_ts"], s["duration_ms"], s["state"], s["micro"], s["reason"])
+           for s in res.json()["items"]]
+    assert got == [(at("07:00"), 1 * MIN, "idle", True, None),
+                   (at("08:00"), 45 * MIN, "alarm", False, "tool change"),
+                   (at("09:30"), 90_000, "idle", True, None),
+                   (at("10:00"), 30 * MIN, "idle", False, None),
+                   (at("12:00"), 40 * MIN, "setup", False, None)]
+    pareto = (await api.get("/api/v1/downtime/pareto",
+                            params={"start": DAY_START, "end": DAY_END})).json()["items"]
+    assert pareto == [{"reason": "tool change", "duration_ms": 45 * MIN, "count": 1},
+                      {"reason": "setup", "duration_ms": 40 * MIN, "count": 1},
+                      {"reason": "offline", "duration_ms": 20 * MIN, "count": 1},
+                      {"reason": "idle", "duration_ms": 10 * MIN, "count": 1}]
+
+    # -- the late batch ---------------------------------------------------------------
+    # 11:00-11:05 idle: +5 min downtime "idle" in A and WO-A; 11:30 +20 good on WO-A
+    #    (+10 min ideal). A: downtime 90, run 360, ideal 280, good 670 -> A 0.8,
+    #    P 280/360 = 0.778, Q 670/690. WO-A: downtime 50, run 250, ideal 220, good 420.
+    #    Day: downtime 120, run 780, ideal 640, good 2070. Shift B does not change.
+    await ingest(api, late)
+    [day2] = await report(api, "machine")
+    check(day2, planned=900, run=780, down=120, micro=4, ideal=640, good=2070, scrap=60,
+          unrated=10)
+    a2, b2 = await report(api, "shift")
+    check(a2, planned=450, run=360, down=90, micro=2.5, ideal=280, good=670, scrap=20,
+          unrated=10)
+    assert b2 == b
+    orders2 = {r["work_order"]: r for r in await report(api, "order")}
+    check(orders2["WO-A"], planned=300, run=250, down=50, micro=2.5, ideal=220, good=420,
+          scrap=20)
+    assert orders2["WO-B"] == orders["WO-B"] and orders2[None] == orders[None]
+    pareto = (await api.get("/api/v1/downtime/pareto",
+                            params={"start": DAY_START, "end": DAY_END})).json()["items"]
+    assert pareto[-1] == {"reason": "idle", "duration_ms": 15 * MIN, "count": 2}
+    # per shift and order at once: WO-B has time in both shifts
+    cells = {(r["shift"], r["work_order"]): r["planned_ms"]
+             for r in await report(api, "shift,order")}
+    assert cells == {("A", None): 30 * MIN, ("A", "WO-A"): 300 * MIN,
+                     ("A", "WO-B"): 120 * MIN, ("B", "WO-B"): 450 * MIN}
