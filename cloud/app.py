@@ -24,6 +24,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from buffer.records import RecordError, decode_batch
+from cloud.anomalies import apply_anomalies, sweep
+from cloud.api_anomalies import install_anomaly_api
 from cloud.api_dispatch import install_dispatch_api
 from cloud.api_inventory import install_inventory_api
 from cloud.api_notify import install_notify_api
@@ -92,8 +94,8 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
     app = FastAPI(title="plantsync cloud", version=_version(), lifespan=lifespan)
     app.state.db = db
     # attribution (cloud/attribution.py) runs first, then the machine timeline
-    # (cloud/timeline.py); callers may add more
-    app.state.appliers = [apply_counts, apply_events, *appliers]
+    # (cloud/timeline.py), then anomalies (cloud/anomalies.py); callers may add more
+    app.state.appliers = [apply_counts, apply_events, apply_anomalies, *appliers]
     app.state.jobs = [Job("prune", prune_logins, 3600.0)]
     app.state.max_body_bytes = max_body_bytes
 
@@ -116,6 +118,8 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
     app.state.jobs.append(Job("maintenance", check_maintenance, 60.0))
     install_production_api(app)
     install_web(app)  # the pages (cloud/web/): plant board, reports, planner actions
+    install_anomaly_api(app)
+    app.state.jobs.append(Job("anomaly_sweep", sweep, 15.0))
     install_notify_api(app)
     app.state.jobs.append(Job("notify", deliver, 5.0))
 

@@ -1,0 +1,176 @@
+"""REST API of anomalies (cloud/anomalies.py), under ``/api/v1`` (OpenAPI tag anomalies):
+
+- ``GET /api/v1/anomalies`` ?status (repeatable or comma-separated), kind, machine_id,
+  since_ts, until_ts (epoch ms, on the anomaly's ``ts``), open_first (default true),
+  limit (1..500, default 50), offset -> ``{items, total, limit, offset}``
+- ``GET /api/v1/anomalies/stats`` ?since_ts, until_ts (default: the last 30 days)
+- ``GET /api/v1/anomalies/{id}`` (with ``history``, its audit trail)
+- ``POST /api/v1/anomalies`` {kind: material|operator|quality, title, severity?,
+  machine_id?, work_order?, material?, ts?, detail?} -> 201 (planner)
+- ``POST /api/v1/anomalies/{id}/acknowledge`` {assignee?, note?},
+  ``/resolve`` {cause, action}, ``/close`` {}, ``/reopen`` {note?}, ``/assign`` {assignee}
+  (planner)
+- ``GET /api/v1/settings/anomalies`` (viewer), ``PUT`` (admin): overrides merged over what
+  is stored; 422 ``invalid_setting`` with ``field`` naming the bad key.
+
+Access: every person reads; planners and admins act; gateway tokens get 403. Errors as in
+cloud/api_production.py: 404 ``not_found``, 409 ``invalid_state`` (+ ``current``,
+``allowed``), 422 ``invalid`` (+ ``field``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from cloud import anomalies as an
+from cloud import settings
+from cloud.api_production import Db
+from cloud.auth import Actor, require
+
+MAX_LIMIT: Final = 500
+DAY_MS: Final = 86_400_000
+
+router = APIRouter(prefix="/api/v1", tags=["anomalies"])
+Viewer = Annotated[Actor, Depends(require("viewer"))]
+Planner = Annotated[Actor, Depends(require("planner"))]
+Admin = Annotated[Actor, Depends(require("admin"))]
+
+
+class ManualIn(BaseModel):
+    kind: str = Field(description="material, operator or quality")
+    title: str
+    severity: str | None = Field(None, description="info, minor, major, critical; "
+                                 "default from the rules")
+    machine_id: int | None = None
+    work_order: str | None = Field(None, description="work order number")
+    material: str | None = Field(None, description="material code")
+    ts: int | None = Field(None, description="when it happened, epoch ms (default now)")
+    detail: dict[str, Any] | None = None
+
+
+class AcknowledgeIn(BaseModel):
+    assignee: str | None = None
+    note: str | None = None
+
+
+class ResolveIn(BaseModel):
+    cause: str | None = None
+    action: str | None = None
+
+
+class AssignIn(BaseModel):
+    assignee: str | None = None
+
+
+class NoteIn(BaseModel):
+    note: str | None = None
+
+
+@router.get("/anomalies")
+async def list_anomalies(
+        _: Viewer, session: Db,
+        status: Annotated[list[str] | None, Query(
+            description="repeatable or comma-separated: open, acknowledged, resolved, "
+                        "closed")] = None,
+        kind: str | None = None, machine_id: int | None = None,
+        since_ts: int | None = None, until_ts: int | None = None, open_first: bool = True,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+    """Anomalies, not yet closed first (open, acknowledged, resolved), then newest."""
+    page = await an.list_anomalies(session, status=status, kind=kind, machine_id=machine_id,
+                                   since_ts=since_ts, until_ts=until_ts,
+                                   open_first=open_first, limit=limit, offset=offset)
+    return {**page, "limit": limit, "offset": offset}
+
+
+@router.get("/anomalies/stats")
+async def stats(_: Viewer, session: Db, since_ts: int | None = None,
+                until_ts: int | None = None) -> dict[str, Any]:
+    """Totals, open, closure and repeat rates, mean response and closure times, counts by
+    kind/severity/status over anomalies with since_ts <= ts < until_ts."""
+    until = time.time_ns() // 1_000_000 if until_ts is None else until_ts
+    since = until - 30 * DAY_MS if since_ts is None else since_ts
+    return await an.anomaly_stats(session, since_ts=since, until_ts=until)
+
+
+@router.get("/anomalies/{anomaly_id}")
+async def get_anomaly(anomaly_id: int, _: Viewer, session: Db) -> dict[str, Any]:
+    """One anomaly with its links and history."""
+    return await an.get_anomaly(session, anomaly_id)
+
+
+@router.post("/anomalies", status_code=201)
+async def create(body: ManualIn, actor: Planner, session: Db) -> dict[str, Any]:
+    """Report a material, operator or quality anomaly (a critical quality one holds the
+    affected operations)."""
+    return await an.create_manual(session, actor, body.kind, body.title, body.severity,
+                                  machine_id=body.machine_id, work_order=body.work_order,
+                                  material=body.material, ts=body.ts, detail=body.detail)
+
+
+@router.post("/anomalies/{anomaly_id}/acknowledge")
+async def acknowledge(anomaly_id: int, actor: Planner, session: Db,
+                      body: AcknowledgeIn | None = None) -> dict[str, Any]:
+    """open -> acknowledged (optionally assigning it)."""
+    body = body or AcknowledgeIn()
+    return await an.acknowledge(session, actor, anomaly_id, body.assignee, body.note)
+
+
+@router.post("/anomalies/{anomaly_id}/resolve")
+async def resolve(anomaly_id: int, body: ResolveIn, actor: Planner,
+                  session: Db) -> dict[str, Any]:
+    """acknowledged (or open) -> resolved with cause and action; releases a quality hold."""
+    return await an.resolve(session, actor, anomaly_id, body.cause or "", body.action or "")
+
+
+@router.post("/anomalies/{anomaly_id}/close")
+async def close(anomaly_id: int, actor: Planner, session: Db) -> dict[str, Any]:
+    """resolved -> closed."""
+    return await an.close(session, actor, anomaly_id)
+
+
+@router.post("/anomalies/{anomaly_id}/reopen")
+async def reopen(anomaly_id: int, actor: Planner, session: Db,
+                 body: NoteIn | None = None) -> dict[str, Any]:
+    """resolved/closed -> acknowledged."""
+    return await an.reopen(session, actor, anomaly_id, body.note if body else None)
+
+
+@router.post("/anomalies/{anomaly_id}/assign")
+async def assign(anomaly_id: int, body: AssignIn, actor: Planner,
+                 session: Db) -> dict[str, Any]:
+    """Set the assignee (any state but closed)."""
+    return await an.assign(session, actor, anomaly_id, body.assignee or "")
+
+
+@router.get("/settings/anomalies", tags=["settings"])
+async def get_settings(_: Viewer, session: Db) -> dict[str, Any]:
+    """Thresholds, escalation, repeat window and severity rules in effect."""
+    return await settings.get(session, an.SETTINGS_KEY)
+
+
+@router.put("/settings/anomalies", tags=["settings"], response_model=None)
+async def put_settings(request: Request, actor: Admin,
+                       value: Annotated[Any, Body()]) -> dict[str, Any] | JSONResponse:
+    """Override settings (merged over what is stored, one level deep); unknown keys and
+    wrong types are refused naming the field, and nothing is stored then."""
+    try:
+        async with request.app.state.db.sessions() as session, session.begin():
+            return await an.put_settings(session, actor, value)
+    except settings.SettingsError as exc:
+        return JSONResponse({"error": "invalid_setting", "detail": exc.detail,
+                             "field": exc.field}, status_code=422)
+
+
+def install_anomaly_api(app: FastAPI) -> None:
+    """Add the anomaly routes (their errors are answered by the production API's
+    handler of ProductionError, installed by install_production_api)."""
+    app.include_router(router)
+
+
+__all__ = ["install_anomaly_api", "router"]
