@@ -458,6 +458,8 @@ async def _accumulate(session: AsyncSession, *, start_ms: int, end_ms: int,
     for m in rows:
         planned = planned_intervals(cals[m.id], start_ms, end_eff) if end_eff > start_ms else []
         if not planned:
+            if parts == ("machine",):   # every machine asked for is listed, ratios None
+                pending.append(((m.id, None, None, None), "time", 0, None))
             continue
         disp = await _dispatches(session, m.id, planned[0].start, planned[-1].end)
         slices = _slices(planned, disp)
@@ -587,8 +589,9 @@ async def oee_report(session: AsyncSession, *, start_ms: int, end_ms: int,
     (``"day,shift"``: every shift of every day). Each row has its key fields (machine_id
     and machine; shift; day; work_order, customer and product; product), planned_ms,
     run_ms, downtime_ms, micro_stop_ms, ideal_ms, good, scrap, unrated_pieces,
-    availability, performance, quality, oee and losses (see the module docstring). Groups
-    with no planned time are not listed. Raises Invalid (window, group_by), NotFound
+    availability, performance, quality, oee and losses (see the module docstring). By
+    machine, every machine is listed (no planned time: planned_ms 0, ratios None); other
+    groupings list the groups that have planned time. Raises Invalid (window, group_by), NotFound
     (machine_ids)."""
     parts = _parse_group_by(group_by)
     accs, _, _ = await _accumulate(session, start_ms=start_ms, end_ms=end_ms,
@@ -725,8 +728,9 @@ async def current_states(session: AsyncSession, now_ms: int) -> dict[int, dict[s
             select(ev.ts).where(ev.gateway_id == m.gateway_id, ev.device == m.device,
                                 ev.ts <= now_ms)
             .order_by(ev.ts.desc(), ev.seq.desc()).offset(199).limit(1))).scalar()
+        # the last 200 events (all when fewer), with the state and link before them
         evs = await events(session, m.gateway_id, m.device,
-                           int(floor) if floor is not None else now_ms + 1, now_ms + 1)
+                           int(floor) if floor is not None else -(2**62), now_ms + 1)
         state: str | None = None
         online: bool | None = None
         code: int | None = None

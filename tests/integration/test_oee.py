@@ -43,7 +43,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import select
 
+from cloud.models import AuditEntry
 from tests.fixtures.cloud import batch_bytes
 from tests.integration.production_api import api_fixture  # noqa: F401
 
@@ -307,3 +309,299 @@ async def test_scripted_day_by_hand(api, cloud_db_url):
              for r in await report(api, "shift,order")}
     assert cells == {("A", None): 30 * MIN, ("A", "WO-A"): 300 * MIN,
                      ("A", "WO-B"): 120 * MIN, ("B", "WO-B"): 450 * MIN}
+
+
+# -- SQLite only from here ---------------------------------------------------------------
+
+sqlite_only = pytest.mark.parametrize("cloud_db_url", ["sqlite"], indirect=True)
+
+
+async def audit_actions(api: Any, prefix: str) -> list[tuple[str, str, dict[str, Any]]]:
+    async with api.app.state.db.sessions() as s:
+        rows = (await s.execute(select(AuditEntry.actor, AuditEntry.action, AuditEntry.detail)
+                                .where(AuditEntry.action.like(f"{prefix}%"))
+                                .order_by(AuditEntry.id))).all()
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+@sqlite_only
+async def test_board_reasons_settings_calendars_and_roles(api, cloud_db_url):
+    from cloud.oee import current_states
+
+    plant = await make_day_plant(api)
+    m1 = plant["m1"]
+    first, late = script_records()
+    await ingest(api, sorted(first + late, key=lambda r: r["seq"]))
+
+    # -- the board at pinned times --------------------------------------------------------
+    async with api.app.state.db.sessions() as s:
+        setup = (await current_states(s, at("12:10")))[m1]
+        offline = (await current_states(s, at("15:10")))[m1]
+        alarm = (await current_states(s, at("08:10")))[m1]
+        idle = (await current_states(s, at("21:55")))[m1]
+    assert (setup["state"], setup["device_state"], setup["since_ts"], setup["online"]) == \
+        ("setup", "setup", at("12:00"), True)
+    assert setup["dispatch"] == {"work_order": "WO-B", "step": 10, "operation": "mold",
+                                 "customer": "Globex", "good": 1640, "quantity": 5000,
+                                 "since_ts": at("12:00")}
+    assert (offline["state"], offline["since_ts"], offline["online"]) == \
+        ("offline", at("15:00"), False)
+    assert (alarm["state"], alarm["device_state"], alarm["code"]) == ("down", "alarm", 1001)
+    assert alarm["dispatch"]["work_order"] == "WO-A"
+    assert (idle["state"], idle["since_ts"]) == ("idle", at("21:50"))
+    res = await api.get("/api/v1/machines/states", headers=api.viewer)
+    assert res.status_code == 200, res.text
+    assert [(r["machine_id"], r["state"]) for r in res.json()["items"]] == [(m1, "idle")]
+
+    # -- stop reasons: only at a stop's start, by planners and admins, audited ---------------
+    url = f"/api/v1/machines/{m1}/stops/{{}}/reason"
+    res = await api.put(url.format(at("08:10")), json={"reason": "tool change"})
+    assert res.status_code == 422 and res.json()["field"] == "start_ts", res.text
+    assert str(at("08:00")) in res.json()["detail"]          # says where the stop began
+    res = await api.put(url.format(at("08:00")), json={"reason": " "})
+    assert (res.status_code, res.json()["field"]) == (422, "reason")
+    res = await api.put(f"/api/v1/machines/9999/stops/{at('08:00')}/reason",
+                        json={"reason": "x"})
+    assert res.status_code == 404
+    res = await api.put(url.format(at("08:00")), json={"reason": "x"}, headers=api.viewer)
+    assert (res.status_code, res.json()["error"]) == (403, "forbidden")
+    res = await api.put(url.format(at("12:00")), json={"reason": "changeover WO-A -> WO-B"},
+                        headers=api.admin)
+    assert res.status_code == 200, res.text
+    assert await audit_actions(api, "stop.") == [
+        ("admin", "stop.reason", {"start_ts": at("12:00"), "reason": "changeover WO-A -> WO-B",
+                                  "note": None, "previous": None, "state": "setup"})]
+    [day] = await report(api, "machine")
+    assert day["losses"]["downtime_by_reason"]["changeover WO-A -> WO-B"] == 40 * MIN
+
+    # -- settings: a 30 s threshold makes the 60 s and 90 s stops downtime -------------------
+    assert (await api.get("/api/v1/settings/oee", headers=api.viewer)).json() == \
+        {"micro_stop_s": 120, "state_map": {}}
+    res = await api.put("/api/v1/settings/oee", json={"micro_stop_s": 30})
+    assert res.status_code == 403                              # planners may not
+    for bad, field in (({"micro_stop_s": -1}, "oee.micro_stop_s"),
+                       ({"state_map": {"auto": "flying"}}, "oee.state_map.auto"),
+                       ({"micro_stop": 1}, "oee.micro_stop")):
+        res = await api.put("/api/v1/settings/oee", json=bad, headers=api.admin)
+        assert (res.status_code, res.json()["field"]) == (422, field), res.text
+    res = await api.put("/api/v1/settings/oee", json={"micro_stop_s": 30}, headers=api.admin)
+    assert res.status_code == 200 and res.json()["micro_stop_s"] == 30, res.text
+    # downtime 120 + micro-stops 1 + 1.5 + 1 + 0.5 = 124; run 900 - 124 = 776
+    [day] = await report(api, "machine")
+    check(day, planned=900, run=776, down=124, micro=0, ideal=640, good=2070, scrap=60,
+          unrated=10)
+    assert day["losses"]["downtime_by_state"]["idle"] == (10 + 5 + 1 + 1.5 + 1 + 0.5) * MIN
+    res = await api.put("/api/v1/settings/oee", json={"state_map": {"setup": "running"}},
+                        headers=api.admin)
+    assert res.status_code == 200, res.text
+    async with api.app.state.db.sessions() as s:
+        assert (await current_states(s, at("12:10")))[m1]["state"] == "running"
+    [day] = await report(api, "machine")
+    assert day["run_ms"] == 816 * MIN                          # the changeover counts as run
+    res = await api.get("/api/v1/oee/trend", params={"start": DAY_START, "end": DAY_END})
+    assert [(r["day"], r["run_ms"]) for r in res.json()["items"]] == [("2025-03-12",
+                                                                       816 * MIN)]
+
+    # -- calendars ---------------------------------------------------------------------
+    cal = plant["calendar"]
+    listed = (await api.get("/api/v1/calendars", headers=api.viewer)).json()["items"]
+    assert [(c["name"], c["machine_ids"]) for c in listed] == [("two-shift", [m1])]
+    res = await api.delete(f"/api/v1/calendars/{cal}")
+    assert res.status_code == 409 and "assigned" in res.json()["detail"]
+    res = await api.post("/api/v1/calendars", json={"name": "two-shift", "timezone": "UTC",
+                                                    "definition": CALENDAR})
+    assert res.status_code == 409
+    bad = {"shifts": [{**CALENDAR["shifts"][0]}, {**CALENDAR["shifts"][1],
+                                                  "breaks": [["10:00", "10:15"]]}]}
+    res = await api.put(f"/api/v1/calendars/{cal}", json={
+        "name": "two-shift", "timezone": "Asia/Shanghai", "definition": bad})
+    assert (res.status_code, res.json()["field"]) == (422, "shifts[1].breaks[0]"), res.text
+    assert "break outside the shift" in res.json()["detail"]
+    res = await api.get(f"/api/v1/calendars/{cal}/planned",
+                        params={"start": DAY_START, "end": DAY_END})
+    assert [(p["shift"], (p["end"] - p["start"]) // MIN) for p in res.json()["items"]] == \
+        [("A", 240), ("A", 210), ("B", 240), ("B", 210)]
+    for method, path, body in (("POST", "/api/v1/calendars", {"name": "x"}),
+                               ("PUT", f"/api/v1/machines/{m1}/calendar", {"calendar_id": None}),
+                               ("DELETE", f"/api/v1/calendars/{cal}", None)):
+        res = await api.request(method, path, json=body, headers=api.viewer)
+        assert res.status_code == 403, (method, path)
+    # no calendar of its own and no "default": around the clock, in UTC days
+    res = await api.put(f"/api/v1/machines/{m1}/calendar", json={"calendar_id": None})
+    assert res.json()["effective"] == "24/7"
+    [day] = await report(api, "machine")
+    assert day["planned_ms"] == 24 * 60 * MIN
+    assert [(r["day"], r["planned_ms"] // MIN) for r in await report(api, "day")] == \
+        [("2025-03-11", 8 * 60), ("2025-03-12", 16 * 60)]
+    # a calendar named "default" is every unassigned machine's calendar
+    res = await api.put(f"/api/v1/calendars/{cal}", json={
+        "name": "default", "timezone": "Asia/Shanghai", "definition": CALENDAR})
+    assert res.status_code == 200, res.text
+    [day] = await report(api, "machine")
+    assert day["planned_ms"] == 900 * MIN
+    res = await api.delete(f"/api/v1/calendars/{cal}")
+    assert res.status_code == 204
+    assert [a for _, a, _ in await audit_actions(api, "calendar.")] == [
+        "calendar.create", "calendar.update", "calendar.delete"]
+
+
+@sqlite_only
+async def test_dst_day_and_non_working_day(api, cloud_db_url):
+    """A 24-hour shift in Europe/Berlin: 23 h on 2025-03-30, 25 h on 2025-10-26; the
+    non-working date 2025-10-01 has no planned time, so its availability is undefined.
+    The machine runs all the time and counts nothing: performance 0, OEE 0."""
+    berlin = ZoneInfo("Europe/Berlin")
+    res = await api.post("/api/v1/machines", headers=api.admin, json={
+        "gateway_id": "gw-test", "device": "imm-07", "name": "M2"})
+    m2 = res.json()["id"]
+    res = await api.post("/api/v1/calendars", json={
+        "name": "round the clock", "timezone": "Europe/Berlin", "definition": {
+            "shifts": [{"name": "D", "start": "00:00", "end": "00:00"}],
+            "non_working_dates": ["2025-10-01"]}})
+    assert res.status_code == 201, res.text
+    await api.put(f"/api/v1/machines/{m2}/calendar", json={"calendar_id": res.json()["id"]})
+    await ingest(api, [{"seq": 1, "ts": at("00:00", "2025-03-01", berlin), "device": "imm-07",
+                        "kind": "state", "body": {"state": "running", "prev": None,
+                                                  "code": 0}}])
+
+    async def one_day(day: str, next_day: str) -> dict[str, Any]:
+        res = await api.get("/api/v1/oee", params={
+            "start": at("00:00", day, berlin), "end": at("00:00", next_day, berlin),
+            "machine_id": m2})
+        [row] = res.json()["items"]
+        return row
+
+    spring = await one_day("2025-03-30", "2025-03-31")
+    assert (spring["planned_ms"], spring["run_ms"]) == (23 * 60 * MIN, 23 * 60 * MIN)
+    assert (spring["availability"], spring["performance"], spring["quality"],
+            spring["oee"]) == (1.0, 0.0, None, 0.0)
+    autumn = await one_day("2025-10-26", "2025-10-27")
+    assert autumn["planned_ms"] == autumn["run_ms"] == 25 * 60 * MIN
+    holiday = await one_day("2025-10-01", "2025-10-02")
+    assert (holiday["machine_id"], holiday["planned_ms"], holiday["availability"],
+            holiday["oee"]) == (m2, 0, None, None)
+    res = await api.get("/api/v1/oee", params={"start": 5, "end": 5})
+    assert (res.status_code, res.json()["field"]) == (422, "end")
+    res = await api.get("/api/v1/oee", params={"start": 0, "end": 5, "group_by": "week"})
+    assert (res.status_code, res.json()["field"]) == (422, "group_by")
+    res = await api.get("/api/v1/oee", params={"start": 0, "end": 5, "machine_id": 999})
+    assert res.status_code == 404
+
+
+@sqlite_only
+async def test_maintenance_counters(api, cloud_db_url):
+    """Run hours: running 06:00-09:00 (3 h) against 2 h -> due at 08:00. Cycles: a 4-cavity
+    mold, 400 pieces = 100 cycles against 150; 200 more pieces at 08:00 -> 150, due then."""
+    from cloud.maintenance import check_maintenance, reset_counter
+    from cloud.models import anomalies, maintenance_counters
+
+    db = api.app.state.db
+    assert any(j.name == "maintenance" and j.fn is check_maintenance
+               for j in api.app.state.jobs)
+    res = await api.post("/api/v1/machines", headers=api.admin, json={
+        "gateway_id": "gw-test", "device": "imm-07", "name": "IMM 7"})
+    m = res.json()["id"]
+    await api.put("/api/v1/products/CAP", json={"name": "cap"})
+    await api.post("/api/v1/routings", json={"product": "CAP", "operations": [
+        {"step": 10, "name": "mold", "ideal_cycle_ms": 20_000, "cavities": 4}]})
+    await api.post("/api/v1/work-orders", json={"number": "WO-C", "product": "CAP",
+                                                "quantity": 10_000})
+    op = (await api.post("/api/v1/work-orders/WO-C/release")).json()["operations"][0]["id"]
+    await api.post("/api/v1/dispatches", json={"machine_id": m, "wo_operation_id": op,
+                                               "start_ts": at("05:00")})
+
+    def state(seq: int, hhmm: str, name: str) -> dict[str, Any]:
+        return {"seq": seq, "ts": at(hhmm), "device": "imm-07", "kind": "state",
+                "body": {"state": name, "prev": None, "code": 0}}
+
+    def good(seq: int, hhmm: str, before: int, n: int) -> dict[str, Any]:
+        return {"seq": seq, "ts": at(hhmm), "device": "imm-07", "kind": "count",
+                "body": {"tag": "shots", "counts": "good", "delta": n, "raw_before": before,
+                         "raw_after": before + n, "reset": False}}
+
+    await ingest(api, [state(1, "06:00", "running"), good(2, "07:00", 0, 400),
+                       state(3, "09:00", "idle")])
+    res = await api.post("/api/v1/maintenance-counters", headers=api.viewer, json={
+        "machine_id": m, "name": "filter", "metric": "run_hours", "threshold": 1})
+    assert res.status_code == 403
+    res = await api.post("/api/v1/maintenance-counters", json={
+        "machine_id": m, "name": "filter", "metric": "run_hours", "threshold": 0})
+    assert (res.status_code, res.json()["field"]) == (422, "threshold")
+    res = await api.post("/api/v1/maintenance-counters", json={
+        "machine_id": m, "name": "filter", "metric": "run_hours", "threshold_hours": 2,
+        "since_ts": at("00:00")})
+    assert res.status_code == 201, res.text
+    hours_id = res.json()["id"]
+    assert (res.json()["value"], res.json()["percent"], res.json()["due"]) == \
+        (3 * 60 * MIN, 150.0, True)
+    res = await api.post("/api/v1/maintenance-counters", json={
+        "machine_id": m, "name": "mold service", "metric": "cycles", "threshold": 150,
+        "since_ts": at("00:00")})
+    cycles_id = res.json()["id"]
+    assert (res.json()["value"], res.json()["percent"], res.json()["due"]) == \
+        (100, 66.67, False)
+    res = await api.post("/api/v1/maintenance-counters", json={
+        "machine_id": m, "name": "filter", "metric": "cycles", "threshold": 5})
+    assert res.status_code == 409
+
+    async def maintenance_anomalies() -> list[tuple[int, int, str | None, int | None]]:
+        async with db.sessions() as s:
+            return [tuple(r) for r in (await s.execute(
+                select(anomalies.c.id, anomalies.c.ts, anomalies.c.code,
+                       anomalies.c.machine_id).where(anomalies.c.kind == "maintenance")
+                .order_by(anomalies.c.id))).all()]
+
+    async def due_id(counter: int) -> int | None:
+        async with db.sessions() as s:
+            return (await s.execute(select(maintenance_counters.c.due_anomaly_id).where(
+                maintenance_counters.c.id == counter))).scalar()
+
+    # two runs of the job: one anomaly, at the moment the 2nd run hour was reached
+    for _ in range(2):
+        await check_maintenance(db, at("11:00"))
+    [(first_id, ts, code, machine)] = await maintenance_anomalies()
+    assert (ts, code, machine) == (at("08:00"), "filter", m)
+    assert await due_id(hours_id) == first_id and await due_id(cycles_id) is None
+    # 200 more shots at 08:00 -> 150 cycles (4 cavities): due with that record
+    await ingest(api, [good(4, "08:00", 400, 200)])
+    for _ in range(2):
+        await check_maintenance(db, at("11:00"))
+    found = await maintenance_anomalies()
+    assert [(a[1], a[2]) for a in found] == [(at("08:00"), "filter"),
+                                             (at("08:00"), "mold service")]
+
+    # reset over the API (now = wall clock): audited, due cleared, counting from now
+    res = await api.post(f"/api/v1/maintenance-counters/{hours_id}/reset", headers=api.viewer)
+    assert res.status_code == 403
+    res = await api.post(f"/api/v1/maintenance-counters/{hours_id}/reset")
+    assert res.status_code == 200, res.text
+    assert (res.json()["value"], res.json()["due"], res.json()["due_anomaly_id"],
+            res.json()["last_reset_by"]) == (0, False, None, "pat")
+    [(actor, action, detail)] = await audit_actions(api, "maintenance.reset")
+    assert (actor, action, detail["value"], detail["due_anomaly_id"],
+            detail["previous_since_ts"]) == ("pat", "maintenance.reset", 3 * 60 * MIN,
+                                             first_id, at("00:00"))
+    # reset at 08:30 (pinned): 0.5 h run until 09:00, not due; running again from 10:00,
+    # 2 h are reached at 11:30 -> a new anomaly for the new period
+    async with db.sessions() as s, s.begin():
+        await reset_counter(s, "pat", hours_id, at("08:30"))
+    await check_maintenance(db, at("11:00"))
+    assert len(await maintenance_anomalies()) == 2
+    await ingest(api, [state(5, "10:00", "running")])
+    await check_maintenance(db, at("12:00"))
+    await check_maintenance(db, at("12:00"))
+    found = await maintenance_anomalies()
+    assert [(a[1], a[2]) for a in found][2:] == [(at("11:30"), "filter")]
+    assert await due_id(hours_id) == found[2][0]
+
+    listed = (await api.get("/api/v1/maintenance-counters",
+                            params={"machine_id": m}, headers=api.viewer)).json()["items"]
+    assert [(c["name"], c["metric"]) for c in listed] == [("filter", "run_hours"),
+                                                          ("mold service", "cycles")]
+    res = await api.patch(f"/api/v1/maintenance-counters/{cycles_id}", json={"threshold": 300})
+    assert (res.json()["threshold"], res.json()["due"]) == (300, False)
+    res = await api.delete(f"/api/v1/maintenance-counters/{cycles_id}")
+    assert res.status_code == 204
+    assert [a for _, a, _ in await audit_actions(api, "maintenance.")] == [
+        "maintenance.create", "maintenance.create", "maintenance.reset", "maintenance.reset",
+        "maintenance.update", "maintenance.delete"]
