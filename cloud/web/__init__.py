@@ -48,5 +48,5 @@ def install_web(app: FastAPI) -> None:
             return RedirectResponse("/login", status_code=303)
         page = await pages.open_page(request, login=False)
         titles = {403: N_("Not allowed"), 404: N_("Not found")}
-        return render(page, "error.html", status=exc.status, message=exc.message,
+        return render(page, "error.html", status_code=exc.status, message=exc.message,
                       detail=exc.detail, title=titles.get(exc.status, N_("Error")))

@@ -42,7 +42,7 @@ async def post_login(request: Request) -> Response:
     target = safe_next(str(form.get("next") or "/"))
     page = await open_page(request, login=False)
     if not same_origin(request):
-        return render(page, "login.html", status=403, next=target, name=name,
+        return render(page, "login.html", status_code=403, next=target, name=name,
                       error=N_("This form was sent from another site; refused."))
     address = request.client.host if request.client else "unknown"
     try:
@@ -52,7 +52,7 @@ async def post_login(request: Request) -> Response:
         message = (N_("Too many failed logins; wait a few minutes.") if exc.status == 429
                    else N_("User disabled; ask an admin.") if exc.reason == "user_disabled"
                    else N_("Wrong user name or password."))
-        return render(page, "login.html", status=exc.status, next=target, name=name,
+        return render(page, "login.html", status_code=exc.status, next=target, name=name,
                       error=message)
     resp = RedirectResponse(target, status_code=303)
     resp.set_cookie(SESSION_COOKIE, result.session_secret, httponly=True, samesite="lax",

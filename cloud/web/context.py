@@ -217,10 +217,10 @@ class Page:
         return self.request.url.path + (f"?{q}" if q else "")
 
 
-def render(page: Page, template: str, status: int = 200, **data: Any) -> HTMLResponse:
+def render(page: Page, template: str, status_code: int = 200, **data: Any) -> HTMLResponse:
     env = environment(page.locale)
     html = env.get_template(template).render(page=page, user=page.user, **data)
-    resp = HTMLResponse(html, status_code=status)
+    resp = HTMLResponse(html, status_code=status_code)
     if page.flash is not None:
         resp.delete_cookie(FLASH_COOKIE, path="/")
     return resp

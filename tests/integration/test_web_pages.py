@@ -1,0 +1,402 @@
+"""The web UI without a browser (httpx against create_app, SQLite): every page in both
+languages, no external URL anywhere, the language choice (user, cookie, Accept-Language),
+filters, paging and due-date colours, exports (CSV with BOM, XLSX) with the page's
+filters, the provisional banner, CSRF and roles (a viewer sees no buttons and gets 403),
+and each planner action through its form."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgpack
+import openpyxl
+import pytest
+
+from buffer.records import WIRE_VERSION
+from tests.fixtures.cloud import ADMIN_HEADERS, add_admin, migrate_sync
+from tests.integration.web_plant import PASSWORD, Plant, count, ingest, now_ms, rec, seed_plant
+
+pytestmark = pytest.mark.xdist_group("web_pages")
+PAGES = ["/", "/?wall=1", "/board/tiles", "/work-orders", "/work-orders/WO-1001",
+         "/work-orders/WO-1001/operations", "/anomalies", "/oee", "/inventory",
+         "/completeness"]
+EXTERNAL = re.compile(r"""(?:src|href|action)\s*=\s*["']?\s*(?:https?:)?//|url\(\s*["']?(?:https?:)?//""",
+                      re.I)
+
+
+@pytest.fixture(scope="module")
+def web_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Plant]]:
+    """A migrated SQLite cloud with the test plant, built once for the module."""
+    from cloud.admin import create_gateway
+    from cloud.app import create_app
+    from cloud.db import Database
+
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('web') / 'cloud.db'}"
+    migrate_sync(url)
+
+    async def build() -> Plant:
+        await add_admin(url)
+        async with Database(url) as db:
+            token = await create_gateway(db, "gw-hall1")
+        app = create_app(url)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://cloud") as c:
+            plant = await seed_plant(c, ADMIN_HEADERS, "gw-hall1", token)
+        await app.state.db.dispose()
+        return plant
+
+    yield url, asyncio.run(build())
+
+
+class Web(httpx.AsyncClient):
+    plant: Plant
+
+    async def page(self, path: str, **kw: Any) -> str:
+        res = await self.get(path, **kw)
+        assert res.status_code == 200, (path, res.status_code, res.text[:500])
+        return res.text
+
+    async def csrf(self, path: str = "/") -> str:
+        found = re.search(r'name="csrf_token" value="([^"]+)"', await self.page(path))
+        assert found
+        return found.group(1)
+
+    async def act(self, path: str, data: dict[str, Any] | None = None,
+                  from_page: str = "/") -> httpx.Response:
+        token = await self.csrf(from_page)
+        return await self.post(path, data={"csrf_token": token, **(data or {})})
+
+
+@pytest.fixture
+async def web(web_db: tuple[str, Plant]) -> AsyncIterator[Any]:
+    """A client factory: ``await web(user, accept_language=...)`` is logged in as user."""
+    from cloud.app import create_app
+
+    url, plant = web_db
+    app = create_app(url)
+    clients: list[Web] = []
+
+    async def client(user: str | None = "pat", accept_language: str = "en") -> Web:
+        c = Web(transport=httpx.ASGITransport(app=app), base_url="http://cloud",
+                headers={"Accept-Language": accept_language})
+        c.plant = plant
+        clients.append(c)
+        if user is not None:
+            res = await c.post("/login", data={"name": user, "password": PASSWORD, "next": "/"})
+            assert res.status_code == 303, res.text
+        return c
+
+    client.app = app  # type: ignore[attr-defined]
+    yield client
+    for c in clients:
+        await c.aclose()
+    await app.state.db.dispose()
+
+
+async def set_locale(c: Web, locale: str) -> None:
+    res = await c.post("/locale", data={"locale": locale, "next": "/",
+                                        "csrf_token": await c.csrf()})
+    assert res.status_code == 303
+
+
+async def test_login_required_then_login_and_logout(web: Any) -> None:
+    c = await web(None)
+    res = await c.get("/work-orders?q=WO")
+    assert res.status_code == 303 and res.headers["location"].startswith("/login?next=")
+    assert "%2Fwork-orders" in res.headers["location"]
+    bad = await c.post("/login", data={"name": "pat", "password": "nope", "next": "/"})
+    assert bad.status_code == 401 and "Wrong user name or password" in bad.text
+    good = await c.post("/login", data={"name": "pat", "password": PASSWORD,
+                                        "next": "/work-orders"})
+    assert good.status_code == 303 and good.headers["location"] == "/work-orders"
+    # an absolute URL as next is not followed
+    other = await c.post("/login", data={"name": "pat", "password": PASSWORD,
+                                         "next": "https://evil.example/"})
+    assert other.headers["location"] == "/"
+    token = await c.csrf()
+    out = await c.post("/logout", data={"csrf_token": token})
+    assert out.status_code == 303 and (await c.get("/")).status_code == 303
+
+
+async def test_every_page_in_both_languages_without_external_urls(web: Any) -> None:
+    c = await web("pat")
+    words = {"en": ("Work orders", "Plant board", "Inventory"),
+             "zh-CN": ("生产工单", "生产看板", "库存")}
+    for locale, expected in words.items():
+        await set_locale(c, locale)
+        for path in PAGES:
+            html = await c.page(path)
+            assert not EXTERNAL.search(html), (path, EXTERNAL.search(html))
+            if not path.endswith(("tiles", "operations")):
+                assert f'<html lang="{locale}">' in html
+                for word in expected if "wall" not in path else expected[1:2]:
+                    assert word in html, (locale, path, word)
+    zh = await c.page("/work-orders")
+    assert "交期" in zh and "超期" in zh and "进行中" in zh
+    await set_locale(c, "en")
+    assert "Late" in await c.page("/work-orders")
+    for asset in ("/static/app.css", "/static/app.js"):
+        res = await c.get(asset)
+        assert res.status_code == 200 and not re.search(r"https?://", res.text)
+
+
+async def test_language_from_browser_user_and_login_page(web: Any) -> None:
+    anon = await web(None, accept_language="zh-CN,zh;q=0.9,en;q=0.5")
+    assert "登录" in (await anon.get("/login")).text
+    res = await anon.get("/login?lang=en")
+    assert "Log in" in res.text and res.cookies.get("plantsync_lang") == "en"
+    assert "Log in" in (await anon.get("/login")).text          # the cookie wins now
+    vic = await web("vic", accept_language="zh-CN")
+    assert "生产工单" in await vic.page("/work-orders")          # no choice stored: browser
+    await set_locale(vic, "en")
+    vic2 = await web("vic", accept_language="zh-CN")            # stored per user
+    assert "Work orders" in await vic2.page("/work-orders")
+    me = await vic2.get("/api/v1/me")
+    assert me.json()["locale"] == "en"
+    await set_locale(vic2, "zh-CN")
+
+
+async def test_work_orders_filters_paging_and_due_colours(web: Any) -> None:
+    c = await web("pat")
+    html = await c.page("/work-orders")
+    row = {n: re.search(rf'<tr data-number="{n}">(.*?)</tr>', html, re.S).group(1)  # type: ignore[union-attr]
+           for n in ("WO-1001", "WO-1002", "WO-1003", "WO-1004")}
+    assert "due-late" in row["WO-1002"] and "due-at_risk" in row["WO-1004"]
+    assert "due-on_time" in row["WO-1001"] and "华东精密" in row["WO-1001"]
+    assert 'class="bar"' in row["WO-1001"]
+    late = await c.page("/work-orders?due=late")
+    assert "WO-1002" in late and "WO-1001" not in late
+    assert "WO-1003" in await c.page("/work-orders?q=1003")
+    assert "WO-1001" not in await c.page("/work-orders?q=1003")
+    drafts = await c.page("/work-orders?status=draft")
+    assert "WO-1003" in drafts and "WO-1002" not in drafts
+    paged = await c.page("/work-orders?limit=25&customer=%E5%8D%8E%E4%B8%9C%E7%B2%BE%E5%AF%86")
+    assert "WO-1001" in paged and "WO-1003" in paged and "WO-1002" not in paged
+    detail = await c.page("/work-orders/WO-1001")
+    assert "<svg" in detail and "Output per hour" in detail
+    assert "RESIN" in detail and "Unassigned production" in detail
+    assert (await c.get("/work-orders/NOPE")).status_code == 404
+
+
+async def test_exports_follow_the_page_filters(web: Any) -> None:
+    c = await web("pat")
+    res = await c.get("/work-orders?status=released&status=in_progress&export=csv")
+    assert res.status_code == 200 and res.headers["content-type"].startswith("text/csv")
+    assert res.content.startswith(b"\xef\xbb\xbf")
+    rows = list(csv.DictReader(io.StringIO(res.content.decode("utf-8-sig"))))
+    assert {r["Work order"] for r in rows} >= {"WO-1001", "WO-1002", "WO-1004"}
+    assert "WO-1003" not in {r["Work order"] for r in rows}
+    assert {r["Status"] for r in rows} <= {"Released", "In progress"}
+    await set_locale(c, "zh-CN")
+    res = await c.get("/work-orders?export=xlsx&q=1002")
+    ws = openpyxl.load_workbook(io.BytesIO(res.content)).active
+    data = [[cell.value for cell in r] for r in ws.iter_rows()]
+    assert data[0][0] == "工单" and [r[0] for r in data[1:]] == ["WO-1002"]
+    assert data[1][2] == "Acme GmbH" and data[1][10] == "超期"
+    await set_locale(c, "en")
+    for path in ("/?export=csv", "/inventory?export=csv", "/inventory?export=csv&table=ledger",
+                 "/completeness?export=xlsx", "/completeness?export=csv&table=gaps",
+                 "/work-orders/WO-1001?export=csv&table=materials",
+                 "/work-orders/WO-1001?export=xlsx&table=timeline",
+                 "/anomalies?export=csv&status=all", "/oee?export=xlsx",
+                 "/oee?export=csv&table=pareto", "/oee?export=csv&table=stops"):
+        res = await c.get(path)
+        assert res.status_code == 200, (path, res.text[:300])
+        assert "attachment" in res.headers["content-disposition"]
+    ledger = (await c.get("/inventory?export=csv&table=ledger&kind=receipt")).content.decode(
+        "utf-8-sig")
+    lines = list(csv.DictReader(io.StringIO(ledger)))
+    assert {r["Kind"] for r in lines} == {"Receipt"} and {r["Note"] for r in lines} == {"PO-7781"}
+    board = list(csv.DictReader(io.StringIO((await c.get("/?export=csv")).content.decode(
+        "utf-8-sig"))))
+    assert {r["Machine"] for r in board} == {"IMM 1", "IMM 2", "CNC 1", "CNC 2"}
+    assert (await c.get("/work-orders?export=pdf")).status_code == 400
+
+
+async def test_viewer_sees_no_buttons_and_may_not_post(web: Any) -> None:
+    vic = await web("vic")
+    await set_locale(vic, "en")
+    html = await vic.page("/work-orders/WO-1003")
+    assert 'id="action-release"' not in html and "dispatch-form" not in html
+    assert "ack-form" not in await vic.page("/anomalies")
+    token = await vic.csrf()
+    for path, data in (("/work-orders/WO-1003/release", {}),
+                       ("/work-orders/WO-1001/dispatch", {"machine_id": "1",
+                                                          "wo_operation_id": "1"}),
+                       ("/anomalies/1/acknowledge", {}),
+                       ("/stops/reason", {"machine_id": "1", "start_ts": "1", "reason": "x"})):
+        res = await vic.post(path, data={"csrf_token": token, **data})
+        assert res.status_code == 403, (path, res.text[:200])
+        assert "planner role" in res.text
+    pat = await web("pat")
+    assert 'id="action-release"' in await pat.page("/work-orders/WO-1003")
+
+
+async def test_forms_need_the_session_token_and_this_origin(web: Any) -> None:
+    pat = await web("pat")
+    res = await pat.post("/work-orders/WO-1003/cancel", data={})
+    assert res.status_code == 403 and "security token" in res.text
+    token = await pat.csrf()
+    res = await pat.post("/work-orders/WO-1003/cancel", data={"csrf_token": token},
+                         headers={"Origin": "http://evil.example"})
+    assert res.status_code == 403
+    other = await web("ada")       # another session's token does not fit this one
+    res = await pat.post("/work-orders/WO-1003/cancel", data={"csrf_token": await other.csrf()})
+    assert res.status_code == 403
+    anon = await web(None)
+    res = await anon.post("/work-orders/WO-1003/cancel", data={"csrf_token": token})
+    assert res.status_code == 303 and res.headers["location"] == "/login"
+    doc = (await pat.get("/api/v1/work-orders/WO-1003")).json()
+    assert doc["status"] == "draft"
+
+
+async def test_planner_actions_through_the_forms(web: Any) -> None:
+    pat = await web("pat")
+    plant = pat.plant
+    detail = "/work-orders/WO-1003"
+    res = await pat.act(f"{detail}/release", {"next": detail}, detail)
+    assert res.status_code == 303 and res.headers["location"] == detail
+    html = await pat.page(detail)
+    assert "Work order WO-1003 released." in html and "dispatch-form" in html
+    op = (await pat.get("/api/v1/work-orders/WO-1003")).json()["operations"][0]
+    res = await pat.act(f"{detail}/dispatch", {"machine_id": plant.machines["imm-02"],
+                                               "wo_operation_id": op["id"], "next": detail},
+                        detail)
+    assert res.status_code == 303
+    html = await pat.page(detail)
+    assert "Dispatched." in html and "Running since" in html
+    dispatch_id = re.search(r'/dispatches/(\d+)/stop', html).group(1)  # type: ignore[union-attr]
+    await pat.act(f"{detail}/operations/10/hold", {"next": detail}, detail)
+    assert (await pat.get("/api/v1/work-orders/WO-1003")).json()["operations"][0][
+        "status"] == "on_hold"
+    await pat.act(f"{detail}/operations/10/resume", {"next": detail}, detail)
+    res = await pat.act(f"/dispatches/{dispatch_id}/stop", {"next": detail}, detail)
+    assert res.status_code == 303
+    assert "Dispatch stopped." in await pat.page(detail)
+    # a refused action comes back as a message, nothing changes
+    res = await pat.act(f"{detail}/close", {"next": detail}, detail)
+    assert "Not done:" in await pat.page(detail)
+    # unassigned production of CNC 1 onto WO-1001 step 20
+    unassigned = (await pat.get("/api/v1/unassigned")).json()["items"]
+    cnc1 = next(u for u in unassigned if u["machine_id"] == plant.machines["cnc-01"])
+    res = await pat.act(f"/machines/{plant.machines['cnc-01']}/assign", {
+        "wo_operation_id": plant.ops["WO-1001"][1], "start_ts": cnc1["first_ts"],
+        "end_ts": cnc1["last_ts"] + 1, "next": "/work-orders/WO-1001"}, "/work-orders/WO-1001")
+    assert res.status_code == 303
+    doc = (await pat.get("/api/v1/work-orders/WO-1001")).json()
+    assert doc["operations"][1]["good"] == cnc1["good"] > 0
+
+
+async def test_anomaly_lifecycle_and_stop_reason_from_the_pages(web: Any) -> None:
+    pat = await web("pat")
+    html = await pat.page("/anomalies")
+    ids = re.findall(r'data-anomaly="(\d+)"', html)
+    assert ids, html[:2000]
+    aid = ids[0]
+    res = await pat.act(f"/anomalies/{aid}/acknowledge", {"assignee": "王工",
+                                                          "next": "/anomalies"}, "/anomalies")
+    assert res.status_code == 303
+    html = await pat.page("/anomalies")
+    assert "Anomaly acknowledged." in html
+    assert "王工" in html
+    await pat.act(f"/anomalies/{aid}/resolve", {"cause": "heater", "action": "replaced",
+                                                "next": "/anomalies"}, "/anomalies")
+    await pat.act(f"/anomalies/{aid}/close", {"next": "/anomalies"}, "/anomalies")
+    closed = await pat.page("/anomalies?status=closed&days=30")
+    assert f'data-anomaly="{aid}"' in closed
+    oee = await pat.page(f"/oee?machine_id={pat.plant.machines['cnc-02']}")
+    starts = re.findall(r'name="start_ts" value="(\d+)"', oee)
+    assert starts, "no stop of CNC 2 listed"
+    res = await pat.act("/stops/reason", {"machine_id": pat.plant.machines["cnc-02"],
+                                          "start_ts": starts[0], "reason": "换刀 tool change",
+                                          "next": "/oee"}, "/oee")
+    assert res.status_code == 303
+    assert "Stop reason saved." in await pat.page("/oee")
+
+
+async def test_provisional_banner_while_a_gateway_catches_up(web: Any, web_db: Any) -> None:
+    from cloud.admin import create_gateway
+    from cloud.db import Database
+
+    url, _plant = web_db
+    async with Database(url) as db:
+        token = await create_gateway(db, f"gw-late-{time.time_ns()}")
+    gid = None
+    async with Database(url) as db, db.sessions() as s:
+        from sqlalchemy import text
+        gid = (await s.execute(text("SELECT id FROM gateways ORDER BY created DESC LIMIT 1"))
+               ).scalar()
+    pat = await web("pat")
+    late = Plant(str(gid), token)
+    old = now_ms() - 40 * 60_000
+    body = msgpack.packb({"v": WIRE_VERSION, "gateway": gid, "records": [
+        rec(late, "press-9", "state", {"state": "running"}, old),
+        count(late, "press-9", 5, old + 1000)]}, use_bin_type=True)
+    res = await pat.post("/api/v1/ingest", content=body, headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/msgpack",
+        "Accept": "application/json", "X-Plantsync-Sent-At": str(now_ms())})
+    assert res.status_code == 200, res.text
+    html = await pat.page("/work-orders")
+    assert 'id="provisional"' in html and str(gid) in html
+    assert "Catching up" in await pat.page("/completeness")
+    await ingest(pat, late, [count(late, "press-9", 1, now_ms())])
+    assert str(gid) not in await pat.page("/work-orders")
+
+
+def test_due_status_rule() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cloud.web.reports import due_status
+
+    now = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    day = timedelta(days=1)
+
+    def due(**kw: Any) -> str | None:
+        args = {"status": "in_progress", "due": now + 5 * day, "quantity": 100, "good": 0,
+                "now": now, "started": now - day, "completed_at": None, **kw}
+        return due_status(**args)
+
+    assert due(due=None) is None and due(status="cancelled") is None
+    assert due() == "on_time"                                 # 5/6 of the time left, none made
+    assert due(started=now - 10 * day) == "at_risk"           # 1/3 of the time left, none made
+    assert due(started=now - 10 * day, good=60) == "on_time"  # 40 % left vs 33 % time left
+    assert due(due=now + timedelta(hours=20), good=99) == "at_risk"
+    assert due(due=now + timedelta(hours=20), good=100) == "on_time"
+    assert due(due=now - timedelta(minutes=1), good=99) == "late"
+    assert due(status="completed", completed_at=now + 6 * day) == "late"
+    assert due(status="closed", completed_at=now) == "on_time"
+
+
+def test_accept_language_negotiation() -> None:
+    from cloud.web.i18n import negotiate, pick_locale
+
+    assert negotiate("zh-CN,zh;q=0.9,en;q=0.8") == "zh-CN"
+    assert negotiate("en-US,en;q=0.9,zh-CN;q=0.8") == "en"
+    assert negotiate("de-DE,zh;q=0.5") == "zh-CN"
+    assert negotiate("zh-TW") == "en" and negotiate(None) == "en" and negotiate("") == "en"
+    assert negotiate("en;q=0.1, zh-Hans;q=0.9") == "zh-CN"
+    assert pick_locale("en", "zh-CN", "zh") == "en"
+    assert pick_locale(None, "zh-CN", "en") == "zh-CN"
+
+
+def test_charts_escape_their_text() -> None:
+    from cloud.web import charts
+
+    svg = str(charts.pareto([("<script>", 10.0, "a&b")]))
+    assert "<script>" not in svg and "&lt;script&gt;" in svg and "a&amp;b" in svg
+    assert str(charts.bar_chart([charts.Bar("1", (3, 1))])).startswith("<svg")
+    line = str(charts.line_chart(["a", "b"], [("OEE", [0.5, None])]))
+    assert "<path" in line and "<svg" in line
+
+
+def test_package_files() -> None:
+    root = Path(__file__).resolve().parents[2] / "cloud" / "web"
+    assert (root / "static" / "app.css").exists() and (root / "templates" / "base.html").exists()
