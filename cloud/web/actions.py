@@ -12,11 +12,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud import dispatch, inventory
+from cloud import anomalies, dispatch, inventory, oee
 from cloud import production as prod
 from cloud.auth import SESSION_ABSOLUTE, SESSION_COOKIE, Actor, AuthError
+from cloud.calendars import OeeError
 from cloud.users import login, logout, set_locale_in
-from cloud.web import engine
 from cloud.web.context import (
     WebError,
     current_user,
@@ -199,38 +199,30 @@ async def register_machine(request: Request) -> Response:
 
 @router.post("/stops/reason")
 async def stop_reason(request: Request) -> Response:
-    o = engine.oee()
-    if o is None:
-        raise WebError(503, N_("Stop reasons need the OEE engine."))
-
     async def run(session: AsyncSession, actor: Actor, form: Any) -> None:
-        await o.set_stop_reason(session, actor, machine_id=_form_int(form, "machine_id"),
+        await oee.set_stop_reason(session, actor, machine_id=_form_int(form, "machine_id"),
                                 start_ts=_form_int(form, "start_ts"),
                                 reason=str(form.get("reason") or "").strip(),
                                 note=str(form.get("note") or "").strip() or None)
-    return await _act(request, "/oee", N_("Stop reason saved."), run)
+    return await _act(request, "/oee", N_("Stop reason saved."), run, (OeeError,))
 
 
 @router.post("/anomalies/{anomaly_id}/{action}")
 async def anomaly_action(anomaly_id: int, action: str, request: Request) -> Response:
-    a = engine.anomalies()
-    if a is None:
-        raise WebError(503, N_("Anomalies need the anomaly engine."))
     if action not in ("acknowledge", "resolve", "close"):
         raise WebError(404, N_("No such action."), action)
-    errors = tuple(e for e in (getattr(a, "AnomalyError", None),) if isinstance(e, type))
 
     async def run(session: AsyncSession, actor: Actor, form: Any) -> None:
         if action == "acknowledge":
-            await a.acknowledge(session, actor, anomaly_id,
+            await anomalies.acknowledge(session, actor, anomaly_id,
                                 assignee=str(form.get("assignee") or "").strip() or None,
                                 note=str(form.get("note") or "").strip() or None)
         elif action == "resolve":
-            await a.resolve(session, actor, anomaly_id, str(form.get("cause") or "").strip(),
+            await anomalies.resolve(session, actor, anomaly_id, str(form.get("cause") or "").strip(),
                             str(form.get("action") or "").strip())
         else:
-            await a.close(session, actor, anomaly_id)
+            await anomalies.close(session, actor, anomaly_id)
 
     done = {"acknowledge": N_("Anomaly acknowledged."), "resolve": N_("Anomaly resolved."),
             "close": N_("Anomaly closed.")}[action]
-    return await _act(request, "/anomalies", done, run, errors)
+    return await _act(request, "/anomalies", done, run)

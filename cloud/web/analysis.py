@@ -17,8 +17,10 @@ from typing import Any, Final
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
+from cloud import anomalies, oee
 from cloud.models import ANOMALY_KINDS, ANOMALY_STATUSES
-from cloud.web import charts, engine, labels, reports
+from cloud.production import NotFound
+from cloud.web import charts, labels, reports
 from cloud.web.context import Page, render
 from cloud.web.exports import MAX_ROWS, Column, export
 from cloud.web.i18n import N_, fmt_pct
@@ -61,9 +63,7 @@ def _minutes(s: float | None) -> float | None:
 @router.get("/anomalies", response_class=HTMLResponse)
 async def anomalies_page(request: Request) -> Response:
     page = await open_page(request)
-    a = engine.anomalies()
-    if a is None:
-        return render(page, "pending.html", section="anomalies")
+    a = anomalies
     qp = request.query_params
     fmt = _export_fmt(request)
     status = qp.get("status", "unresolved")
@@ -85,8 +85,6 @@ async def anomalies_page(request: Request) -> Response:
         machines = await reports.machine_list(session)
         one = None
         if (aid := _int(request, "id", 0)) and not fmt:
-            from cloud.production import NotFound
-
             try:
                 one = await a.get_anomaly(session, aid, now_ms=page.now_ms)
             except NotFound:
@@ -173,9 +171,7 @@ def _round(v: float | None) -> float | None:
 @router.get("/oee", response_class=HTMLResponse)
 async def oee_page(request: Request) -> Response:
     page = await open_page(request)
-    o = engine.oee()
-    if o is None:
-        return render(page, "pending.html", section="oee")
+    o = oee
     fmt = _export_fmt(request)
     table = request.query_params.get("table", "oee")
     group = request.query_params.get("group", "machine")

@@ -123,8 +123,7 @@ async def board_data(request: Request, page: Page) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for t in tiles:
         counts[t["state"]] = counts.get(t["state"], 0) + 1
-    return {"tiles": tiles, "counts": counts, "unregistered": unregistered,
-            "engine": engine.available()}
+    return {"tiles": tiles, "counts": counts, "unregistered": unregistered}
 
 
 async def _unregistered_devices(session: Any) -> list[dict[str, Any]]:
