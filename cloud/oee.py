@@ -59,16 +59,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import (
-    BigInteger,
-    Integer,
-    and_,
-    column,
-    func,
-    or_,
-    select,
-    values,
-)
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -82,7 +73,6 @@ from cloud.calendars import (
     planned_intervals,
 )
 from cloud.models import (
-    attributions,
     dispatches,
     machine_events,
     machines,
@@ -248,17 +238,25 @@ def _build(evs: Sequence[Event], begin: int, end: int, cfg: OeeSettings) -> Time
     t = min(begin, evs[0].ts) if evs else begin
     raw: list[Segment] = []
 
+    running: dict[str, bool] = {}
+
     def status() -> str:
         if online is False:
             return "offline"
         return state if state is not None else "unknown"
+
+    def is_running(s: str) -> bool:
+        found = running.get(s)
+        if found is None:
+            found = running[s] = category(s, cfg.state_map) == "running"
+        return found
 
     for e in evs:
         if e.ts >= end:
             break
         if e.ts > t:
             s = status()
-            raw.append(Segment(t, e.ts, s, category(s, cfg.state_map) == "running"))
+            raw.append(Segment(t, e.ts, s, is_running(s)))
             t = e.ts
         if e.kind == "state":
             state = e.state
@@ -266,7 +264,7 @@ def _build(evs: Sequence[Event], begin: int, end: int, cfg: OeeSettings) -> Time
             online = e.online
     if end > t:
         s = status()
-        raw.append(Segment(t, end, s, category(s, cfg.state_map) == "running"))
+        raw.append(Segment(t, end, s, is_running(s)))
     segments: list[Segment] = []
     for seg in raw:
         if segments and segments[-1].status == seg.status and segments[-1].end == seg.start:
@@ -391,23 +389,26 @@ def _slices(planned: list[Planned], disp: list[tuple[int, int | None, int]]) -> 
 
 async def _counts(session: AsyncSession, machine_id: int, slices: list[_Slice]
                   ) -> list[tuple[int, int | None, int, int]]:
-    """(slice index, wo_operation_id, good, scrap) summed in SQL over the slices, one
-    indexed range scan of attributions (machine_id, ts) per slice."""
+    """(slice index, wo_operation_id, good, scrap) summed in SQL over the slices: one
+    indexed range scan of attributions (machine_id, ts) per slice. The slices are a VALUES
+    list of integers written into the statement (they are ints we computed, and compiling
+    thousands of bound parameters cost more than the query)."""
     out: list[tuple[int, int | None, int, int]] = []
-    a = attributions.c
     for base in range(0, len(slices), _SLICE_CHUNK):
         chunk = slices[base:base + _SLICE_CHUNK]
         if not chunk:
             continue
-        cte = values(column("idx", Integer), column("lo", BigInteger),
-                     column("hi", BigInteger), name="slices").data(
-            [(base + i, s.start, s.end) for i, s in enumerate(chunk)]).cte("slices")
-        stmt = (select(cte.c.idx, a.wo_operation_id, func.sum(a.good), func.sum(a.scrap))
-                .select_from(cte.join(attributions, and_(a.machine_id == machine_id,
-                                                         a.ts >= cte.c.lo, a.ts < cte.c.hi)))
-                .group_by(cte.c.idx, a.wo_operation_id))
+        rows = ", ".join(f"({base + i:d}, {int(s.start):d}, {int(s.end):d})"
+                         for i, s in enumerate(chunk))
+        stmt = text(
+            f"WITH slices (idx, lo, hi) AS (VALUES {rows}) "
+            "SELECT slices.idx, a.wo_operation_id, sum(a.good), sum(a.scrap) "
+            "FROM slices JOIN attributions AS a ON a.machine_id = :machine "
+            "AND a.ts >= slices.lo AND a.ts < slices.hi "
+            "GROUP BY slices.idx, a.wo_operation_id")
         out.extend((int(i), op, int(g or 0), int(s or 0))
-                   for i, op, g, s in (await session.execute(stmt)).tuples())
+                   for i, op, g, s in (await session.execute(
+                       stmt, {"machine": int(machine_id)})).tuples())
     return out
 
 
