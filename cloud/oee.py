@@ -53,10 +53,12 @@ from). The setting ``oee.state_map`` ({"auto": "running"}) adds to or overrides 
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import func, or_, select, text
@@ -195,16 +197,20 @@ async def machine_timeline(session: AsyncSession, machine_id: int, gateway_id: s
             evs.extend(more)
             end = more[-1].ts + 1
     timeline = _build(evs, begin, end, cfg)
-    starts = [s.start for s in timeline.stops]
-    if starts:
+    if timeline.stops:
+        # a reason belongs to the stop that contains its start_ts: a late record that
+        # shows a stop began earlier (or joins two stops) keeps the reason on it
+        starts = [s.start for s in timeline.stops]
         sr = stop_reasons.c
         for ts, reason, note in (await session.execute(
                 select(sr.start_ts, sr.reason, sr.note)
                 .where(sr.machine_id == machine_id, sr.start_ts >= starts[0],
-                       sr.start_ts <= starts[-1]))).tuples():
-            idx = _find(starts, ts)
-            if idx is not None:
-                timeline.stops[idx].reason, timeline.stops[idx].note = reason, note
+                       sr.start_ts < timeline.stops[-1].end)
+                .order_by(sr.start_ts))).tuples():
+            idx = bisect.bisect_right(starts, ts) - 1
+            stop = timeline.stops[idx] if idx >= 0 else None
+            if stop is not None and ts < stop.end and stop.reason is None:
+                stop.reason, stop.note = reason, note
     return timeline
 
 
@@ -213,12 +219,6 @@ def _running_names(cfg: OeeSettings) -> list[str]:
     names -= {k for k, v in cfg.state_map.items() if v != "running"}
     names |= {k for k, v in cfg.state_map.items() if v == "running"}
     return sorted(names | {n.upper() for n in names} | {n.capitalize() for n in names})
-
-
-def _find(sorted_values: list[int], value: int) -> int | None:
-    import bisect
-    i = bisect.bisect_left(sorted_values, value)
-    return i if i < len(sorted_values) and sorted_values[i] == value else None
 
 
 async def _events_after(session: AsyncSession, gateway_id: str, device: str, after: int,
@@ -696,7 +696,6 @@ async def set_stop_reason(session: AsyncSession, actor: Actor | str, *, machine_
         hint = f" (the stop there began at {near[0]})" if near else ""
         raise Invalid(f"start_ts: machine {machine_id} has no stop beginning at {start_ts}"
                       f"{hint}", "start_ts")
-    from datetime import UTC, datetime
     row = {"machine_id": machine_id, "start_ts": start_ts, "reason": reason, "note": note,
            "set_by": actor.name if isinstance(actor, Actor) else actor,
            "set_at": datetime.now(UTC)}

@@ -373,6 +373,18 @@ async def test_board_reasons_settings_calendars_and_roles(api, cloud_db_url):
                                   "note": None, "previous": None, "state": "setup"})]
     [day] = await report(api, "machine")
     assert day["losses"]["downtime_by_reason"]["changeover WO-A -> WO-B"] == 40 * MIN
+    # a late record shows the last stop began at 21:45, not 21:50: its reason stays with it
+    res = await api.put(url.format(at("21:50")), json={"reason": "no material"})
+    assert res.status_code == 200, res.text
+    await ingest(api, [{"seq": 33, "ts": at("21:45"), "device": "cnc-03", "kind": "state",
+                        "body": {"state": "idle", "prev": "running", "code": 0}}])
+    res = await api.get(f"/api/v1/machines/{m1}/stops",
+                        params={"start": at("21:00"), "end": DAY_END})
+    [last] = res.json()["items"]
+    assert (last["start_ts"], last["end_ts"], last["reason"]) == (at("21:45"), None,
+                                                                  "no material")
+    [day] = await report(api, "machine")
+    assert day["losses"]["downtime_by_reason"]["no material"] == 15 * MIN
 
     # -- settings: a 30 s threshold makes the 60 s and 90 s stops downtime -------------------
     assert (await api.get("/api/v1/settings/oee", headers=api.viewer)).json() == \
@@ -386,21 +398,21 @@ async def test_board_reasons_settings_calendars_and_roles(api, cloud_db_url):
         assert (res.status_code, res.json()["field"]) == (422, field), res.text
     res = await api.put("/api/v1/settings/oee", json={"micro_stop_s": 30}, headers=api.admin)
     assert res.status_code == 200 and res.json()["micro_stop_s"] == 30, res.text
-    # downtime 120 + micro-stops 1 + 1.5 + 1 + 0.5 = 124; run 900 - 124 = 776
+    # downtime 120 + 5 (21:45) + micro-stops 1 + 1.5 + 1 + 0.5 = 129; run 900 - 129 = 771
     [day] = await report(api, "machine")
-    check(day, planned=900, run=776, down=124, micro=0, ideal=640, good=2070, scrap=60,
+    check(day, planned=900, run=771, down=129, micro=0, ideal=640, good=2070, scrap=60,
           unrated=10)
-    assert day["losses"]["downtime_by_state"]["idle"] == (10 + 5 + 1 + 1.5 + 1 + 0.5) * MIN
+    assert day["losses"]["downtime_by_state"]["idle"] == (15 + 5 + 1 + 1.5 + 1 + 0.5) * MIN
     res = await api.put("/api/v1/settings/oee", json={"state_map": {"setup": "running"}},
                         headers=api.admin)
     assert res.status_code == 200, res.text
     async with api.app.state.db.sessions() as s:
         assert (await current_states(s, at("12:10")))[m1]["state"] == "running"
     [day] = await report(api, "machine")
-    assert day["run_ms"] == 816 * MIN                          # the changeover counts as run
+    assert day["run_ms"] == 811 * MIN                          # the changeover counts as run
     res = await api.get("/api/v1/oee/trend", params={"start": DAY_START, "end": DAY_END})
     assert [(r["day"], r["run_ms"]) for r in res.json()["items"]] == [("2025-03-12",
-                                                                       816 * MIN)]
+                                                                       811 * MIN)]
 
     # -- calendars ---------------------------------------------------------------------
     cal = plant["calendar"]
