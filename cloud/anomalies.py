@@ -84,7 +84,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import Integer, and_, case, func, literal, or_, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -147,7 +147,8 @@ DEFAULTS: Final[dict[str, Any]] = {
 }
 settings.register(SETTINGS_KEY, DEFAULTS)
 
-_WATCHED: Final = frozenset({"alarm", "limit", "state", "link"})
+_LOOKED_AT: Final = frozenset({"alarm", "limit", "state", "link", "count"})
+_UNSET: Final[Any] = object()
 # the sweep's last stock check per database (shortages scan 30 days of moves)
 _STOCK_CHECKED: weakref.WeakKeyDictionary[Database, int] = weakref.WeakKeyDictionary()
 
@@ -266,7 +267,7 @@ async def _raise(session: AsyncSession, *, kind: str, ts: int, title: str,
                  device: str | None = None, source_key: str | None = None,
                  created_by: str = SYSTEM, cleared_ts: int | None = None,
                  work_order_id: int | None = None, conf: dict[str, Any] | None = None,
-                 now: datetime | None = None) -> int | None:
+                 now: datetime | None = None, repeat_of: Any = _UNSET) -> int | None:
     if kind not in ANOMALY_KINDS:
         raise prod.InvalidInput(f"kind {kind!r} is not one of {', '.join(ANOMALY_KINDS)}",
                                 "kind")
@@ -282,10 +283,11 @@ async def _raise(session: AsyncSession, *, kind: str, ts: int, title: str,
                                      .where(machines.c.id == machine_id))).first()
         if row is not None:
             gateway_id, device = gateway_id or row.gateway_id, device or row.device
-    repeat_of = await _repeat_of(session, int(conf["repeat_window_s"]) * 1000, kind=kind,
-                                 ts=ts, code=code, machine_id=machine_id,
-                                 material_id=material_id, gateway_id=gateway_id,
-                                 device=device)
+    if repeat_of is _UNSET:
+        repeat_of = await _repeat_of(session, int(conf["repeat_window_s"]) * 1000, kind=kind,
+                                     ts=ts, code=code, machine_id=machine_id,
+                                     material_id=material_id, gateway_id=gateway_id,
+                                     device=device)
     stmt = _insert(session, anomalies).values(
         kind=kind, code=code, severity=severity, status="open", title=title[:255],
         detail=detail or {}, machine_id=machine_id, material_id=material_id,
@@ -297,23 +299,42 @@ async def _raise(session: AsyncSession, *, kind: str, ts: int, title: str,
     new_id = (await session.execute(stmt.returning(anomalies.c.id))).scalar_one_or_none()
     if new_id is None:
         return None
-    links = await _links(session, machine_id=machine_id, material_id=material_id, ts=ts,
-                         work_order_id=work_order_id)
-    if links:
-        await session.execute(anomaly_links.insert(),
-                              [{"anomaly_id": new_id, **link} for link in links])
+    if (material_id is None and work_order_id is None and machine_id is not None
+            and kind != "quality"):  # a quality hold needs the links back
+        # the common case (a machine's anomaly): the dispatch's link in one statement
+        links: list[dict[str, Any]] = []
+        await session.execute(anomaly_links.insert().from_select(
+            ["anomaly_id", "work_order_id", "wo_operation_id", "customer"],
+            _dispatch_at(machine_id, ts, literal(new_id, Integer))))
+    else:
+        links = await _links(session, machine_id=machine_id, material_id=material_id, ts=ts,
+                             work_order_id=work_order_id)
+        if links:
+            await session.execute(anomaly_links.insert(),
+                                  [{"anomaly_id": new_id, **link} for link in links])
     if kind == "quality" and severity == "critical" and conf["hold_on_severe_quality"]:
         await _hold(session, new_id, links, created_by)
     from cloud.notify import enqueue
     await enqueue(session, new_id, event="opened")
     log.info("anomaly_raised", anomaly_id=new_id, kind=kind, code=code, severity=severity,
-             machine_id=machine_id, links=len(links), repeat_of=repeat_of)
+             machine_id=machine_id, repeat_of=repeat_of)
     return int(new_id)
 
 
 async def _repeat_of(session: AsyncSession, window_ms: int, *, kind: str, ts: int,
                      code: str | None, machine_id: int | None, material_id: int | None,
                      gateway_id: str | None, device: str | None) -> int | None:
+    row = await _previous(session, window_ms, kind=kind, ts=ts, code=code,
+                          machine_id=machine_id, material_id=material_id,
+                          gateway_id=gateway_id, device=device)
+    return None if row is None else int(row.id)
+
+
+async def _previous(session: AsyncSession, window_ms: int, *, kind: str, ts: int,
+                    code: str | None, machine_id: int | None, material_id: int | None,
+                    gateway_id: str | None, device: str | None) -> Any:
+    """The latest earlier anomaly of the same subject within the window: (id, cleared_ts)
+    or None."""
     a = anomalies.c
     same_code = a.code == code if code is not None else a.code.is_(None)
     if machine_id is not None:
@@ -325,23 +346,28 @@ async def _repeat_of(session: AsyncSession, window_ms: int, *, kind: str, ts: in
                    same_code]
     else:
         return None
-    found = (await session.execute(
-        select(a.id).where(a.kind == kind, *subject, a.ts <= ts, a.ts >= ts - window_ms)
-        .order_by(a.ts.desc(), a.id.desc()).limit(1))).scalar()
-    return None if found is None else int(found)
+    return (await session.execute(
+        select(a.id, a.cleared_ts).where(a.kind == kind, *subject, a.ts <= ts,
+                                         a.ts >= ts - window_ms)
+        .order_by(a.ts.desc(), a.id.desc()).limit(1))).first()
+
+
+def _dispatch_at(machine_id: int, ts: int, *first: Any) -> Any:
+    """(work order, operation, customer) dispatched on the machine at ``ts``."""
+    wo, op, d = work_orders.c, wo_operations.c, dispatches.c
+    return (select(*first, wo.id, op.id.label("op"), wo.customer)
+            .select_from(dispatches.join(wo_operations, op.id == d.wo_operation_id)
+                         .join(work_orders, wo.id == op.work_order_id))
+            .where(d.machine_id == machine_id, d.start_ts <= ts,
+                   or_(d.end_ts.is_(None), d.end_ts > ts)))
 
 
 async def _links(session: AsyncSession, *, machine_id: int | None, material_id: int | None,
                  ts: int, work_order_id: int | None) -> list[dict[str, Any]]:
     out: dict[tuple[int, int | None], dict[str, Any]] = {}
-    wo, op, d = work_orders.c, wo_operations.c, dispatches.c
+    wo, op = work_orders.c, wo_operations.c
     if machine_id is not None:
-        rows = (await session.execute(
-            select(wo.id, op.id.label("op"), wo.customer)
-            .select_from(dispatches.join(wo_operations, op.id == d.wo_operation_id)
-                         .join(work_orders, wo.id == op.work_order_id))
-            .where(d.machine_id == machine_id, d.start_ts <= ts,
-                   or_(d.end_ts.is_(None), d.end_ts > ts)))).all()
+        rows = (await session.execute(_dispatch_at(machine_id, ts))).all()
         for r in rows:
             out[(r.id, r.op)] = {"work_order_id": r.id, "wo_operation_id": r.op,
                                  "customer": r.customer}
@@ -424,17 +450,14 @@ async def _release_hold(session: AsyncSession, actor: Actor | str, anomaly_id: i
 
 
 async def _clear(session: AsyncSession, *, kind: str, code: str | None, gateway_id: str,
-                 device: str, ts: int) -> int | None:
+                 device: str, ts: int) -> None:
     """Set ``cleared_ts`` on the latest uncleared anomaly of this device, kind and code
-    raised at or before ``ts``; its id, or None."""
+    raised at or before ``ts`` (one statement)."""
     a = anomalies.c
-    found = (await session.execute(
-        select(a.id).where(a.kind == kind, a.code == code, a.gateway_id == gateway_id,
-                           a.device == device, a.cleared_ts.is_(None), a.ts <= ts)
-        .order_by(a.ts.desc(), a.id.desc()).limit(1))).scalar()
-    if found is not None:
-        await session.execute(update(anomalies).where(a.id == found).values(cleared_ts=ts))
-    return None if found is None else int(found)
+    latest = (select(a.id).where(a.kind == kind, a.code == code, a.gateway_id == gateway_id,
+                                 a.device == device, a.cleared_ts.is_(None), a.ts <= ts)
+              .order_by(a.ts.desc(), a.id.desc()).limit(1).scalar_subquery())
+    await session.execute(update(anomalies).where(a.id == latest).values(cleared_ts=ts))
 
 
 async def _clear_key(session: AsyncSession, source_key: str, ts: int) -> None:
@@ -466,7 +489,8 @@ async def apply_anomalies(session: AsyncSession, gateway_id: str,
     """The ingest applier: raise and clear anomalies from the batch's new records (see
     the module docstring). Runs after attribution and the timeline applier in ingest's
     transaction; raises on database errors (the batch rolls back, the gateway retries)."""
-    recs = [r for r in new_records if r.kind in _WATCHED or _scrap(r)]
+    recs = [r for r in new_records if r.kind in _LOOKED_AT]
+    recs = [r for r in recs if r.kind != "count" or _scrap(r)]
     if not recs:
         return
     conf = await settings.get(session, SETTINGS_KEY)
@@ -483,18 +507,16 @@ async def apply_anomalies(session: AsyncSession, gateway_id: str,
             await _alarm_or_limit(session, conf, gateway_id, r, subject, label)
         else:
             by_kind[r.kind][r.device].append(r)
-    for device, recs_ in by_kind["state"].items():
-        m = known.get(device)
-        if m is not None:  # a stop matters only while an order is dispatched
-            await _stops_ended(session, conf, gateway_id, device, m.id, m.name, recs_)
+    # a stop matters only while an order is dispatched: registered machines only
+    stopped = {d: rs for d, rs in by_kind["state"].items() if d in known}
+    if stopped:
+        await _stops_ended(session, conf, gateway_id, known, stopped)
     for device, recs_ in by_kind["link"].items():
         m = known.get(device)
         await _offline_ended(session, conf, gateway_id, device, m.id if m else None,
                              m.name if m else f"{gateway_id}/{device}", recs_)
-    for device, recs_ in by_kind["count"].items():
-        m = known.get(device)
-        await _scrap_rate(session, conf, gateway_id, device, m.id if m else None,
-                          m.name if m else f"{gateway_id}/{device}", recs_)
+    if by_kind["count"]:
+        await _scrap_rate(session, conf, gateway_id, known, by_kind["count"])
 
 
 async def _alarm_or_limit(session: AsyncSession, conf: dict[str, Any], gateway_id: str,
@@ -505,14 +527,10 @@ async def _alarm_or_limit(session: AsyncSession, conf: dict[str, Any], gateway_i
         await _clear(session, kind=r.kind, code=code[:64], gateway_id=gateway_id,
                      device=r.device, ts=r.ts)
         return
-    a = anomalies.c
-    still = (await session.execute(
-        select(a.id).where(a.kind == r.kind, a.code == code[:64], a.gateway_id == gateway_id,
-                           a.device == r.device, a.cleared_ts.is_(None), a.ts <= r.ts,
-                           a.ts >= r.ts - int(conf["repeat_window_s"]) * 1000)
-        .limit(1))).scalar()
-    if still is not None:
-        return
+    before = await _previous(session, int(conf["repeat_window_s"]) * 1000, kind=r.kind,
+                             ts=r.ts, code=code[:64], material_id=None, **subject)
+    if before is not None and before.cleared_ts is None:
+        return  # still active: raised again (a restarted gateway re-reads it)
     if r.kind == "alarm":
         title = f"{label}: alarm {code} {body.get('text') or ''}".strip()
         detail = {"code": body["code"], "text": body.get("text"), "seq": r.seq}
@@ -522,38 +540,47 @@ async def _alarm_or_limit(session: AsyncSession, conf: dict[str, Any], gateway_i
         detail = {"tag": code, "value": body["value"], "lo": body.get("lo"),
                   "hi": body.get("hi"), "seq": r.seq}
     await _raise(session, kind=r.kind, ts=r.ts, title=title, code=code, detail=detail,
-                 source_key=f"{r.kind}:{gateway_id}:{r.seq}", conf=conf, **subject)
+                 source_key=f"{r.kind}:{gateway_id}:{r.seq}", conf=conf,
+                 repeat_of=None if before is None else int(before.id), **subject)
 
 
 async def _stops_ended(session: AsyncSession, conf: dict[str, Any], gateway_id: str,
-                       device: str, machine_id: int, label: str, recs: list[Record]) -> None:
-    """Stops of this device that the batch's state records end (or, for late records
-    inserted into the past, the stops around them), longer than the threshold while
-    dispatched."""
+                       known: dict[str, Any], by_device: dict[str, list[Record]]) -> None:
+    """Stops that the batch's state records end (or, for late records inserted into the
+    past, the stops around them), longer than the threshold while dispatched. One
+    statement for all devices: per device, its state events from the last running one
+    before the batch (else its first event) to the first running one after the batch
+    (else the batch's last)."""
     ev = machine_events.c
-    base = [ev.gateway_id == gateway_id, ev.device == device, ev.kind == "state"]
-    lo, hi = min(r.ts for r in recs), max(r.ts for r in recs)
-    # from the last running event before the batch to the first one after it
-    start = (await session.execute(select(ev.ts).where(*base, ev.state == RUNNING, ev.ts < lo)
-                                   .order_by(ev.ts.desc()).limit(1))).scalar()
-    end = (await session.execute(select(ev.ts).where(*base, ev.state == RUNNING, ev.ts > hi)
-                                 .order_by(ev.ts).limit(1))).scalar()
-    q = select(ev.ts, ev.state).where(*base).order_by(ev.ts, ev.seq)
-    if start is not None:
-        q = q.where(ev.ts >= start)
-    if end is not None:
-        q = q.where(ev.ts <= end)
+    parts = []
+    for device, recs in by_device.items():
+        base = [ev.gateway_id == gateway_id, ev.device == device, ev.kind == "state"]
+        lo, hi = min(r.ts for r in recs), max(r.ts for r in recs)
+        start = (select(ev.ts).where(*base, ev.state == RUNNING, ev.ts < lo)
+                 .order_by(ev.ts.desc()).limit(1).scalar_subquery())
+        end = (select(ev.ts).where(*base, ev.state == RUNNING, ev.ts > hi)
+               .order_by(ev.ts).limit(1).scalar_subquery())
+        parts.append(select(ev.device, ev.ts, ev.seq, ev.state).where(
+            *base, ev.ts >= func.coalesce(start, -(2**62)), ev.ts <= func.coalesce(end, hi)))
+    both = parts[0] if len(parts) == 1 else union_all(*parts)
+    sub = both.subquery()
+    rows = (await session.execute(select(sub).order_by(sub.c.device, sub.c.ts,
+                                                       sub.c.seq))).all()
     limit_ms = int(conf["stop_after_s"]) * 1000
+    device: str | None = None
     stop_start: int | None = None
     stop_state = ""
-    for ts, state in (await session.execute(q)).all():
-        if state != RUNNING:
+    for row in rows:
+        if row.device != device:
+            device, stop_start = row.device, None
+        if row.state != RUNNING:
             if stop_start is None:
-                stop_start, stop_state = int(ts), str(state)
+                stop_start, stop_state = int(row.ts), str(row.state)
             continue
-        if stop_start is not None and ts - stop_start > limit_ms:
-            await _raise_stop(session, conf, gateway_id, device, machine_id, label,
-                              stop_start, stop_state, int(ts), int(ts))
+        if stop_start is not None and row.ts - stop_start > limit_ms:
+            m = known[row.device]
+            await _raise_stop(session, conf, gateway_id, row.device, m.id, m.name,
+                              stop_start, stop_state, int(row.ts), int(row.ts))
         stop_start = None
 
 
@@ -639,47 +666,75 @@ async def _raise_offline(session: AsyncSession, conf: dict[str, Any], gateway_id
         await _clear_key(session, key, cleared_ts)
 
 
+def _points(times: Iterable[int], window: int, most: int = 16) -> list[int]:
+    """Where to measure a device's trailing scrap window: its scrap counts' times, thinned
+    to at least window/10 apart (a live batch spans seconds: one point), the last kept."""
+    at = sorted(set(times))
+    gap = max(window // 10, (at[-1] - at[0]) // most, 1)
+    out = [at[0]]
+    for t in at[1:]:
+        if t - out[-1] >= gap:
+            out.append(t)
+    if out[-1] != at[-1]:
+        if at[-1] - out[-1] < gap and len(out) > 1:
+            out.pop()
+        out.append(at[-1])
+    return out
+
+
 async def _scrap_rate(session: AsyncSession, conf: dict[str, Any], gateway_id: str,
-                      device: str, machine_id: int | None, label: str,
-                      recs: list[Record]) -> None:
+                      known: dict[str, Any], by_device: dict[str, list[Record]]) -> None:
+    """Scrap rate over the trailing window at the batch's scrap counts, summed in the
+    database (one statement for all devices: the window's rows never leave it)."""
     rule = conf["scrap_rate"]
     window = int(rule["window_s"]) * 1000
     threshold, min_pieces = float(rule["threshold"]), int(rule["min_pieces"])
     if window <= 0:
         return
-    at = sorted({r.ts for r in recs})
-    at_c = attributions.c
-    rows = (await session.execute(
-        select(at_c.ts, at_c.good, at_c.scrap).where(
-            at_c.gateway_id == gateway_id, at_c.device == device,
-            at_c.ts > at[0] - window, at_c.ts <= at[-1]).order_by(at_c.ts))).all()
+    at = attributions.c
+    points = {d: _points((r.ts for r in rs), window) for d, rs in by_device.items()}
+    width = max(len(p) for p in points.values())
+    parts = []
+    for device, pts in points.items():
+        pts = pts + [pts[-1]] * (width - len(pts))
+        cols: list[Any] = [at.device]
+        for i, t in enumerate(pts):
+            inside = and_(at.ts > t - window, at.ts <= t)
+            cols += [func.sum(case((inside, at.good), else_=0)).label(f"g{i}"),
+                     func.sum(case((inside, at.scrap), else_=0)).label(f"s{i}")]
+        parts.append(select(*cols).where(at.gateway_id == gateway_id, at.device == device,
+                                         at.ts > pts[0] - window, at.ts <= pts[-1])
+                     .group_by(at.device))
+    stmt = parts[0] if len(parts) == 1 else union_all(*parts)
     a = anomalies.c
-    last = (await session.execute(
-        select(a.ts).where(a.kind == "scrap_rate", a.gateway_id == gateway_id,
-                           a.device == device, a.ts > at[0] - window, a.ts <= at[-1])
-        .order_by(a.ts.desc()).limit(1))).scalar()
-    lo = hi = 0
-    good = scrap = 0
-    for t in at:  # a trailing window (t - window, t] at each scrap count
-        while hi < len(rows) and rows[hi].ts <= t:
-            good, scrap, hi = good + rows[hi].good, scrap + rows[hi].scrap, hi + 1
-        while lo < hi and rows[lo].ts <= t - window:
-            good, scrap, lo = good - rows[lo].good, scrap - rows[lo].scrap, lo + 1
-        total = good + scrap
-        if total < min_pieces or total <= 0 or scrap / total <= threshold:
-            continue
-        if last is not None and last > t - window:
-            continue
-        new = await _raise(
-            session, kind="scrap_rate", ts=t, code=None,
-            title=f"{label}: scrap rate {scrap / total:.0%} over {window // 60_000} min "
-                  f"({scrap} of {total})",
-            detail={"scrap": scrap, "total": total, "rate": round(scrap / total, 4),
-                    "window_s": window // 1000, "threshold": threshold},
-            machine_id=machine_id, gateway_id=gateway_id, device=device,
-            source_key=f"scrap_rate:{gateway_id}:{device}:{t // window}", conf=conf)
-        if new is not None:
-            last = t
+    for row in (await session.execute(stmt)).mappings().all():
+        device = row["device"]
+        m = known.get(device)
+        label = m.name if m else f"{gateway_id}/{device}"
+        last: Any = _UNSET
+        for i, t in enumerate(points[device]):
+            good, scrap = int(row[f"g{i}"] or 0), int(row[f"s{i}"] or 0)
+            total = good + scrap
+            if total < min_pieces or total <= 0 or scrap / total <= threshold:
+                continue
+            if last is _UNSET:  # looked up only when a window is over the threshold
+                last = (await session.execute(
+                    select(a.ts).where(a.kind == "scrap_rate", a.gateway_id == gateway_id,
+                                       a.device == device, a.ts > t - window,
+                                       a.ts <= points[device][-1])
+                    .order_by(a.ts.desc()).limit(1))).scalar()
+            if last is not None and last > t - window:
+                continue
+            new = await _raise(
+                session, kind="scrap_rate", ts=t, code=None,
+                title=f"{label}: scrap rate {scrap / total:.0%} over {window // 60_000} min "
+                      f"({scrap} of {total})",
+                detail={"scrap": scrap, "total": total, "rate": round(scrap / total, 4),
+                        "window_s": window // 1000, "threshold": threshold},
+                machine_id=m.id if m else None, gateway_id=gateway_id, device=device,
+                source_key=f"scrap_rate:{gateway_id}:{device}:{t // window}", conf=conf)
+            if new is not None:
+                last = t
 
 
 # -- the sweep --------------------------------------------------------------------------

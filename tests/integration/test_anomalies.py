@@ -519,16 +519,21 @@ async def test_concurrent_sweeps_ingest_and_actions_raise_and_act_once(plant):
     await dispatch(api, "M1", "WO-1", T0 - H, T0 + 2 * H)
     await dispatch(api, "M1", "WO-2", NOW - 30 * MIN)
     batch = [alarm(1, T0 + MIN, 1001, True), link(2, T0 + H, False),
-             link(3, T0 + H + 10 * MIN, True), state(4, NOW - 5 * MIN, "idle")]
+             link(3, T0 + H + 10 * MIN, True), state(4, NOW - 5 * MIN, "idle"),
+             count_record(5, "c_good", 0, 20, ts=T0 + 2 * MIN),
+             count_record(6, "c_scrap", 0, 10, counts="scrap", ts=T0 + 3 * MIN),
+             count_record(7, "c_scrap", 0, 1, counts="scrap", ts=T0 + 3 * MIN,
+                          device="imm-07")]
     await asyncio.gather(*(ingest(api, batch) for _ in range(3)))
-    assert sorted(i["kind"] for i in await listed(api)) == ["alarm", "offline"]
+    assert sorted(i["kind"] for i in await listed(api)) == ["alarm", "offline", "scrap_rate"]
     assert (await api.put("/api/v1/materials/RESIN", json={
         "name": "RESIN", "unit": "kg", "safety_stock": 1})).status_code == 200
     later = NOW + 16 * MIN                                     # silent gateway, major due
     await asyncio.gather(*(sweep(db, later) for _ in range(3)))
     kinds = sorted((i["kind"], i["code"]) for i in await listed(api))
     assert kinds == [("alarm", "1001"), ("offline", "gateway"), ("offline", "gateway"),
-                     ("offline", "link"), ("stock_low", None), ("stop", None)]
+                     ("offline", "link"), ("scrap_rate", None), ("stock_low", None),
+                     ("stop", None)]
     alarm_doc = [i for i in await listed(api, kind="alarm")][0]
     assert alarm_doc["escalation_level"] == 1
     assert links(alarm_doc) == [("WO-1", 10, "ACME")]
