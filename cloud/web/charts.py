@@ -51,8 +51,8 @@ def bar_chart(bars: Sequence[Bar], *, colors: Sequence[str] = (GOOD, SCRAP), wid
         parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" text-anchor="end" '
                      f'class="axis">{escape(_num(peak * frac))}</text>')
     for i, b in enumerate(bars):
-        x = left + i * slot + slot * 0.12
-        w = max(1.0, slot * 0.76)
+        w = max(1.0, min(slot * 0.76, 36.0))
+        x = left + i * slot + (slot - w) / 2
         y = top + plot_h
         for j, v in enumerate(b.values):
             h = plot_h * (v / peak) if peak else 0
@@ -72,7 +72,7 @@ def line_chart(labels: Sequence[str], series: Sequence[tuple[str, Sequence[float
                width: int = 720, height: int = 220, percent: bool = True,
                label_every: int = 1, title: str = "") -> Markup:
     """Lines over shared x labels; values 0..1 shown as percent; None leaves a gap."""
-    left, bottom, top, right = 44, 22, 10, 8
+    left, bottom, top, right = 44, 22, 10, 26
     plot_w, plot_h = width - left - right, height - bottom - top
     values = [v for _, vs in series for v in vs if v is not None]
     peak = 1.0 if percent else _nice_max(max(values, default=0))

@@ -256,12 +256,10 @@ async def dispatch_history(session: AsyncSession, order_id: int, limit: int = 20
 
 async def output_per_hour(session: AsyncSession, order_id: int, hours: int = 48
                           ) -> list[tuple[int, int, int]]:
-    """(hour start ms, good, scrap) of the order's counted pieces over the last ``hours``
-    hours with output (its last operation's good; scrap of all), oldest first."""
+    """(hour start ms, good, scrap) of the pieces counted for the order on all its
+    operations, per hour over the last ``hours`` hours up to its newest count, oldest
+    first."""
     op_ids = select(wo_operations.c.id).where(wo_operations.c.work_order_id == order_id)
-    last_step = (await session.execute(
-        select(func.max(wo_operations.c.step))
-        .where(wo_operations.c.work_order_id == order_id))).scalar()
     newest = (await session.execute(
         select(func.max(attributions.c.ts))
         .where(attributions.c.wo_operation_id.in_(op_ids)))).scalar()
@@ -270,17 +268,13 @@ async def output_per_hour(session: AsyncSession, order_id: int, hours: int = 48
     start = (int(newest) // HOUR_MS - hours + 1) * HOUR_MS
     bucket = (attributions.c.ts / HOUR_MS).label("h")
     rows = (await session.execute(
-        select(bucket, wo_operations.c.step, func.sum(attributions.c.good),
-               func.sum(attributions.c.scrap))
-        .select_from(attributions.join(wo_operations,
-                                       wo_operations.c.id == attributions.c.wo_operation_id))
+        select(bucket, func.sum(attributions.c.good), func.sum(attributions.c.scrap))
         .where(attributions.c.wo_operation_id.in_(op_ids), attributions.c.ts >= start)
-        .group_by(bucket, wo_operations.c.step))).all()
+        .group_by(bucket))).all()
     per: dict[int, list[int]] = {}
-    for h, step, g, s in rows:
+    for h, g, s in rows:
         acc = per.setdefault(int(h), [0, 0])
-        if step == last_step:
-            acc[0] += int(g or 0)
+        acc[0] += int(g or 0)
         acc[1] += int(s or 0)
     first = min(per) if per else int(newest) // HOUR_MS
     return [(h * HOUR_MS, *per.get(h, [0, 0])) for h in range(first, int(newest) // HOUR_MS + 1)]
