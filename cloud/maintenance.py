@@ -269,6 +269,8 @@ async def check_maintenance(db: Database, now_ms: int) -> None:
         try:
             async with db.sessions() as session, session.begin():
                 m = await _machine(session, c.machine_id)
+                if c.metric == "run_hours" and now_ms - c.since_ts < c.threshold:
+                    continue        # cannot have run that long yet: no need to read
                 if c.metric == "run_hours":
                     value, reached = await _run_ms(session, m, c.since_ts, now_ms,
                                                    int(c.threshold))

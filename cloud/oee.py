@@ -7,7 +7,10 @@ Definitions (the plant manager's, per group of machine / shift / day / order / p
 
 - **planned_ms**: planned production time from the machine's calendar (cloud/calendars.py;
   no calendar: ``default``, else 24/7), breaks and non-working dates removed, clipped to
-  the report window and to now.
+  the report window, to now, and to the time since the machine was first heard from (its
+  first state or link record: before it there is no data, which is not downtime; a
+  machine never heard from has no planned time, so its ratios are None). A device with
+  counters but no state tag therefore never runs: OEE needs a state tag.
 - The machine's **status** at any moment: ``offline`` while its last link record says
   offline, else its last device state (``unknown`` before any). Only the status whose
   category is ``running`` (see ``category``) is running.
@@ -437,6 +440,14 @@ async def _dispatches(session: AsyncSession, machine_id: int, start: int, end: i
     return [(int(s), None if e is None else int(e), int(op)) for s, e, op in rows]
 
 
+async def first_seen(session: AsyncSession, gateway_id: str, device: str) -> int | None:
+    """The ts of a device's first state or link record (None: never heard from)."""
+    ev = machine_events.c
+    found = (await session.execute(select(func.min(ev.ts)).where(
+        ev.gateway_id == gateway_id, ev.device == device))).scalar()
+    return None if found is None else int(found)
+
+
 def _now() -> int:
     return time.time_ns() // 1_000_000
 
@@ -457,7 +468,11 @@ async def _accumulate(session: AsyncSession, *, start_ms: int, end_ms: int,
     pending: list[tuple[Any, ...]] = []
     names = {r.id: r.name for r in rows}
     for m in rows:
-        planned = planned_intervals(cals[m.id], start_ms, end_eff) if end_eff > start_ms else []
+        # before the machine was first heard from there is no data, not downtime
+        first = await first_seen(session, m.gateway_id, m.device)
+        lo = start_ms if first is None else max(start_ms, first)
+        planned = (planned_intervals(cals[m.id], lo, end_eff)
+                   if first is not None and end_eff > lo else [])
         if not planned:
             if parts == ("machine",):   # every machine asked for is listed, ratios None
                 pending.append(((m.id, None, None, None), "time", 0, None))

@@ -438,13 +438,14 @@ async def test_board_reasons_settings_calendars_and_roles(api, cloud_db_url):
                                ("DELETE", f"/api/v1/calendars/{cal}", None)):
         res = await api.request(method, path, json=body, headers=api.viewer)
         assert res.status_code == 403, (method, path)
-    # no calendar of its own and no "default": around the clock, in UTC days
+    # no calendar of its own and no "default": around the clock, in UTC days, from when
+    # the machine was first heard from (05:30 local = 21:30 UTC on 03-11): 18.5 h
     res = await api.put(f"/api/v1/machines/{m1}/calendar", json={"calendar_id": None})
     assert res.json()["effective"] == "24/7"
     [day] = await report(api, "machine")
-    assert day["planned_ms"] == 24 * 60 * MIN
+    assert day["planned_ms"] == (24 * 60 - 330) * MIN
     assert [(r["day"], r["planned_ms"] // MIN) for r in await report(api, "day")] == \
-        [("2025-03-11", 8 * 60), ("2025-03-12", 16 * 60)]
+        [("2025-03-11", 150), ("2025-03-12", 16 * 60)]
     # a calendar named "default" is every unassigned machine's calendar
     res = await api.put(f"/api/v1/calendars/{cal}", json={
         "name": "default", "timezone": "Asia/Shanghai", "definition": CALENDAR})
@@ -492,6 +493,14 @@ async def test_dst_day_and_non_working_day(api, cloud_db_url):
     holiday = await one_day("2025-10-01", "2025-10-02")
     assert (holiday["machine_id"], holiday["planned_ms"], holiday["availability"],
             holiday["oee"]) == (m2, 0, None, None)
+    # a machine never heard from has no planned time (no data is not downtime)
+    res = await api.post("/api/v1/machines", headers=api.admin, json={
+        "gateway_id": "gw-test", "device": "ghost", "name": "M3"})
+    m3 = res.json()["id"]
+    res = await api.get("/api/v1/oee", params={
+        "start": at("00:00", "2025-03-30", berlin), "end": at("00:00", "2025-03-31", berlin)})
+    assert [(r["machine_id"], r["planned_ms"], r["availability"])
+            for r in res.json()["items"]] == [(m2, 23 * 60 * MIN, 1.0), (m3, 0, None)]
     res = await api.get("/api/v1/oee", params={"start": 5, "end": 5})
     assert (res.status_code, res.json()["field"]) == (422, "end")
     res = await api.get("/api/v1/oee", params={"start": 0, "end": 5, "group_by": "week"})
