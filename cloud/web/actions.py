@@ -17,6 +17,7 @@ from cloud import production as prod
 from cloud.auth import SESSION_ABSOLUTE, SESSION_COOKIE, Actor, AuthError
 from cloud.calendars import OeeError
 from cloud.users import login, logout, set_locale_in
+from cloud.web.cache import page_cache
 from cloud.web.context import (
     WebError,
     current_user,
@@ -113,6 +114,7 @@ async def _act(request: Request, back: str, done: str, fn: Act,
             await fn(session, user.actor, form)
     except (*SERVICE_ERRORS, *errors) as exc:
         return redirect_with_flash(target, "error", N_("Not done:"), str(exc))
+    page_cache(request.app).clear()
     return redirect_with_flash(target, "ok", done, **params)
 
 

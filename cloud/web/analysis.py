@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
@@ -21,6 +22,7 @@ from cloud import anomalies, oee
 from cloud.models import ANOMALY_KINDS, ANOMALY_STATUSES
 from cloud.production import NotFound
 from cloud.web import charts, labels, reports
+from cloud.web.cache import page_cache
 from cloud.web.context import Page, render
 from cloud.web.exports import MAX_ROWS, Column, export
 from cloud.web.i18n import N_, fmt_pct
@@ -30,6 +32,7 @@ router = APIRouter(include_in_schema=False)
 DAY_MS: Final = 86_400_000
 MAX_DAYS: Final = 92
 PERIODS: Final = (1, 7, 30, 90)
+OEE_FRESH_S: Final = 60.0
 
 
 def _s_to_ms(s: float | None) -> float | None:
@@ -182,22 +185,32 @@ async def oee_page(request: Request) -> Response:
     ids = [machine_id] if machine_id else None
     async with request.app.state.db.sessions() as session:
         machines = await reports.machine_list(session)
-        known = {m["id"] for m in machines}
-        if machine_id not in known:
-            machine_id, ids = None, None
-        rows = await o.oee_report(session, start_ms=start, end_ms=end, group_by=group,
-                                  machine_ids=ids, now_ms=page.now_ms)
-        pareto = await o.downtime_pareto(session, start_ms=start, end_ms=end,
-                                         machine_ids=ids, now_ms=page.now_ms)
-        trend = await o.oee_trend(session, start_ms=start, end_ms=end, machine_ids=ids,
-                                  now_ms=page.now_ms) if not fmt or table == "trend" else []
-        stop_machine = machine_id or (machines[0]["id"] if machines else None)
-        stops: list[dict[str, Any]] = []
-        if stop_machine is not None and (not fmt or table == "stops"):
-            stops = [s for s in await o.stops(session, machine_id=stop_machine, start_ms=start,
-                                              end_ms=end, now_ms=page.now_ms)
-                     if not s["micro"]]
-            stops.reverse()
+    if machine_id not in {m["id"] for m in machines}:
+        machine_id, ids = None, None
+    stop_machine = machine_id or (machines[0]["id"] if machines else None)
+    db = request.app.state.db
+
+    async def compute() -> dict[str, Any]:
+        now = time.time_ns() // 1_000_000
+        async with db.sessions() as session:
+            doc: dict[str, Any] = {
+                "rows": await o.oee_report(session, start_ms=start, end_ms=end, group_by=group,
+                                           machine_ids=ids, now_ms=now),
+                "pareto": await o.downtime_pareto(session, start_ms=start, end_ms=end,
+                                                  machine_ids=ids, now_ms=now),
+                "trend": await o.oee_trend(session, start_ms=start, end_ms=end,
+                                           machine_ids=ids, now_ms=now),
+                "stops": []}
+            if stop_machine is not None:
+                doc["stops"] = [s for s in await o.stops(
+                    session, machine_id=stop_machine, start_ms=start, end_ms=end, now_ms=now)
+                    if not s["micro"]][::-1]
+        return doc
+
+    data, computed = await page_cache(request.app).get(
+        ("oee", group, start, end, machine_id), OEE_FRESH_S, compute)
+    rows = [dict(r) for r in data["rows"]]
+    pareto, trend, stops = data["pareto"], [dict(r) for r in data["trend"]], data["stops"]
     names = {m["id"]: m["name"] for m in machines}
     for r in rows:
         r["key"] = _key_text(r, group)
@@ -233,6 +246,7 @@ async def oee_page(request: Request) -> Response:
                   machine_id=machine_id, machines=machines, pareto=pareto,
                   pareto_chart=pareto_chart, trend_chart=trend_chart,
                   stops=stops[:50], stop_machine=stop_machine, names=names, fmt_pct=fmt_pct,
+                  computed_ms=int(computed * 1000),
                   reason=lambda r: _reason(page, r))
 
 

@@ -12,27 +12,25 @@ from cloud import anomalies, oee
 from cloud.web.i18n import N_
 
 
-async def board_extras(session: AsyncSession, now_ms: int, midnight_ms: int,
-                       machine_ids: list[int]) -> dict[int, dict[str, Any]]:
-    """Per machine: state, since_ts, code, today's OEE (0..1 or None), open anomalies."""
-    out: dict[int, dict[str, Any]] = {m: {} for m in machine_ids}
-    if not machine_ids:
-        return out
-    for mid, st in (await oee.current_states(session, now_ms)).items():
-        if mid in out:
-            out[mid].update(state=st.get("state"), since_ts=st.get("since_ts"),
-                            code=st.get("code"))
-    if now_ms > midnight_ms:
-        for row in await oee.oee_report(session, start_ms=midnight_ms, end_ms=now_ms,
-                                        group_by="machine", machine_ids=machine_ids,
-                                        now_ms=now_ms):
-            mid = row.get("machine_id")
-            if mid in out:
-                out[mid]["oee"] = row.get("oee")
-    for mid, n in (await anomalies.open_anomalies_by_machine(session)).items():
-        if mid in out:
-            out[mid]["anomalies"] = n
-    return out
+async def machine_states(session: AsyncSession, now_ms: int) -> dict[int, dict[str, Any]]:
+    """Per machine: state (running/idle/setup/down/offline), since_ts, code."""
+    return {mid: {"state": st.get("state"), "since_ts": st.get("since_ts"),
+                  "code": st.get("code")}
+            for mid, st in (await oee.current_states(session, now_ms)).items()}
+
+
+async def oee_today(session: AsyncSession, now_ms: int, midnight_ms: int,
+                    machine_ids: list[int]) -> dict[int, float | None]:
+    """Per machine: OEE from local midnight to now (0..1, None when undefined)."""
+    if not machine_ids or now_ms <= midnight_ms:
+        return {}
+    return {row["machine_id"]: row.get("oee") for row in await oee.oee_report(
+        session, start_ms=midnight_ms, end_ms=now_ms, group_by="machine",
+        machine_ids=machine_ids, now_ms=now_ms)}
+
+
+async def open_anomalies(session: AsyncSession) -> dict[int, int]:
+    return await anomalies.open_anomalies_by_machine(session)
 
 
 async def order_timeline(session: AsyncSession, work_order_id: int,

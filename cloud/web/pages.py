@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -17,6 +18,7 @@ from cloud.models import WORK_ORDER_STATUSES, machines, products, work_orders
 from cloud.production import NotFound, from_micro, get_work_order
 from cloud.status import gateway_status
 from cloud.web import charts, labels, reports
+from cloud.web.cache import page_cache
 from cloud.web.context import (
     Page,
     WebError,
@@ -97,26 +99,48 @@ async def login_page(request: Request) -> Response:
 
 # -- plant board ---------------------------------------------------------------------------
 
+BOARD_FRESH_S: Final = 5.0
+OEE_TODAY_FRESH_S: Final = 60.0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 async def board_data(request: Request, page: Page) -> dict[str, Any]:
     from cloud.web import engine  # the anomalies/OEE parts
 
-    async with request.app.state.db.sessions() as session:
+    db = request.app.state.db
+    cache = page_cache(request.app)
+    midnight = _local_midnight_ms(page)
+    async with db.sessions() as session:
         ms = await reports.machine_list(session)
         running = await reports.running_dispatches(session)
-        midnight = _local_midnight_ms(page)
         today = await reports.good_since(session, midnight)
-        extra = await engine.board_extras(session, page.now_ms, midnight,
-                                          [m["id"] for m in ms])
+        alarms = await engine.open_anomalies(session)
         unregistered = [] if ms else await _unregistered_devices(session)
+    ids = [m["id"] for m in ms]
+
+    async def states() -> Any:
+        async with db.sessions() as s:
+            return await engine.machine_states(s, now_ms())
+
+    async def oee_today() -> Any:
+        async with db.sessions() as s:
+            return await engine.oee_today(s, now_ms(), midnight, ids)
+
+    state_of, _ = await cache.get(("board-states",), BOARD_FRESH_S, states)
+    oee_of, _ = await cache.get(("board-oee", midnight, tuple(ids)), OEE_TODAY_FRESH_S,
+                                oee_today)
     tiles = []
     for m in ms:
         d = running.get(m["id"])
-        x = extra.get(m["id"], {})
+        x = state_of.get(m["id"], {})
         state = x.get("state") or "unknown"
         good, scrap = today.get(m["id"], (0, 0))
         tiles.append({**m, "state": state, "since_ts": x.get("since_ts"),
-                      "code": x.get("code"), "oee": x.get("oee"),
-                      "anomalies": x.get("anomalies", 0), "dispatch": d,
+                      "code": x.get("code"), "oee": oee_of.get(m["id"]),
+                      "anomalies": alarms.get(m["id"], 0), "dispatch": d,
                       "progress": (min(1.0, d["good"] / d["quantity"]) if d and d["quantity"]
                                    else None),
                       "today_good": good, "today_scrap": scrap})
@@ -404,9 +428,23 @@ GAP_COLUMNS: Final = (
 )
 
 
-async def completeness_data(request: Request, page: Page) -> list[dict[str, Any]]:
+COMPLETENESS_FRESH_S: Final = 30.0
+
+
+async def completeness_data(request: Request, page: Page) -> tuple[list[dict[str, Any]], float]:
+    """Per gateway: its status (cloud/status.py) and freshness; cached (cloud/web/cache.py)
+    because counting and gap-finding read every record of a gateway."""
+    async def compute() -> list[dict[str, Any]]:
+        return await _completeness(request)
+
+    result: tuple[list[dict[str, Any]], float] = await page_cache(request.app).get(
+        ("completeness",), COMPLETENESS_FRESH_S, compute)
+    return result
+
+
+async def _completeness(request: Request) -> list[dict[str, Any]]:
     async with request.app.state.db.sessions() as session:
-        fresh = {g["id"]: g for g in await reports.gateway_freshness(session, page.now_ms)}
+        fresh = {g["id"]: g for g in await reports.gateway_freshness(session, now_ms())}
         out = []
         for gid in await reports.gateway_ids(session):
             doc = await gateway_status(session, gid)
@@ -439,7 +477,7 @@ def _gap_why(gap: dict[str, Any], page: Page) -> str:
 @router.get("/completeness", response_class=HTMLResponse)
 async def completeness_page(request: Request) -> Response:
     page = await open_page(request)
-    gws = await completeness_data(request, page)
+    gws, computed = await completeness_data(request, page)
     selected = request.query_params.get("gateway") or (gws[0]["id"] if gws else None)
     gaps = []
     for g in gws:
@@ -454,6 +492,7 @@ async def completeness_page(request: Request) -> Response:
     limit = _limit(request, 50)
     offset = _int(request, "offset", 0)
     return render(page, "completeness.html", gateways=gws, selected=selected,
+                  computed_ms=int(computed * 1000),
                   gaps=gaps[offset:offset + limit], gaps_total=len(gaps), limit=limit,
                   offset=offset)
 
