@@ -246,13 +246,14 @@ def run_demo(root: Path, *, speed: float, seed: int, cloud_port: int, interval: 
     try:
         demo.start_all()
         print(f"""plantsync demo is running ({speed:g}x plant speed). Where to look:
+  plant reports    open http://127.0.0.1:{demo.cloud_port}/ and log in as admin, password in
+                   {demo.password_file} (中文 / English at the top right)
   cloud API        http://127.0.0.1:{demo.cloud_port}/docs
   gateway in cloud curl -H "Authorization: Bearer $(cat {demo.token_file})" \\
                      http://127.0.0.1:{demo.cloud_port}/api/v1/gateways/{GATEWAY_ID}
   gateway status   http://127.0.0.1:{demo.status_port}/status   (and /metrics)
                    .venv/bin/plantsync-edge status --config {demo.config}
   probe a machine  .venv/bin/plantsync-edge probe --config {demo.config} cnc-01
-  sign in          user admin, password in {demo.password_file}
   logs             {root}/{{simulate,cloud,gateway}}.log
 Ctrl-C stops everything; the data stays in {root} (--fresh starts over).
 """, file=out, flush=True)
