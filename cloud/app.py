@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from buffer.records import RecordError, decode_batch
-from cloud.anomalies import apply_anomalies, sweep
+from cloud.anomalies import sweep
 from cloud.api_anomalies import install_anomaly_api
 from cloud.api_dispatch import install_dispatch_api
 from cloud.api_inventory import install_inventory_api
@@ -32,7 +32,7 @@ from cloud.api_notify import install_notify_api
 from cloud.api_oee import install_oee_api
 from cloud.api_production import install_production_api
 from cloud.api_users import install_user_api
-from cloud.attribution import apply_counts
+from cloud.appliers import default_appliers
 from cloud.auth import (
     SESSION_COOKIE,
     Actor,
@@ -47,7 +47,6 @@ from cloud.jobs import Job, job_runner
 from cloud.maintenance import check_maintenance
 from cloud.notify import deliver
 from cloud.status import device_counters, gateway_exists, gateway_status
-from cloud.timeline import apply_events
 from cloud.users import prune as prune_logins
 from cloud.web import install_web
 
@@ -93,9 +92,8 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
 
     app = FastAPI(title="plantsync cloud", version=_version(), lifespan=lifespan)
     app.state.db = db
-    # attribution (cloud/attribution.py) runs first, then the machine timeline
-    # (cloud/timeline.py), then anomalies (cloud/anomalies.py); callers may add more
-    app.state.appliers = [apply_counts, apply_events, apply_anomalies, *appliers]
+    # attribution, the machine timeline, anomalies (cloud/appliers.py); callers may add more
+    app.state.appliers = [*default_appliers(), *appliers]
     app.state.jobs = [Job("prune", prune_logins, 3600.0)]
     app.state.max_body_bytes = max_body_bytes
 

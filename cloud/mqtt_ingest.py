@@ -3,7 +3,8 @@
 Subscribes ``$share/<group>/plantsync/v1/+/records`` with QoS 1 and a persistent session
 (fixed client id, clean_session False), so the broker keeps queueing while the consumer is
 down and several consumers may share the load. Each message is one msgpack batch, stored by
-``cloud.ingest.ingest_batch`` in one transaction; only after that commit is the message
+``cloud.ingest.ingest_batch`` in one transaction with the same domain processing as HTTP
+(cloud/appliers.py: attribution, timeline, anomalies); only after that commit is the message
 acknowledged to the broker (paho manual ack), so a crash between receive and commit makes
 the broker deliver it again (the (gateway, seq) dedupe makes that harmless). Then the
 consumer publishes ``{"acked_through", "first_seq", "last_seq"}`` (msgpack, QoS 1, retained)
@@ -40,6 +41,7 @@ from buffer.records import (
     gateway_from_topic,
     parse_broker_url,
 )
+from cloud.appliers import default_appliers
 from cloud.db import Database, resolve_url
 from cloud.ingest import GatewayGone, ingest_batch
 
@@ -48,6 +50,8 @@ log = structlog.get_logger(__name__)
 TOPIC_FILTER = RECORDS_TOPIC_FILTER
 USERNAME_ENV = "PLANTSYNC_MQTT_USERNAME"
 PASSWORD_ENV = "PLANTSYNC_MQTT_PASSWORD"
+# the same domain processing as HTTP ingest: attribution, timeline, anomalies
+APPLIERS = default_appliers()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +168,8 @@ async def _handle(client: mqtt.Client, db: Database, msg: _Message) -> None:
     delay = 0.5
     while True:
         try:
-            result = await ingest_batch(db, gateway, batch, received_ms=time.time_ns() // 1_000_000)
+            result = await ingest_batch(db, gateway, batch, received_ms=time.time_ns() // 1_000_000,
+                                        appliers=APPLIERS)
             break
         except GatewayGone:
             log.error("mqtt_ingest_unknown_gateway", gateway=gateway,

@@ -61,6 +61,10 @@ async def test_drain_via_mqtt_into_the_cloud(tmp_path: Path, mosquitto: Mosquitt
         assert (await outbox.stats()).backlog == 0
         assert stored(db_file) == seqs
         assert fw.stats().batches_sent == 15
+    import sqlite3
+
+    with sqlite3.connect(db_file) as conn:   # the consumer ran the domain appliers too
+        assert conn.execute("SELECT count(*) FROM machine_events").fetchone()[0] == len(seqs)
 
 
 async def test_no_consumer_means_no_ack_and_nothing_deleted(tmp_path: Path,
