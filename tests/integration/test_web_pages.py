@@ -400,3 +400,18 @@ def test_charts_escape_their_text() -> None:
 def test_package_files() -> None:
     root = Path(__file__).resolve().parents[2] / "cloud" / "web"
     assert (root / "static" / "app.css").exists() and (root / "templates" / "base.html").exists()
+
+
+async def test_an_admin_registers_a_device_as_a_machine(web: Any) -> None:
+    ada = await web("ada")
+    await ingest(ada, ada.plant, [count(ada.plant, "lathe-5", 2, now_ms())])
+    pat = await web("pat")
+    res = await pat.act("/machines", {"gateway_id": ada.plant.gateway, "device": "lathe-5",
+                                      "name": "Lathe 5"})
+    assert res.status_code == 403                      # planners do not bind devices
+    res = await ada.act("/machines", {"gateway_id": ada.plant.gateway, "device": "lathe-5",
+                                      "name": "Lathe 5", "next": "/"})
+    assert res.status_code == 303
+    names = [m["name"] for m in (await ada.get("/api/v1/machines?limit=50")).json()["items"]]
+    assert "Lathe 5" in names
+    assert "Lathe 5" in await ada.page("/board/tiles")
