@@ -101,6 +101,7 @@ async def login_page(request: Request) -> Response:
 
 BOARD_FRESH_S: Final = 5.0
 OEE_TODAY_FRESH_S: Final = 60.0
+UNREGISTERED_FRESH_S: Final = 60.0
 
 
 def now_ms() -> int:
@@ -118,8 +119,13 @@ async def board_data(request: Request, page: Page) -> dict[str, Any]:
         running = await reports.running_dispatches(session)
         today = await reports.good_since(session, midnight)
         alarms = await engine.open_anomalies(session)
-        unregistered = [] if ms else await _unregistered_devices(session)
     ids = [m["id"] for m in ms]
+    unregistered: list[dict[str, Any]] = []
+    if not ms or (page.user is not None and page.user.is_admin):
+        async def devices() -> Any:
+            async with db.sessions() as s:
+                return await _unregistered_devices(s)
+        unregistered, _ = await cache.get(("unregistered",), UNREGISTERED_FRESH_S, devices)
 
     async def states() -> Any:
         async with db.sessions() as s:
@@ -151,17 +157,17 @@ async def board_data(request: Request, page: Page) -> dict[str, Any]:
 
 
 async def _unregistered_devices(session: Any) -> list[dict[str, Any]]:
-    """Devices that sent state or count records but are no machine yet (shown on an empty
-    board so an admin can register them)."""
+    """Devices with a machine timeline (state or link records) that are no machine yet,
+    so an admin can register them from the board."""
     from sqlalchemy import and_, exists
 
-    from cloud.models import records
+    from cloud.models import machine_events
 
-    q = (select(records.c.gateway_id, records.c.device).distinct()
-         .where(records.c.kind.in_(("count", "state")),
-                ~exists().where(and_(machines.c.gateway_id == records.c.gateway_id,
-                                     machines.c.device == records.c.device)))
-         .order_by(records.c.gateway_id, records.c.device).limit(50))
+    ev = machine_events.c
+    q = (select(ev.gateway_id, ev.device).distinct()
+         .where(~exists().where(and_(machines.c.gateway_id == ev.gateway_id,
+                                     machines.c.device == ev.device)))
+         .order_by(ev.gateway_id, ev.device).limit(50))
     return [{"gateway_id": g, "device": d} for g, d in (await session.execute(q)).all()]
 
 
