@@ -82,6 +82,9 @@ class Record:
 class Batch:
     gateway: str
     records: tuple[Record, ...]
+    # records the gateway held unacknowledged when it sent this batch (this batch
+    # included); optional, so the cloud can tell a backlog still arriving from live data
+    backlog: int | None = None
 
 
 def encode_body(body: Mapping[str, Any]) -> bytes:
@@ -106,16 +109,18 @@ def encode_batch(gateway: str, records: Iterable[Record]) -> bytes:
     return out
 
 
-def encode_batch_raw(gateway: str, rows: Iterable[tuple[int, int, str, str, bytes]]) -> bytes:
+def encode_batch_raw(gateway: str, rows: Iterable[tuple[int, int, str, str, bytes]], *,
+                     backlog: int | None = None) -> bytes:
     """Like ``encode_batch`` from buffer rows ``(seq, ts, device, kind, body_msgpack)``
-    without decoding the stored bodies (the drain path)."""
+    without decoding the stored bodies (the drain path). ``backlog``: see ``Batch``."""
     packer = msgpack.Packer(use_bin_type=True)
     rows = list(rows)
-    parts = [
-        packer.pack_map_header(3), packer.pack("v"), packer.pack(WIRE_VERSION),
-        packer.pack("gateway"), packer.pack(gateway), packer.pack("records"),
-        packer.pack_array_header(len(rows)),
-    ]
+    parts = [packer.pack_map_header(3 if backlog is None else 4),
+             packer.pack("v"), packer.pack(WIRE_VERSION), packer.pack("gateway"),
+             packer.pack(gateway)]
+    if backlog is not None:
+        parts += [packer.pack("backlog"), packer.pack(backlog)]
+    parts += [packer.pack("records"), packer.pack_array_header(len(rows))]
     for seq, ts, device, kind, body in rows:
         parts.append(packer.pack_map_header(5))
         parts += [packer.pack("seq"), packer.pack(seq), packer.pack("ts"), packer.pack(ts),
@@ -159,7 +164,10 @@ def decode_batch(payload: bytes, *, max_records: int = MAX_BATCH_RECORDS) -> Bat
                               f"{rec.seq} is not above the previous {last_seq}")
         last_seq = rec.seq
         records.append(rec)
-    return Batch(gateway=gateway, records=tuple(records))
+    backlog = doc.get("backlog")
+    if backlog is not None and (type(backlog) is not int or backlog < 0):
+        raise RecordError("backlog", f"must be an integer >= 0, got {backlog!r}")
+    return Batch(gateway=gateway, records=tuple(records), backlog=backlog)
 
 
 def validate_record(raw: Any, where: str = "record") -> Record:

@@ -539,8 +539,15 @@ class StoredRowLike(Protocol):
     def body(self) -> bytes: ...
 
 
+class _Backlog(Protocol):
+    @property
+    def backlog(self) -> int: ...
+
+
 class DrainSource(Protocol):
     """What the Forwarder needs of the Outbox (buffer/store.py contract)."""
+
+    async def stats(self) -> _Backlog: ...
 
     async def peek(self, *, max_records: int, max_bytes: int = ...,
                    after_seq: int | None = ...) -> Sequence[Any]: ...
@@ -737,8 +744,12 @@ class Forwarder:
                     if self._acked_floor is None:
                         self._acked_floor = pass_start - 1
                 last = rows[-1].seq
+                # what is still to come (in-memory counter, no query): the cloud marks its
+                # reports provisional while a gateway's backlog is arriving
+                backlog = (await self.outbox.stats()).backlog
                 payload = encode_batch_raw(
-                    self.gateway, ((r.seq, r.ts, r.device, r.kind, r.body) for r in rows))
+                    self.gateway, ((r.seq, r.ts, r.device, r.kind, r.body) for r in rows),
+                    backlog=backlog)
                 try:
                     acked = await self.uplink.send(payload, last_seq=last)
                 except UplinkTooLarge:

@@ -24,6 +24,11 @@ future ts is always the gateway's clock). A batch older than the window is most 
 drained backlog and says nothing about the clock: the previous estimate stays. A gateway
 whose clock is slow by more than the window therefore needs the header to be seen.
 
+Backlog: a batch may say how many records its gateway still held unacknowledged when it
+was sent (``backlog``, this batch included). The records still queued behind it (backlog
+minus the batch) and the batch's arrival time are kept on the gateway row, so reports can
+say they are provisional while a backlog is arriving.
+
 Domain processing (attribution, backflush: the cloud-core issue) hooks in through
 ``appliers``: each is awaited with (session, gateway_id, new_records) inside the same
 transaction, after the insert, with only the records that were new, in seq order. An
@@ -122,10 +127,11 @@ async def ingest_batch(db: Database, gateway_id: str, batch: Batch, *, received_
         skew, exact = _skew(recs, received_ms, sent_at_ms)
         if skew is None:
             skew, exact = row.clock_skew_ms, row.clock_skew_exact
-        await session.execute(
-            update(gateways).where(gateways.c.id == gateway_id)
-            .values(last_seq=last_seq, clock_skew_ms=skew, clock_skew_exact=exact)
-        )
+        values: dict[str, Any] = {"last_seq": last_seq, "clock_skew_ms": skew,
+                                  "clock_skew_exact": exact}
+        if batch.backlog is not None:   # what is still queued behind this batch
+            values |= {"backlog": max(0, batch.backlog - len(recs)), "backlog_at": now}
+        await session.execute(update(gateways).where(gateways.c.id == gateway_id).values(**values))
     result = IngestResult(acked, len(new), len(recs) - len(new), skew)
     log.debug("batch_stored", gateway=gateway_id, records=len(recs), new=len(new),
               acked_through=acked)

@@ -85,6 +85,11 @@ class Gateway(Base):
     # exact when the gateway sent X-Plantsync-Sent-At, else a heuristic (cloud/ingest.py).
     clock_skew_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     clock_skew_exact: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # Records still queued at the gateway behind its last batch (from the batch's optional
+    # ``backlog``), and when that batch arrived: reports are provisional while a backlog
+    # is still arriving.
+    backlog: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    backlog_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class StoredRecord(Base):

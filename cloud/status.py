@@ -121,6 +121,9 @@ async def gateway_status(session: AsyncSession, gateway_id: str) -> dict[str, An
         "gaps_truncated": cut,
         "clock_skew_ms": gw.clock_skew_ms,
         "clock_skew_exact": gw.clock_skew_exact,
+        # records still queued at the gateway behind its last batch (None: never said)
+        "backlog": gw.backlog,
+        "backlog_at": _iso(gw.backlog_at),
         "clock_jumps": [{"seq": j.seq, "ts": j.ts, "jump_ms": j.body.get("jump_ms"),
                          "reason": j.body.get("reason")} for j in reversed(jumps)],
     }

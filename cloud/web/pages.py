@@ -422,7 +422,8 @@ GATEWAY_COLUMNS: Final = (
     Column("missing", N_("Missing")), Column("unexplained", N_("Missing, unexplained")),
     Column("completeness", N_("Completeness"),
            lambda r: None if r["completeness"] is None else round(r["completeness"], 6)),
-    Column("last_seen", N_("Last seen")), Column("lag", N_("Newest record lag (s)"),
+    Column("last_seen", N_("Last seen")), Column("backlog", N_("Backlog at the gateway")),
+    Column("lag", N_("Newest record lag (s)"),
                                                  lambda r: None if r["lag_ms"] is None
                                                  else r["lag_ms"] // 1000),
     Column("clock_skew_ms", N_("Clock skew (ms)")),

@@ -13,14 +13,13 @@ Due-date colour of a work order (``due_status``), the rule the pages and exports
   time left by more than that;
 - else ``on_time`` (green).
 
-Provisional reports (``gateway_freshness``): a gateway's data is still arriving when the
-newest record it sent (its highest seq) reached the cloud more than ``CATCHING_UP``
-(5 min) after it was made (its ``received_at`` minus its ``ts`` corrected by the clock
-skew): its last batch came from a backlog, so more is most likely queued behind it. A
-gateway not seen for ``SILENT`` (10 min) holds back whatever it buffered meanwhile. Either
-way every report built from its machines may still change, and the report pages say so.
-Gateways do not report their buffer backlog to the cloud; the completeness page shows
-the lag of the newest record instead.
+Provisional reports (``gateway_freshness``): a gateway's data is still arriving when its
+last batch said more than ``BACKLOG_LIVE`` records were still queued behind it (the
+batch's ``backlog``, kept on the gateway row), or, for gateways that do not report a
+backlog, when the newest record it sent reached the cloud more than ``CATCHING_UP`` (5 min)
+after it was made (``received_at`` minus ``ts`` corrected by the clock skew). A gateway not
+seen for ``SILENT`` (10 min) holds back whatever it buffered meanwhile. Either way every
+report built from its machines may still change, and the report pages say so.
 """
 
 from __future__ import annotations
@@ -55,6 +54,8 @@ AT_RISK_WITHIN: Final = timedelta(hours=24)
 BEHIND_BY: Final = 0.25
 CATCHING_UP_MS: Final = 5 * 60_000
 SILENT_MS: Final = 10 * 60_000
+# a live gateway's batches leave at most a poll cycle or two behind them
+BACKLOG_LIVE: Final = 1000
 DONE: Final = ("completed", "closed")
 
 
@@ -92,7 +93,8 @@ async def gateway_freshness(session: AsyncSession, now_ms: int) -> list[dict[str
     newest = records.alias("newest")
     rows = (await session.execute(
         select(gateways.c.id, gateways.c.last_seen, gateways.c.last_seq,
-               gateways.c.clock_skew_ms, newest.c.ts, newest.c.received_at)
+               gateways.c.clock_skew_ms, gateways.c.backlog, newest.c.ts,
+               newest.c.received_at)
         .select_from(gateways.outerjoin(newest, and_(newest.c.gateway_id == gateways.c.id,
                                                      newest.c.seq == gateways.c.last_seq)))
         .where(gateways.c.revoked_at.is_(None)).order_by(gateways.c.id))).all()
@@ -106,12 +108,15 @@ async def gateway_freshness(session: AsyncSession, now_ms: int) -> list[dict[str
             state = "never"
         elif now_ms - seen_ms > SILENT_MS:
             state = "silent"
+        elif r.backlog is not None:
+            state = "catching_up" if r.backlog > BACKLOG_LIVE else "live"
         elif lag is not None and lag > CATCHING_UP_MS:
             state = "catching_up"
         else:
             state = "live"
         out.append({"id": r.id, "last_seen_ms": seen_ms, "last_seq": r.last_seq,
                     "newest_ts": r.ts, "lag_ms": lag, "clock_skew_ms": r.clock_skew_ms,
+                    "backlog": r.backlog,
                     "state": state, "provisional": state in ("silent", "catching_up")})
     return out
 

@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgpack
 import pytest
 
-from buffer.records import Record
+from buffer.records import Record, decode_batch
 from buffer.uplink import Forwarder, HttpUplink, UplinkAuthError, UplinkUnavailable
 from tests.faults.proxy import FaultProxy
 from tests.integration.uplink_helpers import (
@@ -200,6 +201,28 @@ async def test_reset_after_forward_gives_no_duplicates(tmp_path: Path) -> None:
             assert await fw.drain() == seqs[-1]
         assert cloud.seqs() == seqs  # resent, deduplicated: each seq once
         assert (await outbox.stats()).backlog == 0
+
+
+async def test_batches_report_the_backlog_behind_them(tmp_path: Path) -> None:
+    """Each batch says how many records the gateway still holds; the cloud keeps what is
+    queued behind the last one (its status and the reports' provisional mark use it)."""
+    async with running_cloud(tmp_path) as cloud, open_outbox(tmp_path / "buf.db") as outbox:
+        seqs = await fill(outbox, 1_000)
+        async with HttpUplink(cloud.url, token_file=token_file(tmp_path, cloud.token)) as up:
+            seen: list[int | None] = []
+            real_send = up.send
+
+            async def spy(payload: bytes, *, last_seq: int) -> int:
+                seen.append(decode_batch(payload).backlog)
+                return await real_send(payload, last_seq=last_seq)
+
+            up.send = spy  # type: ignore[method-assign]
+            assert await forwarder(outbox, up, max_records=300).drain() == seqs[-1]
+        assert seen == [1000, 700, 400, 100]
+        async with httpx.AsyncClient() as c:
+            doc = (await c.get(f"{cloud.url}/api/v1/gateways/{GATEWAY}",
+                               headers={"Authorization": f"Bearer {cloud.token}"})).json()
+        assert doc["backlog"] == 0 and doc["backlog_at"] is not None
 
 
 async def test_blackhole_and_refused_are_unavailable(tmp_path: Path) -> None:

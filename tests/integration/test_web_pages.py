@@ -350,6 +350,20 @@ async def test_provisional_banner_while_a_gateway_catches_up(web: Any, web_db: A
     await ingest(pat, late, [count(late, "press-9", 1, now_ms())])
     assert str(gid) not in await pat.page("/work-orders")
 
+    async def with_backlog(backlog: int) -> None:   # live records, but a queue behind them
+        body = msgpack.packb({"v": WIRE_VERSION, "gateway": gid, "backlog": backlog,
+                              "records": [count(late, "press-9", 1, now_ms())]},
+                             use_bin_type=True)
+        res = await pat.post("/api/v1/ingest", content=body, headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/msgpack",
+            "Accept": "application/json"})
+        assert res.status_code == 200, res.text
+
+    await with_backlog(5001)              # 5000 still queued behind this batch
+    assert str(gid) in await pat.page("/work-orders")
+    await with_backlog(3)
+    assert str(gid) not in await pat.page("/work-orders")
+
 
 def test_due_status_rule() -> None:
     from datetime import UTC, datetime, timedelta

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,9 @@ class MemOutbox:
         before = len(self.rows)
         self.rows = [r for r in self.rows if r.seq > seq]
         return before - len(self.rows)
+
+    async def stats(self) -> Any:
+        return types.SimpleNamespace(backlog=len(self.rows))
 
 
 class Scripted(Uplink):

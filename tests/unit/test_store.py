@@ -58,6 +58,15 @@ async def test_append_peek_ack_contract(tmp_path: Path) -> None:
         batch = decode_batch(encode_batch_raw("gw-1", [(r.seq, r.ts, r.device, r.kind, r.body)
                                                        for r in nxt]))
         assert [r.seq for r in batch.records] == list(range(6, 13))
+        assert batch.backlog is None
+        rows = [(r.seq, r.ts, r.device, r.kind, r.body) for r in nxt]
+        assert decode_batch(encode_batch_raw("gw-1", rows, backlog=4242)).backlog == 4242
+        import msgpack
+
+        for bad in (-1, "7", 1.5):
+            doc = msgpack.unpackb(encode_batch_raw("gw-1", rows), raw=False)
+            with pytest.raises(RecordError, match="backlog"):
+                decode_batch(msgpack.packb({**doc, "backlog": bad}, use_bin_type=True))
 
         assert await ob.ack_through(5) == 5
         assert await ob.ack_through(5) == 0          # idempotent
