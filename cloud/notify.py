@@ -355,8 +355,8 @@ def _local_time(ts: int, zone: str) -> str:
 def _anomaly_url(msg: Message, anomaly_id: int | None = None) -> str | None:
     if not msg.cloud_url:
         return None
-    base = msg.cloud_url.rstrip("/") + "/anomalies"
-    return f"{base}/{anomaly_id}" if anomaly_id is not None else base
+    base = msg.cloud_url.rstrip("/") + "/anomalies"   # the web page (cloud/web); ?id= opens one
+    return f"{base}?id={anomaly_id}#anomaly-{anomaly_id}" if anomaly_id is not None else base
 
 
 def _worst(msg: Message) -> str:

@@ -252,7 +252,7 @@ async def test_webhook_carries_the_documented_json_with_orders_and_a_signature(
     assert doc["anomalies"] == [{
         "id": anomaly_id, "kind": "alarm", "code": "E42", "severity": "major",
         "status": "open", "title": "液压压力低", "machine": "注塑机 3",
-        "ts": "2026-03-02T08:00:00Z", "url": f"https://mes.example.com/anomalies/{anomaly_id}",
+        "ts": "2026-03-02T08:00:00Z", "url": f"https://mes.example.com/anomalies?id={anomaly_id}#anomaly-{anomaly_id}",
         "links": [{"work_order": "WO-001", "customer": "华为", "step": 20, "operation": "注塑"}],
     }]
     [row] = await outbox(db)

@@ -39,7 +39,7 @@ def test_webhook_body_is_the_documented_schema() -> None:
         "anomalies": [{
             "id": i, "kind": "alarm", "code": "E42", "severity": "major", "status": "open",
             "title": "液压压力低 hydraulic pressure low", "machine": "注塑机 3",
-            "ts": f"2026-03-02T08:00:0{i}Z", "url": f"https://mes.example.com/anomalies/{i}",
+            "ts": f"2026-03-02T08:00:0{i}Z", "url": f"https://mes.example.com/anomalies?id={i}#anomaly-{i}",
             "links": [{"work_order": "WO-2026-001", "customer": "华为", "step": 20,
                        "operation": "注塑"}],
         } for i in (1, 2)],
@@ -60,7 +60,7 @@ def test_chat_text_in_chinese_and_english() -> None:
     en = notify.wecom_body(_msg(1), "en")["markdown"]["content"]
     assert en.startswith("### [Major] New anomaly · 注塑机 3 · Alarm E42")
     assert "work order WO-2026-001 (customer 华为, step 20 注塑)" in en
-    assert "https://mes.example.com/anomalies/1" in en
+    assert "https://mes.example.com/anomalies?id=1#anomaly-1" in en
 
 
 def test_long_storm_lists_ten_and_counts_the_rest() -> None:
