@@ -19,6 +19,8 @@ DUE: Final = {"on_time": N_("On time"), "at_risk": N_("At risk"), "late": N_("La
 MACHINE_STATE: Final = {
     "running": N_("Running"), "idle": N_("Idle"), "setup": N_("Setup"), "down": N_("Down"),
     "offline": N_("Offline"), "unknown": N_("No data"),
+    # device state names of the map library (config/maps) that are not board states
+    "alarm": N_("Alarm"), "off": N_("Switched off"),
 }
 MOVE_KIND: Final = {
     "receipt": N_("Receipt"), "issue": N_("Issue"), "backflush": N_("Backflush"),
