@@ -303,6 +303,10 @@ MATERIAL_COLUMNS: Final = (
     Column("consumed", N_("Consumed (ledger)"), lambda r: from_micro(r["consumed_u"])),
     Column("difference", N_("Difference"), lambda r: signed_micro(r["difference_u"])),
 )
+UNASSIGNED_COLUMNS: Final = (
+    Column("machine", N_("Machine")), Column("good", N_("Good")), Column("scrap", N_("Scrap")),
+    Column("from", N_("From")), Column("to", N_("To")),
+)
 TIMELINE_COLUMNS: Final = (
     Column("time", N_("Time")), Column("kind", N_("Event")), Column("machine", N_("Machine")),
     Column("text", N_("Detail")),
@@ -330,6 +334,13 @@ async def work_order_page(number: str, request: Request) -> Response:
             rows = [{**e, "time": page.ts(e["ts"]), "kind": page.tr(e["label"])}
                     for e in data["timeline"]]
             return export(fmt, f"{number}-timeline", TIMELINE_COLUMNS, rows, page.t.gettext)
+        if table == "unassigned":
+            names = {mc["id"]: mc["name"] for mc in data["machines"]}
+            rows = [{**u, "machine": names.get(u["machine_id"], u["device"]),
+                     "from": page.ts(u["first_ts"]), "to": page.ts(u["last_ts"])}
+                    for u in data["unassigned"]]
+            return export(fmt, f"{number}-unassigned", UNASSIGNED_COLUMNS, rows,
+                          page.t.gettext)
         raise WebError(404, N_("No such table."), table)
     hourly = data["hourly"]
     chart = charts.bar_chart(
@@ -428,6 +439,10 @@ GATEWAY_COLUMNS: Final = (
                                                  else r["lag_ms"] // 1000),
     Column("clock_skew_ms", N_("Clock skew (ms)")),
 )
+CLOCK_JUMP_COLUMNS: Final = (
+    Column("gateway", N_("Gateway")), Column("seq", N_("Record seq")), Column("time", N_("Time")),
+    Column("jump_s", N_("Jump (s)")), Column("reason", N_("Why")),
+)
 GAP_COLUMNS: Final = (
     Column("gateway", N_("Gateway")), Column("first_seq", N_("First seq")),
     Column("last_seq", N_("Last seq")), Column("missing", N_("Missing")),
@@ -493,6 +508,12 @@ async def completeness_page(request: Request) -> Response:
     if fmt := _export_fmt(request):
         if request.query_params.get("table") == "gaps":
             return export(fmt, f"gaps-{selected}", GAP_COLUMNS, gaps, page.t.gettext)
+        if request.query_params.get("table") == "clock_jumps":
+            jumps = [{**j, "gateway": g["id"], "time": page.ts(j["ts"]),
+                      "jump_s": None if j["jump_ms"] is None else j["jump_ms"] / 1000}
+                     for g in gws if g["id"] == selected for j in g["clock_jumps"]]
+            return export(fmt, f"clock-jumps-{selected}", CLOCK_JUMP_COLUMNS, jumps,
+                          page.t.gettext)
         rows = [{**g, "state": page.tr(labels.GATEWAY_STATE[g["state"]]),
                  "last_seen": (g["last_seen"] or "")[:19].replace("T", " ")} for g in gws]
         return export(fmt, "data-completeness", GATEWAY_COLUMNS, rows, page.t.gettext)

@@ -207,7 +207,8 @@ async def test_exports_follow_the_page_filters(web: Any) -> None:
                  "/work-orders/WO-1001?export=csv&table=materials",
                  "/work-orders/WO-1001?export=xlsx&table=timeline",
                  "/anomalies?export=csv&status=all", "/oee?export=xlsx",
-                 "/oee?export=csv&table=pareto", "/oee?export=csv&table=stops"):
+                 "/oee?export=csv&table=pareto", "/oee?export=csv&table=stops",
+                 "/completeness?export=xlsx&table=clock_jumps"):
         res = await c.get(path)
         assert res.status_code == 200, (path, res.text[:300])
         assert "attachment" in res.headers["content-disposition"]
@@ -219,6 +220,11 @@ async def test_exports_follow_the_page_filters(web: Any) -> None:
         "utf-8-sig"))))
     assert {r["Machine"] for r in board} == {"IMM 1", "IMM 2", "CNC 1", "CNC 2"}
     assert (await c.get("/work-orders?export=pdf")).status_code == 400
+    loose = list(csv.DictReader(io.StringIO((await c.get(
+        "/work-orders/WO-1001?export=csv&table=unassigned")).content.decode("utf-8-sig"))))
+    assert [(r["Machine"], r["Good"]) for r in loose] == [("CNC 1", "15")]
+    jumps = (await c.get("/completeness?export=csv&table=clock_jumps")).content.decode("utf-8-sig")
+    assert jumps.splitlines()[0].split(",") == ["Gateway", "Record seq", "Time", "Jump (s)", "Why"]
 
 
 async def test_viewer_sees_no_buttons_and_may_not_post(web: Any) -> None:
