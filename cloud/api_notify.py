@@ -26,9 +26,9 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud import notify
+from cloud.api_production import Db
 from cloud.auth import Actor, require
 
 MAX_LIMIT: Final = 500
@@ -37,16 +37,6 @@ router = APIRouter(prefix="/api/v1", tags=["notifications"])
 Viewer = Annotated[Actor, Depends(require("viewer"))]
 Planner = Annotated[Actor, Depends(require("planner"))]
 Admin = Annotated[Actor, Depends(require("admin"))]
-
-
-async def _session(request: Request) -> Any:
-    """One transaction per request: committed when the route returns, rolled back when
-    it raises."""
-    async with request.app.state.db.sessions() as session, session.begin():
-        yield session
-
-
-Db = Annotated[AsyncSession, Depends(_session)]
 
 
 def install_notify_api(app: FastAPI) -> None:

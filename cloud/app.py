@@ -42,6 +42,7 @@ from cloud.auth import (
     require_read,
 )
 from cloud.db import Database, resolve_url
+from cloud.httputil import weighted
 from cloud.ingest import Applier, GatewayGone, ingest_batch
 from cloud.jobs import Job, job_runner
 from cloud.maintenance import check_maintenance
@@ -212,15 +213,7 @@ def _sent_at(value: str | None) -> int | None:
 def _wants_json(accept: str) -> bool:
     """JSON only when asked for ahead of msgpack; the default (a gateway) is msgpack."""
     best: tuple[float, str] | None = None
-    for part in accept.split(","):
-        media, *params = (p.strip() for p in part.split(";"))
-        q = 1.0
-        for p in params:
-            if p.startswith("q="):
-                try:
-                    q = float(p[2:])
-                except ValueError:
-                    q = 0.0
+    for _i, media, q in weighted(accept):
         if media in MSGPACK_TYPES or media == "application/json":
             if best is None or q > best[0]:
                 best = (q, media)

@@ -44,7 +44,7 @@ from cloud.models import (
     maintenance_counters,
     wo_operations,
 )
-from cloud.oee import load_settings, machine_timeline
+from cloud.oee import load_settings, machine_row, machine_timeline
 
 log = structlog.get_logger(__name__)
 HOUR_MS = 3_600_000
@@ -101,18 +101,9 @@ async def _cycles_reached(session: AsyncSession, machine_id: int, since: int, no
     return None
 
 
-async def _machine(session: AsyncSession, machine_id: int) -> Any:
-    row = (await session.execute(select(machines.c.id, machines.c.name, machines.c.gateway_id,
-                                        machines.c.device)
-                                 .where(machines.c.id == machine_id))).first()
-    if row is None:
-        raise NotFound(f"machine {machine_id} unknown", "machine_id")
-    return row
-
-
 async def counter_value(session: AsyncSession, counter: Any, now_ms: int) -> int:
     """Run ms or cycles of ``counter`` since its since_ts, up to ``now_ms``."""
-    m = await _machine(session, counter.machine_id)
+    m = await machine_row(session, counter.machine_id)
     if counter.metric == "run_hours":
         return (await _run_ms(session, m, counter.since_ts, now_ms))[0]
     return await _cycles(session, m.id, counter.since_ts, now_ms)
@@ -157,7 +148,7 @@ async def list_counters(session: AsyncSession, now_ms: int, *,
 
 async def get_counter(session: AsyncSession, counter_id: int, now_ms: int) -> dict[str, Any]:
     c = await _row(session, counter_id)
-    m = await _machine(session, c.machine_id)
+    m = await machine_row(session, c.machine_id)
     return _doc(c, m.name, await counter_value(session, c, now_ms))
 
 
@@ -189,7 +180,7 @@ async def create_counter(session: AsyncSession, actor: Actor | str, *, machine_i
                          name: Any, metric: Any, threshold: Any, since_ts: int | None = None,
                          now_ms: int) -> dict[str, Any]:
     """A counter counting from ``since_ts`` (default now). Audited ``maintenance.create``."""
-    m = await _machine(session, machine_id)
+    m = await machine_row(session, machine_id)
     name = _check_name(name)
     if metric not in MAINTENANCE_METRICS:
         raise Invalid(f"metric: expected one of {', '.join(MAINTENANCE_METRICS)}, got "
@@ -268,7 +259,7 @@ async def check_maintenance(db: Database, now_ms: int) -> None:
     for c in todo:
         try:
             async with db.sessions() as session, session.begin():
-                m = await _machine(session, c.machine_id)
+                m = await machine_row(session, c.machine_id)
                 if c.metric == "run_hours" and now_ms - c.since_ts < c.threshold:
                     continue        # cannot have run that long yet: no need to read
                 if c.metric == "run_hours":

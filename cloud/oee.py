@@ -644,7 +644,9 @@ async def downtime_pareto(session: AsyncSession, *, start_ms: int, end_ms: int,
 
 # -- stops --------------------------------------------------------------------------------
 
-async def _machine_row(session: AsyncSession, machine_id: int) -> Any:
+async def machine_row(session: AsyncSession, machine_id: int) -> Any:
+    """A machine's id, name, gateway_id and device (its timeline's key); NotFound when
+    there is no such machine."""
     row = (await session.execute(select(machines.c.id, machines.c.name, machines.c.gateway_id,
                                         machines.c.device)
                                  .where(machines.c.id == machine_id))).first()
@@ -661,7 +663,7 @@ async def stops(session: AsyncSession, *, machine_id: int, start_ms: int, end_ms
     time, i.e. downtime or micro-stop time in reports), reason (assigned, else
     ``offline`` for a stop that began offline, else None), note."""
     _check_window(start_ms, end_ms)
-    m = await _machine_row(session, machine_id)
+    m = await machine_row(session, machine_id)
     cfg = await load_settings(session)
     now = _now() if now_ms is None else now_ms
     hi = min(end_ms, now)
@@ -696,7 +698,7 @@ async def set_stop_reason(session: AsyncSession, actor: Actor | str, *, machine_
     """Give the stop of ``machine_id`` that began at ``start_ts`` a reason (and a note);
     replaces an earlier one. Audited ``stop.reason``. Raises NotFound (machine), Invalid
     (``start_ts`` is not the start of a stop of that machine; empty or long reason)."""
-    m = await _machine_row(session, machine_id)
+    m = await machine_row(session, machine_id)
     reason = (reason or "").strip() if isinstance(reason, str) else ""
     if not reason or len(reason) > 128:
         raise Invalid("reason: expected 1..128 characters", "reason")

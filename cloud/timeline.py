@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from buffer.records import Record
-from cloud.models import machine_events, machines
+from cloud.models import machine_events
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +53,6 @@ async def apply_events(session: AsyncSession, gateway_id: str,
         mod: Any = postgresql if session.bind.dialect.name == "postgresql" else sqlite
         await session.execute(mod.insert(machine_events).on_conflict_do_nothing(
             index_elements=["gateway_id", "seq"]), rows)
-
-
-async def machine_key(session: AsyncSession, machine_id: int) -> tuple[str, str] | None:
-    """(gateway_id, device) of a machine, None when there is no such machine."""
-    row = (await session.execute(select(machines.c.gateway_id, machines.c.device)
-                                 .where(machines.c.id == machine_id))).first()
-    return (row.gateway_id, row.device) if row else None
 
 
 async def events(session: AsyncSession, gateway_id: str, device: str, start: int, end: int,

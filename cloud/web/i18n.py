@@ -29,6 +29,8 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import Translations
 
+from cloud.httputil import weighted
+
 LOCALES: Final = ("zh-CN", "en")
 DEFAULT_LOCALE: Final = "en"
 LANG_COOKIE: Final = "plantsync_lang"
@@ -64,15 +66,7 @@ def negotiate(accept_language: str | None) -> str:
     """The best of LOCALES for an ``Accept-Language`` header (q-values honoured; any
     ``zh`` but traditional variants counts as zh-CN), else DEFAULT_LOCALE."""
     best: tuple[float, int, str] | None = None
-    for i, part in enumerate((accept_language or "").split(",")):
-        tag, *params = (p.strip() for p in part.split(";"))
-        q = 1.0
-        for p in params:
-            if p.startswith("q="):
-                try:
-                    q = float(p[2:])
-                except ValueError:
-                    q = 0.0
+    for i, tag, q in weighted(accept_language):
         tag = tag.lower()
         if q <= 0 or not tag:
             continue
