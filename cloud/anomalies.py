@@ -145,7 +145,6 @@ DEFAULTS: Final[dict[str, Any]] = {
     "severity_by_code": {},
     "hold_on_severe_quality": True,
 }
-settings.register(SETTINGS_KEY, DEFAULTS)
 
 _LOOKED_AT: Final = frozenset({"alarm", "limit", "state", "link", "count"})
 _UNSET: Final[Any] = object()
@@ -163,13 +162,10 @@ def _check_severity(field: str, value: Any, *, nullable: bool = False) -> None:
                                      f"(one of {', '.join(SEVERITIES)})")
 
 
-async def put_settings(session: AsyncSession, actor: Actor | str,
-                       value: dict[str, Any]) -> dict[str, Any]:
-    """Store overrides of the ``anomalies`` settings (audited); returns the effective
-    settings. Raises settings.SettingsError naming the field; nothing is stored then."""
-    if not isinstance(value, dict):
-        raise settings.SettingsError(SETTINGS_KEY, f"{SETTINGS_KEY}: expected an object")
-    value = dict(value)
+def _check_settings(value: dict[str, Any]) -> dict[str, Any]:
+    """The ``anomalies`` settings' own checks (cloud/settings.py runs them on every PUT):
+    severities must be levels, a scrap-rate threshold a fraction; one number for
+    ``escalate_after_s`` applies to every severity. Raises settings.SettingsError."""
     after = value.get("escalate_after_s")
     if isinstance(after, int | float) and not isinstance(after, bool):
         value["escalate_after_s"] = {sev: after for sev in SEVERITIES}  # one for all
@@ -190,9 +186,10 @@ async def put_settings(session: AsyncSession, actor: Actor | str,
         raise settings.SettingsError(f"{SETTINGS_KEY}.scrap_rate.threshold",
                                      f"{SETTINGS_KEY}.scrap_rate.threshold: a fraction "
                                      f"0..1 (0.1 = 10 %), got {rate['threshold']!r}")
-    effective = await settings.put(session, SETTINGS_KEY, value, by=_name(actor))
-    await audit(session, actor, "settings.put", "settings", SETTINGS_KEY, value)
-    return effective
+    return value
+
+
+settings.register(SETTINGS_KEY, DEFAULTS, check=_check_settings)
 
 
 def severity_for(conf: dict[str, Any], kind: str, code: str | int | None) -> str:
@@ -1264,7 +1261,7 @@ async def anomalies_for_work_order(session: AsyncSession,
 __all__ = [
     "DEFAULTS", "SETTINGS_KEY", "acknowledge", "anomalies_for_work_order", "anomaly_stats",
     "apply_anomalies", "assign", "close", "create_manual", "get_anomaly", "list_anomalies",
-    "open_anomalies_by_machine", "put_settings", "raise_anomaly", "reopen", "resolve",
+    "open_anomalies_by_machine", "raise_anomaly", "reopen", "resolve",
     "severity_for", "sweep",
 ]
 

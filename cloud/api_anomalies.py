@@ -10,8 +10,7 @@
 - ``POST /api/v1/anomalies/{id}/acknowledge`` {assignee?, note?},
   ``/resolve`` {cause, action}, ``/close`` {}, ``/reopen`` {note?}, ``/assign`` {assignee}
   (planner)
-- ``GET /api/v1/settings/anomalies`` (viewer), ``PUT`` (admin): overrides merged over what
-  is stored; 422 ``invalid_setting`` with ``field`` naming the bad key.
+- thresholds and severity rules: ``/api/v1/settings/anomalies`` (cloud/api_settings.py)
 
 Access: every person reads; planners and admins act; gateway tokens get 403. Errors as in
 cloud/api_production.py: 404 ``not_found``, 409 ``invalid_state`` (+ ``current``,
@@ -23,12 +22,10 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, FastAPI, Query
 from pydantic import BaseModel, Field
 
 from cloud import anomalies as an
-from cloud import settings
 from cloud.api_production import Db
 from cloud.auth import Actor, require
 
@@ -146,25 +143,6 @@ async def assign(anomaly_id: int, body: AssignIn, actor: Planner,
                  session: Db) -> dict[str, Any]:
     """Set the assignee (any state but closed)."""
     return await an.assign(session, actor, anomaly_id, body.assignee or "")
-
-
-@router.get("/settings/anomalies", tags=["settings"])
-async def get_settings(_: Viewer, session: Db) -> dict[str, Any]:
-    """Thresholds, escalation, repeat window and severity rules in effect."""
-    return await settings.get(session, an.SETTINGS_KEY)
-
-
-@router.put("/settings/anomalies", tags=["settings"], response_model=None)
-async def put_settings(request: Request, actor: Admin,
-                       value: Annotated[Any, Body()]) -> dict[str, Any] | JSONResponse:
-    """Override settings (merged over what is stored, one level deep); unknown keys and
-    wrong types are refused naming the field, and nothing is stored then."""
-    try:
-        async with request.app.state.db.sessions() as session, session.begin():
-            return await an.put_settings(session, actor, value)
-    except settings.SettingsError as exc:
-        return JSONResponse({"error": "invalid_setting", "detail": exc.detail,
-                             "field": exc.field}, status_code=422)
 
 
 def install_anomaly_api(app: FastAPI) -> None:

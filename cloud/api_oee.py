@@ -12,7 +12,7 @@ Reads (every person, viewer and up):
 - ``GET /machines/{id}/stops?start=&end=`` -> {items}
 - ``GET /calendars``, ``GET /calendars/{id}``, ``GET /calendars/{id}/planned?start=&end=``
 - ``GET /maintenance-counters?machine_id=``, ``GET /maintenance-counters/{id}``
-- ``GET /settings/oee``
+- ``/settings/oee`` {micro_stop_s?, state_map?}: cloud/api_settings.py
 
 Actions (planners and admins; viewers and gateway tokens 403), each audited:
 
@@ -23,7 +23,6 @@ Actions (planners and admins; viewers and gateway tokens 403), each audited:
 - ``POST /maintenance-counters`` {machine_id, name, metric, threshold | threshold_hours,
   since_ts?} -> 201; ``PATCH /maintenance-counters/{id}`` {name?, threshold?,
   threshold_hours?}; ``DELETE`` -> 204; ``POST /maintenance-counters/{id}/reset``
-- ``PUT /settings/oee`` {micro_stop_s?, state_map?} (admins)
 
 Times are epoch milliseconds (``start`` inclusive, ``end`` exclusive). Errors are JSON
 ``{error, detail}``: 404 ``not_found``, 422 ``invalid`` (+ ``field``), 409 ``conflict``.
@@ -38,8 +37,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud import calendars, maintenance, oee, settings
-from cloud.auth import Actor, audit, require
+from cloud import calendars, maintenance, oee
+from cloud.auth import Actor, require
 from cloud.calendars import Invalid, OeeError
 from cloud.jobs import now_ms
 
@@ -255,27 +254,5 @@ def install_oee_api(app: FastAPI) -> None:
                             session: Write) -> dict[str, Any]:
         """Maintenance done: count again from now (audited)."""
         return await maintenance.reset_counter(session, actor, counter_id, now_ms())
-
-    # -- settings ----------------------------------------------------------------------
-
-    @router.get("/settings/oee", tags=["oee"])
-    async def get_settings(_: Viewer, session: Read) -> dict[str, Any]:
-        return await settings.get(session, oee.SETTINGS_KEY)
-
-    @router.put("/settings/oee", tags=["oee"])
-    async def put_settings(request: Request, actor: Admin, session: Write) -> Any:
-        """Change micro_stop_s (seconds) and state_map ({device state: category})."""
-        try:
-            body = await request.json()
-        except ValueError:
-            raise Invalid("body: expected a JSON object", "body") from None
-        try:
-            oee.check_settings(body)
-            doc = await settings.put(session, oee.SETTINGS_KEY, body, by=actor.name)
-        except settings.SettingsError as exc:
-            return JSONResponse({"error": "invalid", "detail": exc.detail,
-                                 "field": exc.field}, status_code=422)
-        await audit(session, actor, "settings.update", "settings", oee.SETTINGS_KEY, body)
-        return doc
 
     app.include_router(router)

@@ -31,6 +31,7 @@ from cloud.api_inventory import install_inventory_api
 from cloud.api_notify import install_notify_api
 from cloud.api_oee import install_oee_api
 from cloud.api_production import install_production_api
+from cloud.api_settings import install_settings_api
 from cloud.api_users import install_user_api
 from cloud.appliers import default_appliers
 from cloud.auth import (
@@ -116,6 +117,7 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
     install_oee_api(app)
     app.state.jobs.append(Job("maintenance", check_maintenance, 60.0))
     install_production_api(app)
+    install_settings_api(app)
     install_web(app)  # the pages (cloud/web/): plant board, reports, planner actions
     install_anomaly_api(app)
     app.state.jobs.append(Job("anomaly_sweep", sweep, 15.0))

@@ -89,7 +89,6 @@ from cloud.models import (
 from cloud.timeline import Event, events
 
 SETTINGS_KEY: Final = "oee"
-settings.register(SETTINGS_KEY, {"micro_stop_s": 120, "state_map": {}})
 
 CATEGORIES: Final = ("running", "idle", "setup", "down", "offline")
 GROUPS: Final = ("machine", "shift", "day", "order", "product")
@@ -131,14 +130,20 @@ async def load_settings(session: AsyncSession) -> OeeSettings:
     return OeeSettings(int(float(doc["micro_stop_s"]) * 1000), state_map)
 
 
-def check_settings(value: Any) -> None:
-    """Extra checks of a PUT of the ``oee`` settings (beyond cloud/settings.py's types)."""
-    if isinstance(value, dict) and isinstance(value.get("state_map"), dict):
+def _check_settings(value: dict[str, Any]) -> dict[str, Any]:
+    """The ``oee`` settings' own check (beyond cloud/settings.py's types): every state maps
+    to a category."""
+    if isinstance(value.get("state_map"), dict):
         for k, v in value["state_map"].items():
             if v not in CATEGORIES:
                 raise settings.SettingsError(
                     f"oee.state_map.{k}", f"oee.state_map.{k}: expected one of "
                     f"{', '.join(CATEGORIES)}, got {v!r}")
+    return value
+
+
+settings.register(SETTINGS_KEY, {"micro_stop_s": 120, "state_map": {}},
+                  check=_check_settings)
 
 
 # -- the timeline of one machine ----------------------------------------------------------

@@ -1,14 +1,17 @@
 """Cloud-wide settings stored as JSON per key in ``cloud_settings``, over defaults in code.
 
-Each feature registers its defaults once (``register("anomalies", {...})``); ``get``
-returns the defaults with the stored overrides merged in (one level deep: a stored
+Each feature registers its defaults once (``register("anomalies", {...}, check=...)``);
+``get`` returns the defaults with the stored overrides merged in (one level deep: a stored
 ``{"offline_after_s": 60}`` changes that one threshold and keeps the rest), and ``put``
-validates keys against the defaults so a typo is refused, not silently ignored.
+validates keys and types against the defaults (a typo is refused, not silently ignored),
+then runs the feature's own ``check`` (which may also normalize the value), stores and
+audits. ``GET/PUT /api/v1/settings/{key}`` (cloud/api_settings.py) is the one route.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cloud.models import cloud_settings
 
 _DEFAULTS: dict[str, dict[str, Any]] = {}
+_CHECKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
 class SettingsError(ValueError):
@@ -28,8 +32,17 @@ class SettingsError(ValueError):
         self.field, self.detail = field, detail
 
 
-def register(key: str, defaults: dict[str, Any]) -> None:
+def register(key: str, defaults: dict[str, Any], *,
+             check: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    """Defaults of ``key``; ``check(value) -> value`` validates (raising SettingsError
+    naming the field) and may normalize an override after the type checks passed."""
     _DEFAULTS[key] = copy.deepcopy(defaults)
+    if check is not None:
+        _CHECKS[key] = check
+
+
+def keys() -> list[str]:
+    return sorted(_DEFAULTS)
 
 
 def defaults(key: str) -> dict[str, Any]:
@@ -74,22 +87,30 @@ def _check(key: str, base: dict[str, Any], value: dict[str, Any], path: str) -> 
             raise SettingsError(where, f"{where}: expected a string, got {v!r}")
 
 
-async def put(session: AsyncSession, key: str, value: dict[str, Any], *, by: str) -> dict[str, Any]:
-    """Store overrides for ``key`` (merged over what is stored); returns the effective
-    settings. Raises SettingsError naming the first bad field; nothing is stored then."""
+async def put(session: AsyncSession, key: str, value: dict[str, Any], *,
+              by: Any) -> dict[str, Any]:
+    """Store overrides for ``key`` (merged over what is stored) and audit them (``by``: an
+    Actor or a name); returns the effective settings. Raises SettingsError naming the
+    first bad field; nothing is stored then."""
+    from cloud.auth import audit
+
     if key not in _DEFAULTS:
         raise SettingsError(key, f"no settings named {key!r} (known: {', '.join(sorted(_DEFAULTS))})")
     if not isinstance(value, dict):
         raise SettingsError(key, f"{key}: expected an object")
+    if key in _CHECKS:     # normalizes first (e.g. one number for a per-severity map)
+        value = _CHECKS[key](dict(value))
     _check(key, _DEFAULTS[key], value, key)
     current = (await session.execute(select(cloud_settings.c.value)
                                      .where(cloud_settings.c.key == key))).scalar_one_or_none()
     merged = _merge(current or {}, value)
     now = datetime.now(UTC)
+    name = str(getattr(by, "name", by))
     if current is None:
         await session.execute(cloud_settings.insert().values(key=key, value=merged, updated=now,
-                                                             updated_by=by))
+                                                             updated_by=name))
     else:
         await session.execute(cloud_settings.update().where(cloud_settings.c.key == key)
-                              .values(value=merged, updated=now, updated_by=by))
+                              .values(value=merged, updated=now, updated_by=name))
+    await audit(session, by, "settings.put", "settings", key, value)
     return _merge(_DEFAULTS[key], merged)
