@@ -38,6 +38,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud import calendars, maintenance, oee
+from cloud.api_production import Db
 from cloud.auth import Actor, require
 from cloud.calendars import Invalid, OeeError
 from cloud.jobs import now_ms
@@ -55,15 +56,7 @@ async def _read(request: Request) -> Any:
         yield session
 
 
-async def _write(request: Request) -> Any:
-    """One transaction per request: committed when the route returns, rolled back when
-    it raises."""
-    async with request.app.state.db.sessions() as session, session.begin():
-        yield session
-
-
 Read = Annotated[AsyncSession, Depends(_read)]
-Write = Annotated[AsyncSession, Depends(_write)]
 
 
 class ReasonIn(BaseModel):
@@ -163,7 +156,7 @@ def install_oee_api(app: FastAPI) -> None:
 
     @router.put("/machines/{machine_id}/stops/{start_ts}/reason", tags=["oee"])
     async def stop_reason(machine_id: int, start_ts: int, body: ReasonIn, actor: Planner,
-                          session: Write) -> dict[str, Any]:
+                          session: Db) -> dict[str, Any]:
         """Give a stop (keyed by the ts it began) a reason."""
         return await oee.set_stop_reason(session, actor, machine_id=machine_id,
                                          start_ts=start_ts, reason=body.reason,
@@ -177,7 +170,7 @@ def install_oee_api(app: FastAPI) -> None:
 
     @router.post("/calendars", tags=["calendars"], status_code=201)
     async def create_calendar(body: CalendarIn, actor: Planner,
-                              session: Write) -> dict[str, Any]:
+                              session: Db) -> dict[str, Any]:
         return await calendars.create_calendar(session, actor, name=body.name,
                                                timezone=body.timezone,
                                                definition=body.definition)
@@ -198,19 +191,19 @@ def install_oee_api(app: FastAPI) -> None:
 
     @router.put("/calendars/{calendar_id}", tags=["calendars"])
     async def update_calendar(calendar_id: int, body: CalendarIn, actor: Planner,
-                              session: Write) -> dict[str, Any]:
+                              session: Db) -> dict[str, Any]:
         return await calendars.update_calendar(session, actor, calendar_id, name=body.name,
                                                timezone=body.timezone,
                                                definition=body.definition)
 
     @router.delete("/calendars/{calendar_id}", tags=["calendars"], status_code=204)
-    async def delete_calendar(calendar_id: int, actor: Planner, session: Write) -> Response:
+    async def delete_calendar(calendar_id: int, actor: Planner, session: Db) -> Response:
         await calendars.delete_calendar(session, actor, calendar_id)
         return Response(status_code=204)
 
     @router.put("/machines/{machine_id}/calendar", tags=["calendars"])
     async def machine_calendar(machine_id: int, body: MachineCalendarIn, actor: Planner,
-                               session: Write) -> dict[str, Any]:
+                               session: Db) -> dict[str, Any]:
         return await calendars.assign_calendar(session, actor, machine_id, body.calendar_id)
 
     # -- maintenance counters ----------------------------------------------------------
@@ -223,7 +216,7 @@ def install_oee_api(app: FastAPI) -> None:
 
     @router.post("/maintenance-counters", tags=["maintenance"], status_code=201)
     async def create_counter(body: CounterIn, actor: Planner,
-                             session: Write) -> dict[str, Any]:
+                             session: Db) -> dict[str, Any]:
         return await maintenance.create_counter(
             session, actor, machine_id=body.machine_id, name=body.name, metric=body.metric,
             threshold=_threshold(body.threshold, body.threshold_hours, body.metric),
@@ -235,7 +228,7 @@ def install_oee_api(app: FastAPI) -> None:
 
     @router.patch("/maintenance-counters/{counter_id}", tags=["maintenance"])
     async def patch_counter(counter_id: int, body: CounterPatch, actor: Planner,
-                            session: Write) -> dict[str, Any]:
+                            session: Db) -> dict[str, Any]:
         metric = None
         if body.threshold_hours is not None:
             metric = (await maintenance.get_counter(session, counter_id, now_ms()))["metric"]
@@ -245,13 +238,13 @@ def install_oee_api(app: FastAPI) -> None:
 
     @router.delete("/maintenance-counters/{counter_id}", tags=["maintenance"],
                    status_code=204)
-    async def delete_counter(counter_id: int, actor: Planner, session: Write) -> Response:
+    async def delete_counter(counter_id: int, actor: Planner, session: Db) -> Response:
         await maintenance.delete_counter(session, actor, counter_id)
         return Response(status_code=204)
 
     @router.post("/maintenance-counters/{counter_id}/reset", tags=["maintenance"])
     async def reset_counter(counter_id: int, actor: Planner,
-                            session: Write) -> dict[str, Any]:
+                            session: Db) -> dict[str, Any]:
         """Maintenance done: count again from now (audited)."""
         return await maintenance.reset_counter(session, actor, counter_id, now_ms())
 
