@@ -11,10 +11,22 @@ the same transaction as the records. After a restart the first read therefore co
 from the stored baseline; a counter never seen before records nothing until it has a
 baseline to prove a movement from.
 
-Counter rules (ARCHITECTURE.md): a decrease is a rollover when the old value is in the
-top quarter of the type's range and the new one in the bottom quarter (the counter wrapped
-at its maximum; delta = max - before + after + 1); any other decrease is a reset (PLC
-reboot, operator reset) and the delta is the new raw value.
+Counter rules (ARCHITECTURE.md): wrap-around at the type's maximum is a rollover; any
+other decrease is a reset (PLC reboot, operator reset) and the delta is the new raw value.
+A decrease is taken for a rollover (delta = max - before + after + 1) only when both hold:
+
+- the device stayed reachable between the two reads. A decrease across a link
+  offline -> online transition is a reset: a reboot nearly always takes the PLC off the
+  network for longer than a poll, and a counter at 50000 that reboots and reads 3 must
+  not become 15,539 phantom parts;
+- the wrapped movement is plausible between two reads: at most a quarter of the type's
+  range (16,384 for a uint16). A larger "rollover" (40000 -> 100) is a reset.
+
+A reboot the gateway never saw (faster than one poll period, or while the gateway itself
+was down) that leaves the counter within a quarter of the range past the old value cannot
+be told from a wrap and counts as one. Either way the record carries ``raw_before`` (the
+previous ``raw_after``) and ``raw_after``, so the cloud's continuity check holds, and
+``reset`` says which rule applied.
 """
 
 from __future__ import annotations
@@ -58,6 +70,8 @@ class DeviceState:
     sent_values: Mapping[str, Scalar] = field(default_factory=dict)  # last values sampled
     last_sample_mono: float | None = None
     online: bool | None = None
+    # Counters not read since the device was last unreachable: a decrease is a reset.
+    unwatched: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +113,7 @@ class DeviceDeriver:
         records: list[Record] = []
         changed: dict[tuple[str, str], int] = {}
         values: dict[str, Scalar] = {}
+        read_counters: set[str] = set()
 
         if st.online is not True:
             records.append(self._record(ts, "link", {"online": True, "error": None}))
@@ -109,7 +124,9 @@ class DeviceDeriver:
                 continue
             value = reading.value
             if rule.role == "counter":
-                self._counter(rule, value, ts, persisted, changed, records)
+                self._counter(rule, value, ts, persisted, changed, records,
+                              watched=rule.name not in st.unwatched)
+                read_counters.add(rule.name)
             elif rule.role == "state":
                 self._state(rule, value, ts, persisted, changed, records)
             elif rule.role == "alarm":
@@ -133,7 +150,8 @@ class DeviceDeriver:
                     last_sample = mono
 
         next_state = replace(st, persisted=persisted, sent_values=sent,
-                             last_sample_mono=last_sample, online=True)
+                             last_sample_mono=last_sample, online=True,
+                             unwatched=st.unwatched - read_counters)
         return Derived(tuple(records), changed, next_state)
 
     def offline(self, error: str, *, ts: int) -> Derived:
@@ -142,12 +160,14 @@ class DeviceDeriver:
         records: tuple[Record, ...] = ()
         if st.online is not False:
             records = (self._record(ts, "link", {"online": False, "error": error}),)
-        return Derived(records, {}, replace(st, online=False))
+        counters = frozenset(r.name for r in self.rules.values() if r.role == "counter")
+        return Derived(records, {}, replace(st, online=False, unwatched=counters))
 
     # -- per role ------------------------------------------------------------------------
 
     def _counter(self, rule: TagRule, value: Scalar, ts: int, persisted: dict[str, int],
-                 changed: dict[tuple[str, str], int], records: list[Record]) -> None:
+                 changed: dict[tuple[str, str], int], records: list[Record], *,
+                 watched: bool) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             return  # validation refuses non-unsigned counters; a scaled value is not a count
         key = _key("counter", rule.name)
@@ -159,7 +179,7 @@ class DeviceDeriver:
         if value == before:
             return
         changed[(self.device, key)] = value
-        delta, reset = counter_delta(before, value, rule.max_raw)
+        delta, reset = counter_delta(before, value, rule.max_raw, watched=watched)
         records.append(self._record(ts, "count", {
             "tag": rule.name, "counts": rule.counts or "total", "delta": delta,
             "raw_before": before, "raw_after": value, "reset": reset}))
@@ -242,18 +262,21 @@ class DeviceDeriver:
         return Record(seq=0, ts=ts, device=self.device, kind=kind, body=body)
 
 
-def counter_delta(before: int, after: int, max_raw: int | None) -> tuple[int, bool]:
+def counter_delta(before: int, after: int, max_raw: int | None, *,
+                  watched: bool = True) -> tuple[int, bool]:
     """``(delta, reset)`` for a counter that moved from ``before`` to ``after``.
 
-    Forward: the difference. Backward: a rollover when ``before`` is in the top quarter and
-    ``after`` in the bottom quarter of ``0..max_raw``; otherwise a reset, counted from zero.
+    Forward: the difference. Backward: a rollover (``max_raw - before + after + 1``) only
+    when ``watched`` (the device answered every poll between the two reads) and that
+    wrapped movement is at most a quarter of ``0..max_raw``; otherwise a reset, counted
+    from zero (delta = ``after``). See the module docstring for why.
     """
     if after >= before:
         return after - before, False
-    if max_raw is not None:
-        quarter = (max_raw + 1) // 4
-        if before >= max_raw + 1 - quarter and after < quarter:
-            return max_raw - before + after + 1, False
+    if watched and max_raw is not None:
+        wrapped = max_raw - before + after + 1
+        if wrapped <= (max_raw + 1) // 4:
+            return wrapped, False
     return after, True
 
 

@@ -118,9 +118,86 @@ def test_deltas_sum_to_true_movement_through_wraps(steps: list[int], start: int)
 def test_counter_delta_table() -> None:
     assert counter_delta(10, 15, U16) == (5, False)
     assert counter_delta(U16, 0, U16) == (1, False)
-    assert counter_delta(40000, 100, U16) == (100, True)   # not in the top quarter: reset
-    assert counter_delta(60000, 30000, U16) == (30000, True)  # not in the bottom quarter
+    assert counter_delta(40000, 100, U16) == (100, True)   # wrap of 25,636 > range/4: reset
+    assert counter_delta(60000, 30000, U16) == (30000, True)  # wrap of 35,536: reset
+    assert counter_delta(U16 - 16383, 0, U16) == (16384, False)  # exactly range/4: a wrap
+    assert counter_delta(U16 - 16383, 1, U16) == (1, True)       # one more: a reset
     assert counter_delta(10, 5, None) == (5, True)
+    # Not watched (the device was unreachable in between): every decrease is a reset.
+    assert counter_delta(U16, 0, U16, watched=False) == (0, True)
+    assert counter_delta(60000, 3, U16, watched=False) == (3, True)
+    assert counter_delta(10, 15, U16, watched=False) == (5, False)   # forward is forward
+
+
+def _count_bodies(out) -> list[dict]:
+    return [x.body for x in out.records if x.kind == "count"]
+
+
+def test_reboot_in_top_quarter_across_offline_period_is_a_reset() -> None:
+    """Issue: a uint16 counter high in its range whose PLC reboots and reads a small value
+    must not count tens of thousands of phantom parts. The reboot took the PLC off the
+    network (a failed poll, link offline), so the decrease is a reset: delta = new raw."""
+    for before in (50000, 60000, U16 - 2):
+        d = DeviceDeriver("cnc-1", [counter(U16)], persisted={"parts": before - 5})
+        poll(d, 1, 0.0, parts=before)                       # online, watched
+        d.apply(d.offline("connection refused", ts=2))      # rebooting
+        out = poll(d, 3, 2.0, parts=3)                      # back, counter zeroed + 3
+        assert kinds(out) == ["link", "count"]
+        assert _count_bodies(out) == [{"tag": "parts", "counts": "good", "delta": 3,
+                                       "raw_before": before, "raw_after": 3, "reset": True}]
+        # The next poll is watched again: a forward move is plain production.
+        assert _count_bodies(poll(d, 4, 3.0, parts=5)) == [
+            {"tag": "parts", "counts": "good", "delta": 2, "raw_before": 3, "raw_after": 5,
+             "reset": False}]
+
+
+def test_genuine_wrap_while_watched_is_a_rollover() -> None:
+    d = DeviceDeriver("cnc-1", [counter(U16)], persisted={"parts": U16 - 10})
+    poll(d, 1, 0.0, parts=U16 - 2)
+    out = poll(d, 2, 1.0, parts=4)
+    assert _count_bodies(out) == [{"tag": "parts", "counts": "good", "delta": 7,
+                                   "raw_before": U16 - 2, "raw_after": 4, "reset": False}]
+
+
+def test_counter_unreadable_after_reconnect_stays_unwatched() -> None:
+    """The device came back but the counter's read failed: its next good read still
+    follows an unobserved stretch, so a decrease is still a reset."""
+    d = DeviceDeriver("cnc-1", [counter(U16)], persisted={"parts": 60000})
+    poll(d, 1, 0.0, parts=60000)
+    d.apply(d.offline("timeout after 1000 ms", ts=2))
+    d.apply(d.derive([TagReading("parts", b"", None, DriverTimeout("x"))], ts=3, mono=2.0))
+    out = poll(d, 4, 3.0, parts=3)
+    assert [(b["delta"], b["reset"]) for b in _count_bodies(out)] == [(3, True)]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(min_value=0, max_value=3000), st.booleans(), st.booleans()),
+                min_size=1, max_size=60),
+       st.integers(min_value=0, max_value=U16))
+def test_continuity_and_resets_through_offline_periods(
+        steps: list[tuple[int, bool, bool]], start: int) -> None:
+    """Production steps, some read after an offline period and some after a reboot
+    (counter zeroed, then the step made from zero) while offline: every count record
+    starts where the last one ended (the cloud's continuity check), a decrease after an
+    offline period is always a reset with delta = the new raw value, and a watched step
+    (wraps included) counts exactly its movement."""
+    d = DeviceDeriver("m", [counter(U16)], persisted={"parts": start})
+    raw = last_raw = start
+    for i, (step, offline, reboot) in enumerate(steps):
+        before = raw
+        if offline:
+            d.apply(d.offline("refused", ts=i))
+        raw = step if offline and reboot else (raw + step) % (U16 + 1)
+        bodies = _count_bodies(poll(d, i, float(i), parts=raw))
+        assert len(bodies) == (raw != before)
+        for b in bodies:
+            assert (b["raw_before"], b["raw_after"]) == (last_raw, raw)
+            if raw < before:
+                expected = (raw, True) if offline else (step, False)
+            else:
+                expected = (raw - before, False)
+            assert (b["delta"], b["reset"]) == expected
+            last_raw = raw
 
 
 def test_state_changes_with_names_and_survive_restart() -> None:
