@@ -9,8 +9,11 @@ return codes are parsed here; a bad item comes back in place as IllegalAddress (
 
 Errors are translated where they enter: refused / unreachable -> DriverConnectError,
 no answer within ``endpoint.timeout_s`` -> DriverTimeout (the connection is then closed:
-the next answer could belong to the old request), a malformed answer -> DriverGarbage,
-any other error code of the PLC -> DeviceException.
+the next answer could belong to the old request), a malformed answer -> DriverGarbage
+(at connect too: a peer that is not an S7 CPU, e.g. an HTTP server on the port, answers
+something that is no TPKT/COTP frame), any other error code of the PLC -> DeviceException.
+snap7 3.3 raises S7ConnectionError for a broken frame as for a lost link; ``_malformed``
+tells them apart by the exception chain.
 """
 
 from __future__ import annotations
@@ -58,16 +61,34 @@ def _item_error(endpoint: Endpoint, span: Span, code: int) -> DeviceException:
     return DeviceException(message, code=code, name=name, device=endpoint.name)
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes / contexts, outermost first."""
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and all(cur is not seen for seen in out):
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
 def _root_cause(exc: BaseException) -> BaseException:
-    seen: set[int] = set()
-    cur: BaseException = exc
-    while id(cur) not in seen:
-        seen.add(id(cur))
-        nxt = cur.__cause__ or cur.__context__
-        if nxt is None:
-            break
-        cur = nxt
-    return cur
+    return _chain(exc)[-1]
+
+
+# snap7 3.3's messages for a frame that is not ISO-on-TCP (connection.py, async_client.py).
+_BAD_FRAME = re.compile(r"Invalid TPKT|Invalid COTP|Expected COTP|Invalid Class 0 COTP")
+
+
+def _malformed(exc: BaseException) -> bool:
+    """Whether a snap7 error means the peer answered, but not with an S7 frame."""
+    for cur in _chain(exc):
+        if isinstance(cur, struct.error):
+            return True
+        if isinstance(cur, S7ProtocolError) and not cur.error_code:   # stale, lost, unparsable
+            return True
+        if isinstance(cur, S7ConnectionError) and _BAD_FRAME.search(str(cur)):
+            return True
+    return False
 
 
 @register_driver("s7")
@@ -89,7 +110,8 @@ class S7Driver(Driver):
 
     async def connect(self) -> None:
         """Connect and negotiate the PDU. Raises DriverConnectError (refused, unreachable,
-        rejected rack/slot) or DriverTimeout. Idempotent."""
+        rejected rack/slot), DriverTimeout, or DriverGarbage (the peer answered something
+        that is not S7: a wrong port or another service). Idempotent."""
         if self.connected:
             return
         await self.close()
@@ -105,6 +127,9 @@ class S7Driver(Driver):
                                 device=ep.name) from exc
         except S7Error as exc:
             await self._drop(client)
+            if _malformed(exc):
+                raise DriverGarbage(f"{where}: the peer's answer is not S7 ({exc}; is this "
+                                    f"port an S7 CPU?)", device=ep.name) from exc
             root = _root_cause(exc)
             if isinstance(root, ConnectionRefusedError):
                 raise DriverConnectError(f"{where}: connection refused (is the PLC on, is the "
@@ -219,6 +244,9 @@ class S7Driver(Driver):
                                 device=ep.name) from exc
         except S7ConnectionError as exc:
             await self.close()
+            if _malformed(exc):
+                raise DriverGarbage(f"{where}: malformed answer ({exc})",
+                                    device=ep.name) from exc
             raise DriverConnectError(f"{where}: link lost ({exc})", device=ep.name) from exc
         except S7ProtocolError as exc:
             error = self._protocol_error(exc, span)

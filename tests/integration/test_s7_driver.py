@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from snap7.server import Server
@@ -11,7 +12,12 @@ from snap7.type import SrvArea
 from protocols.address import tag_extent
 from protocols.codec import decode
 from protocols.driver import Endpoint, make_driver
-from protocols.errors import DriverConnectError, IllegalAddress
+from protocols.errors import (
+    DriverConnectError,
+    DriverGarbage,
+    DriverTimeout,
+    IllegalAddress,
+)
 from protocols.model import Span
 from protocols.s7 import S7Driver
 from protocols.sim import SimulatedPlant
@@ -80,9 +86,53 @@ async def test_multi_var_read_returns_item_errors_in_place(plain_s7: int) -> Non
 
 async def test_refused() -> None:
     drv = make_driver(_ep(free_port()))
-    with pytest.raises(DriverConnectError, match="refused"):
+    with pytest.raises(DriverConnectError, match="refused") as err:
         await drv.connect()
+    assert err.value.kind == "connect"
     await drv.close()
+
+
+@pytest.fixture
+async def junk_server() -> AsyncIterator[int]:
+    """A TCP peer that is not an S7 CPU: it answers an HTTP error to whatever it gets
+    and keeps the connection open (the client must judge the bytes, not a close)."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(64)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await reader.read()          # until the client hangs up
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", free_port())
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_peer_answering_junk_is_garbage_not_a_connect_error(junk_server: int) -> None:
+    drv = make_driver(_ep(junk_server))
+    with pytest.raises(DriverGarbage, match=r"imm-9: 127\.0\.0\.1:\d+ rack 0 slot 1: the "
+                                            r"peer's answer is not S7 \(Invalid TPKT") as err:
+        await drv.connect()
+    assert err.value.kind == "garbage" and err.value.device == "imm-9"
+    assert not drv.connected
+    await drv.close()
+
+
+async def test_slow_answer_is_a_timeout(sim_plant: SimulatedPlant) -> None:
+    async with make_driver(endpoint_of(sim_plant, "imm-07", timeout_s=0.3)) as drv:
+        assert len(await drv.read(Span("DB", 1, 0, 4, ()))) == 4
+        sim_plant.inject("imm-07", "slow", delay_s=1.0, seconds=0)
+        with pytest.raises(DriverTimeout, match=r"imm-07: DB1 byte 0 count 4: no answer "
+                                                r"within 0\.3 s") as err:
+            await drv.read(Span("DB", 1, 0, 4, ()))
+        assert err.value.kind == "timeout"
+        assert not drv.connected         # the late answer must not be taken for the next
+        sim_plant.inject("imm-07", "clear")
+        await drv.connect()
+        assert len(await drv.read(Span("DB", 1, 0, 4, ()))) == 4
 
 
 async def test_simulator_values(sim_plant: SimulatedPlant) -> None:
