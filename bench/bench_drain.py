@@ -62,7 +62,8 @@ async def _build_backlog(path: Path) -> None:
 
 async def _drain(path: Path, url: str, token_file: Path) -> dict[str, float]:
     """Child process: open the Outbox (timed), drain it through Forwarder + HttpUplink."""
-    from buffer.uplink import Forwarder, HttpUplink
+    from buffer.uplink import HttpUplink
+    from edge.forwarder import Forwarder
 
     t0 = time.perf_counter()
     ob = Outbox(path, gateway=GATEWAY, max_bytes=1024 * MB)

@@ -23,8 +23,6 @@ from buffer.store import (
     StoredRow,
 )
 from buffer.uplink import (
-    Forwarder,
-    ForwarderStats,
     HttpUplink,
     MqttUplink,
     Uplink,
@@ -48,8 +46,6 @@ __all__ = [
     "BufferWriteError",
     "CloudNotFound",
     "Cycle",
-    "Forwarder",
-    "ForwarderStats",
     "HttpUplink",
     "MqttUplink",
     "Outbox",

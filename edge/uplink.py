@@ -18,8 +18,9 @@ from buffer.discovery import (
     discover_cloud,
     interfaces_from_env,
 )
-from buffer.uplink import Forwarder, HttpUplink, MqttUplink, Uplink, UplinkError
+from buffer.uplink import HttpUplink, MqttUplink, Uplink, UplinkError
 from edge.config import LoadedGateway
+from edge.forwarder import Forwarder
 
 log = structlog.get_logger(__name__)
 

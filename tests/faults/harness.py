@@ -530,7 +530,8 @@ class Rig:
         Forwarder and uplink the daemon uses (so the checker sees the gateway's final
         state, not a moving target), and return (last seq, baselines)."""
         from buffer import Outbox
-        from buffer.uplink import Forwarder, HttpUplink, MqttUplink
+        from buffer.uplink import HttpUplink, MqttUplink
+        from edge.forwarder import Forwarder
 
         async def go() -> tuple[int, dict[tuple[str, str], int]]:
             async with Outbox(self.buffer_path, gateway=GATEWAY,

@@ -13,7 +13,8 @@ import msgpack
 import pytest
 
 from buffer.records import Record, decode_batch
-from buffer.uplink import Forwarder, HttpUplink, UplinkAuthError, UplinkUnavailable
+from buffer.uplink import HttpUplink, UplinkAuthError, UplinkUnavailable
+from edge.forwarder import Forwarder
 from tests.faults.proxy import FaultProxy
 from tests.integration.uplink_helpers import (
     GATEWAY,

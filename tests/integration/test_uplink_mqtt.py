@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from buffer.uplink import Forwarder, MqttUplink, UplinkUnavailable
+from buffer.uplink import MqttUplink, UplinkUnavailable
 from cloud.mqtt_ingest import run_mqtt_ingest
+from edge.forwarder import Forwarder
 from tests.fixtures.mosquitto import Mosquitto
 from tests.integration.uplink_helpers import GATEWAY, fill, make_cloud_db, open_outbox, wait_for
 

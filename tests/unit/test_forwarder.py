@@ -12,14 +12,13 @@ import msgpack
 import pytest
 
 from buffer.uplink import (
-    Forwarder,
     Uplink,
     UplinkAuthError,
     UplinkRejected,
     UplinkTooLarge,
     UplinkUnavailable,
-    backoff_delay,
 )
+from edge.forwarder import Forwarder
 
 
 @dataclass(frozen=True)
@@ -91,13 +90,39 @@ def fw(outbox: MemOutbox, up: Uplink, **kw: Any) -> Forwarder:
     return Forwarder(outbox, up, gateway="gw-1", **kw)
 
 
-def test_backoff_is_full_jitter_and_capped() -> None:
-    rng = random.Random(7)
-    for failures in range(1, 40):
-        bound = min(60.0, 0.5 * 2 ** (failures - 1))
-        samples = [backoff_delay(failures, base=0.5, cap=60.0, rng=rng) for _ in range(200)]
-        assert all(0.0 <= d <= bound for d in samples)
-        assert min(samples) < bound * 0.2 and max(samples) > bound * 0.8  # spread, not fixed
+async def test_backoff_is_full_jitter_capped_and_reset_by_success(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Forwarder waits with edge.backoff.Backoff (the pollers' one): each wait after an
+    error is at most min(cap, base * 2**(n-1)), jittered (not a fixed ladder), and the
+    ladder starts again after a success."""
+    sleeps: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recorded(delay: float, *a: Any, **kw: Any) -> None:
+        sleeps.append(delay)
+        await real_sleep(0)
+
+    out = MemOutbox(3)
+    errors: list[Any] = [UplinkUnavailable("503")] * 12
+    up = Scripted([*errors, lambda s: s[-1], *errors[:2], lambda s: s[-1]])
+    f = fw(out, up, backoff_base=0.5, backoff_cap=8.0, rng=random.Random(7))
+    # asyncio.sleep is only the Forwarder's back-off wait here (its idle wait is wait_for)
+    monkeypatch.setattr("edge.forwarder.asyncio.sleep", recorded)
+    task = asyncio.create_task(f.run())
+    while out.rows:
+        await real_sleep(0)
+    row = MemOutbox(1).rows[0]
+    out.rows = [Row(4, row.ts, row.device, row.kind, row.body)]  # more work: two errors again
+    f.notify()
+    while out.rows:
+        await real_sleep(0)
+    task.cancel()
+    assert len(sleeps) == 14
+    bounds = [min(8.0, 0.5 * 2 ** n) for n in range(12)] + [0.5, 1.0]
+    assert all(0.0 <= d <= b for d, b in zip(sleeps, bounds, strict=True)), sleeps
+    assert len(set(sleeps)) == len(sleeps)          # jittered
+    assert max(sleeps[:12]) <= 8.0 and max(sleeps[:12]) > 4.0   # capped, and it got there
+    assert sleeps[12] <= 0.5 and sleeps[13] <= 1.0  # reset after the success
 
 
 async def test_never_acks_more_than_sent() -> None:
