@@ -23,8 +23,9 @@ Per kind (``*`` required):
   version) form one new BOM version; no version = the next one.
 - routings: product*, step*, name*, machine (machine name, or ``GATEWAY/DEVICE``),
   work_center, ideal_cycle_s or ideal_cycle_ms, cavities, version, product_name.
-- work-orders: number*, product*, quantity*, due (date = end of that day; a time without
-  zone is in ``tz``), customer, priority, completion_mode (auto/confirm), product_name.
+- work-orders: number*, product*, quantity*, due (date = end of that day, in CSV and
+  in an XLSX date cell alike; a time without zone is in ``tz``), customer, priority,
+  completion_mode (auto/confirm), product_name.
   An existing number is updated (what its state allows).
 
 ``product_name`` creates a product that does not exist yet (unit pcs); without it an
@@ -217,9 +218,26 @@ def _xlsx(data: bytes) -> Iterator[list[Any]]:
         raise TableImportError([f"the file looks like XLSX but cannot be read: {exc}"]) from exc
     try:
         sheet = book.worksheets[0]
-        return iter([list(r) for r in sheet.iter_rows(values_only=True)])
+        return iter([[_xlsx_value(c) for c in r] for r in sheet.iter_rows()])
     finally:
         book.close()
+
+
+_TIME_OF_DAY: Final = re.compile(r"h|s|am/pm|a/p", re.IGNORECASE)
+
+
+def _xlsx_value(cell: Any) -> Any:
+    """A cell's value; a date-only cell as a ``date``. Excel stores dates as day numbers
+    and openpyxl reads every one as a ``datetime``, so a due date typed as 2026-12-01
+    would arrive as midnight instead of "that day" (as in CSV). A midnight value whose
+    number format shows no time of day (no hours or seconds, quoted text aside) is the
+    date; one formatted with a time (``yyyy-mm-dd hh:mm``) stays midnight."""
+    value = getattr(cell, "value", None)
+    if isinstance(value, datetime) and value.time() == time(0, 0):
+        fmt = re.sub(r'"[^"]*"|\\.|\[[^]]*]', "", str(getattr(cell, "number_format", "")))
+        if not _TIME_OF_DAY.search(fmt):
+            return value.date()
+    return value
 
 
 # -- values ---------------------------------------------------------------------------
@@ -418,10 +436,10 @@ async def _import_boms(session: AsyncSession, actor: Actor | str, rows: list[Row
         material = chk.text(row, "material", 64, required=True)
         if material is not None and not await chk.material_known(material):
             chk.bad(row, f"material code {material!r} unknown")
-        qty = chk.get(row, "qty_per_unit", _micro, 0)
-        if row.values.get("qty_per_unit") is not None and qty == 0:
+        qty = chk.get(row, "qty_per_unit", _micro)  # None: empty or already reported
+        if qty == 0:
             chk.bad(row, "qty_per_unit must be above 0")
-        line = prod.BomLineIn(material or "", qty,
+        line = prod.BomLineIn(material or "", qty or 0,
                               chk.get(row, "scrap_factor", _fraction, 0.0),
                               chk.get(row, "backflush_scrap", _bool, False),
                               chk.get(row, "step", _whole))
