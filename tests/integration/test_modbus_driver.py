@@ -13,6 +13,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
+from protocols.address import parse_address
 from protocols.codec import decode
 from protocols.driver import Endpoint, make_driver
 from protocols.errors import (
@@ -23,7 +24,9 @@ from protocols.errors import (
     IllegalAddress,
 )
 from protocols.modbus import ModbusTcpDriver
-from protocols.model import Span
+from protocols.model import DataType, Span, TagSpec
+from protocols.plan import plan_reads
+from protocols.read import read_plan
 from protocols.sim import SimulatedPlant
 from tests.fixtures.plc import endpoint_of
 from tests.services import free_port
@@ -112,6 +115,39 @@ async def test_exception_codes_by_name(plain_server: int, address: int, code: in
         assert not isinstance(info.value, IllegalAddress)
         assert (info.value.code, info.value.name) == (code, name)
         assert name in str(info.value)
+
+
+def _tag(name: str, address: str, type_: DataType = DataType.UINT16) -> TagSpec:
+    return TagSpec(name, parse_address(address, "modbus-tcp"), type_)
+
+
+async def test_read_plan_names_the_tag_and_address_of_an_exception(plain_server: int) -> None:
+    """The server has HR0..HR199: a uint32 at HR199 runs past the end. read_plan splits
+    its block and only that tag is bad; another exception marks its block's tags bad, each
+    error naming its tag, its address and the exception by name."""
+    tags = [_tag("speed", "HR10"), _tag("total", "HR195", DataType.UINT32),
+            _tag("beyond", "HR199", DataType.UINT32)]
+    plan = plan_reads("modbus-tcp", tags)
+    assert [s.tags for r in plan.requests for s in r.spans] == \
+        [("speed",), ("total", "beyond")]
+    async with make_driver(_ep(plain_server)) as drv:
+        refined, readings = await read_plan(drv, plan)
+    got = {r.name: r for r in readings}
+    assert got["speed"].value == HR[10]
+    assert got["total"].value == (HR[195] << 16) | HR[196]
+    err = got["beyond"].error
+    assert isinstance(err, IllegalAddress) and err.name == "ILLEGAL DATA ADDRESS"
+    assert str(err) == ("tag beyond at 'HR199': press-1: HR199 count 2: device answered "
+                        "exception 2 ILLEGAL DATA ADDRESS")
+    assert len(refined.requests) == 3
+
+    busy = plan_reads("modbus-tcp", [_tag("load", "HR149"), _tag("feed", "HR153")])
+    async with make_driver(_ep(plain_server)) as drv:
+        _, readings = await read_plan(drv, busy)
+    for r, address in zip(readings, ("HR149", "HR153"), strict=True):
+        assert isinstance(r.error, DeviceException) and r.error.code == 1
+        assert str(r.error).startswith(f"tag {r.name} at '{address}': press-1: HR149 count 5:")
+        assert str(r.error).endswith("exception 1 ILLEGAL FUNCTION")
 
 
 async def test_refused_is_a_connect_error() -> None:
