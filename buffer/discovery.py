@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Final, Self
 
+import ifaddr  # zeroconf's own dependency for listing interfaces
 import structlog
 from zeroconf import (
     InterfaceChoice,
@@ -22,9 +23,6 @@ from zeroconf import (
     ServiceStateChange,
     Zeroconf,
 )
-
-# get_all_addresses is re-exported by zeroconf at runtime but not in its __all__.
-from zeroconf._utils.net import get_all_addresses
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from buffer.uplink import UplinkUnavailable
@@ -53,6 +51,18 @@ def interfaces_from_env(default: Interfaces = InterfaceChoice.All) -> Interfaces
     if raw.strip().lower() == "off":
         return []
     return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def lan_addresses() -> list[str]:
+    """This host's IPv4 addresses other than loopback: what ``InterfaceChoice.All`` should
+    advertise (a 127.x address in a LAN answer would point the asker at itself)."""
+    out: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if ip.is_IPv4 and isinstance(ip.ip, str) and \
+                    not ipaddress.ip_address(ip.ip).is_loopback and ip.ip not in out:
+                out.append(ip.ip)
+    return out
 
 
 class CloudNotFound(UplinkUnavailable):
@@ -142,7 +152,7 @@ class Advertiser:
         self.interfaces = interfaces
         if addresses is None:
             addresses = ([a for a in interfaces if isinstance(a, str)]
-                         if isinstance(interfaces, list) else get_all_addresses())
+                         if isinstance(interfaces, list) else lan_addresses())
         if not addresses:
             raise ValueError("no address to advertise: pass addresses=[...]")
         self.addresses = list(addresses)

@@ -1,10 +1,13 @@
 """Wiring the buffer's uplinks to the gateway config: which transport, which URL
-(``auto`` = zeroconf discovery), the Forwarder task, and advertising the status port."""
+(``auto`` = zeroconf discovery), the Forwarder task (``edge.forwarder``), and advertising
+the status endpoint where it can be reached."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -15,8 +18,10 @@ from buffer.discovery import (
     EDGE_SERVICE,
     Advertiser,
     CloudNotFound,
+    Interfaces,
     discover_cloud,
     interfaces_from_env,
+    lan_addresses,
 )
 from buffer.uplink import HttpUplink, MqttUplink, Uplink, UplinkError
 from edge.config import LoadedGateway
@@ -54,6 +59,76 @@ async def resolve_cloud_url(url: str, *, search_s: float = DISCOVERY_TIMEOUT_S,
             return found
         await asyncio.sleep(delay)
         delay = min(delay * 2, 60.0)
+
+
+@dataclass(frozen=True)
+class StatusAdvertisement:
+    """Where ``_plantsync-edge._tcp.local.`` is announced: ``addresses`` (the status
+    endpoint's, as others must dial it) on ``interfaces``; nothing when ``skipped`` says
+    why."""
+
+    addresses: list[str]
+    interfaces: Interfaces
+    skipped: str | None = None
+
+
+def status_advertisement(status_listen: str, interfaces: Interfaces) -> StatusAdvertisement:
+    """Advertise only an address the status endpoint really listens on.
+
+    - ``0.0.0.0`` (or ``::``): every address of the zeroconf interfaces;
+    - one address: that one, on its own interface; skipped when ``zeroconf_interfaces``
+      names others (the announcement would go where the address is not);
+    - loopback (the default ``127.0.0.1``): nobody else can reach it, so it is announced on
+      loopback only when ``zeroconf_interfaces`` names a loopback address (the tests do),
+      else skipped.
+    """
+    host = status_listen.rpartition(":")[0] or "127.0.0.1"  # the daemon's own default
+    if host == "localhost":
+        host = "127.0.0.1"
+    named = interfaces if isinstance(interfaces, list) else None
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return StatusAdvertisement([], interfaces, skipped=(
+            f"status_listen host {host!r} is a name, not an address; set an IP address "
+            "(or 0.0.0.0) to advertise the status endpoint"))
+    if ip.is_unspecified:
+        addresses = named if named is not None else lan_addresses()
+        return StatusAdvertisement(list(addresses), interfaces)
+    if ip.is_loopback:
+        loop = [a for a in (named or []) if ipaddress.ip_address(a).is_loopback]
+        if not loop:
+            return StatusAdvertisement([], interfaces, skipped=(
+                f"status_listen is {status_listen} (loopback): no other machine can reach "
+                "it; set status_listen to this gateway's LAN address or 0.0.0.0 to "
+                "advertise it"))
+        return StatusAdvertisement([str(ip)], loop)
+    if named is not None and str(ip) not in named:
+        return StatusAdvertisement([], interfaces, skipped=(
+            f"status_listen address {ip} is not one of zeroconf_interfaces {named}; add it "
+            "there to advertise the status endpoint"))
+    return StatusAdvertisement([str(ip)], [str(ip)] if ip.version == 4 else interfaces)
+
+
+async def advertise_status(loaded: LoadedGateway, status_port: int) -> None:
+    """Announce the status endpoint while running (see ``status_advertisement``). Never
+    raises for the network: a LAN without multicast only costs the announcement."""
+    interfaces = zeroconf_interfaces(loaded)
+    if interfaces == []:
+        return
+    ad = status_advertisement(loaded.config.gateway.status_listen, interfaces)
+    if ad.skipped is not None:
+        log.info("status_not_advertised", service=EDGE_SERVICE, reason=ad.skipped)
+        return
+    try:
+        async with Advertiser(EDGE_SERVICE, loaded.config.gateway.id, status_port,
+                              properties={"path": "/status"}, addresses=ad.addresses,
+                              interfaces=ad.interfaces):
+            await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the LAN may have no multicast: status still works locally
+        log.warning("zeroconf_advertise_failed", error=str(exc))
 
 
 def make_uplink(loaded: LoadedGateway, url: str) -> Uplink:
@@ -129,19 +204,6 @@ async def start_uplink(loaded: LoadedGateway, outbox: Any, stack: contextlib.Asy
             await asyncio.sleep(delay)
             delay = min(delay * 2, loaded.config.cloud.retry_max_s)
 
-    async def advertise() -> None:
-        interfaces = zeroconf_interfaces(loaded)
-        if interfaces == []:
-            return
-        try:
-            async with Advertiser(EDGE_SERVICE, loaded.config.gateway.id, status_port,
-                                  properties={"path": "/status"}, interfaces=interfaces):
-                await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the LAN may have no multicast: status still works locally
-            log.warning("zeroconf_advertise_failed", error=str(exc))
-
     tasks.append(asyncio.create_task(sync(), name="uplink"))
-    tasks.append(asyncio.create_task(advertise(), name="advertise"))
+    tasks.append(asyncio.create_task(advertise_status(loaded, status_port), name="advertise"))
     return handle
