@@ -244,8 +244,12 @@ class Rig:
     def __init__(self, root: Path, *, seed: int = 1, speed: float = 60.0, poll_ms: int = 150,
                  devices: list[Device] | None = None, transport: str = "http",
                  proxy: bool = False, broker_url: str | None = None,
-                 buffer_max_mb: int = 64, cloud_debug: bool = False) -> None:
+                 buffer_max_mb: int = 64, cloud_debug: bool = False,
+                 cloud_auto: bool = False) -> None:
         self.root = root
+        # cloud_auto: the cloud advertises _plantsync._tcp.local. on loopback and the
+        # gateway's cloud.url is "auto" (tests/conftest.py groups such tests: zeroconf)
+        self.cloud_auto = cloud_auto
         self.seed, self.speed, self.poll_ms = seed, speed, poll_ms
         self.transport = transport
         self.buffer_max_mb = buffer_max_mb
@@ -277,7 +281,9 @@ class Rig:
         self.cloud = Proc("cloud", [*CLOUD, "serve", "--db", self.db_url, "--port",
                                     str(self.cloud_port), "--log-level",
                                     "debug" if cloud_debug else "info"],
-                          root / "cloud" / "serve.log", cwd=root / "cloud")
+                          root / "cloud" / "serve.log", cwd=root / "cloud",
+                          env={"PLANTSYNC_ZEROCONF_INTERFACES": "127.0.0.1"} if cloud_auto
+                          else None)
         self.ingest = Proc("mqtt-ingest", [*CLOUD, "mqtt-ingest", "--broker", broker_url or "",
                                            "--db", self.db_url, "--log-level",
                                            "debug" if cloud_debug else "info"],
@@ -322,7 +328,8 @@ class Rig:
             'zeroconf_interfaces = ["127.0.0.1"]',   # loopback only, never the LAN
             "",
             "[cloud]",
-            f'url = "{self.edge_cloud_url}"',        # explicit, never "auto"
+            # explicit unless the test is about "auto" (zeroconf on loopback)
+            'url = "auto"' if self.cloud_auto else f'url = "{self.edge_cloud_url}"',
             'token_file = "token"',
             f'transport = "{self.transport}"',
             "retry_max_s = 2",                       # a returning cloud is used at once

@@ -1,16 +1,18 @@
-"""Zeroconf discovery and advertising on loopback only."""
+"""Zeroconf discovery and advertising on loopback only, up to the daemon with url = "auto"."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import re
+from pathlib import Path
 
 import pytest
 from zeroconf import ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
 
 from buffer.discovery import CLOUD_SERVICE, EDGE_SERVICE, Advertiser, CloudNotFound, discover_cloud
+from tests.faults.harness import Rig, rig_logs_on_failure
 
 LOOPBACK = ["127.0.0.1"]
 
@@ -57,3 +59,20 @@ async def test_edge_advertises_its_status_port() -> None:
     assert name == f"gw-hall1.{EDGE_SERVICE}"
     assert info is not None and info.port == 9100
     assert info.parsed_addresses() == ["127.0.0.1"]
+
+
+def test_daemon_with_url_auto_finds_the_cloud_and_delivers(tmp_path: Path) -> None:
+    """The real daemon with ``cloud.url = "auto"`` and ``zeroconf_interfaces =
+    ["127.0.0.1"]`` finds `plantsync-cloud serve` advertising on loopback and its records
+    arrive, complete (Rig.finish's checks)."""
+    rig = Rig(tmp_path, seed=21, cloud_auto=True)
+    with rig_logs_on_failure(rig):
+        assert 'url = "auto"' in rig.config.read_text()
+        rig.start_cloud()
+        rig.start_sim()
+        rig.start_edge()
+        rig.wait_counter_seen("cnc-01", "part_count", 1)
+        edge = rig.edge_proc()
+        assert "cloud_discovered" in edge.text() and rig.cloud_url in edge.text()
+        report = rig.finish()
+    assert report.per_tag["cnc-01.part_count"]["sum"] > 0
