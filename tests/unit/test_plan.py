@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bench.bench_polling import minimum_requests, thousand_tags
 from protocols import AddressError, DataType, PlanLimits, ReadPlan, Span, TagSpec
 from protocols.address import parse_address, tag_extent
 from protocols.codec import encode
@@ -169,6 +170,19 @@ def test_default_limits_need_the_fewest_requests_the_125_limit_allows() -> None:
     need one request per 125-register window, not one per tag."""
     tags = [mb(f"t{i}", f"HR{i * 60}") for i in range(10)]   # HR0..HR540
     assert len(plan_reads("modbus-tcp", tags).requests) == 4   # {0,60,120} {180,240,300} {360,420,480} {540}
+
+
+def test_the_bench_map_needs_only_the_limit_minimum() -> None:
+    """The bench's 1,000-tag map (make bench): with the default limits the planner needs
+    exactly the fewest requests the 125-register / 2000-bit limits allow, far fewer than
+    one per tag; a lower max_gap costs requests."""
+    tags = thousand_tags()
+    plan = plan_reads("modbus-tcp", tags)
+    assert len(tags) == 1000
+    assert len(plan.requests) == minimum_requests(tags, PlanLimits()) == 24
+    check_valid(plan, {"HR": 125, "IR": 125, "CO": 2000, "DI": 2000},
+                {"HR": 125, "IR": 125, "CO": 1000, "DI": 1000})
+    assert len(plan_reads("modbus-tcp", tags, PlanLimits(max_gap=10)).requests) > 24
 
 
 def test_per_device_lower_limit() -> None:
