@@ -72,16 +72,31 @@ def test_decode_then_encode_is_identity_on_bytes(
     assert encode(spec, value) == raw
 
 
+def _wire(big: bytes, byte: Order, word: Order) -> bytes:
+    """A big-endian value as it travels in (byte, word) order, written out plainly."""
+    words = [big[i:i + 2] for i in range(0, len(big), 2)] if len(big) > 1 else [big]
+    if byte is Order.LITTLE:
+        words = [w[::-1] for w in words]
+    if word is Order.LITTLE:
+        words.reverse()
+    return b"".join(words)
+
+
+@pytest.mark.parametrize(("byte", "word"), ORDERS)
 @pytest.mark.parametrize("type_", list(S7_ADDR))
 @given(data=st.data())
-def test_s7_numeric_round_trip(type_: DataType, data: st.DataObject) -> None:
+def test_s7_numeric_round_trip(type_: DataType, byte: Order, word: Order,
+                               data: st.DataObject) -> None:
     bytes_ = {DataType.INT8: st.integers(-128, 127), DataType.UINT8: st.integers(0, 255)}
     strategy = NUMERIC[type_] if type_ in NUMERIC else bytes_[type_]
     value = data.draw(strategy)
-    spec = s7(S7_ADDR[type_], type_)
+    spec = s7(S7_ADDR[type_], type_, byte_order=byte, word_order=word)
     raw = encode(spec, value)
-    assert len(raw) == type_.size_bytes
-    assert decode(spec, raw) == value
+    assert len(raw) == raw_size(spec) == type_.size_bytes
+    assert raw == _wire(encode(s7(S7_ADDR[type_], type_), value), byte, word)
+    back = decode(spec, raw)
+    assert back == value
+    assert type(back) is type(value)
 
 
 @pytest.mark.parametrize(
