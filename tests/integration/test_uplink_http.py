@@ -247,3 +247,60 @@ async def test_blackhole_and_refused_are_unavailable(tmp_path: Path) -> None:
                                   token_file=token_file(tmp_path, cloud.token)) as patient:
                 assert await forwarder(outbox, patient).drain() == seqs[-1]
         assert cloud.seqs() == seqs
+
+
+async def test_403_stops_like_401_and_says_so(tmp_path: Path) -> None:
+    """The real cloud answers 403 (not_a_gateway) to a user's API token used as the
+    gateway's: the Forwarder stops like on 401, says why in the status and the log, and
+    sends nothing more until resumed with a right token."""
+    from structlog.testing import capture_logs
+
+    from cloud.db import Database
+    from cloud.users import create_api_token, create_user
+
+    async with running_cloud(tmp_path) as cloud, open_outbox(tmp_path / "buf.db") as outbox:
+        async with Database(cloud.db_url) as db:
+            await create_user(db, "erp-sync", "viewer", "a-long-password")
+            _, user_token = await create_api_token(db, "erp-sync", "erp")
+        seqs = await fill(outbox, 300)
+        tf = token_file(tmp_path, user_token)
+        transport = CountingTransport()
+        async with HttpUplink(cloud.url, token_file=tf, transport=transport) as up:
+            fw = forwarder(outbox, up)
+            with capture_logs() as logs:
+                task = asyncio.create_task(fw.run())
+                try:
+                    await wait_for(lambda: fw.state == "auth_failed", what="auth_failed")
+                    await asyncio.sleep(0.5)  # many backoff periods: it must not have retried
+                    assert transport.requests == 1 and fw.state == "auth_failed"
+                    s = fw.stats()
+                    assert s.errors == {"auth": 1}
+                    assert "HTTP 403" in (s.last_error or "") and "not_a_gateway" in (s.last_error or "")
+                    assert str(tf) in (s.last_error or "")      # names the file to fix
+                    assert user_token not in (s.last_error or "")
+                    assert (await outbox.stats()).backlog == 300
+                    tf.write_text(cloud.token)
+                    fw.resume()
+                    await wait_for(lambda: fw.stats().last_ack_seq == seqs[-1], what="drained")
+                finally:
+                    task.cancel()
+        [event] = [e for e in logs if e["event"] == "uplink_auth_failed"]
+        assert event["log_level"] == "error" and "HTTP 403" in event["error"]
+        assert "stopped" in event["action"]
+        assert cloud.seqs() == seqs
+
+
+async def test_keep_alive_one_connection_for_many_batches(tmp_path: Path) -> None:
+    """Ten batches over one TCP connection (counted where they arrive: the fault proxy in
+    pass mode in front of the cloud)."""
+    async with running_cloud(tmp_path) as cloud, open_outbox(tmp_path / "buf.db") as outbox:
+        port = int(cloud.url.rsplit(":", 1)[1])
+        seqs = await fill(outbox, 2_000)
+        async with FaultProxy(port) as proxy, \
+                HttpUplink(f"http://127.0.0.1:{proxy.port}",
+                           token_file=token_file(tmp_path, cloud.token)) as up:
+            fw = forwarder(outbox, up, max_records=200)
+            assert await fw.drain() == seqs[-1]
+            assert fw.stats().batches_sent == 10
+            assert proxy.connections == 1
+        assert cloud.seqs() == seqs

@@ -176,3 +176,59 @@ async def test_consumer_down_then_up_gets_the_queued_batches(tmp_path: Path,
             async with ingest(mosquitto, db_url):
                 assert await asyncio.wait_for(drain, 60) == seqs[-1]
     assert stored(db_file) == seqs
+
+
+async def test_in_flight_window_bounds_what_is_published(tmp_path: Path,
+                                                        mosquitto: Mosquitto) -> None:
+    """Window 4 and no consumer: four batches reach the broker, then the Forwarder waits
+    for the oldest one's confirmation instead of publishing the rest of the backlog."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from buffer.records import decode_batch, records_topic
+
+    seen: list[tuple[int, int]] = []
+    subscribed = threading.Event()
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="window-watcher")
+    watcher.on_connect = lambda c, u, f, rc, p: c.subscribe(records_topic(GATEWAY), qos=1)
+    watcher.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
+
+    def on_message(c: Any, u: Any, msg: Any) -> None:
+        b = decode_batch(msg.payload)
+        seen.append((b.records[0].seq, b.records[-1].seq))
+
+    watcher.on_message = on_message
+    watcher.connect("127.0.0.1", mosquitto.port)
+    watcher.loop_start()
+    try:
+        assert await asyncio.to_thread(subscribed.wait, 30)
+        async with open_outbox(tmp_path / "buf.db") as outbox:
+            await fill(outbox, 2_000)
+            async with uplink(mosquitto, max_in_flight=4, confirm_timeout=60) as up:
+                fw = forwarder(outbox, up, max_records=100)
+                waits: list[tuple[int, int]] = []
+                real_confirmed = up.confirmed
+
+                async def spy(first: int, last: int) -> bool:
+                    waits.append((first, last))
+                    return await real_confirmed(first, last)
+
+                up.confirmed = spy  # type: ignore[method-assign]
+                drain = asyncio.create_task(fw.drain())
+                try:
+                    # blocked on the oldest batch's confirmation, four out
+                    await wait_for(lambda: waits and len(seen) >= 4, what="window full")
+                    await asyncio.sleep(0.5)  # it stays blocked: nothing more goes out
+                    assert waits == [(1, 100)]
+                    assert seen == [(1, 100), (101, 200), (201, 300), (301, 400)]
+                    s = fw.stats()
+                    assert s.batches_sent == 4 and s.in_flight == 4
+                    assert (await outbox.stats()).backlog == 2_000
+                finally:
+                    drain.cancel()
+                    await asyncio.gather(drain, return_exceptions=True)
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
