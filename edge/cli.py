@@ -123,10 +123,15 @@ def _device(args: argparse.Namespace) -> tuple[LoadedGateway, LoadedDevice]:
         raise _Failed(str(exc.args[0])) from None
 
 
-def _plan_for(dev: LoadedDevice) -> ReadPlan:
+def _plan_for(dev: LoadedDevice, pdu_size: int | None = None) -> ReadPlan:
+    """The device's read plan; S7 within ``pdu_size`` when the PLC negotiated one (as the
+    daemon does after connect), else within the configured/default PDU."""
+    from dataclasses import replace
+
     from protocols.plan import plan_reads
 
-    return plan_reads(dev.config.protocol, dev.map.specs, dev.limits)
+    limits = dev.limits if pdu_size is None else replace(dev.limits, pdu_size=pdu_size)
+    return plan_reads(dev.config.protocol, dev.map.specs, limits)
 
 
 def plan_document(dev: LoadedDevice, plan: ReadPlan) -> dict[str, Any]:
@@ -176,6 +181,10 @@ def cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
     _table(rows, out)
     print(f"{len(plan.requests)} requests per poll (one per tag would need "
           f"{plan.one_per_tag})", file=out)
+    if plan.protocol == "s7":
+        print(f"planned for a PDU of {plan.limits.pdu_size} bytes; the PLC may negotiate less "
+              "(240 on an S7-300), and `run` and `probe` plan again within what it agreed to",
+              file=out)
     return EXIT_OK
 
 
@@ -241,13 +250,13 @@ def _label(dev: LoadedDevice, name: str, value: Any) -> str | None:
 
 
 async def probe_device(dev: LoadedDevice) -> tuple[ReadPlan, list[TagReading]]:
-    """Connect, read every tag of ``dev`` once, close. Driver errors propagate."""
+    """Connect, plan within the PDU the PLC negotiated (S7; an S7-300 agrees to 240, not
+    the default 480), read every tag of ``dev`` once, close. Driver errors propagate."""
     from protocols.driver import make_driver
     from protocols.read import read_plan
 
-    plan = _plan_for(dev)
     async with make_driver(dev.endpoint) as driver:
-        return await read_plan(driver, plan)
+        return await read_plan(driver, _plan_for(dev, driver.pdu_size))
 
 
 def probe_document(dev: LoadedDevice, readings: Sequence[TagReading]) -> dict[str, Any]:

@@ -12,9 +12,13 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from snap7.server import Server
+from snap7.type import SrvArea
 
 from tests.services import free_port
 
@@ -194,3 +198,57 @@ def test_probe_of_a_device_that_is_not_there(tmp_path: Path) -> None:
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith(f"plantsync-edge probe: cnc-01: 127.0.0.1:{port}: ")
     assert "connection refused" in result.stderr and result.stderr.count("\n") == 1
+
+
+# ---- probe plans within the PDU the PLC negotiated -----------------------------------------
+
+class _S7With240(Server):
+    """A real snap7 server that agrees to a PDU of 240 bytes, like an S7-300."""
+
+    def _handle_setup_communication(self, request: dict[str, Any]) -> bytes:
+        params = request["parameters"]
+        params["pdu_length"] = min(int(params.get("pdu_length", 480)), 240)
+        return super()._handle_setup_communication(request)  # type: ignore[no-any-return]
+
+
+def test_probe_plans_within_the_negotiated_pdu(tmp_path: Path) -> None:
+    """Four counters 100 bytes apart: within the default PDU of 480 one 304-byte span reads
+    them all, which an S7-300's 240-byte PDU cannot carry. probe connects first and plans
+    within what the PLC agreed to, so every request fits 240 and all tags read good."""
+    import asyncio
+
+    from edge.cli import _plan_for, probe_device
+    from edge.config import load_gateway
+    from protocols.plan import s7_request_fits
+
+    port = free_port()
+    db1 = bytearray(304)
+    want = {f"c{i}": 1000 + i for i in range(4)}
+    for i in range(4):
+        db1[100 * i:100 * i + 4] = want[f"c{i}"].to_bytes(4, "big")
+    server = _S7With240(log=False)
+    server.register_area(SrvArea.DB, 1, db1)
+    server.start(tcp_port=port)
+    (tmp_path / "wide.toml").write_text('model = "S7-300 with a wide DB"\n' + "".join(
+        f'[tags.c{i}]\naddress = "DB1.DBD{100 * i}"\ntype = "uint32"\nrole = "counter"\n'
+        'counts = "good"\n' for i in range(4)))
+    (tmp_path / "gateway.toml").write_text(
+        f'[gateway]\nid = "gw-pdu"\ndata_dir = "{tmp_path}/data"\n'
+        f'[cloud]\nurl = "auto"\ntoken_file = "{tmp_path}/token"\n'
+        f'[[devices]]\nname = "s7-300"\nmap = "{tmp_path}/wide.toml"\nprotocol = "s7"\n'
+        f'host = "127.0.0.1"\nport = {port}\n')
+    try:
+        dev = load_gateway(tmp_path / "gateway.toml").device("s7-300")
+        default_plan = _plan_for(dev)
+        assert default_plan.limits.pdu_size == 480
+        at_240 = replace(default_plan.limits, pdu_size=240)
+        assert not all(s7_request_fits(req.spans, at_240) for req in default_plan.requests), \
+            "the map must need a smaller plan at 240, or this test proves nothing"
+
+        plan, readings = asyncio.run(probe_device(dev))
+    finally:
+        server.stop()
+        server.destroy()
+    assert plan.limits.pdu_size == 240
+    assert all(s7_request_fits(req.spans, plan.limits) for req in plan.requests)
+    assert {r.name: r.value for r in readings if r.good} == want

@@ -25,10 +25,12 @@ PROBLEM_LINE = re.compile(r"^\S+\.(toml|csv): [^:]+: .+$")
 def _restore_logging() -> Iterator[None]:
     """main() configures structlog and stdlib logging for a process; undo it per test."""
     root = logging.getLogger()
+    root_level = root.level
     handlers, levels = list(root.handlers), {
         n: logging.getLogger(n).level for n in ("pymodbus", "snap7")}
     yield
     structlog.reset_defaults()
+    root.setLevel(root_level)
     for handler in root.handlers[:]:
         if handler not in handlers:
             root.removeHandler(handler)
@@ -308,6 +310,7 @@ def test_plan_text(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "plan", "--config", str(EXAMPLE), "imm-01")
     assert code == 0
     assert "requests per poll (one per tag would need 15)" in out
+    assert "planned for a PDU of 480 bytes" in out   # S7: probe and run re-plan after connect
 
 
 def test_plan_unknown_device(capsys: pytest.CaptureFixture[str]) -> None:
