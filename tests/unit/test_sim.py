@@ -41,9 +41,24 @@ def test_states_and_alarms_come_and_go() -> None:
         m.step(10)
         seen_states.add(m.state)
         seen_alarms.add(m.value_of(alarm))
-    assert {"idle", "running", "alarm"} <= seen_states
+    assert {"idle", "running", "alarm", "setup"} <= seen_states
     assert 0 in seen_alarms and len(seen_alarms - {0}) >= 2
     assert seen_alarms - {0} <= set(alarm.alarms or {})
+
+
+@pytest.mark.parametrize("kind", ["cnc", "imm"])
+def test_setups_change_the_program_and_make_no_parts(kind: str) -> None:
+    m = make_machine(kind, "m1", demo_points(kind, "modbus-tcp"), seed=3)
+    setups = 0
+    for _ in range(48 * 360):
+        before = (m.state, m.program, m.good, m.scrap)
+        m.step(10)
+        if m.state == "setup" and before[0] != "setup":
+            setups += 1
+            assert m.program != before[1]           # a setup is a changeover
+        elif m.state == "setup":
+            assert (m.program, m.good, m.scrap) == before[1:]   # nothing made meanwhile
+    assert setups >= 2
 
 
 def test_parameters_drift_and_sometimes_leave_limits() -> None:
