@@ -10,7 +10,7 @@ import pytest
 
 from protocols.driver import make_driver
 from protocols.errors import IllegalAddress
-from protocols.model import ReadPlan, Span, TagReading
+from protocols.model import Protocol, ReadPlan, Span, TagReading
 from protocols.plan import plan_reads
 from protocols.read import read_plan
 from protocols.sim import SimulatedPlant
@@ -41,7 +41,9 @@ async def test_illegal_address_marks_only_the_bad_tag(
         sim_plant: SimulatedPlant, device: str, bad: str, address: str,
         where: dict[str, object], words: str) -> None:
     specs = [p.spec for p in sim_plant.devices[device].points]
-    plan = plan_reads(endpoint_of(sim_plant, device).protocol, specs)
+    protocol: Protocol = "s7" if where["area"] == "DB" else "modbus-tcp"
+    assert endpoint_of(sim_plant, device).protocol == protocol
+    plan = plan_reads(protocol, specs)
     block = next(s for s in _spans(plan) if bad in s.tags)
     assert len(block.tags) > 1, "the bad tag must share a coalesced block"
 
