@@ -35,14 +35,25 @@ Durability
 ----------
 - ``synchronous="FULL"`` (default): a cycle ``append`` returned for survives a process kill
   and a power cut (the WAL is fsynced at every commit). A cycle that raised is not stored.
-- ``synchronous="NORMAL"``: the WAL is fsynced only at checkpoints (every ~``wal_limit/2``
-  bytes of changes, and at close). A process kill loses nothing, but a power cut or kernel
-  crash can roll back the last committed cycles since the last checkpoint — up to about
-  ``wal_limit/2`` bytes of WAL (8 MiB with the default 512 MiB quota: roughly 30,000-60,000
-  small records, minutes of a busy plant), records the uplink may already have sent. The
-  database is never corrupt, and records and baselines roll back together, so no count is doubled; the counts
-  re-derived after the restart carry new seqs (see the sidecar below), so the cloud does
-  not drop them as duplicates. It is ~an order of magnitude fewer fsyncs, for SD cards.
+- ``synchronous="NORMAL"``: commits are not fsynced; the WAL is fsynced only when it is
+  checkpointed (which under NORMAL also fsyncs the database file): automatically every
+  ~``wal_limit/2`` bytes of changes, at close, and whenever ``peek`` is asked for records
+  beyond the *durable mark*. ``peek`` hands out only records up to that mark
+  (``stats().durable_through``): when the rows asked for go beyond it, it first runs
+  ``PRAGMA wal_checkpoint(PASSIVE)`` and moves the mark to the last seq only if that
+  checkpoint completed (every WAL frame copied into the fsynced database file). So a
+  record is never sent before it and the counter baselines of its cycle are on the disk.
+  A process kill loses nothing. A power cut or kernel crash can roll back the cycles
+  committed since the last completed checkpoint: never records the uplink was given (so
+  the cloud never holds a record the buffer lost), and records and baselines roll back
+  together, so the first poll after the restart derives its count from the last durable
+  baseline, covering the lost cycles' counter movement: no count is doubled. The other
+  records of those cycles (samples, states, alarms, limits) are lost: at most
+  ~``wal_limit/2`` bytes of WAL (8 MiB with the default 512 MiB quota), in practice the
+  cycles committed since the uplink last caught up. The database is never corrupt. The
+  cost is about one checkpoint (two fsyncs) per uplink batch instead of one fsync per poll
+  cycle, for SD cards. After an unclean end of a NORMAL run the next open still
+  skips the reserved seqs (the sidecar cannot tell a kill from a power cut; see below).
 
 Seq never reused: the ``<name>.seq`` sidecar
 --------------------------------------------
@@ -58,18 +69,29 @@ unreadable database, the fallback floor is ``now_ms * 1000`` (above any seq a ga
 
 Disk limit (honest)
 -------------------
-``max_bytes`` is split: ``wal_limit = clamp(max_bytes / 8, 512 KiB, 16 MiB)`` for the WAL and
-the rest (``content_budget``) for database content, measured as
+``max_bytes`` (``buffer_max_mb``, at least 2 MiB) is split: ``wal_limit = clamp(max_bytes /
+8, 512 KiB, 16 MiB)`` for the WAL, ``SIDE_FILES_RESERVE`` (64 KiB) for ``-shm``, the sidecar
+and the lock file, and the rest (``content_budget``) for database content, measured as
 ``(page_count - freelist_count) * page_size`` (SQLite reuses freed pages and never shrinks
 the file without VACUUM, so the file size is the high-water mark of content). After a
 cycle, if content exceeds the budget the oldest ``sample`` records (never of that cycle) are
-deleted down to 95 % of it and one ``gap`` record is written, in the same transaction.
-On disk: database file <= content_budget + one cycle; WAL <= wal_limit/2 + the largest single
-transaction before a checkpoint, truncated to <= wal_limit after it; plus ``-shm`` (32 KiB+),
-the sidecar and the lock file. So ~``max_bytes`` + one cycle in normal operation. When only
-non-droppable records are left, they are all kept, the file grows past the quota (logged at
-error once, ``stats().over_quota``), and the real limit becomes the free disk space, at
-which point ``append`` raises ``BufferWriteError``.
+deleted and one ``gap`` record is written, in the same transaction: everything above the
+budget, and up to 5 % of the budget below it but at most ``wal_limit/8`` bytes of rows per
+transaction (so one drop never floods the WAL; the next over-budget cycle drops the next
+slice). On disk: database file <= content_budget + one cycle; WAL <= wal_limit/2 + the
+largest single transaction before a checkpoint, truncated to <= wal_limit after it; -shm
+32 KiB. A transaction is one cycle plus at most one drop, and a drop rewrites about the
+pages of the rows it deletes, so database + WAL + -shm + sidecar + lock stay <=
+``max_bytes`` + one cycle (tests/unit/test_store.py measures it at 2 MiB). The exception:
+samples so rare among kept records that each dropped sample sits on its own page make a
+drop rewrite more WAL than it frees, and the WAL passes its share until the next
+checkpoint truncates it.
+When only non-droppable records are left, they are all kept, the file grows past the
+quota (logged at error once as ``buffer_over_quota``, ``stats().over_quota`` true until
+content is back under the budget), and the real limit becomes the free disk space, at
+which point ``append`` raises ``BufferWriteError``. Files moved aside as ``.corrupt-*``
+(see Start-up) are kept, never deleted, and are outside the quota: remove them by hand
+once looked at.
 
 Memory is bounded whatever the backlog: peek streams at most what is asked, acks delete in
 chunks, and SQLite's page cache is its default (~2 MiB).
@@ -149,13 +171,20 @@ class BufferAckError(OutboxError):
 SCHEMA_VERSION: Final = 1
 SEQ_RESERVE_STEP: Final = 1_000_000
 ACK_CHUNK_ROWS: Final = 5_000
+# Most sample rows the quota reads per step while picking the oldest ones to drop; how many
+# it drops is sized in bytes (see _apply_quota), so small quotas drop only what they must.
 QUOTA_DROP_CHUNK_ROWS: Final = 2_000
 TRUNCATE_AFTER_ACKED_ROWS: Final = 50_000
 DEFAULT_PEEK_BYTES: Final = 1 << 20
 MIN_MAX_BYTES: Final = 2 * 2**20
+# Kept out of the content budget for the files beside the database: -shm (32 KiB for a WAL
+# of up to ~4,000 frames), the .seq sidecar and the .lock file.
+SIDE_FILES_RESERVE: Final = 64 * 1024
 _PEEK_FETCH: Final = 256
 # msgpack framing of one record in a batch besides device, kind and body (upper bound).
 _ROW_OVERHEAD: Final = 48
+# Rough on-disk cost of a stored row besides body and device: kind, seq/ts, cell and index.
+_ROW_COST: Final = 24
 _INT64_MAX: Final = 2**63 - 1
 _INT64_MIN: Final = -(2**63)
 _SQLITE_CORRUPT: Final = 11
@@ -189,7 +218,7 @@ class BufferStats:
     first_seq: int | None        # oldest stored seq
     last_seq: int                # last seq ever assigned (0 before the first record)
     oldest_ts: int | None        # ts of the oldest stored record
-    disk_bytes: int              # database + WAL file sizes
+    disk_bytes: int              # database + WAL + -shm file sizes
     dropped_samples_total: int   # samples dropped by the quota, over the buffer's life
     over_quota: bool             # only non-droppable records left and still over quota
     last_error: str | None       # the last write error, cleared by the next good write
@@ -198,7 +227,9 @@ class BufferStats:
     content_budget: int = 0
     wal_bytes: int = 0
     write_errors_total: int = 0
-    synchronous: str = "FULL"
+    synchronous: str = "FULL"    # as the live connection reports it (PRAGMA synchronous)
+    journal_size_limit: int = 0  # as the live connection reports it (the WAL's cap)
+    durable_through: int = 0     # NORMAL: highest seq fsynced into the database file
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +276,7 @@ class Outbox:
         self.max_bytes = max_bytes
         self.synchronous: Synchronous = synchronous
         self.wal_limit = min(max(max_bytes // 8, 512 * 1024), 16 * 2**20)
-        self.content_budget = max_bytes - self.wal_limit
+        self.content_budget = max_bytes - self.wal_limit - SIDE_FILES_RESERVE
         self._executor: ThreadPoolExecutor | None = None
         self._con: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
@@ -261,6 +292,10 @@ class Outbox:
         self._write_errors = 0
         self._failing_since_ok = 0
         self._acked_since_truncate = 0
+        # NORMAL only: every seq <= this is in the fsynced database file (a completed
+        # checkpoint); peek hands out nothing above it. 0 at open: a WAL left by a killed
+        # process may not be on the disk yet.
+        self._durable_through = 0
         self._measured = 0           # content bytes at the last page measurement
         self._unmeasured = 0         # bytes appended since (estimate)
 
@@ -432,6 +467,10 @@ class Outbox:
                        "PRAGMA busy_timeout=5000",
                        "PRAGMA temp_store=MEMORY"):
             con.execute(pragma)
+        live = self._live_pragmas()
+        if live != (self.synchronous, self.wal_limit):
+            raise OutboxError(f"{self.path}: SQLite did not take synchronous={self.synchronous}, "
+                              f"journal_size_limit={self.wal_limit} (has {live})")
 
         now = _now_ms()
         gaps: list[dict[str, Any]] = []
@@ -582,10 +621,13 @@ class Outbox:
     def _peek_sync(self, max_records: int, max_bytes: int, after_seq: int) -> list[StoredRow]:
         out: list[StoredRow] = []
         size = 0
+        through = self._last_seq
         try:
+            if self.synchronous == "NORMAL":
+                through = self._durable_seq(after_seq, max_records)
             cur = self._db().execute(
-                "SELECT seq, ts, device, kind, body FROM records WHERE seq > ? "
-                "ORDER BY seq LIMIT ?", (after_seq, max_records))
+                "SELECT seq, ts, device, kind, body FROM records WHERE seq > ? AND seq <= ? "
+                "ORDER BY seq LIMIT ?", (after_seq, through, max_records))
             try:
                 while chunk := cur.fetchmany(min(_PEEK_FETCH, max_records)):
                     for seq, ts, device, kind, body in chunk:
@@ -598,6 +640,37 @@ class Outbox:
         except sqlite3.Error as exc:
             raise self._read_error(exc, "reading records to send") from exc
         return out
+
+    def _durable_seq(self, after_seq: int, max_records: int) -> int:
+        """NORMAL: the highest seq peek may hand out. When the rows asked for go beyond the
+        durable mark, checkpoint first: under NORMAL a checkpoint fsyncs the WAL, copies it
+        into the database file and fsyncs that, so the rows and their baselines survive a
+        power cut and cannot be rolled back after the cloud got them. One connection, on
+        this thread, with no statement open: the checkpoint completes unless another
+        process holds a read transaction, in which case the mark stays and the next peek
+        tries again."""
+        if self._durable_through >= self._last_seq:
+            return self._durable_through
+        con = self._db()
+        row = con.execute("SELECT seq FROM records WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
+                          (after_seq, max_records - 1)).fetchone()
+        if row is not None and int(row[0]) <= self._durable_through:
+            return self._durable_through  # the whole window is durable already
+        through = self._last_seq
+        try:
+            busy, frames, done = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            if _is_corrupt(exc):
+                raise self._read_error(exc, "checkpointing before a send") from exc
+            raise self._write_error(exc, "checkpointing (fsync) records before sending "
+                                         "them") from exc
+        if busy == 0 and frames == done:
+            self._durable_through = through
+        else:
+            log.warning("buffer_checkpoint_incomplete", path=str(self.path), busy=busy,
+                        wal_frames=frames, checkpointed=done, durable_through=self._durable_through,
+                        detail="records above durable_through wait for the next peek")
+        return self._durable_through
 
     def _ack_sync(self, seq: int) -> int:
         if seq > self._last_seq:
@@ -646,6 +719,7 @@ class Outbox:
             first = self._db().execute(
                 "SELECT seq, ts FROM records ORDER BY seq LIMIT 1").fetchone()
             content = self._content_bytes()
+            synchronous, journal_limit = self._live_pragmas()
         except sqlite3.Error as exc:
             raise self._read_error(exc, "reading buffer stats") from exc
         if self._over_quota and content <= self.content_budget:
@@ -656,7 +730,7 @@ class Outbox:
             first_seq=int(first[0]) if first else None,
             last_seq=self._last_seq,
             oldest_ts=int(first[1]) if first else None,
-            disk_bytes=_size(self.path) + wal_size,
+            disk_bytes=_size(self.path) + wal_size + _size(Path(f"{self.path}-shm")),
             dropped_samples_total=self._dropped_total,
             over_quota=self._over_quota,
             last_error=self._last_error,
@@ -665,7 +739,10 @@ class Outbox:
             content_budget=self.content_budget,
             wal_bytes=wal_size,
             write_errors_total=self._write_errors,
-            synchronous=self.synchronous,
+            synchronous=synchronous,
+            journal_size_limit=journal_limit,
+            durable_through=(self._last_seq if self.synchronous == "FULL"
+                             else self._durable_through),
         )
 
     def _integrity_sync(self) -> list[str]:
@@ -690,18 +767,32 @@ class Outbox:
                 self._clear_over_quota()
             return last, 0
         con = self._db()
-        # Drop down to 95 % so that a steady overflow writes one gap per 5 % of the budget,
-        # not one per cycle (gap records are themselves never dropped).
+        # Aim at 95 % so that a steady overflow writes one gap per 5 % of the budget, not one
+        # per cycle (gap records are themselves never dropped). One transaction drops at most
+        # wal_limit/8 bytes of rows beyond what it must (everything above the budget): the
+        # WAL then stays within its share of the quota, and the next over-budget cycle drops
+        # the next slice.
         target = self.content_budget - max(self.content_budget // 20, 64 * 1024)
+        allowance = max(content - self.content_budget, min(content - target, self.wal_limit // 8))
+        floor = content - allowance
         dropped, lo, hi = 0, 0, 0
-        while content > target:
-            row = con.execute(
-                "SELECT min(seq), max(seq), count(*) FROM (SELECT seq FROM records "
-                "WHERE kind = 'sample' AND seq < ? ORDER BY seq LIMIT ?)",
-                (first_of_cycle, QUOTA_DROP_CHUNK_ROWS)).fetchone()
-            if row is None or not row[2]:
+        while content > floor:
+            # The oldest samples (never of this cycle) whose row bytes cover what is still to
+            # free; a page-granular measure can lag the row bytes, hence at least 4 pages.
+            want = max(content - floor, 4 * self._page_size)
+            cur = con.execute(
+                "SELECT seq, length(body) + length(device) + length(kind) FROM records "
+                "WHERE kind = 'sample' AND seq < ? ORDER BY seq LIMIT ?",
+                (first_of_cycle, QUOTA_DROP_CHUNK_ROWS))
+            a = b = n = freed = 0
+            for seq, row_bytes in cur:
+                a, b, n = a or int(seq), int(seq), n + 1
+                freed += int(row_bytes) + _ROW_COST
+                if freed >= want:
+                    break
+            cur.close()
+            if not n:
                 break
-            a, b, n = int(row[0]), int(row[1]), int(row[2])
             con.execute("DELETE FROM records WHERE kind = 'sample' AND seq >= ? AND seq <= ?",
                         (a, b))
             lo = lo or a
@@ -734,6 +825,13 @@ class Outbox:
                     appends_while_over=self._over_quota_appends)
         self._over_quota = False
         self._over_quota_appends = 0
+
+    def _live_pragmas(self) -> tuple[str, int]:
+        """(synchronous, journal_size_limit) as the connection has them."""
+        con = self._db()
+        level = int(con.execute("PRAGMA synchronous").fetchone()[0])
+        limit = int(con.execute("PRAGMA journal_size_limit").fetchone()[0])
+        return {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(level, str(level)), limit
 
     def _content_bytes(self) -> int:
         row = self._db().execute("SELECT page_count, freelist_count "
@@ -836,8 +934,7 @@ def _prepare(cycle: Cycle) -> tuple[list[tuple[int, str, str, bytes]], list[tupl
 
 
 def _cycle_bytes(rows: list[tuple[int, str, str, bytes]]) -> int:
-    # Rough on-disk cost of a row: body, names, seq/ts, cell and index overhead.
-    return sum(len(body) + len(device) + len(kind) + 24 for _, device, kind, body in rows)
+    return sum(len(body) + len(device) + len(kind) + _ROW_COST for _, device, kind, body in rows)
 
 
 def _is_corrupt(exc: sqlite3.Error) -> bool:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 import sqlite3
 from pathlib import Path
 
 import msgpack
 import pytest
+import structlog
 
 from buffer import (
     BufferAckError,
@@ -19,6 +21,7 @@ from buffer import (
     RecordError,
 )
 from buffer.records import decode_batch, encode_batch_raw
+from buffer.store import Synchronous
 
 MB = 2**20
 
@@ -120,18 +123,33 @@ async def test_a_record_the_cloud_would_reject_is_refused_whole(tmp_path: Path) 
         assert await ob.append(Cycle([count("cnc-1", 0, 1)])) == [1]
 
 
+def on_disk(path: Path) -> int:
+    """Every byte the buffer holds on disk: database, WAL, -shm, sidecar and lock file."""
+    return sum(f.stat().st_size for f in path.parent.glob(path.name + "*"))
+
+
 async def test_quota_drops_oldest_samples_only_and_writes_a_gap(tmp_path: Path) -> None:
-    async with Outbox(tmp_path / "b.db", gateway="gw-1", max_bytes=2 * MB) as ob:
+    path = tmp_path / "b.db"
+    peak, cycle_bytes = 0, 0
+    async with Outbox(path, gateway="gw-1", max_bytes=2 * MB) as ob:
         raw = 0
         for i in range(1000):  # ~3 MB of samples, one count per cycle
             recs = [sample("cnc-1", i * 10 + j, pad=250) for j in range(10)]
             recs.append(count("cnc-1", raw, raw + 1))
+            cycle_bytes = max(cycle_bytes, sum(len(msgpack.packb(dict(r.body))) for r in recs))
             await ob.append(Cycle(recs, {("cnc-1", "part_count"): raw + 1}))
             raw += 1
+            peak = max(peak, on_disk(path))
         st = await ob.stats()
+        # the disk limit is honest at the smallest quota: db + WAL + -shm + sidecar + lock
+        # stay within max_bytes plus one cycle (its records' bytes, page-rounded)
+        one_cycle = (cycle_bytes // 4096 + 1) * 4096
+        assert peak <= 2 * MB + one_cycle, (peak, one_cycle)
         assert st.dropped_samples_total > 0
         assert not st.over_quota
         assert st.content_bytes <= st.content_budget
+        # it drops only about what it must: what is kept fills the budget to >= 90 %
+        assert st.content_bytes >= 0.9 * st.content_budget
         rows = await ob.peek(max_records=100_000, max_bytes=1 << 30)
         kinds = [r.kind for r in rows]
         assert kinds.count("count") == 1000           # never dropped
@@ -139,6 +157,9 @@ async def test_quota_drops_oldest_samples_only_and_writes_a_gap(tmp_path: Path) 
         assert gaps and all(g["reason"] == "quota" for g in gaps)
         assert sum(g["dropped"] for g in gaps) == st.dropped_samples_total
         assert kinds.count("sample") + st.dropped_samples_total == 10_000
+        # the oldest samples went: every kept sample is newer than every dropped one
+        kept = [r.seq for r in rows if r.kind == "sample"]
+        assert min(kept) > max(g["last_seq"] for g in gaps)
         # continuity of the kept counts
         counts = [b for r, b in zip(rows, bodies(rows), strict=True) if r.kind == "count"]
         assert all(a["raw_after"] == b["raw_before"] for a, b in itertools.pairwise(counts))
@@ -150,19 +171,104 @@ async def test_quota_drops_oldest_samples_only_and_writes_a_gap(tmp_path: Path) 
 
 
 async def test_over_quota_with_only_non_droppable_keeps_everything(tmp_path: Path) -> None:
-    async with Outbox(tmp_path / "b.db", gateway="gw-1", max_bytes=2 * MB) as ob:
+    path = tmp_path / "b.db"
+    async with Outbox(path, gateway="gw-1", max_bytes=2 * MB) as ob:
         n = 0
-        while not (await ob.stats()).over_quota:
-            await ob.append(Cycle([count(f"cnc-{i}", n, n + 1) for i in range(100)]))
-            n += 1
-            assert n < 1000
-        await ob.append(Cycle([count("cnc-x", 0, 1)]))
+        with structlog.testing.capture_logs() as logs:
+            while not (await ob.stats()).over_quota:
+                await ob.append(Cycle([count(f"cnc-{i}", n, n + 1) for i in range(100)]))
+                n += 1
+                assert n < 1000
+            await ob.append(Cycle([count("cnc-x", 0, 1)]))
+        # loud, once: an error naming the file, the sizes and what happens next
+        over = [e for e in logs if e["event"] == "buffer_over_quota"]
+        assert len(over) == 1 and over[0]["log_level"] == "error"
+        assert over[0]["path"] == str(path)
+        assert over[0]["content_bytes"] > over[0]["content_budget"] == ob.content_budget
+        assert "buffer_max_mb" in over[0]["detail"]
         st = await ob.stats()
         assert st.over_quota and st.dropped_samples_total == 0
+        assert st.content_bytes > st.content_budget
         assert st.backlog == n * 100 + 1
         assert all(r.kind == "count" for r in await ob.peek(max_records=100_000))
-        await ob.ack_through(st.last_seq)
-        assert not (await ob.stats()).over_quota
+        with structlog.testing.capture_logs() as logs:
+            await ob.ack_through(st.last_seq)
+            assert not (await ob.stats()).over_quota
+        assert [e["event"] for e in logs if e["event"].startswith("buffer_back")] == [
+            "buffer_back_under_quota"]
+
+
+@pytest.mark.parametrize(("synchronous", "level"), [("FULL", 2), ("NORMAL", 1)])
+async def test_the_live_connection_has_the_promised_pragmas(
+        tmp_path: Path, synchronous: Synchronous, level: int) -> None:
+    async with Outbox(tmp_path / "b.db", gateway="gw-1", max_bytes=64 * MB,
+                      synchronous=synchronous) as ob:
+        st = await ob.stats()
+        # read back from the outbox's own connection, not the configured value
+        assert st.synchronous == synchronous
+        assert st.journal_size_limit == ob.wal_limit == 8 * MB
+        assert {"FULL": 2, "NORMAL": 1}[st.synchronous] == level
+    # an independent connection agrees the file is in WAL mode (synchronous is per connection)
+    con = sqlite3.connect(tmp_path / "b.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+
+
+async def test_normal_peek_hands_out_only_rows_that_survive_a_power_cut(tmp_path: Path) -> None:
+    """NORMAL does not fsync commits. A row the uplink sent and a power cut then rolled back
+    (with its counter baseline) would make the next poll count the same movement again, so
+    peek first checkpoints: only the main database file, fsynced, has to hold what it
+    returned. The power cut is simulated by copying only that file (no -wal, no -shm)."""
+    path = tmp_path / "b.db"
+    raw = 0
+
+    async def cycles(ob: Outbox, n: int) -> None:
+        nonlocal raw
+        for _ in range(n):
+            await ob.append(Cycle([count("cnc-1", raw, raw + 3), sample("cnc-1", raw)],
+                                  {("cnc-1", "part_count"): raw + 3}))
+            raw += 3
+
+    async with Outbox(path, gateway="gw-1", max_bytes=64 * MB, synchronous="NORMAL") as ob:
+        await cycles(ob, 20)
+        assert (await ob.stats()).durable_through == 0   # nothing fsynced yet
+        sent = await ob.peek(max_records=10_000)
+        sent_raw = raw
+        assert [r.seq for r in sent] == list(range(1, 41))
+        assert (await ob.stats()).durable_through == 40
+        await cycles(ob, 20)                             # committed, not peeked, not fsynced
+        # within the durable mark: no checkpoint needed, none of the new rows handed out
+        assert [r.seq for r in await ob.peek(max_records=10)] == list(range(1, 11))
+        assert (await ob.stats()).durable_through == 40
+        shutil.copyfile(path, tmp_path / "after_power_cut.db")
+        con = sqlite3.connect(tmp_path / "after_power_cut.db")
+        seqs = [int(r[0]) for r in con.execute("SELECT seq FROM records ORDER BY seq")]
+        base = con.execute("SELECT raw FROM baselines WHERE device = 'cnc-1'").fetchone()[0]
+        con.close()
+        # every row that was handed out, and the baseline of the last of their cycles
+        assert seqs[:40] == [r.seq for r in sent]
+        assert base >= sent_raw
+        # the copy really is what a power cut leaves: the unpeeked cycles were only in the WAL
+        assert seqs == list(range(1, 41)) and base == sent_raw
+        # a reader in another connection pins the WAL: the checkpoint cannot complete, so
+        # the mark stays and peek hands out nothing beyond it
+        reader = sqlite3.connect(path, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM records").fetchone()
+        await cycles(ob, 1)
+        assert [r.seq for r in await ob.peek(max_records=100, after_seq=38)] == [39, 40]
+        assert (await ob.stats()).durable_through == 40
+        reader.execute("COMMIT")
+        reader.close()
+        assert [r.seq for r in await ob.peek(max_records=100, after_seq=38)][-1] == 82
+        assert (await ob.stats()).durable_through == 82
+
+
+async def test_full_peek_hands_out_every_committed_row(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "b.db", gateway="gw-1", max_bytes=64 * MB) as ob:
+        await ob.append(Cycle([count("d", 0, 1)] * 3))
+        assert [r.seq for r in await ob.peek(max_records=10)] == [1, 2, 3]
+        assert (await ob.stats()).durable_through == 3
 
 
 async def test_gateway_mismatch_is_refused_and_the_file_kept(tmp_path: Path) -> None:
