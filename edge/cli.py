@@ -401,27 +401,106 @@ def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _flat(doc: Any) -> str:
+def _duration(seconds: float) -> str:
+    """12.5 s, 4 min 5 s, 3 h 12 min, 2 d 4 h: the two largest units, read at a glance."""
+    sec = abs(seconds)
+    if sec < 60:
+        return f"{sec:.1f}".removesuffix(".0") + " s"
+    d, rest = divmod(round(sec), 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    parts = [(n, unit) for n, unit in ((d, "d"), (h, "h"), (m, "min"), (s, "s"))]
+    first = next(i for i, (n, _) in enumerate(parts) if n)
+    return " ".join(f"{n} {unit}" for n, unit in parts[first:first + 2] if n)
+
+
+def _when(ts_ms: Any, now_ms: float) -> str:
+    """An epoch-ms time as local ISO time with its age: ``2025-03-04T10:12:30+01:00
+    (12 s ago)``; anything else as it is."""
+    import datetime as dt
+
+    if isinstance(ts_ms, bool) or not isinstance(ts_ms, int | float):
+        return str(ts_ms)
+    local = dt.datetime.fromtimestamp(ts_ms / 1000).astimezone().isoformat(timespec="seconds")
+    age = (now_ms - ts_ms) / 1000
+    return f"{local} ({_duration(age)} ago)" if age >= 0 else f"{local} (in {_duration(age)})"
+
+
+def _ago(ts_ms: Any, now_ms: float) -> str:
+    if isinstance(ts_ms, bool) or not isinstance(ts_ms, int | float):
+        return ""
+    return f"{_duration(max(0.0, (now_ms - ts_ms) / 1000))} ago"
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _is_time_key(key: str) -> bool:
+    # the status document's wall-clock times are epoch ms under these names
+    return key.endswith("_ts") or key.endswith("_since_ms")
+
+
+def _flat(doc: Any, now_ms: float) -> str:
     if isinstance(doc, dict):
-        return ", ".join(f"{k}={_flat(v)}" for k, v in doc.items() if v is not None)
+        return ", ".join(f"{k}={_when(v, now_ms) if _is_time_key(k) else _flat(v, now_ms)}"
+                         for k, v in doc.items() if v is not None)
     return str(doc)
 
 
 def render_status(doc: dict[str, Any], out: TextIO) -> None:
-    """The daemon's status document as a few readable lines."""
-    print(f"gateway {doc.get('gateway', '?')}, up {doc.get('uptime_s', '?')} s", file=out)
+    """The daemon's status document for a person: times as local ISO time with their age
+    (measured against the gateway's own clock, ``clock.wall_ts``), each device's breaker,
+    and why a device waits (the buffer). Keys it does not know are shown as they are."""
+    import time
+
+    clock = doc.get("clock")
+    now = clock.get("wall_ts") if isinstance(clock, dict) else None
+    if isinstance(now, bool) or not isinstance(now, int | float):
+        now = None
+    now_ms = float(now) if now is not None else time.time() * 1000
+    head = f"gateway {doc.get('gateway', '?')}"
+    if "started_ts" in doc:
+        head += f", started {_when(doc['started_ts'], now_ms)}"
+    uptime = doc.get("uptime_s")
+    head += f", up {_duration(uptime) if isinstance(uptime, int | float) else '?'}"
+    print(head, file=out)
     devices = doc.get("devices") or {}
+    notes: list[str] = []
     if isinstance(devices, dict) and devices:
-        rows = [("device", "online", "polls", "requests/poll", "latency ms", "last error")]
+        rows = [("device", "online", "breaker", "polls", "requests/poll", "latency ms",
+                 "last poll", "last error")]
         for name, dev in devices.items():
             dev = dev if isinstance(dev, dict) else {}
             rows.append((str(name), "yes" if dev.get("online") else "no",
-                         str(dev.get("polls", "")), str(dev.get("requests_per_poll", "")),
-                         str(dev.get("poll_latency_ms", "")), str(dev.get("last_error") or "")))
+                         _cell(dev.get("breaker")), _cell(dev.get("polls")),
+                         _cell(dev.get("requests_per_poll")), _cell(dev.get("poll_latency_ms")),
+                         _ago(dev.get("last_poll_ts"), now_ms) or "never",
+                         str(dev.get("last_error") or "")))
+            if dev.get("waiting_for_buffer_since_ms") is not None:
+                notes.append(f"  {name}: waiting for buffer since "
+                             f"{_when(dev['waiting_for_buffer_since_ms'], now_ms)}")
+            elif dev.get("slowed_by_buffer"):
+                notes.append(f"  {name}: slowed down by the buffer (missed its poll period)")
+            if dev.get("errors"):
+                notes.append(f"  {name}: errors {_flat(dev['errors'], now_ms)}")
         _table(rows, out)
-    for key in doc:
-        if key not in ("gateway", "uptime_s", "devices"):
-            print(f"{key}: {_flat(doc[key])}", file=out)
+        for line in notes:
+            print(line, file=out)
+    for key, value in doc.items():
+        if key in ("gateway", "started_ts", "uptime_s", "devices"):
+            continue
+        if key == "clock" and isinstance(value, dict):
+            rest = {k: v for k, v in value.items() if k not in ("wall_ts", "last_jump_ms")}
+            text = f"gateway time {_when(value.get('wall_ts'), now_ms).split(' (')[0]}"
+            if rest:
+                text += f", {_flat(rest, now_ms)}"
+            if isinstance(value.get("last_jump_ms"), int | float):
+                text += f", last jump {value['last_jump_ms'] / 1000:+g} s"
+            print(f"clock: {text}", file=out)
+            continue
+        print(f"{key}: {_when(value, now_ms) if _is_time_key(key) else _flat(value, now_ms)}",
+              file=out)
 
 
 def cmd_not_yet(args: argparse.Namespace, out: TextIO) -> int:

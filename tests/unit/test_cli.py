@@ -118,10 +118,26 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
 
 
-STATUS = {"gateway": "gw-t", "uptime_s": 12.5,
-          "devices": {"cnc-01": {"online": True, "polls": 9, "requests_per_poll": 1,
-                                 "poll_latency_ms": 3, "last_error": None}},
-          "buffer": {"records": 4, "commits": 9}, "uplink": {"state": "off"}}
+NOW_MS = 1_767_261_600_000   # the gateway's clock in the canned status (clock.wall_ts)
+STATUS = {"gateway": "gw-t", "started_ts": NOW_MS - 3_725_000, "uptime_s": 3725.4,
+          "devices": {
+              "cnc-01": {"online": True, "breaker": "closed", "polls": 9, "requests_per_poll": 1,
+                         "poll_latency_ms": 3, "last_error": None, "errors": {},
+                         "last_poll_ts": NOW_MS - 1_000},
+              "imm-01": {"online": False, "breaker": "open", "polls": 4, "requests_per_poll": 2,
+                         "poll_latency_ms": None, "last_error": "imm-01: connection refused",
+                         "errors": {"connect": 4}, "last_poll_ts": None},
+              "imm-02": {"online": True, "breaker": "half-open", "polls": 7,
+                         "requests_per_poll": 1, "poll_latency_ms": 5, "last_error": None,
+                         "last_poll_ts": NOW_MS - 12_000,
+                         "waiting_for_buffer_since_ms": NOW_MS - 12_000}},
+          "buffer": {"records": 4, "commits": 9}, "uplink": {"state": "ok", "last_ack_ts": NOW_MS - 2_000},
+          "clock": {"wall_ts": NOW_MS, "jumps": 1, "last_jump_ms": -3_600_000}}
+
+
+def _local(ts_ms: int) -> str:
+    import datetime as dt
+    return dt.datetime.fromtimestamp(ts_ms / 1000).astimezone().isoformat(timespec="seconds")
 
 
 @pytest.fixture
@@ -155,9 +171,39 @@ def test_status_json_and_table(capsys: pytest.CaptureFixture[str], status_server
     assert json.loads(out) == STATUS
     code, out, _ = run(capsys, "status", "--url", status_server)
     assert code == 0
-    assert out.splitlines()[0] == "gateway gw-t, up 12.5 s"
-    assert any(line.startswith("cnc-01") and "yes" in line for line in out.splitlines())
-    assert "buffer: records=4, commits=9" in out
+    lines = out.splitlines()
+    # times as local ISO time with their age against the gateway's clock, not epoch ms
+    assert lines[0] == (f"gateway gw-t, started {_local(NOW_MS - 3_725_000)} (1 h 2 min ago), "
+                        "up 1 h 2 min")
+    assert str(NOW_MS)[:8] not in out
+    assert lines[1].split() == ["device", "online", "breaker", "polls", "requests/poll",
+                                "latency", "ms", "last", "poll", "last", "error"]
+    row = {line.split()[0]: line for line in lines[2:5]}
+    assert row["cnc-01"].split()[1:3] == ["yes", "closed"] and "1 s ago" in row["cnc-01"]
+    assert row["imm-01"].split()[1:3] == ["no", "open"] and "never" in row["imm-01"]
+    assert row["imm-01"].endswith("imm-01: connection refused") and "None" not in row["imm-01"]
+    assert row["imm-02"].split()[1:3] == ["yes", "half-open"] and "12 s ago" in row["imm-02"]
+    assert f"  imm-02: waiting for buffer since {_local(NOW_MS - 12_000)} (12 s ago)" in lines
+    assert "  imm-01: errors connect=4" in lines
+    assert not any("waiting for buffer" in ln for ln in lines if "cnc-01" in ln)
+    assert "buffer: records=4, commits=9" in lines
+    assert f"uplink: state=ok, last_ack_ts={_local(NOW_MS - 2_000)} (2 s ago)" in lines
+    assert f"clock: gateway time {_local(NOW_MS)}, jumps=1, last jump -3600 s" in lines
+
+
+def test_status_of_an_older_daemon_renders_what_is_there(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """No started_ts, breaker, clock or waiting key: nothing breaks, ages use this clock."""
+    import io
+
+    from edge.cli import render_status
+
+    out = io.StringIO()
+    render_status({"gateway": "gw-o", "uptime_s": 12.5,
+                   "devices": {"cnc-01": {"online": True, "polls": 3}}}, out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "gateway gw-o, up 12.5 s"
+    assert lines[2].split()[:2] == ["cnc-01", "yes"] and "never" in lines[2]
 
 
 def test_status_without_a_daemon(capsys: pytest.CaptureFixture[str]) -> None:
