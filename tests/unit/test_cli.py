@@ -371,3 +371,26 @@ def test_plan_bad_config(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     code, out, err = run(capsys, "plan", "--config", str(path), "x", "--json")
     assert code == 1 and out == ""
     assert "gateway.data_dir: required key is missing" in err
+
+
+# ------------------------------------------------------------------ installed console scripts
+
+@pytest.mark.parametrize(("script", "argv", "expect"), [
+    ("plantsync-edge", ["--help"], "usage: plantsync-edge"),
+    ("plantsync-cloud", ["--version"], "plantsync-cloud {version}"),
+])
+def test_console_scripts_run_as_installed(script: str, argv: list[str], expect: str) -> None:
+    """The entry points pyproject.toml declares, run the way systemd and people run them:
+    the installed scripts beside this interpreter, not `python -m`."""
+    import subprocess
+    import sys
+
+    path = Path(sys.executable).parent / script
+    assert path.is_file(), (f"{path} is missing: install the project into this venv "
+                            "(`make test` does; or `pip install -e '.[edge,cloud,dev]'`)")
+    result = subprocess.run([str(path), *argv], capture_output=True, text=True, timeout=60,
+                            cwd="/")
+    assert result.returncode == 0, result.stderr
+    from importlib.metadata import version
+
+    assert result.stdout.startswith(expect.format(version=version("plantsync"))), result.stdout
