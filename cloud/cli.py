@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -176,6 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from cloud.app import create_app
+    from cloud.systemd import NotifyingServer
 
     url = asyncio.run(_prepare(args.db))
     hooks: list[Any] = []
@@ -184,9 +186,13 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(url, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
                      lifespan_hooks=hooks, run_jobs=True)
     structlog.get_logger(__name__).info("serving", host=args.host, port=args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None,
-                log_level=args.log_level, access_log=args.log_level == "debug")
-    return 0
+    # uvicorn.run, with a server that tells systemd READY/WATCHDOG/STOPPING (cloud/systemd.py)
+    server = NotifyingServer(uvicorn.Config(
+        app, host=args.host, port=args.port, log_config=None, log_level=args.log_level,
+        access_log=args.log_level == "debug"))
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    return 0 if server.started else 3   # 3: uvicorn's STARTUP_FAILURE
 
 
 async def _migrate(args: argparse.Namespace) -> int:

@@ -61,3 +61,13 @@ def test_edge_unit_keeps_what_the_gateway_needs() -> None:
     # PrivateUsers= would unmap the dialout group and break RTU serial access.
     assert not re.search(r"^PrivateUsers=yes", text, re.M)
     assert shutil.which("true")
+
+
+def test_cloud_unit_is_supervised_like_the_edge() -> None:
+    """Type=notify with a watchdog: `plantsync-cloud serve` speaks sd_notify
+    (tests/integration/test_cloud_systemd.py)."""
+    text = (ROOT / "systemd" / "plantsync-cloud.service").read_text()
+    for line in ("Type=notify", "NotifyAccess=main", "Restart=on-failure",
+                 "StateDirectory=plantsync-cloud"):
+        assert re.search(rf"^{line}$", text, re.M), line
+    assert re.search(r"^WatchdogSec=\d+s$", text, re.M)
