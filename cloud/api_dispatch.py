@@ -5,23 +5,33 @@
 - ``PATCH /api/v1/dispatches/{id}`` {start_ts?, end_ts?, running?} (re-attributes)
 - ``POST /api/v1/machines/{id}/assign`` {wo_operation_id, start_ts, end_ts}
 - ``POST /api/v1/attributions/assign`` {wo_operation_id, records: [[gateway, seq], ...]}
-- ``GET /api/v1/dispatches/{id}``, ``GET /api/v1/unassigned?machine_id=``
+- ``GET /api/v1/dispatches?machine_id=&work_order=&from=&to=&limit=&offset=``: newest
+  start first; ``from``/``to`` keep the dispatches overlapping [from, to)
+- ``GET /api/v1/dispatches/{id}``, ``GET /api/v1/unassigned?machine_id=&limit=&offset=``
+
+Lists answer ``{items, total, limit, offset}`` (limit 1..500, default 50), like every list
+of the API (cloud/api_production.py). OpenAPI tag: dispatch.
 
 Errors: ``{error, detail}`` with 404 (unknown), 409 (overlap, order not dispatchable),
-422 (bad interval). Times are epoch ms.
+422 (bad interval or filter). Times are epoch ms.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy import or_, select
 
 from cloud import dispatch
+from cloud.api_production import Db, Limit, Offset, page_of_list, paged
 from cloud.auth import Actor, require
+from cloud.models import Dispatch, WoOperation, WorkOrder
+from cloud.production import InvalidInput
 
+Viewer = Annotated[Actor, Depends(require("viewer"))]
 
 class StartIn(BaseModel):
     machine_id: int
@@ -57,8 +67,13 @@ def _doc(row: Any) -> dict[str, Any]:
             "edited_by": row.edited_by}
 
 
+def _listed(row: Any) -> dict[str, Any]:
+    d, number, step = row
+    return {**_doc(d), "work_order": number, "step": step}
+
+
 def install_dispatch_api(app: FastAPI) -> None:
-    router = APIRouter(prefix="/api/v1")
+    router = APIRouter(prefix="/api/v1", tags=["dispatch"])
     planner, viewer = Depends(require("planner")), Depends(require("viewer"))
 
     @app.exception_handler(dispatch.DispatchError)
@@ -88,6 +103,33 @@ def install_dispatch_api(app: FastAPI) -> None:
             return {**_doc(await dispatch.get(s, dispatch_id)),
                     "reattributed": detail["reattributed"]}
 
+    @router.get("/dispatches")
+    async def list_dispatches(
+            _a: Viewer, session: Db, machine_id: int | None = None,
+            work_order: Annotated[str | None, Query(description="work order number")] = None,
+            from_ts: Annotated[int | None, Query(
+                alias="from", description="epoch ms: dispatches running at or after")] = None,
+            to_ts: Annotated[int | None, Query(
+                alias="to", description="epoch ms: dispatches started before")] = None,
+            limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
+        """Dispatches, newest start first, with their work order number and step; ``from``
+        and ``to`` keep those overlapping [from, to) (a running one reaches to now)."""
+        if from_ts is not None and to_ts is not None and from_ts >= to_ts:
+            raise InvalidInput(f"from ({from_ts}) must be before to ({to_ts})", "from")
+        stmt = (select(Dispatch, WorkOrder.number, WoOperation.step)
+                .join(WoOperation, WoOperation.id == Dispatch.wo_operation_id)
+                .join(WorkOrder, WorkOrder.id == WoOperation.work_order_id))
+        if machine_id is not None:
+            stmt = stmt.where(Dispatch.machine_id == machine_id)
+        if work_order is not None:
+            stmt = stmt.where(WorkOrder.number == work_order)
+        if from_ts is not None:
+            stmt = stmt.where(or_(Dispatch.end_ts.is_(None), Dispatch.end_ts > from_ts))
+        if to_ts is not None:
+            stmt = stmt.where(Dispatch.start_ts < to_ts)
+        return await paged(session, stmt, [Dispatch.start_ts.desc(), Dispatch.id.desc()],
+                           limit, offset, _listed, scalars=False)
+
     @router.get("/dispatches/{dispatch_id}")
     async def get(dispatch_id: int, request: Request, _a: Actor = viewer) -> dict[str, Any]:
         async with request.app.state.db.sessions() as s:
@@ -110,9 +152,14 @@ def install_dispatch_api(app: FastAPI) -> None:
         return {"dispatches": ids}
 
     @router.get("/unassigned")
-    async def unassigned(request: Request, machine_id: int | None = None,
-                         _a: Actor = viewer) -> dict[str, Any]:
-        async with request.app.state.db.sessions() as s:
-            return {"items": await dispatch.unassigned(s, machine_id)}
+    async def unassigned(_a: Viewer, session: Db,
+                         machine_id: int | None = None, limit: Limit = 50,
+                         offset: Offset = 0) -> dict[str, Any]:
+        """Unassigned production per machine (by machine id), then per gateway/device that
+        is no machine yet."""
+        items = await dispatch.unassigned(session, machine_id)
+        items.sort(key=lambda u: (u["machine_id"] is None, u["machine_id"] or 0,
+                                  u["gateway_id"], u["device"]))
+        return page_of_list(items, limit, offset)
 
     app.include_router(router)

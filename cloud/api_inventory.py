@@ -2,8 +2,12 @@
 numbers in the material's unit (exact to 6 decimals); answers carry micro-units (*_u).
 
 - ``GET /api/v1/materials/{code}/stock``: balance, usage, safety stock, days of cover
-- ``GET /api/v1/stock/moves?material=&kind=&work_order=&limit=&before_id=`` (newest first)
-- ``GET /api/v1/stock/shortages``: materials below safety stock
+- ``GET /api/v1/stock/moves?material=&kind=&work_order=&limit=&offset=&before_id=``
+  (newest first; ``before_id``/``next_before_id`` page by key through a growing ledger)
+- ``GET /api/v1/stock/shortages?limit=&offset=``: materials below safety stock
+
+Lists answer ``{items, total, limit, offset}`` like every list of the API. OpenAPI tag:
+inventory.
 - ``POST /api/v1/stock/receipts|issues|scrap`` {material, qty, work_order?, note?}
 - ``POST /api/v1/stock/adjustments`` {material, qty (signed), note?}
 - ``POST /api/v1/stock/counts`` {material, counted, note?}
@@ -11,16 +15,20 @@ numbers in the material's unit (exact to 6 decimals); answers carry micro-units 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy import select
 
 from cloud import inventory
+from cloud.api_production import Db, Limit, Offset, page_of_list, paged
 from cloud.auth import Actor, require
+from cloud.models import STOCK_MOVE_KINDS, materials, stock_moves, work_orders
 from cloud.production import InvalidInput, to_micro
 
+Viewer = Annotated[Actor, Depends(require("viewer"))]
 
 class MoveIn(BaseModel):
     material: str
@@ -47,8 +55,14 @@ def _micro(value: str | int | float, field: str, *, signed: bool = False) -> int
         raise inventory.InventoryError(str(exc), field) from None
 
 
+def _move(r: Any) -> dict[str, Any]:
+    return {"id": r.id, "material": r.material, "qty_u": r.qty_u, "kind": r.kind, "ts": r.ts,
+            "work_order": r.work_order, "gateway_id": r.gateway_id, "seq": r.seq,
+            "user": r.user, "note": r.note}
+
+
 def install_inventory_api(app: FastAPI) -> None:
-    router = APIRouter(prefix="/api/v1")
+    router = APIRouter(prefix="/api/v1", tags=["inventory"])
     planner, viewer = Depends(require("planner")), Depends(require("viewer"))
 
     @app.exception_handler(inventory.InventoryError)
@@ -62,18 +76,35 @@ def install_inventory_api(app: FastAPI) -> None:
             return await inventory.stock(s, code)
 
     @router.get("/stock/shortages")
-    async def shortages(request: Request, _a: Actor = viewer) -> dict[str, Any]:
-        async with request.app.state.db.sessions() as s:
-            return {"items": await inventory.shortages(s)}
+    async def shortages(_a: Viewer, session: Db, limit: Limit = 50,
+                        offset: Offset = 0) -> dict[str, Any]:
+        """Materials below their safety stock, lowest days of cover first."""
+        return page_of_list(await inventory.shortages(session), limit, offset)
 
     @router.get("/stock/moves")
-    async def moves(request: Request, material: str | None = None, kind: str | None = None,
-                    work_order: str | None = None, limit: int = Query(100, ge=1, le=1000),
-                    before_id: int | None = None, _a: Actor = viewer) -> dict[str, Any]:
-        async with request.app.state.db.sessions() as s:
-            return await inventory.list_moves(s, material=material, kind=kind,
-                                              work_order=work_order, limit=limit,
-                                              before_id=before_id)
+    async def moves(_a: Viewer, session: Db, material: str | None = None,
+                    kind: Annotated[str | None, Query(
+                        pattern=f"^({'|'.join(STOCK_MOVE_KINDS)})$")] = None,
+                    work_order: str | None = None,
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Offset = 0,
+                    before_id: int | None = None) -> dict[str, Any]:
+        """Ledger lines, newest first. ``next_before_id``: pass it as ``before_id`` for the
+        next page when new lines may arrive meanwhile (offsets would shift)."""
+        stmt = (select(stock_moves, materials.c.code.label("material"),
+                       work_orders.c.number.label("work_order"))
+                .select_from(stock_moves.join(materials).outerjoin(
+                    work_orders, work_orders.c.id == stock_moves.c.work_order_id)))
+        for column, value in ((materials.c.code, material), (stock_moves.c.kind, kind),
+                              (work_orders.c.number, work_order)):
+            if value is not None:
+                stmt = stmt.where(column == value)
+        if before_id is not None:
+            stmt = stmt.where(stock_moves.c.id < before_id)
+        page = await paged(session, stmt, [stock_moves.c.id.desc()], limit, offset, _move,
+                           scalars=False)
+        more = offset + len(page["items"]) < page["total"]
+        page["next_before_id"] = page["items"][-1]["id"] if more and page["items"] else None
+        return page
 
     async def _book(request: Request, actor: Actor, kind: str, body: MoveIn) -> dict[str, Any]:
         qty = _micro(body.qty, "qty", signed=kind == "adjustment")

@@ -101,15 +101,27 @@ def _answer(exc: prod.ProductionError) -> tuple[dict[str, Any], int]:
     return {"error": "production_error", **doc}, 400
 
 
-def _page(items: list[Any], total: int, limit: int, offset: int) -> dict[str, Any]:
+def page_of(items: list[Any], total: int, limit: int, offset: int) -> dict[str, Any]:
+    """The answer of every list endpoint: ``{items, total, limit, offset}``."""
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
-async def _paged(session: AsyncSession, stmt: Any, order: Any, limit: int, offset: int,
-                 row: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+async def paged(session: AsyncSession, stmt: Any, order: Any, limit: int, offset: int,
+                row: Callable[[Any], dict[str, Any]], *, scalars: bool = True
+                ) -> dict[str, Any]:
+    """One page of ``stmt`` ordered by ``order`` (end it with a unique key so pages are
+    stable), each row through ``row``, with the total of ``stmt``. ``scalars``: ``stmt``
+    selects one entity (rows are its objects), else rows are tuples of its columns."""
     total = await session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    rows = (await session.scalars(stmt.order_by(*order).limit(limit).offset(offset))).all()
-    return _page([row(r) for r in rows], int(total), limit, offset)
+    page = stmt.order_by(*order).limit(limit).offset(offset)
+    rows = (await session.scalars(page) if scalars else await session.execute(page)).all()
+    return page_of([row(r) for r in rows], int(total), limit, offset)
+
+
+def page_of_list(items: list[Any], limit: int, offset: int) -> dict[str, Any]:
+    """A page of a list computed whole (short by nature: one item per machine or
+    material), in the shape of ``page_of``."""
+    return page_of(items[offset:offset + limit], len(items), limit, offset)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -154,7 +166,7 @@ async def list_machines(_: Viewer, session: Db, gateway_id: str | None = None,
         pattern = prod.like_pattern(q)
         stmt = stmt.where(or_(func.lower(Machine.name).like(pattern, escape="\\"),
                               func.lower(Machine.device).like(pattern, escape="\\")))
-    return await _paged(session, stmt, [Machine.id], limit, offset, _machine)
+    return await paged(session, stmt, [Machine.id], limit, offset, _machine)
 
 
 @router.post("/machines", tags=["machines"], status_code=201)
@@ -222,7 +234,7 @@ async def list_products(_: Viewer, session: Db,
                         limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
     """Products, by code."""
     stmt = _code_or_name(select(Product), Product, q)
-    return await _paged(session, stmt, [Product.code], limit, offset, _product)
+    return await paged(session, stmt, [Product.code], limit, offset, _product)
 
 
 @router.get("/products/{code}", tags=["products"])
@@ -243,7 +255,7 @@ async def list_materials(_: Viewer, session: Db,
                          limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
     """Materials, by code."""
     stmt = _code_or_name(select(Material), Material, q)
-    return await _paged(session, stmt, [Material.code], limit, offset, _material)
+    return await paged(session, stmt, [Material.code], limit, offset, _material)
 
 
 @router.get("/materials/{code}", tags=["materials"])
@@ -394,7 +406,7 @@ async def _list_versions(session: AsyncSession, model: type[Bom] | type[Routing]
     for row, code in rows:
         items.append(await (_bom_doc(session, row, code) if isinstance(row, Bom)
                             else _routing_doc(session, row, code)))
-    return _page(items, int(total), limit, offset)
+    return page_of(items, int(total), limit, offset)
 
 
 # -- work orders ----------------------------------------------------------------------
@@ -490,7 +502,7 @@ async def list_work_orders(
         for op in (await session.scalars(select(WoOperation).where(
                 WoOperation.work_order_id.in_(ids)))).all():
             ops[op.work_order_id].append(op)
-    return _page([_order(wo, code, ops[wo.id]) for wo, code in rows], total, limit, offset)
+    return page_of([_order(wo, code, ops[wo.id]) for wo, code in rows], total, limit, offset)
 
 
 @router.post("/work-orders", tags=["work-orders"], status_code=201)
@@ -594,4 +606,5 @@ async def import_file(kind: str, actor: Planner, session: Db,
     return result.as_dict()
 
 
-__all__ = ["install_production_api", "router"]
+__all__ = ["Db", "Limit", "Offset", "install_production_api", "page_of", "page_of_list",
+           "paged", "router"]

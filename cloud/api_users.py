@@ -5,11 +5,13 @@
   ``user_disabled``; 429 ``too_many_attempts`` with Retry-After (cloud/users.py).
 - ``POST /api/v1/logout`` -> {logged_out: true}; ends the cookie's session (idempotent).
 - ``GET /api/v1/me`` -> {name, role, locale, kind}; ``PUT /api/v1/me/locale`` {locale}.
-- ``GET /api/v1/me/tokens``; ``POST /api/v1/me/tokens`` {name} -> 201 {id, name, token}
-  (the token is shown this once); ``DELETE /api/v1/me/tokens/{id}``.
-- admin: ``GET /api/v1/users?limit=&offset=``, ``POST /api/v1/users`` {name, role,
+- ``GET /api/v1/me/tokens?limit=&offset=``; ``POST /api/v1/me/tokens`` {name} -> 201
+  {id, name, token} (the token is shown this once); ``DELETE /api/v1/me/tokens/{id}``.
+- admin: ``GET /api/v1/users?role=&limit=&offset=``, ``POST /api/v1/users`` {name, role,
   password, locale?} -> 201, ``PATCH /api/v1/users/{name}`` {role?, disabled?},
   ``POST /api/v1/users/{name}/password`` {password} (ends that user's sessions).
+
+Lists answer ``{items, total, limit, offset}`` like every list of the API.
 
 ``install_user_api(app)`` adds these routes and the JSON error answers they need
 (including ``{error: "invalid_request", detail, field}`` for 422 body validation).
@@ -18,7 +20,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +28,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from cloud.api_production import Db, Limit, Offset, paged
 from cloud.auth import SESSION_ABSOLUTE, SESSION_COOKIE, Actor, require
 from cloud.models import ApiToken, User
 from cloud.users import (
@@ -35,7 +38,6 @@ from cloud.users import (
     create_api_token_in,
     create_user_in,
     get_user,
-    list_users,
     login,
     logout,
     revoke_api_token_in,
@@ -131,15 +133,18 @@ async def put_locale(body: LocaleBody, request: Request, actor: Actor = viewer
     return {"name": actor.name, "locale": body.locale}
 
 
+def token_doc(t: ApiToken) -> dict[str, Any]:
+    """An API token as its user sees it (never its secret)."""
+    return {"id": t.id, "name": t.name, "created": _iso(t.created),
+            "last_used_at": _iso(t.last_used_at), "revoked_at": _iso(t.revoked_at)}
+
+
 @router.get("/me/tokens")
-async def get_tokens(request: Request, actor: Actor = viewer) -> dict[str, Any]:
-    """The caller's API tokens (never their secrets)."""
-    async with _db(request).sessions() as session:
-        rows = (await session.execute(select(ApiToken).where(
-            ApiToken.user_id == actor.user_id).order_by(ApiToken.id))).scalars().all()
-    return {"items": [{"id": t.id, "name": t.name, "created": _iso(t.created),
-                       "last_used_at": _iso(t.last_used_at),
-                       "revoked_at": _iso(t.revoked_at)} for t in rows]}
+async def get_tokens(actor: Annotated[Actor, viewer], session: Db, limit: Limit = 50,
+                     offset: Offset = 0) -> dict[str, Any]:
+    """The caller's API tokens, oldest first (never their secrets)."""
+    stmt = select(ApiToken).where(ApiToken.user_id == actor.user_id)
+    return await paged(session, stmt, [ApiToken.id], limit, offset, token_doc)
 
 
 @router.post("/me/tokens", status_code=201)
@@ -165,13 +170,12 @@ async def delete_token(token_id: int, request: Request, actor: Actor = viewer
 
 
 @router.get("/users")
-async def get_users(request: Request, limit: int = 100, offset: int = 0,
-                    _actor: Actor = admin) -> dict[str, Any]:
-    if not 1 <= limit <= 1000 or offset < 0:
-        raise UserApiError(422, "invalid_request", "limit is 1-1000, offset >= 0")
-    async with _db(request).sessions() as session:
-        users = await list_users(session, limit=limit, offset=offset)
-    return {"items": [_user_doc(u) for u in users], "limit": limit, "offset": offset}
+async def get_users(_actor: Annotated[Actor, admin], session: Db,
+                    role: Literal["admin", "planner", "viewer"] | None = None,
+                    limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
+    """People, by name."""
+    stmt = select(User) if role is None else select(User).where(User.role == role)
+    return await paged(session, stmt, [User.name], limit, offset, _user_doc)
 
 
 @router.post("/users", status_code=201)

@@ -6,6 +6,10 @@
 - ``GET /api/v1/gateways/{id}``: the gateway's sync status (cloud/status.py).
 - ``GET /api/v1/gateways/{id}/devices/{device}/counters``: counter sums and continuity.
 
+A gateway's token may use exactly these three routes (and only for its own gateway);
+every other route answers it 403 (tests/integration/test_gateway_token_scope.py walks
+them all). The rest of the API is installed from the ``cloud/api_*.py`` modules.
+
 Errors are always JSON: ``{"error": code, "detail": message}`` (+ ``field`` for 422).
 401 (no, unknown or revoked token) and 403 (another gateway's data) say why; a 401/403
 must stop a gateway's retries, so they are only used for exactly these causes.
@@ -26,6 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from buffer.records import RecordError, decode_batch
 from cloud.anomalies import sweep
 from cloud.api_anomalies import install_anomaly_api
+from cloud.api_audit import install_audit_api
 from cloud.api_dispatch import install_dispatch_api
 from cloud.api_inventory import install_inventory_api
 from cloud.api_notify import install_notify_api
@@ -123,13 +128,14 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
     app.state.jobs.append(Job("anomaly_sweep", sweep, 15.0))
     install_notify_api(app)
     app.state.jobs.append(Job("notify", deliver, 5.0))
+    install_audit_api(app)
 
     async def principal(request: Request) -> Actor:
         async with db.sessions() as session:
             return await authenticate(session, request.headers.get("authorization"),
                                       request.cookies.get(SESSION_COOKIE))
 
-    @app.post("/api/v1/ingest")
+    @app.post("/api/v1/ingest", tags=["gateways"])
     async def ingest(request: Request) -> Response:
         """Store a gateway's msgpack batch; answer {acked_through}. Idempotent."""
         received_ms = time.time_ns() // 1_000_000
@@ -163,7 +169,7 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
             return JSONResponse(answer)
         return Response(msgpack.packb(answer), media_type="application/msgpack")
 
-    @app.get("/api/v1/gateways/{gateway_id}")
+    @app.get("/api/v1/gateways/{gateway_id}", tags=["gateways"])
     async def gateway(gateway_id: str, request: Request) -> dict[str, Any]:
         """Sync status: last seq, records stored, seq gaps and their gap records,
         last seen, clock skew at the last batch."""
@@ -174,7 +180,7 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
             raise ApiError(404, "unknown_gateway", f"no gateway {gateway_id!r}")
         return doc
 
-    @app.get("/api/v1/gateways/{gateway_id}/devices/{device}/counters")
+    @app.get("/api/v1/gateways/{gateway_id}/devices/{device}/counters", tags=["gateways"])
     async def counters(gateway_id: str, device: str, request: Request) -> dict[str, Any]:
         """Per counter tag: good/scrap/total sums, first and last raw value, resets and
         continuity breaks."""

@@ -336,11 +336,6 @@ async def _blocked_for(session: AsyncSession, name: str, address: str,
     return max(1, int((max(waits) - now).total_seconds()) + 1)
 
 
-async def list_users(session: AsyncSession, *, limit: int, offset: int) -> list[User]:
-    return list((await session.execute(
-        select(User).order_by(User.name).limit(limit).offset(offset))).scalars())
-
-
 async def set_locale_in(session: AsyncSession, user_id: int, locale: str) -> None:
     check_locale(locale)
     await session.execute(update(User).where(User.id == user_id).values(locale=locale))
