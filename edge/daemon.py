@@ -12,6 +12,8 @@ Task layout (all on one asyncio loop; no thread does work that could block it):
 
 A device that fails never delays another: each bus has its own task, timeouts and
 breaker. Runtime faults never end the loop: they are reported, counted and retried.
+What cannot be retried (a buffer found damaged while running, a bug that ends a task)
+ends the daemon with exit code 1 and a log line saying why; no task dies silently.
 """
 
 from __future__ import annotations
@@ -20,18 +22,19 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import BaseModel
 
 from buffer import Outbox
-from buffer.records import Record
-from buffer.store import BufferWriteError, Cycle
+from buffer.records import Record, RecordError
+from buffer.store import BufferCorrupt, BufferWriteError, Cycle, OutboxError
 from edge.backoff import Backoff, Breaker
-from edge.config import ConfigError, LoadedDevice, LoadedGateway, load_gateway
+from edge.config import ConfigError, GatewayConfig, LoadedDevice, LoadedGateway, load_gateway
 from edge.derive import Derived, DeviceDeriver, TagRule
 from edge.logs import RepeatCounter
 from edge.sdnotify import Notifier, watchdog_interval, watchdog_loop
@@ -39,9 +42,9 @@ from edge.status import StatusServer
 from protocols import (
     DataType,
     Driver,
-    DriverError,
     ProtocolError,
     ReadPlan,
+    TagReading,
     make_driver,
     plan_reads,
     read_plan,
@@ -52,7 +55,12 @@ log = structlog.get_logger(__name__)
 GATEWAY_DEVICE = "_gateway"      # the device name of records about the gateway itself
 CLOCK_JUMP_MS = 2000             # wall vs monotonic disagreement that counts as a jump
 STOP_BUDGET_S = 4.5              # SIGTERM: finish the cycle, flush, close within 5 s
+READ_GRACE_S = 1.0               # at a stop, how long a device read in flight may finish
 QUEUE_PER_DEVICE = 2
+INTERNAL = "internal"            # the error kind of an unexpected exception in a poll
+BREAKER_CAP_S = 60.0             # the longest a failing device goes unprobed
+STALL_LIMIT_S = 60.0             # no append finished while pollers wait: a hung disk
+STALL_LIMIT_MIN_S = 10.0         # ... at least this long, whatever WatchdogSec is
 
 
 def now_ms() -> int:
@@ -84,6 +92,11 @@ def rules_for(device: LoadedDevice) -> tuple[TagRule, ...]:
 
 # -- the writer -----------------------------------------------------------------------------
 
+class WriterFailed(Exception):
+    """The writer stopped after a fatal buffer error (``__cause__`` says which); nothing
+    more is stored. The daemon then ends with exit code 1 and systemd restarts it."""
+
+
 @dataclass
 class _Pending:
     records: tuple[Record, ...]
@@ -92,7 +105,13 @@ class _Pending:
 
 
 class CycleWriter:
-    """Group commit: everything queued when a round starts goes into one transaction."""
+    """Group commit: everything queued when a round starts goes into one transaction.
+
+    Faults: a ``BufferWriteError`` reaches every submitter of the round (they retry); a
+    ``RecordError`` reaches only the submitter whose records the buffer refused (the round
+    is committed again one submitter at a time); anything else (``BufferCorrupt``, a bug)
+    is fatal: every waiting submitter gets ``WriterFailed`` at once, later submits raise
+    it, and ``run`` raises the error so the daemon's supervision ends the process."""
 
     def __init__(self, outbox: Outbox, capacity: int) -> None:
         self.outbox = outbox
@@ -101,22 +120,52 @@ class CycleWriter:
         self.records = 0
         self.last_error: str | None = None
         self.last_commit_mono = time.monotonic()
+        self.last_progress_mono = time.monotonic()   # an append returned, stored or not
+        self.waiting = 0                              # submitters waiting now
+        self.failed: BaseException | None = None
         self.on_commit: Callable[[], None] | None = None   # wakes the uplink
+        self._waiting_since: float | None = None
         self._repeats = RepeatCounter()
 
     async def submit(self, records: Iterable[Record],
                      baselines: Mapping[tuple[str, str], int] | None = None) -> list[int]:
         """Store these records and baseline rows together; returns their seqs. Raises
         BufferWriteError when the transaction failed: then nothing of it is stored and the
-        caller keeps it to submit again."""
+        caller keeps it to submit again. Raises RecordError when the buffer refused one of
+        these records (nothing stored), WriterFailed when the writer has stopped."""
         recs = tuple(records)
         if not recs and not baselines:
             return []
+        if self.failed is not None:
+            raise self._failure()
         fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Pending(recs, baselines or {}, fut))  # blocks when full: back-pressure
-        return await fut
+        if self.waiting == 0:
+            self._waiting_since = time.monotonic()
+        self.waiting += 1
+        try:
+            pending = _Pending(recs, baselines or {}, fut)
+            await self.queue.put(pending)   # blocks when full: back-pressure
+            if self.failed is not None:
+                # Queued after the writer stopped: empty the queue so that nobody waits
+                # for room in it either.
+                self._settle([pending, *self._take_queued()])
+            return await fut
+        finally:
+            self.waiting -= 1
+            if self.waiting == 0:
+                self._waiting_since = None
+
+    def stalled_for(self, now: float | None = None) -> float:
+        """Seconds submitters have been waiting while no append finished (stored or
+        failed); 0 when nobody waits. A hung disk shows here; a failing one does not, since
+        its errors are retried and reported and a restart would not mend them."""
+        if self._waiting_since is None:
+            return 0.0
+        t = time.monotonic() if now is None else now
+        return max(0.0, t - max(self._waiting_since, self.last_progress_mono))
 
     async def run(self) -> None:
+        """Commit rounds until cancelled; raises a fatal error (see the class)."""
         while True:
             first = await self.queue.get()
             batch = [first]
@@ -129,11 +178,29 @@ class CycleWriter:
 
     async def drain(self) -> None:
         """Commit what is queued now (at shutdown)."""
-        batch = []
-        while not self.queue.empty():
-            batch.append(self.queue.get_nowait())
-        if batch:
+        batch = self._take_queued()
+        if self.failed is not None:
+            self._settle(batch)
+        elif batch:
             await self._commit(batch)
+
+    def _take_queued(self) -> list[_Pending]:
+        taken = []
+        while not self.queue.empty():
+            taken.append(self.queue.get_nowait())
+        return taken
+
+    def _failure(self) -> WriterFailed:
+        err = WriterFailed(f"the buffer writer stopped after {type(self.failed).__name__}: "
+                           f"{self.failed}")
+        err.__cause__ = self.failed
+        return err
+
+    def _settle(self, batch: list[_Pending], error: BaseException | None = None) -> None:
+        """Fail the submitters of ``batch`` with ``error`` (default: WriterFailed)."""
+        for p in batch:
+            if not p.done.done():
+                p.done.set_exception(error if error is not None else self._failure())
 
     async def _commit(self, batch: list[_Pending]) -> None:
         records: list[Record] = []
@@ -147,10 +214,24 @@ class CycleWriter:
             self.last_error = str(exc)
             if self._repeats.failure("commit"):
                 log.error("buffer_commit_failed", error=str(exc), records=len(records))
-            for p in batch:
-                if not p.done.done():
-                    p.done.set_exception(exc)
+            self._settle(batch, exc)
             return
+        except RecordError as exc:
+            if len(batch) > 1:
+                # One poller's bad record must not refuse the others' cycles.
+                for p in batch:
+                    await self._commit([p])
+                return
+            log.error("buffer_record_refused", error=str(exc), records=len(records))
+            self._settle(batch, exc)
+            return
+        except Exception as exc:
+            self.failed = exc
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._settle([*batch, *self._take_queued()])
+            raise
+        finally:
+            self.last_progress_mono = time.monotonic()
         if n := self._repeats.recovered("commit"):
             log.warning("buffer_commit_recovered", failures=n)
         self.last_error = None
@@ -186,6 +267,8 @@ class DeviceRuntime:
     last_poll_ts: int | None = None
     poll_latency_ms: float | None = None
     slowed_by_buffer: bool = False
+    waiting_for_buffer_since_ms: int | None = None   # epoch ms; None when not waiting
+    buffer_wait_reason: str | None = None
     repeats: RepeatCounter = field(default_factory=RepeatCounter)
 
     @property
@@ -202,17 +285,35 @@ class DeviceRuntime:
                 "last_poll_ts": self.last_poll_ts, "poll_latency_ms": self.poll_latency_ms,
                 "poll_ms": self.loaded.config.poll_ms, "protocol": self.loaded.config.protocol,
                 "requests_per_poll": len(self.plan.requests),
-                "slowed_by_buffer": self.slowed_by_buffer}
+                "slowed_by_buffer": self.slowed_by_buffer,
+                "waiting_for_buffer_since_ms": self.waiting_for_buffer_since_ms,
+                "buffer_wait_reason": self.buffer_wait_reason}
+
+
+def device_runtime(dev: LoadedDevice, persisted: Mapping[str, int]) -> DeviceRuntime:
+    """A device ready to poll, its deriver resuming from the baselines the buffer holds.
+    Its breaker opens for at least one poll period and backs off in multiples of it."""
+    period = dev.config.poll_ms / 1000
+    return DeviceRuntime(
+        loaded=dev,
+        deriver=DeviceDeriver(dev.config.name, rules_for(dev), persisted=persisted),
+        plan=plan_reads(dev.config.protocol, dev.map.specs, dev.limits),
+        driver=make_driver(dev.endpoint),
+        breaker=Breaker(backoff=Backoff(base=period, cap=max(BREAKER_CAP_S, period)),
+                        min_open_s=period))
 
 
 class BusPoller:
-    """Polls the devices of one bus, each on its own period."""
+    """Polls the devices of one bus, each on its own period. Never ends on a fault: a
+    device error, and any unexpected exception of a poll (kind ``internal``), is counted
+    on the device, which keeps being polled under its breaker."""
 
     def __init__(self, devices: list[DeviceRuntime], writer: CycleWriter,
                  stop: asyncio.Event) -> None:
         self.devices = devices
         self.writer = writer
         self.stop = stop
+        self.reading = False   # connecting/reading: nothing derived yet, safe to abandon
         self._retry = Backoff(base=0.5, cap=10.0)
 
     async def run(self) -> None:
@@ -223,13 +324,16 @@ class BusPoller:
                 for dev in due:
                     if self.stop.is_set():
                         break
-                    await self._poll(dev)
+                    try:
+                        await self._poll(dev)
+                    except Exception as exc:  # outside the read: a bug must not end the bus
+                        self._count_failure(dev, INTERNAL, _internal_message(exc), exc)
                 wake = min(d.next_due for d in self.devices)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), max(0.0, wake - time.monotonic()))
         finally:
             for dev in self.devices:
-                await dev.driver.close()
+                await self._close(dev)
 
     async def _poll(self, dev: DeviceRuntime) -> None:
         started = time.monotonic()
@@ -241,19 +345,12 @@ class BusPoller:
             return
         dev.polls += 1
         try:
-            await dev.driver.connect()
-            pdu = dev.driver.pdu_size
-            if pdu is not None and pdu != dev.plan.limits.pdu_size:
-                # S7: plan again within the PDU this PLC negotiated (240 on an S7-300,
-                # 480/960 on newer CPUs): fewer round trips, or requests that fit at all.
-                dev.plan = plan_reads(dev.plan.protocol, dev.plan.tags,
-                                      replace(dev.plan.limits, pdu_size=pdu))
-            dev.plan, readings = await read_plan(dev.driver, dev.plan)
-        except DriverError as exc:
-            await self._failed(dev, exc, started)
+            readings = await self._read(dev)
+        except ProtocolError as exc:  # DriverError; anything else of ours: never end the loop
+            await self._failed(dev, getattr(exc, "kind", "error"), str(exc), exc)
             return
-        except ProtocolError as exc:  # not expected from read_plan, but never end the loop
-            await self._failed(dev, exc, started)
+        except Exception as exc:  # a library fault, e.g. an IndexError inside snap7's parser
+            await self._failed(dev, INTERNAL, _internal_message(exc), exc)
             return
         ts = now_ms()
         dev.poll_latency_ms = round((time.monotonic() - started) * 1000, 2)
@@ -261,6 +358,7 @@ class BusPoller:
         dev.breaker.success()
         if n := dev.repeats.recovered("poll"):
             log.warning("device_recovered", device=dev.name, failures=n)
+        dev.repeats.recovered(INTERNAL)
         dev.online = True
         for r in readings:
             if r.error is not None:
@@ -272,45 +370,118 @@ class BusPoller:
                 log.warning("tag_recovered", device=dev.name, tag=r.name, failures=n)
         await self._store(dev, lambda: dev.deriver.derive(readings, ts=ts, mono=started))
 
-    async def _failed(self, dev: DeviceRuntime, exc: ProtocolError, started: float) -> None:
-        kind = getattr(exc, "kind", "error")
+    async def _read(self, dev: DeviceRuntime) -> list[TagReading]:
+        self.reading = True
+        try:
+            await dev.driver.connect()
+            pdu = dev.driver.pdu_size
+            if pdu is not None and pdu != dev.plan.limits.pdu_size:
+                # S7: plan again within the PDU this PLC negotiated (240 on an S7-300,
+                # 480/960 on newer CPUs): fewer round trips, or requests that fit at all.
+                dev.plan = plan_reads(dev.plan.protocol, dev.plan.tags,
+                                      replace(dev.plan.limits, pdu_size=pdu))
+            dev.plan, readings = await read_plan(dev.driver, dev.plan)
+            return readings
+        finally:
+            self.reading = False
+
+    def _count_failure(self, dev: DeviceRuntime, kind: str, message: str, exc: Exception) -> None:
+        """Count a failed poll on the device and its breaker; log the first of a run (an
+        internal error with its traceback, once until the device polls cleanly again)."""
         dev.errors[kind] = dev.errors.get(kind, 0) + 1
-        dev.last_error = str(exc)
-        dev.online = False
+        dev.last_error = message
         dev.breaker.failure(time.monotonic())
         if dev.breaker.state == "open":
             dev.next_due = max(dev.next_due, dev.breaker.open_until)
-        if dev.repeats.failure("poll"):
-            log.error("device_poll_failed", device=dev.name, kind=kind, error=str(exc))
-        await dev.driver.close()
+        first = dev.repeats.failure("poll")
+        if kind == INTERNAL:
+            if dev.repeats.failure(INTERNAL):
+                log.error("device_poll_internal_error", device=dev.name, error=message,
+                          exc_info=exc)
+        elif first:
+            log.error("device_poll_failed", device=dev.name, kind=kind, error=message)
+
+    async def _failed(self, dev: DeviceRuntime, kind: str, message: str, exc: Exception) -> None:
+        self._count_failure(dev, kind, message, exc)
+        dev.online = False
+        await self._close(dev)
         ts = now_ms()
-        await self._store(dev, lambda: dev.deriver.offline(str(exc), ts=ts))
+        await self._store(dev, lambda: dev.deriver.offline(message, ts=ts))
+
+    async def _close(self, dev: DeviceRuntime) -> None:
+        try:
+            await dev.driver.close()
+        except Exception as exc:  # a close that fails leaves nothing to undo; say so once
+            if dev.repeats.failure("close"):
+                log.warning("device_close_failed", device=dev.name, error=_internal_message(exc))
+        else:
+            dev.repeats.recovered("close")
 
     async def _store(self, dev: DeviceRuntime, derive: Callable[[], Derived]) -> None:
         """Commit this poll's records; on a buffer failure keep them and retry the same
-        derivation (the deriver has not moved) until stored or stopping."""
+        derivation (the deriver has not moved) until stored or stopping. While it waits,
+        the device's status says since when and why."""
         derived = derive()
-        while True:
-            before = time.monotonic()
-            try:
-                await self.writer.submit(derived.records, derived.baselines)
-            except BufferWriteError:
-                if self.stop.is_set():
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), self._retry.next_delay())
-                continue
-            self._retry.reset()
-            dev.deriver.apply(derived)
-            # Back-pressure shows: the buffer made this device miss its period.
-            dev.slowed_by_buffer = time.monotonic() - before > dev.period
-            return
+        before = time.monotonic()
+        dev.waiting_for_buffer_since_ms = now_ms()
+        dev.buffer_wait_reason = (f"buffer write error: {self.writer.last_error}"
+                                  if self.writer.last_error else "buffer slow")
+        try:
+            while True:
+                try:
+                    await self.writer.submit(derived.records, derived.baselines)
+                    break
+                except BufferWriteError as exc:
+                    dev.buffer_wait_reason = f"buffer write error: {exc}"
+                    if self.stop.is_set():
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.stop.wait(), self._retry.next_delay())
+                except WriterFailed:
+                    return   # the daemon is ending; the buffer still holds the baselines
+        finally:
+            dev.waiting_for_buffer_since_ms = None
+        self._retry.reset()
+        dev.deriver.apply(derived)
+        # Back-pressure shows: the buffer made this device miss its period.
+        dev.slowed_by_buffer = time.monotonic() - before > dev.period
+        if not dev.slowed_by_buffer:
+            dev.buffer_wait_reason = None
+
+
+def _internal_message(exc: BaseException) -> str:
+    return f"internal error: {type(exc).__name__}: {exc}"
 
 
 # -- the daemon -----------------------------------------------------------------------------
 
+def changed_settings(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """Dotted keys outside ``[[devices]]`` whose values differ, e.g. ``cloud.url``; a
+    table that appears or goes away is named as a whole (``mqtt``)."""
+    out: list[str] = []
+    for section in type(new).model_fields:
+        if section == "devices":
+            continue
+        a, b = getattr(old, section, None), getattr(new, section, None)
+        if isinstance(a, BaseModel) and isinstance(b, BaseModel):
+            da, db = a.model_dump(), b.model_dump()
+            out += [f"{section}.{k}" for k in sorted(da.keys() | db.keys()) if da.get(k) != db.get(k)]
+        elif a != b:
+            out.append(section)
+    return out
+
+
+def _applies_to_uplink(key: str) -> bool:
+    return key.split(".")[0] in ("cloud", "mqtt") or key == "gateway.zeroconf_interfaces"
+
+
 class Daemon:
-    """``plantsync-edge run``. Construct with a loaded config and ``await run()``."""
+    """``plantsync-edge run``. Construct with a loaded config and ``await run()``.
+
+    Supervision: every task it starts is watched; one that ends with an exception (the
+    writer on a damaged buffer, a bug anywhere) is logged with the reason and ends the
+    daemon with exit code 1, so systemd's ``Restart=on-failure`` starts it afresh. The
+    watchdog pings stop when submitters wait on a buffer that finishes no append."""
 
     def __init__(self, loaded: LoadedGateway, *, notifier: Notifier | None = None,
                  status_port: int | None = None) -> None:
@@ -320,11 +491,19 @@ class Daemon:
         self._poll_stop = asyncio.Event()      # the current pollers' stop (reload swaps it)
         self.reload_requested = asyncio.Event()
         self._status_port = status_port
+        self.status_port = 0
         self.devices: list[DeviceRuntime] = []
         self.outbox: Outbox | None = None
         self.writer: CycleWriter | None = None
         self.forwarder: Any = None
-        self._bus_tasks: list[asyncio.Task[None]] = []
+        self.exit_code = 0
+        self._pollers: list[tuple[BusPoller, asyncio.Task[None]]] = []
+        self._uplink_tasks: list[asyncio.Task[None]] = []
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._started_config = loaded.config   # what restart-only settings run with
+        self.restart_required: list[str] = []
+        self.stall_limit_s = STALL_LIMIT_S
+        self._stall_reported = False
         self.started_mono = time.monotonic()
         self.started_ts = now_ms()
         self.clock_jumps = 0
@@ -333,7 +512,8 @@ class Daemon:
 
     # ---- lifecycle
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (returns 0) or a fatal fault (logged; returns 1)."""
         cfg = self.loaded.config
         data_dir = loaded_path(self.loaded, cfg.gateway.data_dir)
         loop = asyncio.get_running_loop()
@@ -342,46 +522,94 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, handler)
         async with contextlib.AsyncExitStack() as stack:
-            self.outbox = await stack.enter_async_context(Outbox(
-                data_dir / "buffer.db", gateway=cfg.gateway.id,
-                max_bytes=cfg.gateway.buffer_max_mb * 2**20,
-                synchronous=cfg.gateway.buffer_synchronous))
+            self._stack = stack
+            self.outbox = Outbox(data_dir / "buffer.db", gateway=cfg.gateway.id,
+                                 max_bytes=cfg.gateway.buffer_max_mb * 2**20,
+                                 synchronous=cfg.gateway.buffer_synchronous)
+            await self.outbox.open()
+            stack.push_async_callback(self._close_outbox)
             self.writer = CycleWriter(self.outbox, QUEUE_PER_DEVICE * max(len(self.loaded.devices), 1))
             host, _, port = cfg.gateway.status_listen.rpartition(":")
             status = await stack.enter_async_context(StatusServer(
                 self.snapshot, host or "127.0.0.1",
                 self._status_port if self._status_port is not None else int(port)))
             self.status_port = status.port
-            tasks = [asyncio.create_task(self.writer.run(), name="writer"),
-                     asyncio.create_task(self._clock_watch(), name="clock"),
-                     asyncio.create_task(self._buffer_watch(), name="buffer-stats"),
-                     asyncio.create_task(self._reload_watch(), name="reload")]
-            self.forwarder = await self._start_uplink(stack, tasks)
-            self.writer.on_commit = self.forwarder.notify
+            tasks = [self._supervise(self.writer.run(), "writer"),
+                     self._supervise(self._clock_watch(), "clock"),
+                     self._supervise(self._buffer_watch(), "buffer-stats"),
+                     self._supervise(self._reload_watch(), "reload")]
+            await self._start_uplink()
             await self._start_pollers()
             log.info("gateway_started", gateway=cfg.gateway.id, devices=len(self.devices),
                      status=f"http://{status.host}:{status.port}/status")
             self.notifier.ready(self.summary())
             if (interval := watchdog_interval()) is not None:
-                tasks.append(asyncio.create_task(watchdog_loop(self.notifier, interval, self._healthy)))
-            tasks.append(asyncio.create_task(self._status_loop(), name="sd-status"))
+                # A commit not finishing for a whole WatchdogSec is a stuck disk, not a slow one.
+                self.stall_limit_s = max(STALL_LIMIT_MIN_S, 2 * interval)
+                tasks.append(self._supervise(
+                    watchdog_loop(self.notifier, interval, self._healthy), "watchdog"))
+            tasks.append(self._supervise(self._status_loop(), "sd-status"))
             await self.stop.wait()
             self.notifier.stopping()
             log.info("gateway_stopping")
             try:
-                await asyncio.wait_for(self._stop_pollers(), STOP_BUDGET_S - 1.5)
+                await self._stop_pollers(STOP_BUDGET_S - 1.5)
                 await asyncio.wait_for(self.writer.drain(), 1.0)
             except (TimeoutError, BufferWriteError) as exc:
                 log.warning("stop_incomplete", error=str(exc) or "timeout")
-            for t in tasks:
+            except Exception as exc:
+                log.error("stop_incomplete", error=_internal_message(exc))
+                self.exit_code = 1
+            for t in [*tasks, *self._uplink_tasks]:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        log.info("gateway_stopped")
+            await asyncio.gather(*tasks, *self._uplink_tasks, return_exceptions=True)
+        log.info("gateway_stopped", exit_code=self.exit_code)
+        return self.exit_code
 
-    async def _start_uplink(self, stack: contextlib.AsyncExitStack, tasks: list[asyncio.Task[None]]) -> Any:
-        from edge.uplink import start_uplink  # the wiring of buffer's uplinks to config
+    def _supervise(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """No task dies silently: an exception ends the daemon with exit code 1."""
+        if task.cancelled() or (exc := task.exception()) is None:
+            return
+        self.exit_code = 1
+        if isinstance(exc, BufferCorrupt):
+            log.critical("buffer_corrupt", error=str(exc),
+                         action="exiting with code 1; on restart the damaged buffer file is "
+                                "moved aside and a fresh one started")
+        else:
+            log.critical("task_failed", task=task.get_name(), error=_internal_message(exc),
+                         action="exiting with code 1 so that systemd restarts the gateway",
+                         exc_info=exc)
+        self.stop.set()
+
+    async def _close_outbox(self) -> None:
         assert self.outbox is not None
-        return await start_uplink(self.loaded, self.outbox, stack, tasks, self.status_port)
+        try:
+            await self.outbox.close()
+        except OutboxError as exc:  # e.g. a damaged file: the next open moves it aside
+            log.error("buffer_close_failed", error=str(exc))
+            self.exit_code = 1
+
+    async def _start_uplink(self) -> None:
+        from edge.uplink import start_uplink  # the wiring of buffer's uplinks to config
+        assert self.outbox is not None and self.writer is not None and self._stack is not None
+        started: list[asyncio.Task[None]] = []
+        self.forwarder = await start_uplink(self.loaded, self.outbox, self._stack, started,
+                                            self.status_port)
+        for t in started:
+            t.add_done_callback(self._task_done)
+        self._uplink_tasks = started
+        self.writer.on_commit = self.forwarder.notify
+
+    async def _stop_uplink(self) -> None:
+        tasks, self._uplink_tasks = self._uplink_tasks, []
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _start_pollers(self) -> None:
         assert self.outbox is not None and self.writer is not None
@@ -392,24 +620,38 @@ class Daemon:
         self.devices = []
         buses: dict[str, list[DeviceRuntime]] = {}
         for dev in self.loaded.devices:
-            rt = DeviceRuntime(
-                loaded=dev,
-                deriver=DeviceDeriver(dev.config.name, rules_for(dev),
-                                      persisted=by_device.get(dev.config.name, {})),
-                plan=plan_reads(dev.config.protocol, dev.map.specs, dev.limits),
-                driver=make_driver(dev.endpoint))
+            rt = device_runtime(dev, by_device.get(dev.config.name, {}))
             self.devices.append(rt)
             bus = f"serial:{dev.config.serial_port}" if dev.config.protocol == "modbus-rtu" \
                 else f"dev:{dev.config.name}"
             buses.setdefault(bus, []).append(rt)
         self._poll_stop = asyncio.Event()
-        self._bus_tasks = [asyncio.create_task(BusPoller(devs, self.writer, self._poll_stop).run(),
-                                               name=f"bus {bus}") for bus, devs in buses.items()]
+        self._pollers = []
+        for bus, devs in buses.items():
+            poller = BusPoller(devs, self.writer, self._poll_stop)
+            self._pollers.append((poller, self._supervise(poller.run(), f"bus {bus}")))
 
-    async def _stop_pollers(self) -> None:
+    async def _stop_pollers(self, budget: float = STOP_BUDGET_S - 1.5) -> None:
+        """Stop the pollers within ``budget`` seconds. Each finishes the cycle it has read,
+        commit included. A read still hanging after READ_GRACE_S (a device that does not
+        answer) is abandoned: nothing of it was derived, so nothing is lost. A commit still
+        waiting at the end (a stalled disk) is abandoned too, and said so."""
         self._poll_stop.set()
-        await asyncio.gather(*self._bus_tasks, return_exceptions=True)
-        self._bus_tasks = []
+        pollers, self._pollers = self._pollers, []
+        tasks = {t for _, t in pollers}
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=min(READ_GRACE_S, budget))
+        for poller, task in pollers:
+            if task in pending and poller.reading:
+                task.cancel()
+        _, pending = await asyncio.wait(tasks, timeout=max(0.0, budget - READ_GRACE_S))
+        if pending:
+            log.warning("stop_incomplete", error="a commit did not finish in time",
+                        buses=sorted(t.get_name() for t in pending))
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=0.5)
 
     # ---- reload
 
@@ -420,7 +662,13 @@ class Daemon:
             await self.reload()
 
     async def reload(self) -> bool:
-        """SIGHUP: load the config again; a bad one keeps the running one and says why."""
+        """SIGHUP: load the config again; a bad one keeps the running one and says why.
+
+        Devices are applied; so are ``[cloud]``, ``[mqtt]`` and
+        ``gateway.zeroconf_interfaces`` (the uplink restarts; the buffer keeps what it has
+        not sent) and ``gateway.log_format``. The other ``[gateway]`` settings (the status
+        address, the buffer's quota and sync mode) need a restart: each changed one is
+        logged as such and the old value keeps running."""
         self.notifier.reloading()
         try:
             new = load_gateway(self.loaded.path)
@@ -434,14 +682,28 @@ class Daemon:
             log.error("reload_rejected", problem="gateway.id and gateway.data_dir change only with a restart")
             self.notifier.status("reload rejected: " + self.summary())
             return False
+        live = [k for k in changed_settings(self.loaded.config, new.config)
+                if _applies_to_uplink(k) or k == "gateway.log_format"]
+        self.restart_required = [k for k in changed_settings(self._started_config, new.config)
+                                 if not (_applies_to_uplink(k) or k == "gateway.log_format")]
+        for key in self.restart_required:
+            log.warning("reload_needs_restart", key=key,
+                        message=f"{key} changed: restart the service to apply it")
         # Stop the pollers (each finishes its cycle), then start from the new config with
         # the baselines the buffer holds, so no count is lost or repeated across the reload.
         await self._stop_pollers()
         self.loaded = new
         await self._start_pollers()
-        if self.forwarder is not None and hasattr(self.forwarder, "reload"):
+        if "gateway.log_format" in live:
+            from edge.logs import configure
+            configure(new.config.gateway.log_format)
+        if any(_applies_to_uplink(k) for k in live):
+            await self._stop_uplink()
+            await self._start_uplink()
+        elif self.forwarder is not None and hasattr(self.forwarder, "reload"):
             await self.forwarder.reload()
-        log.info("config_reloaded", devices=len(self.devices))
+        log.info("config_reloaded", devices=len(self.devices), applied=live,
+                 restart_required=self.restart_required)
         self.notifier.ready(self.summary())
         return True
 
@@ -470,6 +732,8 @@ class Daemon:
                         break
                     except BufferWriteError:
                         await asyncio.sleep(1.0)
+                    except WriterFailed:
+                        return   # the daemon is ending (the writer's failure is logged)
 
     async def _buffer_watch(self) -> None:
         assert self.outbox is not None
@@ -485,11 +749,20 @@ class Daemon:
                 self._buffer_stats["last_error"] = str(exc)
             await asyncio.sleep(1.0)
 
-    def _healthy(self) -> bool:
-        """Withhold watchdog pings when the writer is wedged (queue full, no commit for a
-        minute): systemd then restarts us, and the buffer resumes where it stopped."""
-        w = self.writer
-        return not (w is not None and w.queue.full() and time.monotonic() - w.last_commit_mono > 60)
+    def _healthy(self, now: float | None = None) -> bool:
+        """Withhold watchdog pings while pollers wait on a buffer that has finished no
+        append for ``stall_limit_s`` (a hung disk): systemd then restarts us, and the
+        buffer resumes where it stopped. Failing appends are not a stall: they are retried
+        and shown in the status, and a restart would not mend a full disk."""
+        stalled = self.writer.stalled_for(now) if self.writer is not None else 0.0
+        if stalled < self.stall_limit_s:
+            self._stall_reported = False
+            return True
+        if not self._stall_reported:
+            log.error("buffer_stalled", stalled_s=round(stalled, 1),
+                      action="withholding the watchdog ping so that systemd restarts the gateway")
+            self._stall_reported = True
+        return False
 
     async def _status_loop(self) -> None:
         last = ""
@@ -503,8 +776,11 @@ class Daemon:
     def summary(self) -> str:
         online = sum(1 for d in self.devices if d.online)
         up = getattr(self.forwarder, "state", "off") if self.forwarder is not None else "off"
-        return (f"{online}/{len(self.devices)} devices online, backlog "
+        text = (f"{online}/{len(self.devices)} devices online, backlog "
                 f"{self._buffer_stats.get('backlog', '?')}, uplink {up}")
+        if self.restart_required:
+            text += ", restart to apply " + " ".join(self.restart_required)
+        return text
 
     def snapshot(self) -> dict[str, Any]:
         fwd = self.forwarder
@@ -514,11 +790,13 @@ class Daemon:
             "gateway": self.loaded.config.gateway.id,
             "started_ts": self.started_ts,
             "uptime_s": round(time.monotonic() - self.started_mono, 1),
+            "restart_required": list(self.restart_required),
             "devices": {d.name: d.snapshot() for d in self.devices},
             "buffer": {**self._buffer_stats,
                        "commits": w.commits if w else 0,
                        "write_error": w.last_error if w else None,
-                       "queue": f"{w.queue.qsize()}/{w.queue.maxsize}" if w else None},
+                       "queue": f"{w.queue.qsize()}/{w.queue.maxsize}" if w else None,
+                       "stalled_s": round(w.stalled_for(), 1) if w else 0.0},
             "uplink": uplink,
             "clock": {"wall_ts": now_ms(), "jumps": self.clock_jumps,
                       "last_jump_ms": self.last_clock_jump_ms},
@@ -526,7 +804,8 @@ class Daemon:
 
 
 def run(config_path: str, *, status_port: int | None = None) -> int:
-    """Entry point of ``plantsync-edge run``: 0 on a clean stop, 1 when the config is bad."""
+    """Entry point of ``plantsync-edge run``: 0 on a clean stop, 1 when the config is bad
+    or a fatal fault ended the daemon (systemd's Restart=on-failure restarts it)."""
     try:
         loaded = load_gateway(config_path)
     except ConfigError as exc:
@@ -541,6 +820,4 @@ def run(config_path: str, *, status_port: int | None = None) -> int:
         print(f"{loaded.path}: gateway.data_dir: cannot create {loaded.config.gateway.data_dir!r} "
               f"({exc.strerror}); create it or point data_dir at a writable directory", flush=True)
         return 1
-    asyncio.run(Daemon(loaded, status_port=status_port).run())
-    return 0
-
+    return asyncio.run(Daemon(loaded, status_port=status_port).run())

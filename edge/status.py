@@ -100,6 +100,10 @@ def _num(value: Any) -> str:
     return repr(float(value)) if isinstance(value, float) else str(int(value))
 
 
+def _scaled(value: Any, divisor: float) -> float | None:
+    return None if value is None else float(value) / divisor
+
+
 def render_metrics(snap: Snapshot) -> str:
     """Prometheus text exposition of a status snapshot."""
     out: list[str] = []
@@ -114,10 +118,15 @@ def render_metrics(snap: Snapshot) -> str:
     devices: Mapping[str, Mapping[str, Any]] = snap.get("devices", {})
     metric("plantsync_device_online", "gauge", "1 when the device answered its last poll",
            [({"device": d}, v.get("online")) for d, v in devices.items()])
+    # A device never polled has no last poll: NaN, not 0 (which reads as 1970).
     metric("plantsync_device_last_poll_timestamp_seconds", "gauge", "Wall time of the last good poll",
-           [({"device": d}, (v.get("last_poll_ts") or 0) / 1000) for d, v in devices.items()])
+           [({"device": d}, _scaled(v.get("last_poll_ts"), 1000)) for d, v in devices.items()])
     metric("plantsync_device_poll_latency_seconds", "gauge", "Duration of the last poll",
-           [({"device": d}, (v.get("poll_latency_ms") or 0) / 1000) for d, v in devices.items()])
+           [({"device": d}, _scaled(v.get("poll_latency_ms"), 1000)) for d, v in devices.items()])
+    metric("plantsync_device_waiting_for_buffer", "gauge",
+           "1 while the device's poller waits for the buffer to store its cycle",
+           [({"device": d}, v.get("waiting_for_buffer_since_ms") is not None)
+            for d, v in devices.items()])
     metric("plantsync_device_polls_total", "counter", "Polls attempted",
            [({"device": d}, v.get("polls", 0)) for d, v in devices.items()])
     metric("plantsync_device_errors_total", "counter", "Poll errors by kind",
@@ -138,7 +147,7 @@ def render_metrics(snap: Snapshot) -> str:
     metric("plantsync_uplink_acked_seq", "gauge", "Highest seq the cloud acknowledged",
            [({}, up.get("acked_seq") or 0)])
     metric("plantsync_uplink_last_ack_timestamp_seconds", "gauge", "Wall time of the last ack",
-           [({}, (up.get("last_ack_ts") or 0) / 1000)])
+           [({}, _scaled(up.get("last_ack_ts"), 1000))])
     metric("plantsync_uplink_errors_total", "counter", "Uplink errors by kind",
            [({"kind": k}, n) for k, n in (up.get("errors") or {}).items()])
     clock: Mapping[str, Any] = snap.get("clock", {})
