@@ -382,3 +382,31 @@ async def test_prune_job_deletes_old_attempts_and_ended_sessions(client: Any):
     assert len(await rows(client, AuditEntry)) == audit_before
     await run_jobs_once(client.app, int(now.timestamp() * 1000))    # idempotent
     assert len(await rows(client, LoginAttempt)) == 1
+
+
+async def test_a_fresh_database_has_no_users_and_no_default_login(cloud_db_url: str):
+    """Migrations create no user (the demo makes its own, with a password it prints), so
+    no common default logs in; the API asks who is calling."""
+    from cloud.app import create_app
+
+    async with Database(cloud_db_url) as db, db.sessions() as session:
+        assert (await session.execute(select(User))).all() == []
+        assert (await session.execute(select(ApiToken))).all() == []
+    app = create_app(cloud_db_url)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://cloud") as c:
+            for name, password in (("admin", "admin"), ("admin", "password"),
+                                   ("admin", "123456"), ("admin", "plantsync"),
+                                   ("root", "root"), ("administrator", "admin"),
+                                   ("plantsync", "plantsync"), ("demo", "demo")):
+                res = await c.post("/api/v1/login", json={"name": name, "password": password})
+                assert (res.status_code, res.json()["error"]) == (401, "bad_credentials"), \
+                    (name, password, res.text)
+                assert "plantsync_session" not in res.cookies
+            res = await c.get("/api/v1/me")
+            assert (res.status_code, res.json()["error"]) == (401, "missing_token")
+            res = await c.get("/", follow_redirects=False)
+            assert res.status_code == 303 and res.headers["location"].startswith("/login")
+    finally:
+        await app.state.db.dispose()
