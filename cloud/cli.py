@@ -18,16 +18,43 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from cloud.errors import CloudError
+
+T = TypeVar("T")
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` that lets SQLite's connection threads finish before the loop closes,
+    on every path. Engines are disposed where they are made (cloud/migrate.py, Database);
+    but aiosqlite stops a connection that failed to *open* (a missing directory, no write
+    permission) without waiting: its worker thread then answers on a closed loop and
+    prints a "RuntimeError: Event loop is closed" traceback after our one-line error."""
+
+    async def settled() -> T:
+        try:
+            return await main
+        finally:
+            await _join_sqlite_threads()
+
+    return asyncio.run(settled())
+
+
+async def _join_sqlite_threads(timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    import threading
+
+    # aiosqlite names no threads: Python names them after the target function
+    for thread in threading.enumerate():
+        if "_connection_worker_thread" in thread.name:
+            await asyncio.to_thread(thread.join, timeout)
 
 
 def _version() -> str:
@@ -179,7 +206,7 @@ def _serve(args: argparse.Namespace) -> int:
     from cloud.app import create_app
     from cloud.systemd import NotifyingServer
 
-    url = asyncio.run(_prepare(args.db))
+    url = _run(_prepare(args.db))
     hooks: list[Any] = []
     if not args.no_zeroconf:
         hooks.append(_advertiser(args.host, args.port))
@@ -282,7 +309,7 @@ def _import(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"plantsync-cloud: error: {args.file}: {exc.strerror}", file=sys.stderr)
         return 1
-    return asyncio.run(_import_data(args, data, zone))
+    return _run(_import_data(args, data, zone))
 
 
 async def _import_data(args: argparse.Namespace, data: bytes, zone: Any) -> int:
@@ -330,12 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         if args.command == "migrate":
-            return asyncio.run(_migrate(args))
+            return _run(_migrate(args))
         if args.command == "mqtt-ingest":
-            return asyncio.run(_mqtt_ingest(args))
+            return _run(_mqtt_ingest(args))
         if args.command == "import":
             return _import(args)
-        return asyncio.run(_admin(args))
+        return _run(_admin(args))
     except CloudError as exc:
         print(f"plantsync-cloud: error: {exc}", file=sys.stderr)
         return 1
