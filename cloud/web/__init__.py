@@ -8,8 +8,9 @@ provisional-data rules: cloud/web/reports.py; CSV/XLSX exports: cloud/web/export
 
 Pages: ``/`` plant board (``?wall=1`` for a wall screen), ``/work-orders`` and
 ``/work-orders/{number}``, ``/anomalies``, ``/oee``, ``/inventory``, ``/completeness``,
-``/login``. Every table exports with ``?export=csv|xlsx`` (``&table=`` on pages with
-several), with the page's filters.
+``/login``, ``/account`` (the user's own page and API tokens; cloud/web/account.py).
+Every table exports with ``?export=csv|xlsx`` (``&table=`` on pages with several), with
+the page's filters.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 def install_web(app: FastAPI) -> None:
     """Add the web UI's routes, its error pages and ``/static`` to ``app``."""
-    from cloud.web import actions, analysis, pages
+    from cloud.web import account, actions, analysis, pages
     from cloud.web.context import WebError, render
     from cloud.web.i18n import N_
 
     app.include_router(pages.router)
     app.include_router(analysis.router)
     app.include_router(actions.router)
+    app.include_router(account.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(pages.LoginRequired)

@@ -107,9 +107,9 @@ def same_origin(request: Request) -> bool:
     return urlsplit(source).netloc == host
 
 
-async def require_action(request: Request, form: Any) -> WebUser:
-    """The planner (or admin) posting ``form``: 303 to the login page without a session
-    (raised as WebError 401), 403 for a viewer, a bad CSRF token or a foreign Origin."""
+async def require_form(request: Request, form: Any) -> WebUser:
+    """The person posting ``form`` (any role): 303 to the login page without a session
+    (raised as WebError 401), 403 for a bad CSRF token or a foreign Origin."""
     user = await current_user(request)
     if user is None:
         raise WebError(401, i18n.N_("Your session has ended; log in again."))
@@ -119,6 +119,13 @@ async def require_action(request: Request, form: Any) -> WebUser:
     if not hmac.compare_digest(token, user.csrf):
         raise WebError(403, i18n.N_("The form is out of date (security token); reload the "
                                     "page and try again."))
+    return user
+
+
+async def require_action(request: Request, form: Any) -> WebUser:
+    """The planner (or admin) posting ``form``: as ``require_form``, and 403 for a
+    viewer."""
+    user = await require_form(request, form)
     if not user.can_act:
         raise WebError(403, i18n.N_("This needs the planner role; viewers can only read."))
     return user

@@ -435,3 +435,92 @@ async def test_an_admin_registers_a_device_as_a_machine(web: Any) -> None:
     names = [m["name"] for m in (await ada.get("/api/v1/machines?limit=50")).json()["items"]]
     assert "Lathe 5" in names
     assert "Lathe 5" in await ada.page("/board/tiles")
+
+
+# -- the user's own page: API tokens (SQLite and PostgreSQL) ------------------------------
+
+async def test_account_page_creates_shows_once_and_revokes_api_tokens(cloud_client: Any
+                                                                      ) -> None:
+    c = cloud_client
+    c.headers.pop("Authorization", None)
+    for name, role in (("vic2", "viewer"), ("pat2", "planner")):
+        res = await c.post("/api/v1/users", headers=ADMIN_HEADERS,
+                           json={"name": name, "role": role, "password": PASSWORD})
+        assert res.status_code == 201, res.text
+    anon = await c.get("/account")
+    assert anon.status_code == 303 and anon.headers["location"].startswith("/login")
+    res = await c.post("/login", data={"name": "vic2", "password": PASSWORD, "next": "/"})
+    assert res.status_code == 303, res.text
+
+    html = (await c.get("/account", headers={"Accept-Language": "en"})).text
+    assert 'href="/account"' in html  # reachable from the header
+    assert "My account" in html and "vic2" in html and "Viewer" in html
+    assert "No API tokens yet." in html
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert csrf
+    token_field = {"csrf_token": csrf.group(1)}
+
+    async def my_tokens() -> list[dict[str, Any]]:
+        res = await c.get("/api/v1/audit", headers=ADMIN_HEADERS,
+                          params={"entity": "api_token", "actor": "vic2"})
+        return list(res.json()["items"])
+
+    # refused without the session's token, with another site's Origin, or with none
+    res = await c.post("/account/tokens", data={"name": "x"})
+    assert res.status_code == 403 and "security token" in res.text
+    res = await c.post("/account/tokens", data={**token_field, "name": "x"},
+                       headers={"Origin": "http://evil.example"})
+    assert res.status_code == 403
+    assert await my_tokens() == []
+
+    res = await c.post("/account/tokens", data={**token_field, "name": "ERP export"})
+    assert res.status_code == 201, res.text[:500]
+    assert res.headers["cache-control"] == "no-store"
+    shown = re.findall(r"psu_[A-Za-z0-9_-]{40,}", res.text)
+    assert len(set(shown)) == 1 and "not shown again" in res.text
+    token = shown[0]
+    me = await c.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.status_code == 200 and me.json()["name"] == "vic2"
+
+    html = (await c.get("/account")).text  # listed, never shown again
+    assert token not in html and "ERP export" in html and "Active" in html
+    token_id = int(re.search(r'action="/account/tokens/(\d+)/revoke"', html).group(1))
+    assert (await c.get("/api/v1/me/tokens")).json()["items"][0]["last_used_at"] is not None
+
+    res = await c.post(f"/account/tokens/{token_id}/revoke", data={})
+    assert res.status_code == 403
+    res = await c.post(f"/account/tokens/{token_id}/revoke", data=token_field,
+                       headers={"Origin": "http://evil.example"})
+    assert res.status_code == 403
+    assert (await c.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+            ).status_code == 200
+    res = await c.post(f"/account/tokens/{token_id}/revoke", data=token_field)
+    assert res.status_code == 303 and res.headers["location"] == "/account"
+    html = (await c.get("/account")).text
+    assert "API token revoked." in html and "Revoked" in html
+    assert f'action="/account/tokens/{token_id}/revoke"' not in html
+    res = await c.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert (res.status_code, res.json()["error"]) == (401, "revoked_token")
+    assert [e["action"] for e in await my_tokens()] == ["api_token.revoke", "api_token.create"]
+
+    # another person's token is not theirs to revoke
+    other = httpx.AsyncClient(transport=httpx.ASGITransport(app=c.app), base_url="http://cloud")
+    async with other:
+        assert (await other.post("/login", data={"name": "pat2", "password": PASSWORD,
+                                                 "next": "/"})).status_code == 303
+        res = await other.post("/api/v1/me/tokens", json={"name": "pat's"})
+        pat_token = res.json()
+    res = await c.post(f"/account/tokens/{pat_token['id']}/revoke", data=token_field)
+    assert res.status_code == 404
+    res = await c.get("/api/v1/me", headers={"Authorization": f"Bearer {pat_token['token']}"})
+    assert res.status_code == 200
+
+    # the page in Chinese
+    res = await c.post("/locale", data={**token_field, "locale": "zh-CN", "next": "/account"})
+    assert res.status_code == 303
+    html = (await c.get("/account")).text
+    assert '<html lang="zh-CN">' in html
+    for word in ("我的账户", "API 令牌", "创建令牌", "查看者", "已于"):
+        assert word in html, word
+    res = await c.post("/account/tokens", data={**token_field, "name": "脚本"})
+    assert res.status_code == 201 and "请立即复制：令牌只显示这一次。" in res.text

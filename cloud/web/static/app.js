@@ -2,6 +2,8 @@
 // - [data-refresh]: re-fetch the element's HTML fragment every data-every seconds
 //   (paused while the tab is hidden), so the board and an order's progress stay live.
 // - form[data-confirm]: ask before a destructive action.
+// - button[data-copy]: copy the value of the element its selector names (the new API
+//   token on the account page); the field stays selected if the clipboard is refused.
 (function () {
   "use strict";
   function refresher(el) {
@@ -30,6 +32,19 @@
     document.addEventListener("submit", function (ev) {
       var msg = ev.target.getAttribute && ev.target.getAttribute("data-confirm");
       if (msg && !window.confirm(msg)) { ev.preventDefault(); }
+    });
+    document.querySelectorAll("button[data-copy]").forEach(function (btn) {
+      btn.addEventListener("click", function () {
+        var field = document.querySelector(btn.getAttribute("data-copy"));
+        if (!field) { return; }
+        field.focus();
+        field.select();
+        if (navigator.clipboard) {
+          navigator.clipboard.writeText(field.value).then(function () {
+            btn.classList.add("copied");
+          }, function () { /* not allowed (http): the selected field can be copied by hand */ });
+        }
+      });
     });
   });
 })();
