@@ -51,6 +51,18 @@ KINDS: Final = frozenset(BODY_FIELDS)
 DROPPABLE_KINDS: Final = frozenset({"sample"})
 COUNTS: Final = frozenset({"good", "scrap", "total"})
 MAX_BATCH_RECORDS: Final = 50_000
+# Bounds the cloud's columns set (cloud/models.py); a value past them would fail there as a
+# server error, and a 5xx makes a gateway retry the same batch forever, so they are
+# checked here: seq, ts, backlog, count.delta, state.code and gap seqs land in BIGINT.
+INT64_MAX: Final = 2**63 - 1
+INT64_MIN: Final = -(2**63)
+UINT64_MAX: Final = 2**64 - 1      # msgpack's largest integer (a uint64 counter's raw value)
+MAX_GATEWAY_ID: Final = 64         # gateways.id, records.gateway_id: String(64)
+MAX_DEVICE_NAME: Final = 128       # records.device: String(128)
+_TOP_FIELDS: Final = frozenset({"v", "gateway", "records", "backlog"})
+# Body integers that land in BIGINT columns; every other integer only has msgpack's range.
+_BIGINT_FIELDS: Final = {"count": ("delta",), "state": ("code",),
+                         "gap": ("dropped", "first_seq", "last_seq")}
 
 
 class RecordError(ValueError):
@@ -133,8 +145,8 @@ def encode_batch_raw(gateway: str, rows: Iterable[tuple[int, int, str, str, byte
 def decode_batch(payload: bytes, *, max_records: int = MAX_BATCH_RECORDS) -> Batch:
     """Decode and validate a wire batch. Raises RecordError naming the first bad field.
 
-    Checks: version, gateway, each record's fields and types, the kind's body fields,
-    seq >= 1 and strictly increasing within the batch.
+    Checks: version, no unknown top-level field, gateway, each record's fields, types and
+    bounds, the kind's body fields, seq >= 1 and strictly increasing within the batch.
     """
     try:
         doc = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_bin_len=0,
@@ -144,12 +156,13 @@ def decode_batch(payload: bytes, *, max_records: int = MAX_BATCH_RECORDS) -> Bat
         raise RecordError("batch", f"not valid msgpack ({exc})") from exc
     if not isinstance(doc, dict):
         raise RecordError("batch", "not a map")
+    extra = sorted(map(str, set(doc) - _TOP_FIELDS))
+    if extra:
+        raise RecordError(extra[0], "unknown field in the batch")
     version = doc.get("v")
     if version != WIRE_VERSION:
         raise RecordError("v", f"unsupported version {version!r} (this side speaks {WIRE_VERSION})")
-    gateway = doc.get("gateway")
-    if not isinstance(gateway, str) or not gateway:
-        raise RecordError("gateway", "missing or not a string")
+    gateway = _name(doc.get("gateway"), "gateway", MAX_GATEWAY_ID)
     raw_records = doc.get("records")
     if not isinstance(raw_records, list):
         raise RecordError("records", "missing or not a list")
@@ -165,8 +178,8 @@ def decode_batch(payload: bytes, *, max_records: int = MAX_BATCH_RECORDS) -> Bat
         last_seq = rec.seq
         records.append(rec)
     backlog = doc.get("backlog")
-    if backlog is not None and (type(backlog) is not int or backlog < 0):
-        raise RecordError("backlog", f"must be an integer >= 0, got {backlog!r}")
+    if backlog is not None and (type(backlog) is not int or not 0 <= backlog <= INT64_MAX):
+        raise RecordError("backlog", f"must be an integer 0..{INT64_MAX}, got {backlog!r}")
     return Batch(gateway=gateway, records=tuple(records), backlog=backlog)
 
 
@@ -178,21 +191,37 @@ def validate_record(raw: Any, where: str = "record") -> Record:
     if extra:
         raise RecordError(f"{where}.{sorted(extra)[0]}", "unknown field")
     seq = raw.get("seq")
-    if type(seq) is not int or seq < 1:
-        raise RecordError(f"{where}.seq", f"must be an integer >= 1, got {seq!r}")
-    ts = raw.get("ts")
-    if type(ts) is not int or ts < 0:
-        raise RecordError(f"{where}.ts", f"must be epoch milliseconds >= 0, got {ts!r}")
-    device = raw.get("device")
-    if not isinstance(device, str) or not device:
-        raise RecordError(f"{where}.device", "missing or not a string")
-    kind = raw.get("kind")
-    if kind not in KINDS:
+    if type(seq) is not int or not 1 <= seq <= INT64_MAX:
+        raise RecordError(f"{where}.seq", f"must be an integer 1..{INT64_MAX}, got {seq!r}")
+    ts, device, kind, body = validate_fields(raw.get("ts"), raw.get("device"), raw.get("kind"),
+                                             raw.get("body"), where)
+    return Record(seq=seq, ts=ts, device=device, kind=kind, body=body)
+
+
+def validate_fields(ts: Any, device: Any, kind: Any, body: Any,
+                    where: str = "record") -> tuple[int, str, str, dict[str, Any]]:
+    """Check a record's fields but its seq (the buffer checks new records with this before
+    it assigns one). Returns them with the body's optional fields filled. Raises
+    RecordError naming the field."""
+    if type(ts) is not int or not 0 <= ts <= INT64_MAX:
+        raise RecordError(f"{where}.ts", f"must be epoch milliseconds 0..{INT64_MAX}, got {ts!r}")
+    device = _name(device, f"{where}.device", MAX_DEVICE_NAME)
+    if not isinstance(kind, str) or kind not in KINDS:
         raise RecordError(f"{where}.kind", f"unknown kind {kind!r} (one of {', '.join(sorted(KINDS))})")
-    body = raw.get("body")
-    if not isinstance(body, dict):
+    if not isinstance(body, Mapping):
         raise RecordError(f"{where}.body", "missing or not a map")
-    return Record(seq=seq, ts=ts, device=device, kind=kind, body=validate_body(kind, body, f"{where}.body"))
+    return ts, device, kind, validate_body(kind, body, f"{where}.body")
+
+
+def _name(value: Any, where: str, max_len: int) -> str:
+    if not isinstance(value, str) or not value:
+        raise RecordError(where, "missing or not a string")
+    if len(value) > max_len:
+        raise RecordError(where, f"{len(value)} characters, at most {max_len} "
+                                 f"(the cloud's column): {value[:24]!r}...")
+    if "\x00" in value:
+        raise RecordError(where, f"contains a NUL character: {value!r}")
+    return value
 
 
 def validate_body(kind: str, body: Mapping[str, Any], where: str = "body") -> dict[str, Any]:
@@ -212,6 +241,8 @@ def validate_body(kind: str, body: Mapping[str, Any], where: str = "body") -> di
             raise RecordError(f"{where}.{name}", f"must be {_names(types)}, got a bool")
         if not isinstance(value, types):
             raise RecordError(f"{where}.{name}", f"must be {_names(types)}, got {type(value).__name__}")
+        _storable(value, f"{where}.{name}",
+                  INT64_MAX if name in _BIGINT_FIELDS.get(kind, ()) else UINT64_MAX)
     if kind == "count":
         if out["counts"] not in COUNTS:
             raise RecordError(f"{where}.counts", f"must be one of good, scrap, total, got {out['counts']!r}")
@@ -221,9 +252,21 @@ def validate_body(kind: str, body: Mapping[str, Any], where: str = "body") -> di
         for tag, value in out["values"].items():
             if not isinstance(tag, str) or not isinstance(value, (*_SCALAR, type(None))):
                 raise RecordError(f"{where}.values.{tag}", "must map tag names to scalars")
+            _storable(tag, f"{where}.values.{tag!r}", UINT64_MAX)
+            _storable(value, f"{where}.values.{tag}", UINT64_MAX)
     elif kind == "gap" and out["dropped"] < 0:
         raise RecordError(f"{where}.dropped", "must be >= 0")
     return out
+
+
+def _storable(value: Any, where: str, top: int) -> None:
+    """What the cloud's columns can hold: integers in INT64_MIN..top, text without NUL
+    (PostgreSQL's text and jsonb cannot hold U+0000; the buffer replaces it, see
+    buffer/store.py)."""
+    if type(value) is int and not INT64_MIN <= value <= top:
+        raise RecordError(where, f"{value} is outside {INT64_MIN}..{top}")
+    if isinstance(value, str) and "\x00" in value:
+        raise RecordError(where, f"contains a NUL character: {value[:40]!r}")
 
 
 def _names(types: tuple[type, ...]) -> str:

@@ -136,7 +136,15 @@ from typing import Any, Final, Literal, TypeVar
 
 import structlog
 
-from buffer.records import DROPPABLE_KINDS, KINDS, Record, RecordError, encode_body, validate_body
+from buffer.records import (
+    DROPPABLE_KINDS,
+    INT64_MAX,
+    INT64_MIN,
+    Record,
+    RecordError,
+    encode_body,
+    validate_fields,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -185,8 +193,6 @@ _PEEK_FETCH: Final = 256
 _ROW_OVERHEAD: Final = 48
 # Rough on-disk cost of a stored row besides body and device: kind, seq/ts, cell and index.
 _ROW_COST: Final = 24
-_INT64_MAX: Final = 2**63 - 1
-_INT64_MIN: Final = -(2**63)
 _SQLITE_CORRUPT: Final = 11
 _SQLITE_NOTADB: Final = 26
 
@@ -912,15 +918,9 @@ class Outbox:
 def _prepare(cycle: Cycle) -> tuple[list[tuple[int, str, str, bytes]], list[tuple[str, str, Any]]]:
     rows: list[tuple[int, str, str, bytes]] = []
     for i, rec in enumerate(cycle.records):
-        where = f"cycle.records[{i}]"
-        if type(rec.ts) is not int or rec.ts < 0:
-            raise RecordError(f"{where}.ts", f"must be epoch milliseconds >= 0, got {rec.ts!r}")
-        if not isinstance(rec.device, str) or not rec.device:
-            raise RecordError(f"{where}.device", "missing or not a string")
-        if rec.kind not in KINDS:
-            raise RecordError(f"{where}.kind", f"unknown kind {rec.kind!r}")
-        body = validate_body(rec.kind, rec.body, f"{where}.body")
-        rows.append((rec.ts, rec.device, rec.kind, encode_body(body)))
+        ts, device, kind, body = validate_fields(rec.ts, rec.device, rec.kind,
+                                                 _without_nul(rec.body), f"cycle.records[{i}]")
+        rows.append((ts, device, kind, encode_body(body)))
     base_rows: list[tuple[str, str, Any]] = []
     for key, raw in cycle.baselines.items():
         if (not isinstance(key, tuple) or len(key) != 2
@@ -928,9 +928,20 @@ def _prepare(cycle: Cycle) -> tuple[list[tuple[int, str, str, bytes]], list[tupl
             raise RecordError(f"cycle.baselines[{key!r}]", "key must be (device, tag)")
         if type(raw) is not int:
             raise RecordError(f"cycle.baselines[{key!r}]", f"must be an int, got {raw!r}")
-        stored: Any = raw if _INT64_MIN <= raw <= _INT64_MAX else str(raw)
+        stored: Any = raw if INT64_MIN <= raw <= INT64_MAX else str(raw)
         base_rows.append((key[0], key[1], stored))
     return rows, base_rows
+
+
+def _without_nul(value: Any) -> Any:
+    """The body with NUL characters in its text replaced by U+FFFD. A PLC string can hold
+    NUL inside it (padding, garbage) and PostgreSQL's text cannot: the cloud refuses such a
+    record (buffer.records), and refusing it here would refuse the device's whole cycle."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, Mapping):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    return value
 
 
 def _cycle_bytes(rows: list[tuple[int, str, str, bytes]]) -> int:

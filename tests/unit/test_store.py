@@ -118,9 +118,21 @@ async def test_a_record_the_cloud_would_reject_is_refused_whole(tmp_path: Path) 
             await ob.append(Cycle([count("cnc-1", 0, 1), bad], {("cnc-1", "x"): 1}))
         with pytest.raises(RecordError, match="kind"):
             await ob.append(Cycle([Record(0, 1, "d", "nope", {})]))
+        # past the cloud's columns: refused here, not a 5xx the uplink would retry forever
+        ok = count("cnc-1", 0, 1)
+        for bad, field in ((Record(0, 2**63, "d", ok.kind, ok.body), "ts"),
+                           (Record(0, 1, "d" * 129, ok.kind, ok.body), "device"),
+                           (Record(0, 1, "d", ok.kind, {**ok.body, "delta": 2**63}),
+                            "body.delta")):
+            with pytest.raises(RecordError, match=rf"cycle.records\[1\].{field}: "):
+                await ob.append(Cycle([ok, bad], {("cnc-1", "x"): 1}))
         assert await ob.peek(max_records=10) == []
         assert await ob.baselines() == {}
         assert await ob.append(Cycle([count("cnc-1", 0, 1)])) == [1]
+        # a PLC string with NUL inside is kept, its NUL shown as U+FFFD (the cloud's text
+        # columns cannot hold NUL), rather than refusing the device's cycle
+        await ob.append(Cycle([Record(0, 1, "cnc-1", "sample", {"values": {"prog": "O1\x0023"}})]))
+        assert bodies(await ob.peek(max_records=10))[1] == {"values": {"prog": "O1\ufffd23"}}
 
 
 def on_disk(path: Path) -> int:
