@@ -3,8 +3,10 @@ simulators (and, where it matters, the cloud).
 
 - sd_notify to a real datagram socket: READY=1 once config and buffer are good, WATCHDOG=1
   from the loop, STATUS=, STOPPING=1 on SIGTERM, exit 0;
+- SIGTERM while a device hangs mid-read: exit 0 within 5 s, the last cycle committed;
 - SIGHUP with a bad config keeps the old one polling and logs each problem in the
-  validate format; a good one is applied;
+  validate format; a good one is applied, the uplink restarts for a changed [cloud], and
+  a setting that needs a restart is named as such;
 - the status endpoint (JSON, Prometheus) and `plantsync-edge status`;
 - a device that never answers does not slow another one;
 - logs: quiet at info (no per-poll lines), never the token.
@@ -19,11 +21,13 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from buffer.records import decode_body
 from tests.faults.harness import Device, Rig, rig_logs_on_failure, wait_for
 from tests.services import free_port
 
@@ -105,12 +109,24 @@ def test_sighup_bad_config_keeps_running_good_config_applies(rig: Rig) -> None:
              "old config still polling")
     assert edge.running
 
-    # Now a good change: drop the S7 machine.
+    # Now a good change: drop the S7 machine, change a [cloud] setting (applied: the
+    # uplink restarts) and the buffer quota (needs a restart: said so, old one kept).
     rig.devices = [d for d in rig.devices if d.name == "cnc-01"]
+    rig.buffer_max_mb = 32
     rig.write_config()
+    rig.config.write_text(rig.config.read_text().replace("retry_max_s = 2", "retry_max_s = 3"))
     os.kill(edge.pid, signal.SIGHUP)
     wait_for(lambda: set(rig.edge_status()["devices"]) == {"cnc-01"}, "new config applied")
-    assert "config_reloaded" in edge.text()
+    wait_for(lambda: "config_reloaded" in edge.text(), "config_reloaded logged")
+    events = [json.loads(ln) for ln in edge.text().splitlines() if ln.startswith("{")]
+    reloaded = [e for e in events if e["event"] == "config_reloaded"]
+    assert reloaded[-1]["applied"] == ["cloud.retry_max_s"], reloaded
+    assert reloaded[-1]["restart_required"] == ["gateway.buffer_max_mb"], reloaded
+    needs = [e for e in events if e["event"] == "reload_needs_restart"]
+    assert [e["message"] for e in needs] == [
+        "gateway.buffer_max_mb changed: restart the service to apply it"]
+    assert rig.edge_status()["restart_required"] == ["gateway.buffer_max_mb"]
+    rig.wait_cloud_grows("records after the uplink restarted", by=5)
     assert rig.stop_edge() == 0
 
 
@@ -127,6 +143,8 @@ def test_status_endpoint_metrics_and_cli(rig: Rig) -> None:
     assert 'plantsync_device_online{device="cnc-01"} 1' in metrics
     assert "plantsync_buffer_backlog_records" in metrics
     assert "# TYPE plantsync_device_errors_total counter" in metrics
+    assert "# TYPE plantsync_device_waiting_for_buffer gauge" in metrics
+    assert "waiting_for_buffer_since_ms" in st["devices"]["cnc-01"]
     out = subprocess.run([sys.executable, "-m", "edge.cli", "status", "--config", str(rig.config),
                           "--json"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
@@ -155,6 +173,52 @@ def test_a_silent_device_does_not_slow_the_others(tmp_path: Path) -> None:
         assert st["cnc-01"]["polls"] >= 10 and st["cnc-01"]["errors"] == {}, st
         assert st["cnc-01"]["online"] is True and st["dead-01"]["online"] is False
         assert "device_poll_failed" in r.edge_proc().text()
+        # The breaker opened: the silent device is probed, not polled every period.
+        wait_for(lambda: r.edge_status()["devices"]["dead-01"]["breaker"] == "open",
+                 "the silent device's breaker open")
+
+
+def test_sigterm_with_a_device_hung_mid_read_exits_0_within_5_s(tmp_path: Path) -> None:
+    """The issue: SIGTERM finishes the cycle, flushes and closes within 5 s. One device
+    answers 30 s late with a 60 s timeout, so its read hangs at the signal; the other has
+    just read a counter reset, whose cycle must be in the buffer after the exit."""
+    rig = Rig(tmp_path, seed=3, speed=30.0, poll_ms=150, devices=[
+        Device("cnc-01", "cnc-generic-modbus.toml", "modbus-tcp", free_port()),
+        Device("hung-01", "cnc-generic-modbus.toml", "modbus-tcp", free_port())])
+    with rig_logs_on_failure(rig) as r:
+        blocks = r.config.read_text().split("[[devices]]")
+        r.config.write_text("[[devices]]".join(
+            b.replace("timeout_ms = 1000", "timeout_ms = 60000") if '"hung-01"' in b else b
+            for b in blocks))
+        r.start_sim()      # no cloud: nothing is acked, so the buffer keeps every record
+        r.fault("hung-01", "slow", delay_s=120, seconds=0)
+        r.start_edge()
+        count_sql = "SELECT max(seq) FROM records WHERE device = 'cnc-01' AND kind = 'count'"
+        wait_for(lambda: r.buffer_query(count_sql)[0][0], "cnc-01 counting")
+        st = r.edge_status()["devices"]["hung-01"]
+        assert st["polls"] == 1 and st["online"] is None, st     # its first read hangs
+        # A device never polled has no last poll: NaN, not 1970.
+        metrics = httpx.get(f"http://127.0.0.1:{r.status_port}/metrics", timeout=5).text
+        assert 'plantsync_device_last_poll_timestamp_seconds{device="hung-01"} NaN' in metrics
+        assert 'plantsync_device_poll_latency_seconds{device="hung-01"} NaN' in metrics
+        assert 'plantsync_device_last_poll_timestamp_seconds{device="cnc-01"} NaN' not in metrics
+
+        seq0 = r.buffer_query("SELECT max(seq) FROM records")[0][0]
+        r.fault("cnc-01", "reset")
+        polls = r.edge_status()["devices"]["cnc-01"]["polls"]
+        wait_for(lambda: r.edge_status()["devices"]["cnc-01"]["polls"] > polls,
+                 "a poll of cnc-01 after the reset", interval=0.01)
+        started = time.monotonic()
+        code = r.edge_proc().stop(signal.SIGTERM, timeout=5.0)   # HarnessError after 5 s
+        assert code == 0, r.edge_proc().text()[-3000:]
+        assert time.monotonic() - started < 5.0
+        text = r.edge_proc().text()
+        assert "gateway_stopped" in text and "stop_incomplete" not in text
+        rows = r.buffer_query("SELECT body FROM records WHERE device = 'cnc-01' AND "
+                              f"kind = 'count' AND seq > {seq0}")
+        resets = [b for b in map(decode_body, (row[0] for row in rows)) if b["reset"]]
+        assert resets, f"the reset read before SIGTERM is not in the buffer: {rows}"
+        assert r.buffer_query("PRAGMA integrity_check") == [("ok",)]
 
 
 def test_logs_are_quiet_and_never_carry_the_token(rig: Rig) -> None:
