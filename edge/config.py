@@ -116,6 +116,13 @@ ProtocolName = Literal["modbus-tcp", "modbus-rtu", "s7"]
 # strict: TOML has real numbers and booleans, so "0.1" in quotes is a mistake worth naming
 _STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
 _Code = Annotated[int, Strict(False)]  # TOML table keys are strings: states = { 0 = "off" }
+# Limits the buffer and the cloud set (buffer.records MAX_GATEWAY_ID / MAX_DEVICE_NAME, the
+# cloud's String(64)/String(128) columns; buffer.store MIN_MAX_BYTES). Written out rather
+# than imported so that `validate` does not load the uplinks; tests/unit/test_config.py
+# checks they agree.
+MAX_GATEWAY_ID = 64
+MAX_DEVICE_NAME = 128
+MIN_BUFFER_MB = 2
 
 
 class TagConfig(BaseModel):
@@ -221,21 +228,28 @@ class GatewaySection(BaseModel):
 
     model_config = _STRICT
 
-    id: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = Field(
-        description="This gateway's id, unique in the plant; the cloud knows it by this.",
+    id: Annotated[str, Field(min_length=1, max_length=MAX_GATEWAY_ID,
+                             pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = Field(
+        description="This gateway's id, unique in the plant; the cloud knows it by this "
+        f"(at most {MAX_GATEWAY_ID} characters).",
         examples=["gw-hall1"],
     )
     data_dir: str = Field(
         description="Where the buffer (SQLite) and counter baselines live.",
         examples=["/var/lib/plantsync"],
     )
-    buffer_max_mb: Annotated[int, Field(ge=1)] = Field(
-        default=512, description="Buffer quota in MiB; above it the oldest samples go.",
+    buffer_max_mb: Annotated[int, Field(ge=MIN_BUFFER_MB)] = Field(
+        default=512, description="Buffer quota in MiB (at least "
+        f"{MIN_BUFFER_MB}): database, WAL and their side files; above it the "
+        "oldest samples go.",
         examples=[512],
     )
     buffer_synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL",
-        description="SQLite synchronous mode: FULL survives power loss, NORMAL is faster.",
+        description="SQLite synchronous mode. FULL: every stored cycle survives a power cut. "
+        "NORMAL: far fewer fsyncs (SD cards); a power cut can lose the cycles not yet sent "
+        "(their samples, states and alarms; their counter movement is recovered from the last "
+        "durable baseline, never counted twice).",
         examples=["FULL"],
     )
     log_format: Literal["json", "logfmt"] = Field(
@@ -301,8 +315,10 @@ class DeviceConfig(BaseModel):
 
     model_config = _STRICT
 
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = Field(
-        description="The machine's name, unique on this gateway.", examples=["cnc-03"])
+    name: Annotated[str, Field(min_length=1, max_length=MAX_DEVICE_NAME,
+                               pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = Field(
+        description="The machine's name, unique on this gateway "
+        f"(at most {MAX_DEVICE_NAME} characters).", examples=["cnc-03"])
     map: str = Field(
         description="Register map file, relative to this file's folder.",
         examples=["maps/cnc-generic-modbus.toml"],
@@ -339,8 +355,9 @@ class DeviceConfig(BaseModel):
     max_bits: Annotated[int, Field(ge=1, le=2000)] | None = Field(
         default=None, description="Modbus: coils/inputs per request (at most 2000).",
         examples=[800])
-    max_gap: Annotated[int, Field(ge=0, le=100)] | None = Field(
-        default=None, description="Unused registers (S7: bytes) read to save a request.",
+    max_gap: Annotated[int, Field(ge=0, le=125)] | None = Field(
+        default=None, description="Unused registers (S7: bytes) read to save a request "
+        "(default 125, the Modbus request limit: any gap that fits a request).",
         examples=[10])
 
     @property
@@ -604,6 +621,9 @@ def _translate(err: ErrorDetails, root: type[BaseModel], shown: str) -> Problem:
                        "(no spaces), starting with a letter or digit", hint)
     if kind == "string_too_short":
         return Problem(shown, path, "must not be empty", hint)
+    if kind == "string_too_long":
+        return Problem(shown, path, f"{len(str(value))} characters, at most "
+                       f"{ctx.get('max_length')} (the cloud stores no more)", hint)
     return Problem(shown, path, err["msg"].removeprefix("Value error, "), hint)
 
 

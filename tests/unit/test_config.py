@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from buffer.store import Outbox
 from edge.config import (
+    MAX_DEVICE_NAME,
+    MAX_GATEWAY_ID,
+    MIN_BUFFER_MB,
     ConfigError,
     MapConfig,
     Problem,
@@ -15,7 +19,7 @@ from edge.config import (
     load_gateway,
     load_map,
 )
-from protocols.model import DataType, ModbusAddress, Order, S7Address
+from protocols.model import DataType, ModbusAddress, Order, PlanLimits, S7Address
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
@@ -250,3 +254,57 @@ def test_strict_types_reject_quoted_numbers_and_floats_for_ints(tmp_path: Path) 
         load_gateway(tmp_path / "gw.toml")
     keys = {p.key_path for p in info.value.problems}
     assert keys == {"gateway.buffer_max_mb", "devices[0].port"}
+
+
+def _one_problem(tmp_path: Path, gateway_text: str) -> Problem:
+    _write(tmp_path, {"m.toml": MODBUS_MAP, "gw.toml": gateway_text})
+    with pytest.raises(ConfigError) as info:
+        load_gateway(tmp_path / "gw.toml")
+    (problem,) = info.value.problems
+    return problem
+
+
+def test_max_gap_takes_the_builtin_default_explicitly(tmp_path: Path) -> None:
+    # 125 is PlanLimits' own default (the Modbus request limit): writing it out must work
+    default = PlanLimits().max_gap
+    _write(tmp_path, {"m.toml": MODBUS_MAP, "gw.toml": GATEWAY_HEAD
+                      + _device("a", "m.toml", "modbus-tcp", max_gap=default)
+                      + _device("b", "m.toml", "modbus-tcp")})
+    gw = load_gateway(tmp_path / "gw.toml")
+    assert gw.device("a").limits.max_gap == gw.device("b").limits.max_gap == default == 125
+    problem = _one_problem(tmp_path, GATEWAY_HEAD + _device("a", "m.toml", "modbus-tcp",
+                                                            max_gap=126))
+    assert problem.key_path == "devices[0].max_gap"
+    assert "at most 125, got 126" in problem.message
+
+
+def test_buffer_max_mb_below_the_outbox_minimum_is_a_validation_error(tmp_path: Path) -> None:
+    # 1 MiB used to pass validate and then crash `run` in Outbox() (a systemd restart loop)
+    problem = _one_problem(tmp_path, GATEWAY_HEAD.replace(
+        'data_dir = "/tmp/gw-t"', 'data_dir = "/tmp/gw-t"\nbuffer_max_mb = 1')
+        + _device("a", "m.toml", "modbus-tcp"))
+    assert problem.key_path == "gateway.buffer_max_mb"
+    assert "at least 2, got 1" in problem.message
+    # the smallest valid quota is one the Outbox accepts
+    Outbox(tmp_path / "b.db", gateway="gw-t", max_bytes=MIN_BUFFER_MB * 2**20)
+
+
+def test_names_longer_than_the_cloud_stores_are_refused(tmp_path: Path) -> None:
+    long_gw = GATEWAY_HEAD.replace('id = "gw-t"', f'id = "{"g" * 65}"')
+    problem = _one_problem(tmp_path, long_gw + _device("a", "m.toml", "modbus-tcp"))
+    assert problem.key_path == "gateway.id" and "65 characters, at most 64" in problem.message
+    problem = _one_problem(tmp_path, GATEWAY_HEAD + _device("d" * 129, "m.toml", "modbus-tcp"))
+    assert problem.key_path == "devices[0].name"
+    assert "129 characters, at most 128" in problem.message
+    _write(tmp_path, {"gw.toml": GATEWAY_HEAD.replace('id = "gw-t"', f'id = "{"g" * 64}"')
+                      + _device("d" * 128, "m.toml", "modbus-tcp")})
+    assert load_gateway(tmp_path / "gw.toml").devices[0].name == "d" * 128
+
+
+def test_config_limits_match_the_buffer_and_cloud() -> None:
+    from buffer.records import MAX_DEVICE_NAME as RECORD_DEVICE
+    from buffer.records import MAX_GATEWAY_ID as RECORD_GATEWAY
+    from buffer.store import MIN_MAX_BYTES
+
+    assert (MAX_GATEWAY_ID, MAX_DEVICE_NAME) == (RECORD_GATEWAY, RECORD_DEVICE)
+    assert MIN_BUFFER_MB * 2**20 == MIN_MAX_BYTES
