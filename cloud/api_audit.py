@@ -48,8 +48,8 @@ async def list_audit(
         until: Annotated[datetime | None, Query(description="ts < this (with zone)")] = None,
         limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
     """Audit entries, newest first (planner; people and credentials: admin)."""
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
+    for name, stamp in (("since", since), ("until", until)):
+        if stamp is not None and stamp.tzinfo is None:
             raise InvalidInput(f"{name} must carry a time zone (2026-12-01T08:00Z)", name)
     if since is not None and until is not None and since >= until:
         raise InvalidInput(f"since ({since.isoformat()}) must be before until "
@@ -61,10 +61,10 @@ async def list_audit(
     stmt = select(AuditEntry)
     if not admin:
         stmt = stmt.where(AuditEntry.entity.not_in(PEOPLE_ENTITIES))
-    for column, value in ((AuditEntry.entity, entity), (AuditEntry.entity_id, entity_id),
-                          (AuditEntry.actor, by), (AuditEntry.action, action)):
-        if value is not None:
-            stmt = stmt.where(column == value)
+    for column, wanted in ((AuditEntry.entity, entity), (AuditEntry.entity_id, entity_id),
+                           (AuditEntry.actor, by), (AuditEntry.action, action)):
+        if wanted is not None:
+            stmt = stmt.where(column == wanted)
     if since is not None:
         stmt = stmt.where(AuditEntry.ts >= since)
     if until is not None:
