@@ -61,7 +61,7 @@ async def _setup(url: str) -> tuple[object, list[str], list[int], list[int]]:
         await production.upsert_product(s, "bench", "P", "part")
         await production.create_bom(s, "bench", "P", [
             production.BomLineIn("RESIN", 2 * U, 0.05, True), production.BomLineIn("LABEL", U)])
-        await production.create_routing(s, "bench", "P", [production.RoutingOpIn(10, "mold")])
+        await production.create_routing(s, "bench", "P", [production.RoutingOpIn(10, "mold", work_center="WC")])
         for i, gw in enumerate(gws):
             m = await production.create_machine(s, "bench", gw, "cnc-03", f"M{i}")
             await production.create_work_order(s, "bench", f"WO{i}", "P", 10**9)

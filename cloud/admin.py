@@ -1,4 +1,6 @@
-"""Admin actions on gateways (the CLI's ``admin`` commands), usable from tests too."""
+"""Admin actions on gateways (the CLI's ``admin`` commands), usable from tests too.
+Each is audited (``gateway.create``, ``gateway.rotate``, ``gateway.revoke``) in its own
+transaction; the actor is ``cli`` unless the caller names one (an admin user)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,14 @@ from typing import Final
 import structlog
 from sqlalchemy import select, update
 
-from cloud.auth import hash_token, new_token
+from cloud.auth import Actor, audit, hash_token, new_token
 from cloud.db import Database
 from cloud.errors import AdminError, GatewayExists, UnknownGateway
 from cloud.models import Gateway, gateways
 
 log = structlog.get_logger(__name__)
 
+CLI: Final = "cli"  # the audit actor of the command line
 GATEWAY_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -26,7 +29,8 @@ def check_gateway_id(gateway_id: str) -> None:
                          "(e.g. gw-hall1)")
 
 
-async def create_gateway(db: Database, gateway_id: str, *, rotate: bool = False) -> str:
+async def create_gateway(db: Database, gateway_id: str, *, rotate: bool = False,
+                         actor: Actor | str = CLI) -> str:
     """Create ``gateway_id`` and return its token (the only time it exists in clear).
     With ``rotate``, an existing gateway gets a new token (the old one stops working,
     a revoked gateway is re-enabled). Raises GatewayExists, UnknownGateway, AdminError."""
@@ -48,11 +52,14 @@ async def create_gateway(db: Database, gateway_id: str, *, rotate: bool = False)
         else:
             await session.execute(update(gateways).where(gateways.c.id == gateway_id)
                                   .values(token_hash=hash_token(token), revoked_at=None))
+        await audit(session, actor, "gateway.rotate" if rotate else "gateway.create",
+                    "gateway", gateway_id, {"token_issued": True})
     log.info("gateway_token_issued", gateway=gateway_id, rotated=rotate)
     return token
 
 
-async def revoke_gateway(db: Database, gateway_id: str) -> datetime:
+async def revoke_gateway(db: Database, gateway_id: str, *,
+                         actor: Actor | str = CLI) -> datetime:
     """Revoke the gateway's token (its records stay); returns when. Revoking twice keeps
     the first time. Raises UnknownGateway."""
     now = datetime.now(UTC)
@@ -65,5 +72,7 @@ async def revoke_gateway(db: Database, gateway_id: str) -> datetime:
             return row.revoked_at  # type: ignore[no-any-return]
         await session.execute(update(gateways).where(gateways.c.id == gateway_id)
                               .values(revoked_at=now))
+        await audit(session, actor, "gateway.revoke", "gateway", gateway_id,
+                    {"revoked_at": now.isoformat()})
     log.info("gateway_revoked", gateway=gateway_id)
     return now

@@ -10,7 +10,9 @@ Rules (the plant manager's view):
 - The machine is found by (gateway, device). A device no machine is registered for is
   not dropped and no machine is invented (machines are master data with names and work
   centers a planner chooses): its counts are kept with ``machine_id`` NULL under their
-  gateway and device, and ``adopt_device`` claims them when the machine is registered.
+  gateway and device, and ``adopt_device`` claims them when the machine is registered
+  (cloud/production.py ``create_machine``, in the same transaction): from then on they
+  are the machine's unassigned production, attributed by any dispatch covering them.
 - How counters combine, per record, fixed when the record is first applied (so moving it
   later moves exactly the same pieces). Let K be the counter kinds the device has ever
   reported (learned from its stored count records and this batch):
@@ -168,9 +170,11 @@ async def lock_orders(session: AsyncSession, op_ids: Iterable[int | None]) -> No
 
 
 async def apply_quantities(session: AsyncSession, op_deltas: dict[int, list[int]],
-                           balance_deltas: dict[int, int]) -> None:
+                           balance_deltas: dict[int, int],
+                           first_ts: dict[int, int] | None = None) -> None:
     """Add (good, scrap) to operations and quantities to balances, in id order, then let
-    the status rules run for every operation touched."""
+    the status rules run for every operation touched. ``first_ts``: per operation, the
+    earliest ts of the counts that joined it (its start time moves back to it)."""
     changed = [(op, d) for op, d in sorted(op_deltas.items()) if d[0] or d[1]]
     if changed:
         await session.execute(
@@ -182,7 +186,7 @@ async def apply_quantities(session: AsyncSession, op_deltas: dict[int, list[int]
     if op_deltas:
         from cloud.production import on_operation_progress
         for op in sorted(op_deltas):
-            await on_operation_progress(session, op)
+            await on_operation_progress(session, op, first_ts=(first_ts or {}).get(op))
 
 
 async def add_to_balances(session: AsyncSession, deltas: dict[int, int]) -> None:
@@ -262,6 +266,7 @@ async def apply_counts(session: AsyncSession, gateway_id: str,
         timelines = {m: _Timeline(by_machine[m]) for m in used}
     attr_rows: list[dict[str, Any]] = []
     op_deltas: dict[int, list[int]] = {}
+    first: dict[int, int] = {}
     for r in counts:
         body = r.body
         machine = machine_of.get(r.device)
@@ -277,6 +282,8 @@ async def apply_counts(session: AsyncSession, gateway_id: str,
             acc = op_deltas.setdefault(op, [0, 0])
             acc[0] += good
             acc[1] += scrap
+            if good or scrap:
+                first[op] = min(first.get(op, r.ts), r.ts)
     await session.execute(insert(attributions), attr_rows)
     if not op_deltas:
         return
@@ -300,22 +307,24 @@ async def apply_counts(session: AsyncSession, gateway_id: str,
             balance[c.material_id] += qty
     if moves:
         await session.execute(insert(stock_moves), list(moves.values()))
-    await apply_quantities(session, op_deltas, balance)
+    await apply_quantities(session, op_deltas, balance, first)
 
 
 async def reattribute(session: AsyncSession, machine_id: int, lo: int,
-                      hi: int | None) -> dict[str, int]:
+                      hi: int | None, *, ignore: int | None = None) -> dict[str, int]:
     """Re-attribute ``machine_id``'s counts with ts in [lo, hi) (hi None: no end) to the
     dispatches as they are now: only the rows whose dispatch changes are touched; their
     pieces leave the old operation and join the new one, their backflush moves are
     replaced by the new operation's (balances follow), status rules run for both. The
     caller holds the machine lock (cloud/dispatch.py) and the transaction. Set-based:
     a handful of statements per dispatch segment of the range, whatever its size.
-    Returns {"moved": rows re-attributed}."""
+    ``ignore``: a dispatch to treat as gone (about to be deleted). Returns
+    {"moved": rows re-attributed}."""
     disp_rows = (await session.execute(
         select(dispatches.c.id, dispatches.c.wo_operation_id, dispatches.c.start_ts,
                dispatches.c.end_ts)
         .where(dispatches.c.machine_id == machine_id,
+               *([dispatches.c.id != ignore] if ignore is not None else []),
                *([dispatches.c.start_ts < hi] if hi is not None else []),
                or_(dispatches.c.end_ts.is_(None), dispatches.c.end_ts > lo))
         .order_by(dispatches.c.start_ts))).all()
@@ -341,6 +350,7 @@ async def reattribute(session: AsyncSession, machine_id: int, lo: int,
     infos = await op_infos(session, [d.wo_operation_id for d in disp_rows])
     op_deltas: dict[int, list[int]] = {}
     balance: dict[int, int] = defaultdict(int)
+    first: dict[int, int] = {}
     moved = 0
     for a, b, d in segments:
         cond = [attributions.c.machine_id == machine_id, attributions.c.ts >= a]
@@ -354,12 +364,13 @@ async def reattribute(session: AsyncSession, machine_id: int, lo: int,
         where = and_(*cond)
         old = (await session.execute(
             select(attributions.c.wo_operation_id, func.count(), func.sum(attributions.c.good),
-                   func.sum(attributions.c.scrap))
+                   func.sum(attributions.c.scrap), func.min(attributions.c.ts))
             .where(where).group_by(attributions.c.wo_operation_id))).all()
         if not old:
             continue
         tot_g = tot_s = 0
-        for op, n, g, s in old:
+        seg_first = min(int(r[4]) for r in old)
+        for op, n, g, s, _ in old:
             moved += int(n)
             tot_g += int(g or 0)
             tot_s += int(s or 0)
@@ -380,6 +391,7 @@ async def reattribute(session: AsyncSession, machine_id: int, lo: int,
             acc = op_deltas.setdefault(d.wo_operation_id, [0, 0])
             acc[0] += tot_g
             acc[1] += tot_s
+            first[d.wo_operation_id] = min(first.get(d.wo_operation_id, seg_first), seg_first)
             for c in info.components:
                 qty_expr = -(attributions.c.good * c.per_piece_u
                              + attributions.c.scrap * c.per_scrap_u)
@@ -395,7 +407,7 @@ async def reattribute(session: AsyncSession, machine_id: int, lo: int,
         await session.execute(update(attributions).where(where).values(
             dispatch_id=d.id if d is not None else None,
             wo_operation_id=d.wo_operation_id if d is not None else None))
-    await apply_quantities(session, op_deltas, balance)
+    await apply_quantities(session, op_deltas, balance, first)
     return {"moved": moved}
 
 

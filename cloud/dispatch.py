@@ -15,6 +15,17 @@ range to an operation creates dispatches over the parts of the range no dispatch
 (the covered parts already belong to an order and stay). Keeping every attribution a
 function of the dispatches means a later edit can never silently undo an assignment.
 A list of records is assigned as the range from its first to its last record per machine.
+
+A planner who cancels, completes or closes an order ends its dispatches at that moment
+(``end_order_dispatches``, called by cloud/production.py): counts after it become
+unassigned, counts before it stay with the order. An order completed by its counts
+keeps its dispatches running: over-production is still the order's.
+
+A closed order is final: its dispatches can no longer be edited; a running one can
+still be stopped, but only at or after its last attributed count, so a closed order's
+quantities never change by a stop (``stop``). A cancelled order's dispatches stay
+editable: counts from before the cancel that arrive late land on it by their time (it
+did run then), and the planner moves them elsewhere by editing its dispatch.
 """
 
 from __future__ import annotations
@@ -23,10 +34,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.attribution import adopt_device, reattribute
+from cloud.attribution import adopt_device, lock_machines, reattribute
 from cloud.auth import audit
 from cloud.models import attributions, dispatches, machines, wo_operations, work_orders
 
@@ -107,17 +118,34 @@ async def _check_operation(session: AsyncSession, wo_operation_id: int) -> None:
                                f"in-progress order can be dispatched")
 
 
-async def _check_not_final(session: AsyncSession, wo_operation_id: int, dispatch_id: int) -> None:
-    """A closed order's numbers are final (progress, backflush, reports were settled): its
-    dispatches are not moved any more. Ending one that still runs stays allowed."""
-    row = (await session.execute(
+FINAL = ("closed",)
+
+
+async def _order_of(session: AsyncSession, wo_operation_id: int) -> Any:
+    return (await session.execute(
         select(work_orders.c.number, work_orders.c.status)
         .select_from(wo_operations.join(work_orders))
         .where(wo_operations.c.id == wo_operation_id))).first()
-    if row is not None and row.status in ("closed", "cancelled"):
-        raise DispatchConflict(f"dispatch {dispatch_id} belongs to work order {row.number}, "
+
+
+async def _check_not_final(session: AsyncSession, d: Any, action: str,
+                           new_end: int | None) -> None:
+    """A closed order's numbers are settled (progress, backflush, reports): its dispatches
+    are not moved any more. Stopping one that still runs stays allowed at or after its
+    last attributed count (counts after the stop leave the order, and it has none)."""
+    row = await _order_of(session, d.wo_operation_id)
+    if row is None or row.status not in FINAL:
+        return
+    if action != "dispatch.stop" or d.end_ts is not None:
+        raise DispatchConflict(f"dispatch {d.id} belongs to work order {row.number}, "
                                f"which is {row.status}; its counts are final and the dispatch "
                                f"can no longer be edited")
+    last = (await session.execute(select(func.max(attributions.c.ts)).where(
+        attributions.c.dispatch_id == d.id))).scalar()
+    if last is not None and new_end is not None and new_end <= last:
+        raise DispatchConflict(f"dispatch {d.id} of {row.status} work order {row.number} has "
+                               f"counts up to ts {last}; its quantities are final, so stop it "
+                               f"at {last + 1} or later")
 
 
 async def get(session: AsyncSession, dispatch_id: int) -> Any:
@@ -162,17 +190,17 @@ async def start(session: AsyncSession, actor: Any, machine_id: int, wo_operation
 
 async def edit(session: AsyncSession, actor: Any, dispatch_id: int, *,
                start_ts: int | None = None, end_ts: int | None = None,
-               clear_end: bool = False, action: str = "dispatch.edit") -> dict[str, Any]:
+               clear_end: bool = False, action: str = "dispatch.edit",
+               reason: str | None = None) -> dict[str, Any]:
     """Change a dispatch's start and/or end after the fact (``clear_end``: running again).
     Re-attributes only the counts in the time ranges that changed. Raises
     DispatchNotFound, DispatchConflict (overlap), DispatchError (empty interval)."""
     d = await get(session, dispatch_id)
     await lock_machine(session, d.machine_id)
     d = await get(session, dispatch_id)  # re-read under the lock
-    if not (action == "dispatch.stop" and d.end_ts is None):
-        await _check_not_final(session, d.wo_operation_id, dispatch_id)
     new_start = d.start_ts if start_ts is None else start_ts
     new_end = None if clear_end else (d.end_ts if end_ts is None else end_ts)
+    await _check_not_final(session, d, action, new_end)
     _check_interval(new_start, new_end)
     clash = await _overlapping(session, d.machine_id, new_start, new_end, exclude=dispatch_id)
     if clash:
@@ -193,8 +221,11 @@ async def edit(session: AsyncSession, actor: Any, dispatch_id: int, *,
         else:
             lo, hi = sorted((new_end, d.end_ts))
             moved += (await reattribute(session, d.machine_id, lo, hi))["moved"]
-    detail = {"before": {"start_ts": d.start_ts, "end_ts": d.end_ts},
-              "after": {"start_ts": new_start, "end_ts": new_end}, "reattributed": moved}
+    detail: dict[str, Any] = {"before": {"start_ts": d.start_ts, "end_ts": d.end_ts},
+                              "after": {"start_ts": new_start, "end_ts": new_end},
+                              "reattributed": moved}
+    if reason is not None:
+        detail["reason"] = reason
     await audit(session, actor, action, "dispatch", str(dispatch_id), detail)
     return detail
 
@@ -202,9 +233,42 @@ async def edit(session: AsyncSession, actor: Any, dispatch_id: int, *,
 async def stop(session: AsyncSession, actor: Any, dispatch_id: int,
                end_ts: int | None = None) -> dict[str, Any]:
     """End a running dispatch at ``end_ts`` (default now); counts after it become
-    unassigned (or another dispatch's). Raises as ``edit``."""
+    unassigned (or another dispatch's). Raises as ``edit``. On a closed order only a
+    running dispatch can be stopped, and not before its last attributed count
+    (DispatchConflict names the earliest end): a closed order's quantities stay."""
     return await edit(session, actor, dispatch_id, end_ts=now_ms() if end_ts is None else end_ts,
                       action="dispatch.stop")
+
+
+async def end_order_dispatches(session: AsyncSession, actor: Any, work_order_id: int,
+                               at: int, reason: str) -> list[int]:
+    """A planner cancelled, completed or closed the order at ``at``: its dispatches that
+    still run then end at ``at`` (audited ``dispatch.stop``), those that would start at or
+    after it are deleted (``dispatch.delete``); counts from ``at`` on leave the order
+    (unassigned), re-attributed here. Locks the machines (in id order) before the order,
+    as ingest does. Call it before locking the order. Returns the dispatch ids."""
+    cond = [wo_operations.c.work_order_id == work_order_id,
+            or_(dispatches.c.end_ts.is_(None), dispatches.c.end_ts > at)]
+    q = (select(dispatches).select_from(dispatches.join(wo_operations))
+         .where(*cond).order_by(dispatches.c.id))
+    rows = (await session.execute(q)).all()
+    if not rows:
+        return []
+    await lock_machines(session, [r.machine_id for r in rows])
+    ids: list[int] = []
+    for d in (await session.execute(q)).all():  # again, under the locks
+        ids.append(int(d.id))
+        if d.start_ts < at:
+            await edit(session, actor, d.id, end_ts=at, action="dispatch.stop", reason=reason)
+            continue
+        await lock_machine(session, d.machine_id)
+        moved = (await reattribute(session, d.machine_id, d.start_ts, d.end_ts,
+                                   ignore=d.id))["moved"]
+        await session.execute(delete(dispatches).where(dispatches.c.id == d.id))
+        await audit(session, actor, "dispatch.delete", "dispatch", str(d.id),
+                    {"before": {"start_ts": d.start_ts, "end_ts": d.end_ts},
+                     "reattributed": moved, "reason": reason})
+    return ids
 
 
 async def assign(session: AsyncSession, actor: Any, machine_id: int, wo_operation_id: int,

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from sqlalchemy import func, insert, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.attribution import add_to_balances
@@ -71,9 +72,17 @@ async def material_id(session: AsyncSession, code: str) -> int:
     return int(mid)
 
 
-async def balance_u(session: AsyncSession, mid: int) -> int:
-    q = (await session.execute(select(stock_balances.c.qty_u)
-                               .where(stock_balances.c.material_id == mid))).scalar()
+async def balance_u(session: AsyncSession, mid: int, *, lock: bool = False) -> int:
+    """The material's balance. ``lock``: hold it until the transaction ends, so no
+    backflush or move can change it meanwhile (PostgreSQL: the row is created if missing,
+    then read FOR UPDATE; SQLite: the write transaction already excludes other writers,
+    cloud/db.py)."""
+    stmt = select(stock_balances.c.qty_u).where(stock_balances.c.material_id == mid)
+    if lock and session.bind.dialect.name == "postgresql":
+        await session.execute(postgresql.insert(stock_balances).values(material_id=mid, qty_u=0)
+                              .on_conflict_do_nothing(index_elements=["material_id"]))
+        stmt = stmt.with_for_update()
+    q = (await session.execute(stmt)).scalar()
     return int(q or 0)
 
 
@@ -99,12 +108,15 @@ async def post_move(session: AsyncSession, actor: Any, code: str, kind: str, qty
 
 async def stock_count(session: AsyncSession, actor: Any, code: str, counted_u: int, *,
                       note: str | None = None, ts: int | None = None) -> dict[str, Any]:
-    """A physical count: books the difference to the current balance (kind ``count``)."""
+    """A physical count: books the difference to the current balance (kind ``count``).
+    The balance is locked from the read to the booking, so a backflush committing
+    meanwhile waits and then applies on top: the balance is the counted figure at the
+    count and moves from there."""
     if counted_u < 0:
         raise InventoryError(f"counted cannot be negative ({counted_u} micro-units)", "counted")
     _check_size(counted_u, "counted")
     mid = await material_id(session, code)
-    diff = counted_u - await balance_u(session, mid)
+    diff = counted_u - await balance_u(session, mid, lock=True)
     return await _book(session, actor, code, "count", diff, None, note, ts, counted_u=counted_u)
 
 

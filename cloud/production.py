@@ -43,7 +43,9 @@ import structlog
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cloud.attribution import adopt_device
 from cloud.auth import Actor, audit
+from cloud.dispatch import end_order_dispatches
 from cloud.models import (
     COMPLETION_MODES,
     Bom,
@@ -57,6 +59,7 @@ from cloud.models import (
     WoComponent,
     WoOperation,
     WorkOrder,
+    attributions,
 )
 
 log = structlog.get_logger(__name__)
@@ -247,11 +250,19 @@ async def upsert_material(session: AsyncSession, actor: Actor | str, code: str, 
 
 async def create_machine(session: AsyncSession, actor: Actor | str, gateway_id: str,
                          device: str, name: str, work_center: str | None = None) -> Machine:
-    """A machine for one device of one gateway. Duplicate if (gateway, device) exists."""
+    """A machine for one device of one gateway. Duplicate if (gateway, device) exists.
+
+    Counts the device sent before it was registered (kept under gateway and device,
+    cloud/attribution.py) become the machine's production in the same transaction:
+    unassigned, or the order's where a dispatch of the new machine covers them (none can
+    yet, so later dispatches and assignments pick them up). The gateway row is locked
+    first (PostgreSQL), as ingest does, so no batch of that gateway can store counts for
+    the device without a machine while the machine is being created."""
     device = _text(device, "device", max_len=128) or ""
     name = _text(name, "name", max_len=128) or ""
     work_center = _text(work_center, "work_center", max_len=64, required=False)
-    if await session.get(Gateway, gateway_id) is None:
+    if await session.scalar(select(Gateway.id).where(Gateway.id == gateway_id)
+                            .with_for_update()) is None:
         raise NotFound(f"gateway {gateway_id!r} unknown")
     if await session.scalar(select(Machine.id).where(
             Machine.gateway_id == gateway_id, Machine.device == device)) is not None:
@@ -259,9 +270,10 @@ async def create_machine(session: AsyncSession, actor: Actor | str, gateway_id: 
     row = Machine(gateway_id=gateway_id, device=device, name=name, work_center=work_center)
     session.add(row)
     await session.flush()
+    adopted = await adopt_device(session, row.id)
     await audit(session, actor, "machine.create", "machine", row.id,
                 {"gateway_id": gateway_id, "device": device, "name": name,
-                 "work_center": work_center})
+                 "work_center": work_center, "adopted_records": adopted})
     return row
 
 
@@ -336,10 +348,16 @@ async def create_bom(session: AsyncSession, actor: Actor | str, product_code: st
 async def create_routing(session: AsyncSession, actor: Actor | str, product_code: str,
                          ops: Sequence[RoutingOpIn], version: int | None = None) -> Routing:
     """A new routing version of ``product_code`` (default: highest + 1; it becomes
-    current). Steps must be unique; each operation names a machine or a work center."""
+    current). Steps must be unique; each operation names a machine or a work center
+    (InvalidInput otherwise, field ``work_center``)."""
     product = await _product(session, product_code)
     if not ops:
         raise InvalidInput(f"routing of {product_code!r} has no operations", "operations")
+    for op in ops:
+        if op.machine_id is None and not (op.work_center or "").strip():
+            raise InvalidInput(f"routing of {product_code!r}: step {op.step} ({op.name!r}) "
+                               "names neither a machine nor a work center; give one "
+                               "(machine_id, or work_center e.g. \"WC-1\")", "work_center")
     steps = [op.step for op in ops]
     if len(set(steps)) != len(steps):
         raise InvalidInput(f"routing of {product_code!r} repeats a step: {sorted(steps)}",
@@ -398,8 +416,8 @@ async def current_routing(session: AsyncSession, product_id: int) -> Routing | N
 async def get_work_order(session: AsyncSession, number: str, *,
                          for_update: bool = False) -> WorkOrder:
     stmt = select(WorkOrder).where(WorkOrder.number == number)
-    if for_update:
-        stmt = stmt.with_for_update()
+    if for_update:  # a locking read sees the latest row, also over a loaded object
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
     row = await session.scalar(stmt)
     if row is None:
         raise NotFound(f"work order {number!r} unknown")
@@ -551,24 +569,48 @@ async def release_work_order(session: AsyncSession, actor: Actor | str,
 
 async def cancel_work_order(session: AsyncSession, actor: Actor | str, number: str,
                             reason: str | None = None) -> WorkOrder:
-    """draft/released -> cancelled (nothing was produced for it)."""
-    order = await get_work_order(session, number, for_update=True)
-    return await _transition(session, actor, order, "cancel", "cancelled", reason=reason)
+    """draft/released -> cancelled (nothing was produced for it). Its dispatches end now
+    (``_planner_transition``)."""
+    return await _planner_transition(session, actor, number, "cancel", "cancelled", reason)
 
 
 async def complete_work_order(session: AsyncSession, actor: Actor | str, number: str,
                               reason: str | None = None) -> WorkOrder:
     """released/in_progress -> completed by a planner (confirm mode, or an order finished
-    short). Operation statuses stay as counted; later counts never reopen it."""
-    order = await get_work_order(session, number, for_update=True)
-    return await _transition(session, actor, order, "complete", "completed", reason=reason)
+    short). Operation statuses stay as counted; later counts never reopen it. Its
+    dispatches end now (``_planner_transition``)."""
+    return await _planner_transition(session, actor, number, "complete", "completed", reason)
 
 
 async def close_work_order(session: AsyncSession, actor: Actor | str, number: str,
                            reason: str | None = None) -> WorkOrder:
-    """completed -> closed (final: counts still attribute, statuses no longer move)."""
+    """completed -> closed (final: statuses no longer move; counts from before the close
+    that arrive late still attribute, by their time). Its dispatches still running (an
+    order its counts completed keeps running for over-production) end now."""
+    return await _planner_transition(session, actor, number, "close", "closed", reason)
+
+
+async def _planner_transition(session: AsyncSession, actor: Actor | str, number: str,
+                              action: str, to: str, reason: str | None) -> WorkOrder:
+    """A planner's cancel/complete/close at ``now``: the order's dispatches running then
+    end at ``now`` (cloud/dispatch.py ``end_order_dispatches``: counts after it become
+    unassigned and no longer backflush for this order), then the transition, one
+    transaction. The machines are locked before the order, as ingest does."""
+    _check(await get_work_order(session, number), action)
+    now = _now()
+    ended = await _end_dispatches(session, actor, number, now, f"work_order.{action}")
     order = await get_work_order(session, number, for_update=True)
-    return await _transition(session, actor, order, "close", "closed", reason=reason)
+    return await _transition(session, actor, order, action, to, reason=reason, at=now,
+                             detail={"dispatches_ended": ended} if ended else None)
+
+
+async def _end_dispatches(session: AsyncSession, actor: Actor | str, number: str,
+                          at: datetime, why: str) -> list[int]:
+    order_id = await session.scalar(select(WorkOrder.id).where(WorkOrder.number == number))
+    if order_id is None:
+        return []
+    return await end_order_dispatches(session, actor, order_id,
+                                      int(at.timestamp() * 1000), why)
 
 
 _STAMP: Final = {"released": "released_at", "in_progress": "started_at",
@@ -601,9 +643,9 @@ async def _transition(session: AsyncSession, actor: Actor | str, order: WorkOrde
 
 # -- operations -----------------------------------------------------------------------
 
-async def _operation(session: AsyncSession, number: str, step: int
+async def _operation(session: AsyncSession, number: str, step: int, *, lock: bool = True
                      ) -> tuple[WorkOrder, WoOperation]:
-    order = await get_work_order(session, number, for_update=True)
+    order = await get_work_order(session, number, for_update=lock)
     op = await session.scalar(select(WoOperation).where(
         WoOperation.work_order_id == order.id, WoOperation.step == step))
     if op is None:
@@ -655,7 +697,11 @@ async def resume_operation(session: AsyncSession, actor: Actor | str, number: st
 async def complete_operation(session: AsyncSession, actor: Actor | str, number: str,
                              step: int) -> WoOperation:
     """A planner confirms an operation done (confirm mode, or short). Completing the last
-    operation completes the order."""
+    operation completes the order (and ends its dispatches, as ``complete_work_order``)."""
+    order, op = await _operation(session, number, step, lock=False)
+    _check_op(order, op, "complete")
+    if await _is_last(session, op):
+        await _end_dispatches(session, actor, number, _now(), "operation.complete")
     order, op = await _operation(session, number, step)
     _check_op(order, op, "complete")
     before, op.status, op.completed_at = op.status, "completed", _now()
@@ -683,14 +729,22 @@ class Progress:
 
 
 async def on_operation_progress(session: AsyncSession, wo_operation_id: int, *,
-                                at: datetime | None = None) -> Progress:
+                                at: datetime | None = None,
+                                first_ts: int | None = None) -> Progress:
     """Derive statuses from an operation's counts; call after every change of its
     ``good``/``scrap`` (attribution, re-attribution). The only place these rules live:
 
     - first count on a pending operation -> operation in_progress; on a released order
-      -> order in_progress (``started_at`` = ``at``, the count's time, default now);
+      -> order in_progress;
     - ``auto`` mode: good >= order quantity -> operation completed; the last operation
       completed -> order completed (from released or in_progress);
+    - the times are the records' own, as if every record had arrived on time: started_at
+      is the ts of the operation's first attributed count, completed_at the ts of the
+      count that brought its good pieces (in ts order) to the quantity; the order takes
+      its operation's. ``first_ts`` (epoch ms): the earliest of the counts that just
+      joined the operation; a late count from before its started_at moves the
+      operation's and the order's started_at back to it. ``at`` (default now) only where
+      no record says;
     - ``auto`` mode: good < quantity on an operation the counts completed (counts taken
       away by re-attribution) -> operation back to in_progress, and if it is the last
       operation and the counts completed the order, the order back to in_progress; what
@@ -718,8 +772,9 @@ async def on_operation_progress(session: AsyncSession, wo_operation_id: int, *,
         before = op.status
         op.status = to
         if to == "in_progress" and op.started_at is None:
-            op.started_at = when
-        op.completed_at = when if to == "completed" else None
+            op.started_at = await _first_count_at(session, op.id) or when
+        op.completed_at = (await _crossing_at(session, op.id, order.quantity) or when
+                           if to == "completed" else None)
         op.completed_by = SYSTEM if to == "completed" else None
         result.transitions.append((f"operation {op.step}", before, to))
         await audit(session, SYSTEM, f"operation.{'reopen' if before == 'completed' else to}",
@@ -738,22 +793,54 @@ async def on_operation_progress(session: AsyncSession, wo_operation_id: int, *,
         reopened_last = await _is_last(session, op)
 
     if order.status == "released" and counted:
-        await _transition(session, SYSTEM, order, "start", "in_progress", at=when,
+        started = op.started_at or await _first_count_at(session, op.id) or when
+        await _transition(session, SYSTEM, order, "start", "in_progress", at=started,
                           check=False, detail={"by_operation": op.step})
         result.transitions.append(("work order", "released", "in_progress"))
     if (auto and order.status in OPEN_ORDER and op.status == "completed"
             and await _is_last(session, op)):
         before = order.status
-        await _transition(session, SYSTEM, order, "complete", "completed", at=when,
-                          check=False, detail={"by_operation": op.step, "auto": True})
+        await _transition(session, SYSTEM, order, "complete", "completed",
+                          at=op.completed_at or when, check=False,
+                          detail={"by_operation": op.step, "auto": True})
         result.transitions.append(("work order", before, "completed"))
     elif reopened_last and order.status == "completed" and order.completed_by == SYSTEM:
         await _transition(session, SYSTEM, order, "reopen", "in_progress", check=False,
                           detail={"by_operation": op.step, "good": op.good,
                                   "quantity": order.quantity})
         result.transitions.append(("work order", "completed", "in_progress"))
+    early = _ms_to_dt(first_ts)
+    if early is not None and op.started_at is not None and early < op.started_at:
+        op.started_at = early  # a late count from before the start: as if on time
+    if early is not None and order.started_at is not None and early < order.started_at:
+        order.started_at = early
     await session.flush()
     return result
+
+
+def _ms_to_dt(ts: int | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts / 1000, UTC)
+
+
+async def _first_count_at(session: AsyncSession, wo_operation_id: int) -> datetime | None:
+    """The ts of the operation's first attributed count with pieces (None: none)."""
+    return _ms_to_dt(await session.scalar(
+        select(func.min(attributions.c.ts)).where(
+            attributions.c.wo_operation_id == wo_operation_id,
+            or_(attributions.c.good != 0, attributions.c.scrap != 0))))
+
+
+async def _crossing_at(session: AsyncSession, wo_operation_id: int,
+                       quantity: int) -> datetime | None:
+    """The ts of the attributed count that, in ts order, brought the operation's good
+    pieces to ``quantity`` (None: they never reached it)."""
+    running = (select(attributions.c.ts, func.sum(attributions.c.good).over(
+        order_by=(attributions.c.ts, attributions.c.gateway_id, attributions.c.seq))
+        .label("cum")).where(attributions.c.wo_operation_id == wo_operation_id,
+                             attributions.c.good != 0).subquery())
+    return _ms_to_dt(await session.scalar(
+        select(running.c.ts).where(running.c.cum >= quantity)
+        .order_by(running.c.ts).limit(1)))
 
 
 # -- queries --------------------------------------------------------------------------
