@@ -655,8 +655,8 @@ class Outbox:
         this thread, with no statement open: the checkpoint completes unless another
         process holds a read transaction, in which case the mark stays and the next peek
         tries again."""
-        if self._durable_through >= self._last_seq:
-            return self._durable_through
+        if self._durable_through >= self._last_seq or after_seq >= self._last_seq:
+            return self._durable_through  # all durable, or nothing to hand out anyway
         con = self._db()
         row = con.execute("SELECT seq FROM records WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
                           (after_seq, max_records - 1)).fetchone()

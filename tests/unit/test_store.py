@@ -249,8 +249,9 @@ async def test_normal_peek_hands_out_only_rows_that_survive_a_power_cut(tmp_path
         assert [r.seq for r in sent] == list(range(1, 41))
         assert (await ob.stats()).durable_through == 40
         await cycles(ob, 20)                             # committed, not peeked, not fsynced
-        # within the durable mark: no checkpoint needed, none of the new rows handed out
+        # within the durable mark, or past the last seq: no checkpoint, no new row handed out
         assert [r.seq for r in await ob.peek(max_records=10)] == list(range(1, 11))
+        assert await ob.peek(max_records=10, after_seq=80) == []
         assert (await ob.stats()).durable_through == 40
         shutil.copyfile(path, tmp_path / "after_power_cut.db")
         con = sqlite3.connect(tmp_path / "after_power_cut.db")
