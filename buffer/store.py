@@ -367,7 +367,11 @@ class Outbox:
         upper bound of their size in ``encode_batch_raw``, without the ~40-byte batch
         header). The first row is always returned however big, so one large record cannot
         block the queue. Reads in chunks of 256 rows and stops early; never loads the
-        backlog. Read-only; raises ``BufferCorrupt`` or ``OutboxError``."""
+        backlog. Under ``synchronous="NORMAL"`` it returns only records already fsynced,
+        checkpointing first when the window asked for goes beyond them (see Durability), so
+        it may return fewer rows than are stored. Changes no record; raises
+        ``BufferCorrupt``, ``BufferWriteError`` (NORMAL: the checkpoint's fsync failed) or
+        ``OutboxError``."""
         if max_records < 1:
             raise ValueError(f"max_records must be >= 1, got {max_records}")
         return await self._run(self._peek_sync, max_records, max_bytes, after_seq or 0)
