@@ -478,8 +478,10 @@ def render_status(doc: dict[str, Any], out: TextIO) -> None:
                          _ago(dev.get("last_poll_ts"), now_ms) or "never",
                          str(dev.get("last_error") or "")))
             if dev.get("waiting_for_buffer_since_ms") is not None:
+                reason = dev.get("buffer_wait_reason")
                 notes.append(f"  {name}: waiting for buffer since "
-                             f"{_when(dev['waiting_for_buffer_since_ms'], now_ms)}")
+                             f"{_when(dev['waiting_for_buffer_since_ms'], now_ms)}"
+                             + (f": {reason}" if reason else ""))
             elif dev.get("slowed_by_buffer"):
                 notes.append(f"  {name}: slowed down by the buffer (missed its poll period)")
             if dev.get("errors"):
@@ -489,6 +491,10 @@ def render_status(doc: dict[str, Any], out: TextIO) -> None:
             print(line, file=out)
     for key, value in doc.items():
         if key in ("gateway", "started_ts", "uptime_s", "devices"):
+            continue
+        if key == "restart_required":
+            if value:
+                print("restart required to apply: " + ", ".join(map(str, value)), file=out)
             continue
         if key == "clock" and isinstance(value, dict):
             rest = {k: v for k, v in value.items() if k not in ("wall_ts", "last_jump_ms")}

@@ -130,9 +130,11 @@ STATUS = {"gateway": "gw-t", "started_ts": NOW_MS - 3_725_000, "uptime_s": 3725.
               "imm-02": {"online": True, "breaker": "half-open", "polls": 7,
                          "requests_per_poll": 1, "poll_latency_ms": 5, "last_error": None,
                          "last_poll_ts": NOW_MS - 12_000,
-                         "waiting_for_buffer_since_ms": NOW_MS - 12_000}},
+                         "waiting_for_buffer_since_ms": NOW_MS - 12_000,
+                         "buffer_wait_reason": "buffer write error: disk full"}},
           "buffer": {"records": 4, "commits": 9}, "uplink": {"state": "ok", "last_ack_ts": NOW_MS - 2_000},
-          "clock": {"wall_ts": NOW_MS, "jumps": 1, "last_jump_ms": -3_600_000}}
+          "clock": {"wall_ts": NOW_MS, "jumps": 1, "last_jump_ms": -3_600_000},
+          "restart_required": ["buffer_max_mb"]}
 
 
 def _local(ts_ms: int) -> str:
@@ -183,7 +185,9 @@ def test_status_json_and_table(capsys: pytest.CaptureFixture[str], status_server
     assert row["imm-01"].split()[1:3] == ["no", "open"] and "never" in row["imm-01"]
     assert row["imm-01"].endswith("imm-01: connection refused") and "None" not in row["imm-01"]
     assert row["imm-02"].split()[1:3] == ["yes", "half-open"] and "12 s ago" in row["imm-02"]
-    assert f"  imm-02: waiting for buffer since {_local(NOW_MS - 12_000)} (12 s ago)" in lines
+    assert (f"  imm-02: waiting for buffer since {_local(NOW_MS - 12_000)} (12 s ago): "
+            "buffer write error: disk full") in lines
+    assert "restart required to apply: buffer_max_mb" in lines
     assert "  imm-01: errors connect=4" in lines
     assert not any("waiting for buffer" in ln for ln in lines if "cnc-01" in ln)
     assert "buffer: records=4, commits=9" in lines
