@@ -4,6 +4,7 @@ the models' schema, records are append-only, and ingest's hook and edge cases in
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 
@@ -11,7 +12,7 @@ import msgpack
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from buffer.records import Record
@@ -102,3 +103,89 @@ async def test_body_cap_and_msgpack_answer_in_process(cloud_client):
         "Content-Type": "application/msgpack", "Accept": "application/json;q=0.5, "
         "application/msgpack"}, content=batch_bytes("gw-test", many[:10]))
     assert msgpack.unpackb(res.content) == {"acked_through": 10, "stored": 10, "duplicates": 0}
+
+
+async def test_writers_queue_and_readers_do_not_wait(cloud_db_url: str,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    """SQLite's busy wait cut to 50 ms: a write transaction holds the database for
+    1 s (20 times that) while 20 gateways ingest, a planner writes master data and an
+    autobegin session writes a gateway row. All of them queue for the writer (first
+    come first served) and succeed; on SQLite's busy wait alone they would fail
+    "database is locked". Meanwhile a read transaction and a plain session read
+    without waiting for the writer. PostgreSQL runs the same (row locks)."""
+    import cloud.db
+    from buffer.records import Batch, Record
+    from cloud import production
+    from cloud.admin import create_gateway
+    from cloud.attribution import apply_counts
+    from cloud.ingest import ingest_batch
+    from cloud.models import gateways
+
+    monkeypatch.setattr(cloud.db, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    async with Database(cloud_db_url) as db:
+        gws = [f"gw-q{i}" for i in range(20)]
+        for gw in gws:
+            await create_gateway(db, gw)
+        holding, reads_done = asyncio.Event(), asyncio.Event()
+
+        async def hold() -> None:
+            async with db.sessions() as s, s.begin():
+                await production.upsert_material(s, "t", "HOLD", "held", "kg")
+                holding.set()
+                await asyncio.wait_for(reads_done.wait(), 30)  # readers pass the writer
+                await asyncio.sleep(1.0)
+
+        async def ingest(gw: str) -> None:
+            await holding.wait()
+            recs = [Record(i, 1_700_000_000_000 + i, "press", "count",
+                           {"tag": "c", "counts": "good", "delta": 1, "raw_before": 0,
+                            "raw_after": 1, "reset": False}) for i in range(1, 201)]
+            await ingest_batch(db, gw, Batch(gw, recs), received_ms=1_700_000_000_000,
+                               appliers=[apply_counts])
+
+        async def planner(i: int) -> None:
+            await holding.wait()
+            async with db.sessions() as s, s.begin():
+                await production.upsert_material(s, "t", f"M{i}", "m", "kg")
+
+        async def autobegin_writer() -> None:
+            await holding.wait()
+            async with db.sessions() as s:
+                await s.execute(select(gateways.c.id))
+                await s.execute(update(gateways).where(gateways.c.id == "gw-q0")
+                                .values(backlog=7))
+                await s.commit()
+
+        async def readers() -> None:
+            await holding.wait()
+            async with db.transaction(write=False) as s:
+                assert len((await s.execute(select(gateways.c.id))).all()) >= 20
+            async with db.sessions() as s:
+                assert len((await s.execute(select(gateways.c.id))).all()) >= 20
+            reads_done.set()
+
+        await asyncio.gather(hold(), readers(), autobegin_writer(), *(ingest(g) for g in gws),
+                             *(planner(i) for i in range(5)))
+        async with db.sessions() as s:
+            assert (await s.execute(select(func.count()).select_from(records))).scalar() == 4000
+            assert (await s.execute(select(gateways.c.backlog).where(
+                gateways.c.id == "gw-q0"))).scalar() == 7
+
+
+async def test_gateway_create_rotate_revoke_are_audited(cloud_db_url: str):
+    from cloud.admin import create_gateway, revoke_gateway
+    from cloud.models import AuditEntry
+
+    async with Database(cloud_db_url) as db:
+        await create_gateway(db, "gw-x")
+        await create_gateway(db, "gw-x", rotate=True, actor="alice")
+        await revoke_gateway(db, "gw-x")
+        await revoke_gateway(db, "gw-x")  # twice keeps the first: no second entry
+        async with db.sessions() as s:
+            rows = (await s.execute(select(AuditEntry.actor, AuditEntry.action,
+                                           AuditEntry.entity, AuditEntry.entity_id)
+                                    .where(AuditEntry.entity_id == "gw-x")
+                                    .order_by(AuditEntry.id))).all()
+    assert [tuple(r) for r in rows] == [("cli", "gateway.create", "gateway", "gw-x"),
+                                        ("alice", "gateway.rotate", "gateway", "gw-x"),
+                                        ("cli", "gateway.revoke", "gateway", "gw-x")]

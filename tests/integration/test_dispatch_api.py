@@ -233,7 +233,8 @@ def test_concurrent_ingest_from_20_gateways_while_a_planner_edits(cloud_server: 
     order B, all dispatched open from T0. Each gateway sends 5 batches of 20 counts of 1
     piece at T0+0..T0+99 (ms). Meanwhile a planner flips A's dispatch on machine 0 between
     ending at T0+50 and running, and B's dispatch on machine 10 between starting at T0+50
-    and T0, 5 times, then ends machine 0's at T0+50 for good. By hand: A = 9*100 + 50 = 950
+    and T0, 5 times, then ends machine 0's at T0+50 for good, while master data is
+    written and read (no request may fail). By hand: A = 9*100 + 50 = 950
     pieces, B = 10*100 = 1000, machine 0 has 50 unassigned, resin -1950 kg."""
     suffix = uuid.uuid4().hex[:6]
     gws = [cloud_server.create_gateway() for _ in range(GATEWAYS)]
@@ -296,7 +297,21 @@ async def _concurrent(server: CloudServer, gws: list[Any], suffix: str) -> None:
             assert res.status_code == 200, res.text
             return edits + 1
 
-        edits, *_ = await asyncio.gather(planner(), *(gateway(gw) for gw in gws))
+        async def other_writes() -> None:
+            """Master data changes and reads beside the ingest: none may fail (SQLite
+            writers queue, cloud/db.py)."""
+            for i in range(10):
+                res = await api.put(f"/api/v1/materials/X{i}-{suffix}", json={
+                    "name": f"x {i}", "unit": "kg", "lead_time_days": i})
+                assert res.status_code == 200, res.text
+                res = await api.patch(f"/api/v1/work-orders/{orders['A']}",
+                                      json={"priority": i})
+                assert res.status_code == 200, res.text
+                res = await api.get("/api/v1/work-orders", params={"limit": 5})
+                assert res.status_code == 200, res.text
+
+        edits, *_ = await asyncio.gather(planner(), other_writes(),
+                                         *(gateway(gw) for gw in gws))
 
         async def good(key: str) -> tuple[int, str]:
             doc = (await api.get(f"/api/v1/work-orders/{orders[key]}")).json()
@@ -328,9 +343,10 @@ async def _concurrent(server: CloudServer, gws: list[Any], suffix: str) -> None:
         assert len(n) == edits
 
 
-async def test_closed_order_dispatch_is_final(plant):
-    """A closed order's dispatches cannot be moved (409, nothing re-attributed); a
-    forgotten running one can still be ended."""
+async def test_complete_and_close_end_the_dispatch_and_a_closed_order_is_final(plant):
+    """Completing WO-1 ends its running dispatch at the completion (audited as a stop
+    with the reason); after the close its dispatch cannot be moved (409, nothing
+    re-attributed) nor stopped again (it no longer runs)."""
     api = plant
     res = await api.post("/api/v1/dispatches", json={
         "machine_id": api.m["M1"], "wo_operation_id": api.ops["WO-1"], "start_ts": T0})
@@ -339,11 +355,33 @@ async def test_closed_order_dispatch_is_final(plant):
     for action in ("complete", "close"):
         res = await api.post(f"/api/v1/work-orders/WO-1/{action}")
         assert res.status_code == 200, res.text
+    doc = (await api.get(f"/api/v1/dispatches/{d}")).json()
+    assert doc["end_ts"] is not None and doc["end_ts"] > T0
+    assert (await audit_rows(api))[-1][1:3] == ("dispatch.stop", str(d))
+    assert (await audit_rows(api))[-1][3]["reason"] == "work_order.complete"
     res = await api.patch(f"/api/v1/dispatches/{d}", json={"start_ts": T0 + H})
     assert res.status_code == 409 and "closed" in res.json()["detail"], res.text
-    assert await good_of(api, "WO-1") == 3
     res = await api.post(f"/api/v1/dispatches/{d}/stop", json={"end_ts": T0 + H})
-    assert res.status_code == 200, res.text
-    res = await api.post(f"/api/v1/dispatches/{d}/stop", json={"end_ts": T0 + 2 * H})
     assert res.status_code == 409, res.text
     assert await good_of(api, "WO-1") == 3
+
+
+async def test_counts_before_registration_then_a_back_dated_dispatch(plant):
+    """Device lathe-9 sends 4 + 3 pieces before it is a machine; registering it over the
+    API lists them as its unassigned production; a dispatch back-dated to T0 gives WO-2
+    all 7 (and the resin backflush), nothing stays unassigned."""
+    api = plant
+    await ingest(api, [good(1, T0 + H, 4, device="lathe-9"),
+                       good(2, T0 + 2 * H, 3, device="lathe-9")])
+    res = await api.post("/api/v1/machines", headers=api.admin, json={
+        "gateway_id": "gw-test", "device": "lathe-9", "name": "Lathe 9"})
+    assert res.status_code == 201, res.text
+    m = res.json()["id"]
+    assert await unassigned(api, m) == (7, 2)
+    res = await api.post("/api/v1/dispatches", json={
+        "machine_id": m, "wo_operation_id": api.ops["WO-2"], "start_ts": T0})
+    assert res.status_code == 201, res.text
+    assert await good_of(api, "WO-2") == 7
+    assert await unassigned(api, m) == (0, 0)
+    stock = (await api.get("/api/v1/materials/RESIN/stock")).json()
+    assert stock["balance_u"] == -7 * U
