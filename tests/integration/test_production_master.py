@@ -64,6 +64,15 @@ async def test_bom_and_routing_versions(api):
     res = await api.post("/api/v1/routings", json={"product": "P-100", "operations": [
         {"step": 1, "name": "a"}, {"step": 1, "name": "b"}]})
     assert res.status_code == 422
+    res = await api.post("/api/v1/routings", json={"product": "P-100", "operations": [
+        {"step": 10, "name": "mold", "work_center": "WC-1"}, {"step": 20, "name": "deburr"}]})
+    assert res.status_code == 422, res.text
+    assert res.json()["field"] == "work_center" and "step 20" in res.json()["detail"]
+    res = await api.post("/api/v1/import/routings", files={"file": (
+        "r.csv", b"product,step,name,work_center\nP-100,10,mold,WC-1\nP-100,20,deburr,\n",
+        "text/csv")})
+    assert res.status_code == 422, res.text
+    assert res.json()["errors"] and "step 20" in res.json()["errors"][0], res.text
     assert (await api.get("/api/v1/routings/P-100/current")).json()["version"] == 1
     assert (await api.get("/api/v1/routings/P-100/7")).status_code == 404
 
