@@ -4,7 +4,9 @@ the targets (<= 15 % of one core, <= 100 MB; EMQ's Neuron, in C, publishes 199 M
 10,000 tags at 1 s) and beside the same plant read with one request per tag.
 
 The simulator and the cloud run in their own processes; only the daemon is measured.
-``PLANTSYNC_BENCH_SECONDS`` sets the measuring window (default 60 s, after 15 s warm-up).
+Each daemon is measured over a few minutes, as the issue asks: a window of 180 s after a
+15 s warm-up (about 6.5 minutes for both runs). ``PLANTSYNC_BENCH_SECONDS`` shortens the
+window for a quick run (``PLANTSYNC_BENCH_SECONDS=20 python -m bench daemon``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import psutil
 from tests.services import free_port, wait_port
 
 DEVICES = 50
+DEFAULT_SECONDS = 180.0     # the measuring window: "over a few minutes"
 TAGS = 200
 PY = sys.executable
 
@@ -98,7 +101,7 @@ def _polls(status_port: int) -> int:
 
 
 def run(report: Callable[[str, float, float | None, str], None]) -> None:
-    seconds = float(os.environ.get("PLANTSYNC_BENCH_SECONDS", "60"))
+    seconds = float(os.environ.get("PLANTSYNC_BENCH_SECONDS", str(DEFAULT_SECONDS)))
     with tempfile.TemporaryDirectory(prefix="plantsync-bench-daemon-") as tmp:
         root = Path(tmp)
         write_map(root / "bench-map.toml")
@@ -128,8 +131,10 @@ def run(report: Callable[[str, float, float | None, str], None]) -> None:
             for p in procs:
                 p.send_signal(signal.SIGTERM)
                 p.wait(timeout=30)
-    report("daemon: CPU % of one core, 10k tags/s (target 15)", ours["cpu_share"], 15.0, "%")
-    report("daemon: peak RSS (target 100 MB)", ours["rss_mb"], 100.0, "MB")
+    window = f"over {seconds:g} s"
+    report(f"daemon: CPU % of one core, 10k tags/s, {window} (target 15)", ours["cpu_share"],
+           15.0, "%")
+    report(f"daemon: peak RSS {window} (target 100 MB)", ours["rss_mb"], 100.0, "MB")
     report("daemon: CPU % vs one request per tag", ours["cpu_share"], naive["cpu_share"], "%")
     report("daemon: requests per poll round vs one per tag", ours["requests_per_round"],
            naive["requests_per_round"], "requests")
