@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from cloud import notify
-from cloud.api_production import Db
+from cloud.api_production import Db, Limit, Offset, page_of_list
 from cloud.auth import Actor, require
 
 MAX_LIMIT: Final = 500
@@ -84,9 +84,10 @@ class ChannelPatch(BaseModel):
 
 
 @router.get("/notification-channels")
-async def list_channels(_: Viewer, session: Db) -> dict[str, Any]:
+async def list_channels(_: Viewer, session: Db, limit: Limit = 50,
+                        offset: Offset = 0) -> dict[str, Any]:
     """Every channel (secrets never shown: ``has_secret``)."""
-    return {"items": await notify.list_channels(session)}
+    return page_of_list(await notify.list_channels(session), limit, offset)
 
 
 @router.post("/notification-channels", status_code=201)

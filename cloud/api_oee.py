@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud import calendars, maintenance, oee
-from cloud.api_production import Db
+from cloud.api_production import Db, Limit, Offset, page_of_list
 from cloud.auth import Actor, require
 from cloud.calendars import Invalid, OeeError
 from cloud.jobs import now_ms
@@ -165,8 +165,9 @@ def install_oee_api(app: FastAPI) -> None:
     # -- calendars ---------------------------------------------------------------------
 
     @router.get("/calendars", tags=["calendars"])
-    async def list_calendars(_: Viewer, session: Read) -> dict[str, Any]:
-        return {"items": await calendars.list_calendars(session)}
+    async def list_calendars(_: Viewer, session: Read, limit: Limit = 50,
+                             offset: Offset = 0) -> dict[str, Any]:
+        return page_of_list(await calendars.list_calendars(session), limit, offset)
 
     @router.post("/calendars", tags=["calendars"], status_code=201)
     async def create_calendar(body: CalendarIn, actor: Planner,
@@ -209,10 +210,11 @@ def install_oee_api(app: FastAPI) -> None:
     # -- maintenance counters ----------------------------------------------------------
 
     @router.get("/maintenance-counters", tags=["maintenance"])
-    async def list_counters(_: Viewer, session: Read,
-                            machine_id: int | None = None) -> dict[str, Any]:
-        return {"items": await maintenance.list_counters(session, now_ms(),
-                                                         machine_id=machine_id)}
+    async def list_counters(_: Viewer, session: Read, machine_id: int | None = None,
+                            limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
+        return page_of_list(await maintenance.list_counters(session, now_ms(),
+                                                            machine_id=machine_id),
+                            limit, offset)
 
     @router.post("/maintenance-counters", tags=["maintenance"], status_code=201)
     async def create_counter(body: CounterIn, actor: Planner,

@@ -584,7 +584,7 @@ async def test_channel_api_validates_and_never_shows_secrets(
         r = await client.delete(f"/api/v1/notification-channels/{ch}", headers=ADMIN_HEADERS)
         assert r.status_code == 200 and r.json() == {"deleted": ch, "notifications_removed": 1}
         assert (await client.get("/api/v1/notification-channels", headers=viewer)).json() == {
-            "items": []}
+            "items": [], "total": 0, "limit": 50, "offset": 0}
 
 
 async def test_the_notify_job_is_registered(db: Database) -> None:

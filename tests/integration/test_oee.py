@@ -524,7 +524,8 @@ async def test_maintenance_counters(api, cloud_db_url):
     m = res.json()["id"]
     await api.put("/api/v1/products/CAP", json={"name": "cap"})
     await api.post("/api/v1/routings", json={"product": "CAP", "operations": [
-        {"step": 10, "name": "mold", "ideal_cycle_ms": 20_000, "cavities": 4}]})
+        {"step": 10, "name": "mold", "work_center": "molding", "ideal_cycle_ms": 20_000,
+         "cavities": 4}]})
     await api.post("/api/v1/work-orders", json={"number": "WO-C", "product": "CAP",
                                                 "quantity": 10_000})
     op = (await api.post("/api/v1/work-orders/WO-C/release")).json()["operations"][0]["id"]
