@@ -35,7 +35,8 @@ Locking: on PostgreSQL the applier locks the rows of the machines it attributes 
 (``FOR UPDATE``, in id order) before reading dispatches, and every dispatch action locks
 its machine first, so an edit and an ingest of one machine serialize and never see each
 other half-done. Operations and balances are updated in id order (no deadlock cycles).
-SQLite serializes all writers anyway (ingest writes the gateway row first).
+SQLite: one write transaction at a time (cloud/db.py: writers queue and begin
+IMMEDIATE), so none of this is needed there.
 """
 
 from __future__ import annotations

@@ -84,9 +84,10 @@ async def ingest_batch(db: Database, gateway_id: str, batch: Batch, *, received_
     recs = batch.records
     now = datetime.fromtimestamp(received_ms / 1000, UTC)
     async with db.sessions() as session, session.begin():
-        # Write the gateway row first: on SQLite that takes the write lock before any
-        # read (no lock upgrade, so no SQLITE_BUSY from a stale snapshot), on PostgreSQL
-        # it row-locks the gateway, so two batches of one gateway never interleave.
+        # Write the gateway row first: on PostgreSQL it row-locks the gateway, so two
+        # batches of one gateway never interleave (and create_machine, which locks it too,
+        # never misses a batch's counts). On SQLite this transaction is already the only
+        # writer (cloud/db.py: begin() queues for the write gate, then BEGIN IMMEDIATE).
         row = (await session.execute(
             update(gateways).where(gateways.c.id == gateway_id, gateways.c.revoked_at.is_(None))
             .values(last_seen=now)
