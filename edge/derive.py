@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from buffer.records import Record
+from buffer.records import INT64_MAX, Record
 from protocols import TagReading
 
 Scalar = bool | int | float | str
@@ -180,6 +180,12 @@ class DeviceDeriver:
             return
         changed[(self.device, key)] = value
         delta, reset = counter_delta(before, value, rule.max_raw, watched=watched)
+        if delta > INT64_MAX:
+            # Only a uint64 counter can jump this far, and no machine makes 9.2e18 parts:
+            # the PLC answered garbage. Record it as a reset of zero pieces, so continuity
+            # (raw_before -> raw_after) holds and the next movement counts from here, rather
+            # than a delta the cloud cannot store (the record would refuse the whole cycle).
+            delta, reset = 0, True
         records.append(self._record(ts, "count", {
             "tag": rule.name, "counts": rule.counts or "total", "delta": delta,
             "raw_before": before, "raw_after": value, "reset": reset}))

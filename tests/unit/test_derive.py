@@ -71,6 +71,24 @@ def test_reset_counts_from_zero() -> None:
     assert (body["delta"], body["reset"], body["raw_before"], body["raw_after"]) == (3, True, 1000, 3)
 
 
+def test_a_garbage_uint64_jump_is_a_zero_reset_the_cloud_can_store() -> None:
+    """A uint64 counter read as 2^63 + 20 after 10: no delta the record could carry (and
+    no machine makes that many parts). A reset of zero keeps continuity; the record is
+    valid, and the next movement counts from the new value."""
+    from buffer.records import validate_record
+
+    d = DeviceDeriver("cnc-1", [counter(2**64 - 1)], persisted={"parts": 10})
+    out = poll(d, 1000, 0.0, parts=2**63 + 20)
+    [rec] = [x for x in out.records if x.kind == "count"]
+    assert (rec.body["delta"], rec.body["reset"], rec.body["raw_before"],
+            rec.body["raw_after"]) == (0, True, 10, 2**63 + 20)
+    validate_record({"seq": 1, "ts": rec.ts, "device": rec.device, "kind": rec.kind,
+                     "body": rec.body})
+    nxt = poll(d, 2000, 1.0, parts=2**63 + 23)
+    [rec] = [x for x in nxt.records if x.kind == "count"]
+    assert (rec.body["delta"], rec.body["reset"]) == (3, False)
+
+
 def test_reset_to_zero_writes_a_reset_record_with_zero_delta() -> None:
     d = DeviceDeriver("cnc-1", [counter()], persisted={"parts": 1000})
     out = poll(d, 1000, 0.0, parts=0)
