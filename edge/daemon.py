@@ -7,7 +7,7 @@ Task layout (all on one asyncio loop; no thread does work that could block it):
 - the ``CycleWriter``: takes what the pollers derived and stores it in one buffer
   transaction per round (group commit across devices); its queue is bounded, so when the
   disk is slow the pollers wait and the status says so, and memory stays bounded;
-- the uplink ``Forwarder`` (``buffer``), draining the buffer to the cloud;
+- the sync loop ``Forwarder`` (``edge.forwarder``), draining the buffer to the cloud;
 - the clock watch, the status server, the sd_notify watchdog.
 
 A device that fails never delays another: each bus has its own task, timeouts and
