@@ -7,8 +7,6 @@ channel), so what probe reads can be compared exactly with the plant's own state
 from __future__ import annotations
 
 import json
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ import pytest
 from snap7.server import Server
 from snap7.type import SrvArea
 
+from tests.fixtures.plc import SimProcess, simulate_process
 from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,57 +73,14 @@ port = {ports[2]}
     return path
 
 
-class Sim:
-    def __init__(self, proc: subprocess.Popen[str], control_port: int, banner: list[str]):
-        self.proc = proc
-        self.control_port = control_port
-        self.banner = banner
-
-    def command(self, doc: dict[str, object]) -> dict[str, object]:
-        with socket.create_connection(("127.0.0.1", self.control_port), timeout=10) as s:
-            s.sendall(json.dumps(doc).encode() + b"\n")
-            answer = s.makefile("r").readline()
-        result: dict[str, object] = json.loads(answer)
-        assert result["ok"], result
-        return result
-
-
 @pytest.fixture
-def sim(tmp_path: Path) -> Iterator[tuple[Sim, Path]]:
-    ports = _free_ports(4)
-    config = _gateway(tmp_path, ports)
-    err_path = tmp_path / "simulate.err"
-    with err_path.open("w") as err_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edge.cli", "simulate", "--config", str(config),
-             "--seed", "7", "--speed", "0", "--control-port", str(ports[3])],
-            stdout=subprocess.PIPE, stderr=err_file, text=True, cwd=ROOT)
-    banner: list[str] = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        banner.append(line.rstrip("\n"))
-        if line.startswith("ready"):
-            break
-    else:
-        proc.wait(timeout=10)
-        proc.stdout.close()
-        pytest.fail(f"simulate exited: {proc.returncode}\n{err_path.read_text()}")
-    try:
-        yield Sim(proc, ports[3], banner), config
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            proc.stdout.close()
-        assert code == 0, err_path.read_text()
+def sim(tmp_path: Path) -> Iterator[tuple[SimProcess, Path]]:
+    config = _gateway(tmp_path, _free_ports(3))
+    with simulate_process(config, seed=7) as proc:
+        yield proc, config
 
 
-def test_simulate_prints_where_machines_listen(sim: tuple[Sim, Path]) -> None:
+def test_simulate_prints_where_machines_listen(sim: tuple[SimProcess, Path]) -> None:
     s, _ = sim
     text = "\n".join(s.banner)
     for name in ("cnc-01", "imm-03", "imm-07"):
@@ -132,7 +88,7 @@ def test_simulate_prints_where_machines_listen(sim: tuple[Sim, Path]) -> None:
     assert "control channel" in text
 
 
-def test_probe_agrees_with_the_plant(sim: tuple[Sim, Path]) -> None:
+def test_probe_agrees_with_the_plant(sim: tuple[SimProcess, Path]) -> None:
     s, config = sim
     state = s.command({"cmd": "step", "seconds": 900})["devices"]
     assert isinstance(state, dict)
@@ -155,7 +111,7 @@ def test_probe_agrees_with_the_plant(sim: tuple[Sim, Path]) -> None:
         assert int.from_bytes(raw, "big") == tags[good_tag]["value"]
 
 
-def test_probe_table_for_people(sim: tuple[Sim, Path]) -> None:
+def test_probe_table_for_people(sim: tuple[SimProcess, Path]) -> None:
     _, config = sim
     result = _cli("probe", "--config", str(config), "imm-07")
     assert result.returncode == 0, result.stderr
@@ -167,7 +123,7 @@ def test_probe_table_for_people(sim: tuple[Sim, Path]) -> None:
     assert "15 good, 0 bad" in result.stdout
 
 
-def test_probe_hints_at_the_other_word_order(sim: tuple[Sim, Path], tmp_path: Path) -> None:
+def test_probe_hints_at_the_other_word_order(sim: tuple[SimProcess, Path], tmp_path: Path) -> None:
     s, config = sim
     s.command({"cmd": "step", "seconds": 60})
     # the same CNC read with a map that gets spindle_temp's word order wrong
@@ -183,7 +139,7 @@ def test_probe_hints_at_the_other_word_order(sim: tuple[Sim, Path], tmp_path: Pa
     assert hint is not None and 'word_order = "little"' in hint
 
 
-def test_plan_matches_what_probe_needs(sim: tuple[Sim, Path]) -> None:
+def test_plan_matches_what_probe_needs(sim: tuple[SimProcess, Path]) -> None:
     _, config = sim
     result = _cli("plan", "--config", str(config), "imm-07", "--json")
     assert result.returncode == 0, result.stderr
