@@ -488,8 +488,11 @@ async def _import_routings(session: AsyncSession, actor: Actor | str, rows: list
                 cycle_ms = round(micro / 1000) or None
                 if cycle_ms is None:
                     chk.bad(row, "ideal_cycle_s must be at least 0.001")
+        work_center = chk.text(row, "work_center", 64)
+        if ref is None and work_center is None:
+            chk.bad(row, f"step {step}: name a machine or a work_center for this operation")
         op = prod.RoutingOpIn(step or 0, chk.text(row, "name", 128, required=True) or "",
-                              machine_id, chk.text(row, "work_center", 64), cycle_ms,
+                              machine_id, work_center, cycle_ms,
                               chk.get(row, "cavities", lambda v, w: _whole(v, w, 1), 1))
         version = chk.get(row, "version", lambda v, w: _whole(v, w, 1))
         if product is not None and step is not None:

@@ -73,6 +73,7 @@ async def test_bom_and_routing_versions(api):
         "text/csv")})
     assert res.status_code == 422, res.text
     assert res.json()["errors"] and "step 20" in res.json()["errors"][0], res.text
+    assert "3" in res.json()["errors"][0].split("step")[0], res.text  # the row number
     assert (await api.get("/api/v1/routings/P-100/current")).json()["version"] == 1
     assert (await api.get("/api/v1/routings/P-100/7")).status_code == 404
 
