@@ -99,7 +99,7 @@ async def test_routings_from_xlsx_with_chinese_headers(api):
             for o in routing["operations"]] == [(10, "注塑", 12500, 4), (20, "去毛刺", None, 1)]
     assert (await api.get("/api/v1/products/P-200")).json()["name"] == "端盖"
     bad = xlsx([["product", "step", "name", "machine"], ["P-200", 10, "x", "CNC 99"],
-                ["P-200", 10, "y", None]])
+                ["P-200", 10, "y", "CNC 3"]])
     res = await upload(api, "routings", bad, name="r.xlsx")
     assert res.json()["errors"] == [
         "row 2: machine 'CNC 99' unknown (a machine name or GATEWAY/DEVICE)",
