@@ -92,11 +92,12 @@ def _records(gw_index: int, mix: str) -> list[Record]:
 
 
 async def _setup(url: str) -> Any:
-    from cloud import dispatch, production
-    from cloud.admin import create_gateway
-    from cloud.db import Database
-    from cloud.migrate import upgrade
-    from cloud.models import wo_operations, work_orders
+    from cloud import production
+    from cloud.auth import create_gateway
+    from cloud.core.db import Database
+    from cloud.core.migrate import upgrade
+    from cloud.core.models import wo_operations, work_orders
+    from cloud.production import dispatch
 
     await upgrade(url)
     db = Database(url)
@@ -123,10 +124,10 @@ async def _setup(url: str) -> Any:
 
 async def _ingest(url: str, with_anomalies: bool, mix: str) -> tuple[float, int]:
     from cloud.anomalies import apply_anomalies
-    from cloud.attribution import apply_counts
+    from cloud.core.models import anomalies
     from cloud.ingest import ingest_batch
-    from cloud.models import anomalies
-    from cloud.timeline import apply_events
+    from cloud.oee import apply_events
+    from cloud.production import apply_counts
 
     db = await _setup(url)
     appliers = [apply_counts, apply_events] + ([apply_anomalies] if with_anomalies else [])
@@ -150,7 +151,7 @@ async def _ingest(url: str, with_anomalies: bool, mix: str) -> tuple[float, int]
 async def _samples_only(url: str) -> float:
     """Seconds per call of the applier on a batch of 1000 samples (no query at all)."""
     from cloud.anomalies import apply_anomalies
-    from cloud.db import Database
+    from cloud.core.db import Database
 
     db = Database(url)
     batch = [Record(s, T0 + s, "dev-0", "sample", {"values": {"t": 1.0}})

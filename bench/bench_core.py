@@ -44,11 +44,12 @@ def _records(start: int, n: int) -> list[Record]:
 
 
 async def _setup(url: str) -> tuple[object, list[str], list[int], list[int]]:
-    from cloud import dispatch, production
-    from cloud.admin import create_gateway
-    from cloud.db import Database
-    from cloud.migrate import upgrade
-    from cloud.models import wo_operations, work_orders
+    from cloud import production
+    from cloud.auth import create_gateway
+    from cloud.core.db import Database
+    from cloud.core.migrate import upgrade
+    from cloud.core.models import wo_operations, work_orders
+    from cloud.production import dispatch
 
     await upgrade(url)
     db = Database(url)
@@ -77,8 +78,8 @@ async def _setup(url: str) -> tuple[object, list[str], list[int], list[int]]:
 
 
 async def _ingest(url: str, processing: bool) -> float:
-    from cloud.attribution import apply_counts
     from cloud.ingest import ingest_batch
+    from cloud.production import apply_counts
 
     db, gws, _, _ = await _setup(url)
     appliers = [apply_counts] if processing else []
@@ -97,9 +98,8 @@ async def _ingest(url: str, processing: bool) -> float:
 
 
 async def _reattribute(url: str) -> float:
-    from cloud import dispatch
-    from cloud.attribution import apply_counts
     from cloud.ingest import ingest_batch
+    from cloud.production import apply_counts, dispatch
 
     db, gws, machines, ops = await _setup(url)
     day = [Record(seq, T0 + seq * 1000, "cnc-03", "count",
@@ -110,7 +110,7 @@ async def _reattribute(url: str) -> float:
                            received_ms=T0, appliers=[apply_counts])
     async with db.sessions() as s, s.begin():  # type: ignore[attr-defined]
         d = await dispatch.start(s, "bench", machines[0], ops[1], T0 + 86_401_000)
-    from cloud.models import dispatches
+    from cloud.core.models import dispatches
     async with db.sessions() as s:  # type: ignore[attr-defined]
         first = (await s.execute(select(dispatches.c.id).where(
             dispatches.c.machine_id == machines[0], dispatches.c.start_ts == T0))).scalar_one()

@@ -88,9 +88,9 @@ def _timeline(rng: random.Random, machine: int, device: str, ops: list[tuple[int
 
 
 async def _migrate_and_master(url: str) -> None:
-    from cloud.admin import create_gateway
-    from cloud.db import Database
-    from cloud.migrate import upgrade
+    from cloud.auth import create_gateway
+    from cloud.core.db import Database
+    from cloud.core.migrate import upgrade
 
     await upgrade(url)
     async with Database(url) as db:
@@ -155,8 +155,8 @@ def _seed(path: Path) -> int:
 async def _time_reports(url: str) -> tuple[float, float, float, int]:
     from sqlalchemy import select
 
-    from cloud.db import Database
-    from cloud.models import attributions
+    from cloud.core.db import Database
+    from cloud.core.models import attributions
     from cloud.oee import oee_report, oee_trend
 
     async with Database(url) as db:

@@ -176,8 +176,8 @@ async def measure(url: str, now: int, report: Report) -> None:
     import httpx
 
     from cloud.app import create_app
-    from cloud.db import Database
-    from cloud.users import create_user
+    from cloud.auth import create_user
+    from cloud.core.db import Database
     from cloud.web.cache import page_cache
 
     async with Database(url) as db:
@@ -214,7 +214,7 @@ async def measure(url: str, now: int, report: Report) -> None:
 
 def run(report: Report) -> None:
     os.environ.setdefault("PLANTSYNC_ARGON2_PROFILE", "cheapest")
-    from cloud.migrate import upgrade
+    from cloud.core.migrate import upgrade
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cloud.db"

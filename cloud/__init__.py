@@ -1,16 +1,25 @@
-"""The plantsync cloud service.
+"""The plantsync cloud service (``plantsync-cloud``).
 
-Public surface (the rest is private to the package):
-- ``create_app(db_url, ...)`` -> FastAPI (cloud.app), with ``app.state.appliers``: the
-  hook where domain processing (attribution, backflush) joins the ingest transaction;
-- ``ingest_batch`` / ``IngestResult`` / ``Applier`` (cloud.ingest): storing a decoded batch,
-  for other transports (MQTT);
-- ``Database`` / ``resolve_url`` (cloud.db), ``upgrade`` / ``check_current`` (cloud.migrate);
-- ``Actor`` / ``require`` / ``audit`` (cloud.auth): who is asking, the FastAPI dependency
-  every route uses for its role, and the audit trail of every planner action;
-- ``create_user`` (cloud.users): users outside the CLI (the demo's admin).
+Packages, with dependencies pointing one way (checked by import-linter, pyproject.toml)::
 
-Names are imported lazily so ``plantsync-cloud --version`` stays quick.
+    cli -> app -> api | web -> ingest -> oee -> anomalies -> notify
+        -> production -> inventory -> auth -> core
+
+- ``core``: database, migrations, tables, one clock, one error root, audit, settings, jobs
+- ``auth``: who is calling (tokens, sessions, roles), users and logins, gateway tokens
+- ``inventory``: the stock ledger, balances, safety stock, shortages
+- ``production``: master data, work orders and their status rules, dispatch,
+  attribution and backflush, imports
+- ``notify``: anomaly notifications (outbox, messages, channels, delivery)
+- ``anomalies``: raising, linking, lifecycle, escalation
+- ``oee``: machine timeline, calendars, stops, OEE and downtime, maintenance counters
+- ``ingest``: storing batches (HTTP and MQTT), the appliers, gateway status
+- ``api``: REST routes, one module per domain; errors shaped in ``api/errors.py``
+- ``web``: the plant manager's pages
+- ``app``: ``create_app``, the composition root; ``cli``: the command line
+
+Each package's ``__init__`` names what others may use (``__all__``); the rest is private
+to it. ``create_app`` is importable from here for convenience.
 """
 
 from __future__ import annotations
@@ -18,25 +27,12 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-_EXPORTS = {
-    "create_app": "cloud.app",
-    "ingest_batch": "cloud.ingest",
-    "IngestResult": "cloud.ingest",
-    "Applier": "cloud.ingest",
-    "Database": "cloud.db",
-    "resolve_url": "cloud.db",
-    "upgrade": "cloud.migrate",
-    "check_current": "cloud.migrate",
-    "Actor": "cloud.auth",
-    "require": "cloud.auth",
-    "audit": "cloud.auth",
-    "create_user": "cloud.users",
-}
-__all__ = sorted(_EXPORTS)
+__all__ = ["create_app"]
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cloud' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+    # Lazy, so that importing one package (e.g. cloud.core in a migration) does not load
+    # the whole service.
+    if name == "create_app":
+        return import_module("cloud.app").create_app
+    raise AttributeError(f"module 'cloud' has no attribute {name!r}")

@@ -16,18 +16,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
+import ipaddress
+import json
 import logging
 import sys
+import threading
 from collections.abc import Coroutine, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
+import uvicorn
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from zeroconf import InterfaceChoice
 
-from cloud.errors import CloudError
+from buffer.discovery import CLOUD_SERVICE, Advertiser, interfaces_from_env
+from cloud.app import create_app
+from cloud.auth import (
+    check_gateway_id,
+    check_password,
+    check_user_name,
+    create_api_token,
+    create_gateway,
+    create_user,
+    revoke_gateway,
+    set_password,
+)
+from cloud.core import Database, check_current, head_revision, resolve_url, upgrade
+from cloud.core.errors import CloudError, DomainError
+from cloud.core.systemd import NotifyingServer
+from cloud.ingest import parse_broker_url, run_mqtt_ingest
+from cloud.production import TableImportError, import_table
 
 T = TypeVar("T")
 
@@ -38,7 +61,6 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
     but aiosqlite stops a connection that failed to *open* (a missing directory, no write
     permission) without waiting: its worker thread then answers on a closed loop and
     prints a "RuntimeError: Event loop is closed" traceback after our one-line error."""
-
     async def settled() -> T:
         try:
             return await main
@@ -49,7 +71,6 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
 
 
 async def _join_sqlite_threads(timeout: float = 5.0) -> None:  # noqa: ASYNC109
-    import threading
 
     # aiosqlite names no threads: Python names them after the target function
     for thread in threading.enumerate():
@@ -148,9 +169,6 @@ def configure_logging(level: str = "info") -> None:
 
 async def _prepare(db_arg: str | None) -> str:
     """Resolve the URL and make sure the schema is current (see module docstring)."""
-    from cloud.db import resolve_url
-    from cloud.migrate import check_current, upgrade
-
     resolved = resolve_url(db_arg)
     if resolved.is_default:
         await upgrade(resolved.url)
@@ -163,15 +181,8 @@ def _advertiser(host: str, port: int) -> Any:
     """Lifespan hook: advertise ``_plantsync._tcp.local.`` so gateways with
     ``url = "auto"`` find this service. A service bound to loopback advertises on loopback
     only, otherwise on every interface, unless $PLANTSYNC_ZEROCONF_INTERFACES says which
-    (``off``: none). A LAN without
-    multicast is not an error: the service runs, and the log says so."""
-    import contextlib
-    import ipaddress
-
-    from zeroconf import InterfaceChoice
-
-    from buffer.discovery import CLOUD_SERVICE, Advertiser, interfaces_from_env
-
+    (``off``: none). A LAN without multicast is not an error: the service runs, and the
+    log says so."""
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -201,11 +212,6 @@ def _advertiser(host: str, port: int) -> Any:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from cloud.app import create_app
-    from cloud.systemd import NotifyingServer
-
     url = _run(_prepare(args.db))
     hooks: list[Any] = []
     if not args.no_zeroconf:
@@ -213,7 +219,7 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(url, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
                      lifespan_hooks=hooks, run_jobs=True)
     structlog.get_logger(__name__).info("serving", host=args.host, port=args.port)
-    # uvicorn.run, with a server that tells systemd READY/WATCHDOG/STOPPING (cloud/systemd.py)
+    # uvicorn.run, with a server that tells systemd READY/WATCHDOG/STOPPING (cloud/core/systemd.py)
     server = NotifyingServer(uvicorn.Config(
         app, host=args.host, port=args.port, log_config=None, log_level=args.log_level,
         access_log=args.log_level == "debug"))
@@ -223,9 +229,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _migrate(args: argparse.Namespace) -> int:
-    from cloud.db import resolve_url
-    from cloud.migrate import head_revision, upgrade
-
     url = resolve_url(args.db).url
     before = await upgrade(url)
     head = head_revision()
@@ -237,11 +240,7 @@ async def _migrate(args: argparse.Namespace) -> int:
 def _password_from_stdin() -> str:
     """One line of stdin (without its line break); checked before the database is
     touched. Raises UserError for an empty or short password."""
-    from cloud.users import check_password
-
     if sys.stdin.isatty():
-        import getpass
-
         password = getpass.getpass("password: ")
     else:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -250,9 +249,6 @@ def _password_from_stdin() -> str:
 
 
 async def _admin_users(args: argparse.Namespace) -> int:
-    from cloud.db import Database
-    from cloud.users import check_user_name, create_api_token, create_user, set_password
-
     check_user_name(args.name)
     password = "" if args.admin_command == "create-token" else _password_from_stdin()
     url = await _prepare(args.db)
@@ -274,9 +270,6 @@ async def _admin_users(args: argparse.Namespace) -> int:
 
 
 async def _admin(args: argparse.Namespace) -> int:
-    from cloud.admin import check_gateway_id, create_gateway, revoke_gateway
-    from cloud.db import Database
-
     if args.admin_command in ("create-user", "set-password", "create-token"):
         return await _admin_users(args)
     check_gateway_id(args.gateway_id)
@@ -296,8 +289,6 @@ async def _admin(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     """Read the file and check the options before touching the database."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     try:
         zone = ZoneInfo(args.tz)
     except (ZoneInfoNotFoundError, ValueError):
@@ -313,12 +304,6 @@ def _import(args: argparse.Namespace) -> int:
 
 
 async def _import_data(args: argparse.Namespace, data: bytes, zone: Any) -> int:
-    import json
-
-    from cloud.db import Database
-    from cloud.imports import TableImportError, import_table
-    from cloud.production import ProductionError
-
     url = await _prepare(args.db)
     async with Database(url) as db:
         try:
@@ -330,7 +315,7 @@ async def _import_data(args: argparse.Namespace, data: bytes, zone: Any) -> int:
             for problem in exc.errors:
                 print(f"  {problem}", file=sys.stderr)
             return 1
-        except ProductionError as exc:
+        except DomainError as exc:
             print(f"plantsync-cloud: error: {args.file}: nothing imported; {exc}", file=sys.stderr)
             return 1
     print(json.dumps(result.as_dict(), ensure_ascii=False))
@@ -338,8 +323,6 @@ async def _import_data(args: argparse.Namespace, data: bytes, zone: Any) -> int:
 
 
 async def _mqtt_ingest(args: argparse.Namespace) -> int:
-    from cloud.mqtt_ingest import parse_broker_url, run_mqtt_ingest
-
     try:
         parse_broker_url(args.broker)
     except ValueError as exc:
@@ -377,8 +360,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _db_for_message(args: argparse.Namespace) -> str:
-    from cloud.db import resolve_url
-
     try:
         return str(make_url(resolve_url(getattr(args, "db", None)).url)
                    .render_as_string(hide_password=True))

@@ -17,9 +17,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 
-from cloud.models import ApiToken, User
-from cloud.users import UserError, create_api_token_in, revoke_api_token_in
-from cloud.web.context import Page, WebError, redirect_with_flash, render, require_form
+from cloud.auth import UserError, create_api_token_in, revoke_api_token_in
+from cloud.core.models import ApiToken, User
+from cloud.web.context import (
+    Page,
+    WebError,
+    open_page,
+    redirect_with_flash,
+    render,
+    require_form,
+)
 from cloud.web.i18n import N_
 
 router = APIRouter(include_in_schema=False)
@@ -42,16 +49,12 @@ async def _account(request: Request, page: Page, status_code: int = 200,
 
 @router.get("/account", response_class=HTMLResponse)
 async def account_page(request: Request) -> Response:
-    from cloud.web.pages import open_page
-
     return await _account(request, await open_page(request))
 
 
 @router.post("/account/tokens")
 async def create_token(request: Request) -> Response:
     """Create an API token and show it, this once, on the page itself."""
-    from cloud.web.pages import open_page
-
     form = await request.form()
     user = await require_form(request, form)
     name = str(form.get("name") or "").strip() or None

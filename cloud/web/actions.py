@@ -12,15 +12,24 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud import anomalies, dispatch, inventory, oee
+from cloud import anomalies, oee
 from cloud import production as prod
-from cloud.auth import SESSION_ABSOLUTE, SESSION_COOKIE, Actor, AuthError
-from cloud.calendars import OeeError
-from cloud.users import login, logout, set_locale_in
+from cloud.auth import (
+    SESSION_ABSOLUTE,
+    SESSION_COOKIE,
+    Actor,
+    AuthError,
+    login,
+    logout,
+    set_locale_in,
+)
+from cloud.core.errors import DomainError, Invalid
+from cloud.production import dispatch
 from cloud.web.cache import page_cache
 from cloud.web.context import (
     WebError,
     current_user,
+    open_page,
     redirect_with_flash,
     render,
     require_action,
@@ -30,14 +39,12 @@ from cloud.web.context import (
 from cloud.web.i18n import LANG_COOKIE, LOCALES, N_
 
 router = APIRouter(include_in_schema=False)
-SERVICE_ERRORS = (prod.ProductionError, dispatch.DispatchError, inventory.InventoryError,
-                  ValueError, LookupError)
+# What a form may be refused with: shown as a flash message, nothing changed.
+SERVICE_ERRORS = (DomainError,)
 
 
 @router.post("/login")
 async def post_login(request: Request) -> Response:
-    from cloud.web.pages import open_page
-
     form = await request.form()
     name, password = str(form.get("name") or ""), str(form.get("password") or "")
     target = safe_next(str(form.get("next") or "/"))
@@ -122,7 +129,7 @@ def _form_int(form: Any, name: str) -> int:
     try:
         return int(str(form.get(name) or "").strip())
     except ValueError:
-        raise prod.InvalidInput(f"{name} must be a whole number", name) from None
+        raise Invalid(f"{name} must be a whole number", name) from None
 
 
 def _opt_int(form: Any, name: str) -> int | None:
@@ -206,7 +213,7 @@ async def stop_reason(request: Request) -> Response:
                                 start_ts=_form_int(form, "start_ts"),
                                 reason=str(form.get("reason") or "").strip(),
                                 note=str(form.get("note") or "").strip() or None)
-    return await _act(request, "/oee", N_("Stop reason saved."), run, (OeeError,))
+    return await _act(request, "/oee", N_("Stop reason saved."), run)
 
 
 @router.post("/anomalies/{anomaly_id}/{action}")

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
@@ -19,14 +18,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from cloud import anomalies, oee
-from cloud.models import ANOMALY_KINDS, ANOMALY_STATUSES
-from cloud.production import NotFound
+from cloud.core import clock
+from cloud.core.errors import NotFound
+from cloud.core.models import ANOMALY_KINDS, ANOMALY_STATUSES
 from cloud.web import charts, labels, reports
 from cloud.web.cache import page_cache
-from cloud.web.context import Page, render
+from cloud.web.context import Page, export_format, int_param, limit_param, open_page, render
 from cloud.web.exports import MAX_ROWS, Column, export
 from cloud.web.i18n import N_, fmt_pct
-from cloud.web.pages import _export_fmt, _int, _limit, open_page
 
 router = APIRouter(include_in_schema=False)
 DAY_MS: Final = 86_400_000
@@ -68,16 +67,16 @@ async def anomalies_page(request: Request) -> Response:
     page = await open_page(request)
     a = anomalies
     qp = request.query_params
-    fmt = _export_fmt(request)
+    fmt = export_format(request)
     status = qp.get("status", "unresolved")
     statuses: list[str] | None = (["open", "acknowledged"] if status == "unresolved" else
                                   [status] if status in ANOMALY_STATUSES else None)
     kind = qp.get("kind") if qp.get("kind") in ANOMALY_KINDS else None
-    machine_id = _int(request, "machine_id", 0) or None
-    days = _int(request, "days", 30, 1, 366)
+    machine_id = int_param(request, "machine_id", 0) or None
+    days = int_param(request, "days", 30, 1, 366)
     since = page.now_ms - days * DAY_MS
-    limit = MAX_ROWS if fmt else _limit(request, 50)
-    offset = 0 if fmt else _int(request, "offset", 0)
+    limit = MAX_ROWS if fmt else limit_param(request, 50)
+    offset = 0 if fmt else int_param(request, "offset", 0)
     async with request.app.state.db.sessions() as session:
         found = await a.list_anomalies(session, status=statuses, kind=kind,
                                        machine_id=machine_id,
@@ -87,7 +86,7 @@ async def anomalies_page(request: Request) -> Response:
         stats = await a.anomaly_stats(session, since_ts=since, until_ts=page.now_ms + 1)
         machines = await reports.machine_list(session)
         one = None
-        if (aid := _int(request, "id", 0)) and not fmt:
+        if (aid := int_param(request, "id", 0)) and not fmt:
             try:
                 one = await a.get_anomaly(session, aid, now_ms=page.now_ms)
             except NotFound:
@@ -175,13 +174,13 @@ def _round(v: float | None) -> float | None:
 async def oee_page(request: Request) -> Response:
     page = await open_page(request)
     o = oee
-    fmt = _export_fmt(request)
+    fmt = export_format(request)
     table = request.query_params.get("table", "oee")
     group = request.query_params.get("group", "machine")
     if group not in labels.GROUP_BY:
         group = "machine"
     frm, to, start, end = _period(request, page)
-    machine_id = _int(request, "machine_id", 0) or None
+    machine_id = int_param(request, "machine_id", 0) or None
     ids = [machine_id] if machine_id else None
     async with request.app.state.db.sessions() as session:
         machines = await reports.machine_list(session)
@@ -191,7 +190,7 @@ async def oee_page(request: Request) -> Response:
     db = request.app.state.db
 
     async def compute() -> dict[str, Any]:
-        now = time.time_ns() // 1_000_000
+        now = clock.now_ms()
         async with db.sessions() as session:
             doc: dict[str, Any] = {
                 "rows": await o.oee_report(session, start_ms=start, end_ms=end, group_by=group,
@@ -228,8 +227,8 @@ async def oee_page(request: Request) -> Response:
                 r["key"] = r.get("day")
             return export(fmt, "oee-trend", OEE_COLUMNS, trend, page.tr)
         return export(fmt, f"oee-by-{group}", OEE_COLUMNS, rows, page.tr)
-    limit = _limit(request, 50)
-    offset = _int(request, "offset", 0)
+    limit = limit_param(request, 50)
+    offset = int_param(request, "offset", 0)
     pareto_chart = charts.pareto(
         [(_reason(page, p["reason"]), float(p["duration_ms"]),
           f"{page.dur(p['duration_ms'])} · {p['count']}×") for p in pareto[:12]],

@@ -22,12 +22,11 @@ import hashlib
 import hmac
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from babel.support import Translations
@@ -39,9 +38,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.auth import SESSION_COOKIE, Actor, AuthError, authenticate
-from cloud.models import shift_calendars, users
-from cloud.production import from_micro
-from cloud.web import i18n
+from cloud.core import clock
+from cloud.core.models import shift_calendars, users
+from cloud.core.quantities import from_micro
+from cloud.ingest import gateway_freshness
+from cloud.web import i18n, labels
+from cloud.web.exports import FORMATS
+from cloud.web.i18n import LANG_COOKIE, pick_locale
 
 TEMPLATES: Final = Path(__file__).resolve().parent / "templates"
 FLASH_COOKIE: Final = "plantsync_flash"
@@ -138,8 +141,6 @@ def environment(locale: str) -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
                       extensions=["jinja2.ext.i18n"], trim_blocks=True, lstrip_blocks=True)
     env.install_gettext_translations(i18n.translations(locale), newstyle=True)  # type: ignore[attr-defined]
-    from cloud.web import labels
-
     env.globals["labels"] = labels
     env.globals["from_micro"] = from_micro
     env.globals["signed"] = signed_micro
@@ -179,7 +180,7 @@ class Page:
     user: WebUser | None
     locale: str
     tz: ZoneInfo
-    now_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+    now_ms: int = field(default_factory=lambda: clock.now_ms())
     provisional: list[dict[str, Any]] = field(default_factory=list)
     flash: dict[str, Any] | None = None
 
@@ -251,8 +252,6 @@ def redirect_with_flash(to: str, kind: str, message: str, detail: str | None = N
 
 
 def read_flash(request: Request) -> dict[str, Any] | None:
-    from urllib.parse import unquote
-
     raw = request.cookies.get(FLASH_COOKIE)
     if not raw:
         return None
@@ -268,3 +267,57 @@ def safe_next(target: str | None, default: str = "/") -> str:
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
         return default
     return target
+
+
+# -- opening a page ----------------------------------------------------------------------
+
+PAGE_SIZES: Final = (25, 50, 100, 200)
+
+
+class LoginRequired(Exception):
+    """A page needs a logged-in user: answered with a redirect to ``/login?next=...``."""
+
+    def __init__(self, next_url: str) -> None:
+        super().__init__(next_url)
+        self.next_url = next_url
+
+
+async def open_page(request: Request, *, login: bool = True) -> Page:
+    """The page context of a request; raises LoginRequired without a session."""
+    user = await current_user(request)
+    if user is None and login:
+        raise LoginRequired(request.url.path + (f"?{request.url.query}" if request.url.query
+                                                else ""))
+    locale = pick_locale(user.locale if user else None, request.cookies.get(LANG_COOKIE),
+                         request.headers.get("accept-language"))
+    async with request.app.state.db.sessions() as session:
+        tz = await display_tz(session)
+        page = Page(request, user, locale, tz, flash=read_flash(request))
+        if user is not None:
+            page.provisional = [g for g in await gateway_freshness(session, page.now_ms)
+                                if g["provisional"]]
+    return page
+
+
+def int_param(request: Request, name: str, default: int, lo: int = 0, hi: int = 10**12) -> int:
+    """A whole-number query parameter within [lo, hi]; ``default`` when absent or bad."""
+    try:
+        return max(lo, min(hi, int(request.query_params.get(name, default))))
+    except ValueError:
+        return default
+
+
+def limit_param(request: Request, default: int = 50) -> int:
+    """The page size asked for, at most the largest offered."""
+    return int_param(request, "limit", default, 1, max(PAGE_SIZES))
+
+
+def export_format(request: Request) -> str | None:
+    """``?export=csv|xlsx``, or None; WebError 400 for another format."""
+    fmt = request.query_params.get("export")
+    if fmt is None:
+        return None
+    if fmt not in FORMATS:
+        raise WebError(400, i18n.N_("Unknown export format; use csv or xlsx."))
+    return fmt
+

@@ -29,7 +29,7 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import Translations
 
-from cloud.httputil import weighted
+from cloud.core.headers import weighted
 
 LOCALES: Final = ("zh-CN", "en")
 DEFAULT_LOCALE: Final = "en"

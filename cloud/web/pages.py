@@ -4,84 +4,40 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import select
+from sqlalchemy import and_, exists, select
 
-from cloud import dispatch as dispatch_service
 from cloud import inventory
-from cloud.models import WORK_ORDER_STATUSES, machines, products, work_orders
-from cloud.production import NotFound, from_micro, get_work_order
-from cloud.status import gateway_status
-from cloud.web import charts, labels, reports
+from cloud.core import clock
+from cloud.core.errors import NotFound
+from cloud.core.models import WORK_ORDER_STATUSES, machine_events, machines, products, work_orders
+from cloud.core.quantities import from_micro
+from cloud.ingest import gateway_freshness, gateway_status
+from cloud.production import dispatch as dispatch_service
+from cloud.production import due_status, get_work_order
+from cloud.web import charts, engine, labels, reports
 from cloud.web.cache import page_cache
 from cloud.web.context import (
     Page,
     WebError,
-    current_user,
-    display_tz,
-    read_flash,
+    export_format,
+    int_param,
+    limit_param,
+    open_page,
     refresh_s,
     render,
     render_fragment,
     safe_next,
     signed_micro,
 )
-from cloud.web.exports import FORMATS, MAX_ROWS, Column, export
-from cloud.web.i18n import LANG_COOKIE, LOCALES, N_, pick_locale
+from cloud.web.exports import MAX_ROWS, Column, export
+from cloud.web.i18n import LANG_COOKIE, LOCALES, N_
 
 router = APIRouter(include_in_schema=False)
-PAGE_SIZES: Final = (25, 50, 100, 200)
-
-
-class LoginRequired(Exception):
-    def __init__(self, next_url: str) -> None:
-        super().__init__(next_url)
-        self.next_url = next_url
-
-
-async def open_page(request: Request, *, login: bool = True) -> Page:
-    """The page context of a request; raises LoginRequired without a session."""
-    user = await current_user(request)
-    if user is None and login:
-        raise LoginRequired(request.url.path + (f"?{request.url.query}" if request.url.query
-                                                else ""))
-    locale = pick_locale(user.locale if user else None, request.cookies.get(LANG_COOKIE),
-                         request.headers.get("accept-language"))
-    async with request.app.state.db.sessions() as session:
-        tz = await display_tz(session)
-        page = Page(request, user, locale, tz, flash=read_flash(request))
-        if user is not None:
-            page.provisional = [g for g in await reports.gateway_freshness(session, page.now_ms)
-                                if g["provisional"]]
-    return page
-
-
-def _int(request: Request, name: str, default: int, lo: int = 0, hi: int = 10**12) -> int:
-    try:
-        return max(lo, min(hi, int(request.query_params.get(name, default))))
-    except ValueError:
-        return default
-
-
-def _limit(request: Request, default: int = 50) -> int:
-    value = _int(request, "limit", default, 1, max(PAGE_SIZES))
-    return value
-
-
-def _export_fmt(request: Request) -> str | None:
-    fmt = request.query_params.get("export")
-    if fmt is None:
-        return None
-    if fmt not in FORMATS:
-        raise WebError(400, N_("Unknown export format; use csv or xlsx."))
-    return fmt
-
-
 # -- login ---------------------------------------------------------------------------------
 
 @router.get("/login")
@@ -104,12 +60,7 @@ OEE_TODAY_FRESH_S: Final = 60.0
 UNREGISTERED_FRESH_S: Final = 60.0
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 async def board_data(request: Request, page: Page) -> dict[str, Any]:
-    from cloud.web import engine  # the anomalies/OEE parts
 
     db = request.app.state.db
     cache = page_cache(request.app)
@@ -129,11 +80,11 @@ async def board_data(request: Request, page: Page) -> dict[str, Any]:
 
     async def states() -> Any:
         async with db.sessions() as s:
-            return await engine.machine_states(s, now_ms())
+            return await engine.machine_states(s, clock.now_ms())
 
     async def oee_today() -> Any:
         async with db.sessions() as s:
-            return await engine.oee_today(s, now_ms(), midnight, ids)
+            return await engine.oee_today(s, clock.now_ms(), midnight, ids)
 
     state_of, _ = await cache.get(("board-states",), BOARD_FRESH_S, states)
     oee_of, _ = await cache.get(("board-oee", midnight, tuple(ids)), OEE_TODAY_FRESH_S,
@@ -159,10 +110,6 @@ async def board_data(request: Request, page: Page) -> dict[str, Any]:
 async def _unregistered_devices(session: Any) -> list[dict[str, Any]]:
     """Devices with a machine timeline (state or link records) that are no machine yet,
     so an admin can register them from the board."""
-    from sqlalchemy import and_, exists
-
-    from cloud.models import machine_events
-
     ev = machine_events.c
     q = (select(ev.gateway_id, ev.device).distinct()
          .where(~exists().where(and_(machines.c.gateway_id == ev.gateway_id,
@@ -194,7 +141,7 @@ BOARD_COLUMNS: Final = (
 async def board(request: Request) -> Response:
     page = await open_page(request)
     data = await board_data(request, page)
-    if fmt := _export_fmt(request):
+    if fmt := export_format(request):
         return export(fmt, "plant-board", BOARD_COLUMNS, data["tiles"], page.t.gettext)
     wall = request.query_params.get("wall") == "1"
     return render(page, "board.html", wall=wall, refresh=refresh_s(), **data)
@@ -231,10 +178,10 @@ def _order_query(request: Request) -> reports.OrderQuery:
 async def work_orders_page(request: Request) -> Response:
     page = await open_page(request)
     query = _order_query(request)
-    fmt = _export_fmt(request)
-    limit = MAX_ROWS if fmt else _limit(request, 25)
-    offset = 0 if fmt else _int(request, "offset", 0)
-    now = datetime.now(UTC)
+    fmt = export_format(request)
+    limit = MAX_ROWS if fmt else limit_param(request, 25)
+    offset = 0 if fmt else int_param(request, "offset", 0)
+    now = clock.now()
     async with request.app.state.db.sessions() as session:
         rows, total = await reports.order_rows(session, query, limit=limit, offset=offset,
                                                now=now)
@@ -253,7 +200,6 @@ async def work_orders_page(request: Request) -> Response:
 
 
 async def _order_detail(request: Request, page: Page, number: str) -> dict[str, Any]:
-    from cloud.web import engine
 
     async with request.app.state.db.sessions() as session:
         try:
@@ -275,8 +221,8 @@ async def _order_detail(request: Request, page: Page, number: str) -> dict[str, 
         timeline = await engine.order_timeline(session, wo.id, history, machine_ids,
                                                page.now_ms)
     good = max(ops, key=lambda o: o["step"])["good"] if ops else 0
-    due = reports.due_status(status=wo.status, due=wo.due, quantity=wo.quantity, good=good,
-                             now=datetime.now(UTC), started=wo.released_at or wo.created,
+    due = due_status(status=wo.status, due=wo.due, quantity=wo.quantity, good=good,
+                             now=clock.now(), started=wo.released_at or wo.created,
                              completed_at=wo.completed_at)
     return {"wo": wo, "product": product, "ops": ops, "history": history, "hourly": hourly,
             "materials": mats, "machines": ms, "unassigned": unassigned, "timeline": timeline,
@@ -317,7 +263,7 @@ TIMELINE_COLUMNS: Final = (
 async def work_order_page(number: str, request: Request) -> Response:
     page = await open_page(request)
     data = await _order_detail(request, page, number)
-    if fmt := _export_fmt(request):
+    if fmt := export_format(request):
         table = request.query_params.get("table", "operations")
         if table == "operations":
             rows = [{**o, "status": page.tr(labels.OPERATION_STATUS[o["status"]])}
@@ -382,17 +328,17 @@ LEDGER_COLUMNS: Final = (
 @router.get("/inventory", response_class=HTMLResponse)
 async def inventory_page(request: Request) -> Response:
     page = await open_page(request)
-    fmt = _export_fmt(request)
+    fmt = export_format(request)
     table = request.query_params.get("table", "stock")
     qp = request.query_params
     q = qp.get("q") or None
     shortage = qp.get("shortage") == "1"
-    limit = _limit(request, 50)
-    offset = _int(request, "offset", 0)
+    limit = limit_param(request, 50)
+    offset = int_param(request, "offset", 0)
     move_filter = {"material": qp.get("material") or None,
                    "kind": qp.get("kind") if qp.get("kind") in labels.MOVE_KIND else None,
                    "work_order": qp.get("work_order") or None}
-    before = _int(request, "before", 0) or None
+    before = int_param(request, "before", 0) or None
     async with request.app.state.db.sessions() as session:
         if fmt and table == "ledger":
             moves = await _all_moves(session, move_filter)
@@ -466,7 +412,7 @@ async def completeness_data(request: Request, page: Page) -> tuple[list[dict[str
 
 async def _completeness(request: Request) -> list[dict[str, Any]]:
     async with request.app.state.db.sessions() as session:
-        fresh = {g["id"]: g for g in await reports.gateway_freshness(session, now_ms())}
+        fresh = {g["id"]: g for g in await gateway_freshness(session, clock.now_ms())}
         out = []
         for gid in await reports.gateway_ids(session):
             doc = await gateway_status(session, gid)
@@ -505,7 +451,7 @@ async def completeness_page(request: Request) -> Response:
     for g in gws:
         if g["id"] == selected:
             gaps = [{**gap, "gateway": g["id"], "why": _gap_why(gap, page)} for gap in g["gaps"]]
-    if fmt := _export_fmt(request):
+    if fmt := export_format(request):
         if request.query_params.get("table") == "gaps":
             return export(fmt, f"gaps-{selected}", GAP_COLUMNS, gaps, page.t.gettext)
         if request.query_params.get("table") == "clock_jumps":
@@ -517,8 +463,8 @@ async def completeness_page(request: Request) -> Response:
         rows = [{**g, "state": page.tr(labels.GATEWAY_STATE[g["state"]]),
                  "last_seen": (g["last_seen"] or "")[:19].replace("T", " ")} for g in gws]
         return export(fmt, "data-completeness", GATEWAY_COLUMNS, rows, page.t.gettext)
-    limit = _limit(request, 50)
-    offset = _int(request, "offset", 0)
+    limit = limit_param(request, 50)
+    offset = int_param(request, "offset", 0)
     return render(page, "completeness.html", gateways=gws, selected=selected,
                   computed_ms=int(computed * 1000),
                   gaps=gaps[offset:offset + limit], gaps_total=len(gaps), limit=limit,

@@ -2,123 +2,38 @@
 and due-date status, an order's detail, stock, data completeness. Read-only; every list
 is bounded (a page, or ``limit`` for exports).
 
-Due-date colour of a work order (``due_status``), the rule the pages and exports share:
-
-- no due date, or cancelled: none;
-- completed/closed: ``on_time`` if it completed by its due date, else ``late``;
-- otherwise ``late`` once the due date has passed;
-- ``at_risk`` (yellow) when it is due within ``AT_RISK_WITHIN`` (24 h) with pieces still
-  to make, or when it is more than ``BEHIND_BY`` (25 percentage points) behind a straight
-  line from release (or creation) to due: the share still to make exceeds the share of
-  time left by more than that;
-- else ``on_time`` (green).
-
-Provisional reports (``gateway_freshness``): a gateway's data is still arriving when its
-last batch said more than ``BACKLOG_LIVE`` records were still queued behind it (the
-batch's ``backlog``, kept on the gateway row), or, for gateways that do not report a
-backlog, when the newest record it sent reached the cloud more than ``CATCHING_UP`` (5 min)
-after it was made (``received_at`` minus ``ts`` corrected by the clock skew). A gateway not
-seen for ``SILENT`` (10 min) holds back whatever it buffered meanwhile. Either way every
-report built from its machines may still change, and the report pages say so.
+The rules behind what the pages show live in the domain, so the REST API answers them
+too: the due-date colour is cloud/production/status.py ``due_status``, provisional data
+is cloud/ingest/status.py ``gateway_freshness``.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud import inventory
-from cloud.models import (
+from cloud.core.models import (
     attributions,
     dispatches,
     gateways,
     machines,
     materials,
     products,
-    records,
     stock_moves,
     wo_components,
     wo_operations,
     work_orders,
 )
-from cloud.production import WorkOrderFilter, list_work_orders
+from cloud.production import WorkOrderFilter, due_status, list_work_orders
 
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 86_400_000
-AT_RISK_WITHIN: Final = timedelta(hours=24)
-BEHIND_BY: Final = 0.25
-CATCHING_UP_MS: Final = 5 * 60_000
-SILENT_MS: Final = 10 * 60_000
-# a live gateway's batches leave at most a poll cycle or two behind them
-BACKLOG_LIVE: Final = 1000
-DONE: Final = ("completed", "closed")
-
-
-# -- due dates ---------------------------------------------------------------------------
-
-def due_status(*, status: str, due: datetime | None, quantity: int, good: int,
-               now: datetime, started: datetime | None = None,
-               completed_at: datetime | None = None) -> str | None:
-    """``on_time`` / ``at_risk`` / ``late`` / None by the rule in the module docstring.
-    ``started``: the order's release (or creation) time, the start of its straight line."""
-    if due is None or status == "cancelled":
-        return None
-    if status in DONE:
-        return "late" if completed_at is not None and completed_at > due else "on_time"
-    if now > due:
-        return "late"
-    remaining = max(0.0, 1.0 - good / quantity) if quantity > 0 else 0.0
-    if remaining <= 0:
-        return "on_time"
-    if due - now <= AT_RISK_WITHIN:
-        return "at_risk"
-    if started is not None and due > started:
-        time_left = (due - now) / (due - started)
-        if remaining - time_left > BEHIND_BY:
-            return "at_risk"
-    return "on_time"
-
-
-# -- gateways: provisional data ------------------------------------------------------------
-
-async def gateway_freshness(session: AsyncSession, now_ms: int) -> list[dict[str, Any]]:
-    """Per gateway (not revoked): last seen, the newest record's lag, and ``state``
-    live / catching_up / silent / never; ``provisional`` for the last three but never
-    (a gateway that never sent has nothing to hold back that we know of)."""
-    newest = records.alias("newest")
-    rows = (await session.execute(
-        select(gateways.c.id, gateways.c.last_seen, gateways.c.last_seq,
-               gateways.c.clock_skew_ms, gateways.c.backlog, newest.c.ts,
-               newest.c.received_at)
-        .select_from(gateways.outerjoin(newest, and_(newest.c.gateway_id == gateways.c.id,
-                                                     newest.c.seq == gateways.c.last_seq)))
-        .where(gateways.c.revoked_at.is_(None)).order_by(gateways.c.id))).all()
-    out = []
-    for r in rows:
-        seen_ms = int(r.last_seen.timestamp() * 1000) if r.last_seen else None
-        lag = None
-        if r.ts is not None and r.received_at is not None:
-            lag = max(0, int(r.received_at) - (int(r.ts) + int(r.clock_skew_ms or 0)))
-        if seen_ms is None:
-            state = "never"
-        elif now_ms - seen_ms > SILENT_MS:
-            state = "silent"
-        elif r.backlog is not None:
-            state = "catching_up" if r.backlog > BACKLOG_LIVE else "live"
-        elif lag is not None and lag > CATCHING_UP_MS:
-            state = "catching_up"
-        else:
-            state = "live"
-        out.append({"id": r.id, "last_seen_ms": seen_ms, "last_seq": r.last_seq,
-                    "newest_ts": r.ts, "lag_ms": lag, "clock_skew_ms": r.clock_skew_ms,
-                    "backlog": r.backlog,
-                    "state": state, "provisional": state in ("silent", "catching_up")})
-    return out
 
 
 # -- machines ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ PASSWORD = "correct horse battery"
 @pytest.fixture(name="api")
 async def api_fixture(cloud_client: Any) -> Any:
     """``cloud_client`` acting as planner ``pat``; ``api.viewer``/``api.admin`` headers."""
-    from cloud.users import create_api_token, create_user
+    from cloud.auth import create_api_token, create_user
 
     db = cloud_client.app.state.db
     tokens = {}

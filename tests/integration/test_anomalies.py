@@ -29,8 +29,8 @@ from cloud.anomalies import (
     resolve,
     sweep,
 )
-from cloud.jobs import run_jobs_once
-from cloud.models import AuditEntry, notification_channels, notifications
+from cloud.core.jobs import run_jobs_once
+from cloud.core.models import AuditEntry, notification_channels, notifications
 from tests.fixtures.cloud import batch_bytes, count_record, record
 from tests.integration.production_api import api_fixture  # noqa: F401
 
@@ -137,7 +137,7 @@ async def plant(api: Any) -> Any:
         res = await api.post(f"/api/v1/work-orders/{number}/release")
         api.ops[number] = res.json()["operations"][0]["id"]
     async with api.app.state.db.sessions() as s:
-        from cloud.models import work_orders
+        from cloud.core.models import work_orders
         api.wo = dict((await s.execute(select(work_orders.c.number, work_orders.c.id)))
                       .tuples().all())
     api.NOW = now_ms()

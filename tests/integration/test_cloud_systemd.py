@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.systemd import notify, watchdog_interval
+from cloud.core.systemd import notify, watchdog_interval
 from tests.services import free_port
 
 

@@ -18,9 +18,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from cloud.db import Database
+from cloud.core.db import Database
+from cloud.core.models import AuditEntry
 from cloud.inventory import ledger_mismatches
-from cloud.models import AuditEntry
 from tests.fixtures.cloud import CloudServer, batch_bytes, count_record
 from tests.integration.production_api import api_fixture  # noqa: F401
 

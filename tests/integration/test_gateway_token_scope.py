@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from cloud.admin import create_gateway
-from cloud.models import AuditEntry
+from cloud.auth import create_gateway
+from cloud.core.models import AuditEntry
 from tests.fixtures.cloud import batch_bytes, count_record
 from tests.integration.production_api import api_fixture, make_plant  # noqa: F401
 

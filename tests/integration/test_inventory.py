@@ -2,7 +2,7 @@
 receipts, issues, scrap, adjustments, counts; the moves list; balances == ledger sum after
 every step; safety stock (computed and manual), days of cover, shortages; bad input.
 
-The inventory module reads its clock through ``cloud.inventory.now_ms`` (the ts of API
+The cloud reads its clock through ``cloud.core.clock.now_ms`` (the ts of API
 moves and the end of the usage windows); the tests pin it, so nothing depends on today's
 date. Backflush moves carry their count record's ts, so usage is built from backdated
 count records on a dispatched order.
@@ -22,7 +22,8 @@ import pytest
 from sqlalchemy import func, select
 
 from cloud import inventory
-from cloud.models import AuditEntry, stock_moves
+from cloud.core import clock as cloud_clock
+from cloud.core.models import AuditEntry, stock_moves
 from tests.fixtures.cloud import batch_bytes, count_record
 from tests.integration.production_api import api_fixture  # noqa: F401
 
@@ -39,7 +40,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     c = Clock()
-    monkeypatch.setattr(inventory, "now_ms", lambda: c.t)
+    monkeypatch.setattr(cloud_clock, "now_ms", lambda: c.t)   # the cloud's one clock
     return c
 
 

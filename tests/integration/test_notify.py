@@ -32,11 +32,12 @@ import structlog
 from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
-from cloud import notify, settings
-from cloud.admin import create_gateway
+import cloud.notify.service as notify
 from cloud.app import create_app
-from cloud.db import Database
-from cloud.models import (
+from cloud.auth import create_api_token, create_gateway, create_user
+from cloud.core import settings
+from cloud.core.db import Database
+from cloud.core.models import (
     anomalies,
     anomaly_links,
     audit_log,
@@ -46,7 +47,6 @@ from cloud.models import (
     wo_operations,
     work_orders,
 )
-from cloud.users import create_api_token, create_user
 from tests.fixtures.cloud import ADMIN_HEADERS, add_admin, migrate_sync
 from tests.services import free_port
 

@@ -45,7 +45,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from cloud.models import AuditEntry
+from cloud.core.models import AuditEntry
 from tests.fixtures.cloud import batch_bytes
 from tests.integration.production_api import api_fixture  # noqa: F401
 
@@ -513,8 +513,9 @@ async def test_dst_day_and_non_working_day(api, cloud_db_url):
 async def test_maintenance_counters(api, cloud_db_url):
     """Run hours: running 06:00-09:00 (3 h) against 2 h -> due at 08:00. Cycles: a 4-cavity
     mold, 400 pieces = 100 cycles against 150; 200 more pieces at 08:00 -> 150, due then."""
-    from cloud.maintenance import check_maintenance, reset_counter
-    from cloud.models import anomalies, maintenance_counters
+    from cloud.core.models import anomalies, maintenance_counters
+    from cloud.oee import check_maintenance
+    from cloud.oee.maintenance import reset_counter
 
     db = api.app.state.db
     assert any(j.name == "maintenance" and j.fn is check_maintenance

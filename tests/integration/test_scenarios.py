@@ -16,13 +16,10 @@ import pytest
 from sqlalchemy import select, update
 
 from buffer.records import Batch, Record
-from cloud import dispatch, production
-from cloud.admin import create_gateway
-from cloud.attribution import apply_counts
-from cloud.db import Database
-from cloud.ingest import ingest_batch
-from cloud.inventory import balance_u, ledger_mismatches, stock, stock_count
-from cloud.models import (
+from cloud import production
+from cloud.auth import create_gateway
+from cloud.core.db import Database
+from cloud.core.models import (
     AuditEntry,
     attributions,
     dispatches,
@@ -34,6 +31,9 @@ from cloud.models import (
     wo_operations,
     work_orders,
 )
+from cloud.ingest import ingest_batch
+from cloud.inventory import balance_u, ledger_mismatches, stock, stock_count
+from cloud.production import apply_counts, dispatch
 
 pytestmark = pytest.mark.needs_service("postgresql")
 T0 = 1_700_000_000_000

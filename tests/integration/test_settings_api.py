@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from cloud.models import AuditEntry
+from cloud.core.models import AuditEntry
 from tests.integration.production_api import api_fixture  # noqa: F401
 
 pytestmark = pytest.mark.parametrize("cloud_db_url", ["sqlite"], indirect=True)

@@ -255,8 +255,8 @@ async def test_403_stops_like_401_and_says_so(tmp_path: Path) -> None:
     sends nothing more until resumed with a right token."""
     from structlog.testing import capture_logs
 
-    from cloud.db import Database
-    from cloud.users import create_api_token, create_user
+    from cloud.auth import create_api_token, create_user
+    from cloud.core.db import Database
 
     async with running_cloud(tmp_path) as cloud, open_outbox(tmp_path / "buf.db") as outbox:
         async with Database(cloud.db_url) as db:

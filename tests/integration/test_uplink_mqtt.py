@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from buffer.uplink import MqttUplink, UplinkUnavailable
-from cloud.mqtt_ingest import run_mqtt_ingest
+from cloud.ingest import run_mqtt_ingest
 from edge.forwarder import Forwarder
 from tests.fixtures.mosquitto import Mosquitto
 from tests.integration.uplink_helpers import GATEWAY, fill, make_cloud_db, open_outbox, wait_for

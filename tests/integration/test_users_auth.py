@@ -17,10 +17,11 @@ import pytest
 from fastapi import Depends
 from sqlalchemy import select
 
-from cloud.auth import Actor, audit, require
-from cloud.db import Database
-from cloud.models import ApiToken, AuditEntry, LoginAttempt, Session, User
-from cloud.users import MAX_FAILURES_PER_ADDRESS, MAX_FAILURES_PER_NAME
+from cloud.api.deps import require
+from cloud.auth import MAX_FAILURES_PER_ADDRESS, MAX_FAILURES_PER_NAME, Actor
+from cloud.core.audit import audit
+from cloud.core.db import Database
+from cloud.core.models import ApiToken, AuditEntry, LoginAttempt, Session, User
 from tests.fixtures.cloud import ADMIN_HEADERS, CLI
 
 PASSWORD = "correct horse battery"
@@ -359,7 +360,7 @@ async def test_prune_job_deletes_old_attempts_and_ended_sessions(client: Any):
 
     from sqlalchemy import update
 
-    from cloud.jobs import run_jobs_once
+    from cloud.core.jobs import run_jobs_once
 
     await add_user(client, "pruned")
     for _ in range(2):

@@ -35,9 +35,9 @@ EXTERNAL = re.compile(r"""(?:src|href|action)\s*=\s*["']?\s*(?:https?:)?//|url\(
 @pytest.fixture(scope="module")
 def web_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Plant]]:
     """A migrated SQLite cloud with the test plant, built once for the module."""
-    from cloud.admin import create_gateway
     from cloud.app import create_app
-    from cloud.db import Database
+    from cloud.auth import create_gateway
+    from cloud.core.db import Database
 
     url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('web') / 'cloud.db'}"
     migrate_sync(url)
@@ -329,8 +329,8 @@ async def test_anomaly_lifecycle_and_stop_reason_from_the_pages(web: Any) -> Non
 
 
 async def test_provisional_banner_while_a_gateway_catches_up(web: Any, web_db: Any) -> None:
-    from cloud.admin import create_gateway
-    from cloud.db import Database
+    from cloud.auth import create_gateway
+    from cloud.core.db import Database
 
     url, _plant = web_db
     async with Database(url) as db:
@@ -374,7 +374,7 @@ async def test_provisional_banner_while_a_gateway_catches_up(web: Any, web_db: A
 def test_due_status_rule() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from cloud.web.reports import due_status
+    from cloud.production import due_status
 
     now = datetime(2026, 3, 1, 12, tzinfo=UTC)
     day = timedelta(days=1)

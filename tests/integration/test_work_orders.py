@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from cloud.models import AuditEntry, WoOperation
+from cloud.core.models import AuditEntry, WoOperation, WorkOrder
 from cloud.production import on_operation_progress
 from tests.integration.production_api import api_fixture, make_plant  # noqa: F401
 
@@ -34,8 +34,8 @@ async def count(api: Any, number: str, step: int, good: int, scrap: int = 0) -> 
     db = api.app.state.db
     async with db.sessions() as session, session.begin():
         op_id = (await session.scalars(select(WoOperation.id).join_from(
-            WoOperation, __import__("cloud.models").models.WorkOrder).where(
-            __import__("cloud.models").models.WorkOrder.number == number,
+            WoOperation, WorkOrder).where(
+            WorkOrder.number == number,
             WoOperation.step == step))).one()
         await session.execute(update(WoOperation).where(WoOperation.id == op_id)
                               .values(good=good, scrap=scrap))

@@ -17,10 +17,10 @@ import uvicorn
 
 from buffer.records import Record
 from buffer.store import Cycle, Outbox
-from cloud.admin import create_gateway
 from cloud.app import create_app
-from cloud.db import Database
-from cloud.migrate import upgrade
+from cloud.auth import create_gateway
+from cloud.core.db import Database
+from cloud.core.migrate import upgrade
 from tests.services import free_port
 
 GATEWAY = "gw-test"

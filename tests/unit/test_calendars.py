@@ -8,7 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from cloud.calendars import Calendar, Invalid, planned_intervals, validate
+from cloud.core.errors import Invalid
+from cloud.oee.calendars import Calendar, planned_intervals, validate
 
 H = 3_600_000
 BERLIN = ZoneInfo("Europe/Berlin")

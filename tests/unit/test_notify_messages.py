@@ -13,8 +13,8 @@ import urllib.parse
 
 import pytest
 
-from cloud import notify
-from cloud.notify import AnomalyView, LinkView, Message
+import cloud.notify.service as notify
+from cloud.notify.service import AnomalyView, LinkView, Message
 
 TS = 1_772_438_400_000  # 2026-03-02T08:00:00Z
 

@@ -1,0 +1,203 @@
+"""HTTP API for people: login, sessions, own API tokens and locale, user admin.
+
+- ``POST /api/v1/login`` {name, password} -> {name, role, locale}; sets the session
+  cookie (HttpOnly, SameSite=Lax, Secure on https). 401 ``bad_credentials``,
+  ``user_disabled``; 429 ``too_many_attempts`` with Retry-After (cloud/users.py).
+- ``POST /api/v1/logout`` -> {logged_out: true}; ends the cookie's session (idempotent).
+- ``GET /api/v1/me`` -> {name, role, locale, kind}; ``PUT /api/v1/me/locale`` {locale}.
+- ``GET /api/v1/me/tokens?limit=&offset=``; ``POST /api/v1/me/tokens`` {name} -> 201
+  {id, name, token} (the token is shown this once); ``DELETE /api/v1/me/tokens/{id}``.
+- admin: ``GET /api/v1/users?role=&limit=&offset=``, ``POST /api/v1/users`` {name, role,
+  password, locale?} -> 201, ``PATCH /api/v1/users/{name}`` {role?, disabled?},
+  ``POST /api/v1/users/{name}/password`` {password} (ends that user's sessions).
+
+Lists answer ``{items, total, limit, offset}`` like every list of the API.
+
+Errors (cloud/api/errors.py): 404 ``unknown_user`` / ``unknown_token``, 409
+``user_exists``, 422 ``invalid_request`` (a bad name, role or password, and any body that
+does not match its schema).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from cloud.api.deps import Db, Limit, Offset, require
+from cloud.api.paging import paged
+from cloud.auth import (
+    SESSION_ABSOLUTE,
+    SESSION_COOKIE,
+    Actor,
+    create_api_token_in,
+    create_user_in,
+    get_user,
+    login,
+    logout,
+    revoke_api_token_in,
+    set_locale_in,
+    set_password_in,
+    update_user_in,
+)
+from cloud.core.clock import iso
+from cloud.core.errors import NotFound
+from cloud.core.models import ApiToken, User
+
+router = APIRouter(prefix="/api/v1", tags=["users"])
+viewer = Depends(require("viewer"))
+admin = Depends(require("admin"))
+
+
+class LoginBody(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    password: str = Field(max_length=1024)
+
+
+class LocaleBody(BaseModel):
+    locale: Literal["zh-CN", "en"]
+
+
+class TokenBody(BaseModel):
+    name: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class NewUserBody(BaseModel):
+    name: str
+    role: Literal["admin", "planner", "viewer"]
+    password: str = Field(max_length=1024)
+    locale: Literal["zh-CN", "en"] | None = None
+
+
+class UserPatchBody(BaseModel):
+    role: Literal["admin", "planner", "viewer"] | None = None
+    disabled: bool | None = None
+
+
+class PasswordBody(BaseModel):
+    password: str = Field(max_length=1024)
+
+
+def _user_doc(user: User) -> dict[str, Any]:
+    return {"name": user.name, "role": user.role, "locale": user.locale,
+            "created": iso(user.created), "disabled": user.disabled_at is not None}
+
+
+def _db(request: Request) -> Any:
+    return request.app.state.db
+
+
+@router.post("/login")
+async def post_login(body: LoginBody, request: Request, response: Response) -> dict[str, Any]:
+    """Log in; sets the session cookie. Rate-limited per name and per client address."""
+    address = request.client.host if request.client else "unknown"
+    async with _db(request).sessions() as session:
+        result = await login(session, body.name, body.password, address)
+    response.set_cookie(SESSION_COOKIE, result.session_secret, httponly=True, samesite="lax",
+                        secure=request.url.scheme == "https", path="/",
+                        max_age=int(SESSION_ABSOLUTE.total_seconds()))
+    return {"name": result.user.name, "role": result.user.role, "locale": result.user.locale}
+
+
+@router.post("/logout")
+async def post_logout(request: Request, response: Response) -> dict[str, Any]:
+    """End this browser's session (no error when there is none)."""
+    secret = request.cookies.get(SESSION_COOKIE)
+    if secret:
+        async with _db(request).sessions() as session:
+            await logout(session, secret)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
+    return {"logged_out": True}
+
+
+@router.get("/me")
+async def get_me(request: Request, actor: Actor = viewer) -> dict[str, Any]:
+    async with _db(request).sessions() as session:
+        user = await get_user(session, actor.name)
+    return {"name": user.name, "role": user.role, "locale": user.locale, "kind": actor.kind}
+
+
+@router.put("/me/locale")
+async def put_locale(body: LocaleBody, request: Request, actor: Actor = viewer
+                     ) -> dict[str, Any]:
+    """Remember the user's language (reports and UI)."""
+    assert actor.user_id is not None
+    async with _db(request).sessions() as session, session.begin():
+        await set_locale_in(session, actor.user_id, body.locale)
+    return {"name": actor.name, "locale": body.locale}
+
+
+def token_doc(t: ApiToken) -> dict[str, Any]:
+    """An API token as its user sees it (never its secret)."""
+    return {"id": t.id, "name": t.name, "created": iso(t.created),
+            "last_used_at": iso(t.last_used_at), "revoked_at": iso(t.revoked_at)}
+
+
+@router.get("/me/tokens")
+async def get_tokens(actor: Annotated[Actor, viewer], session: Db, limit: Limit = 50,
+                     offset: Offset = 0) -> dict[str, Any]:
+    """The caller's API tokens, oldest first (never their secrets)."""
+    stmt = select(ApiToken).where(ApiToken.user_id == actor.user_id)
+    return await paged(session, stmt, [ApiToken.id], limit, offset, token_doc)
+
+
+@router.post("/me/tokens", status_code=201)
+async def post_token(body: TokenBody, request: Request, actor: Actor = viewer
+                     ) -> dict[str, Any]:
+    """A new API token acting as the caller; shown only in this answer."""
+    async with _db(request).sessions() as session, session.begin():
+        token_id, token = await create_api_token_in(session, actor.name, body.name,
+                                                    actor=actor)
+    return {"id": token_id, "name": body.name, "token": token}
+
+
+@router.delete("/me/tokens/{token_id}")
+async def delete_token(token_id: int, request: Request, actor: Actor = viewer
+                       ) -> dict[str, Any]:
+    """Revoke one of the caller's tokens (idempotent); 404 if it is not theirs."""
+    assert actor.user_id is not None
+    async with _db(request).sessions() as session, session.begin():
+        when = await revoke_api_token_in(session, actor.user_id, token_id, actor=actor)
+    if when is None:
+        raise NotFound(f"you have no API token {token_id}", code="unknown_token")
+    return {"id": token_id, "revoked_at": iso(when)}
+
+
+@router.get("/users")
+async def get_users(_actor: Annotated[Actor, admin], session: Db,
+                    role: Literal["admin", "planner", "viewer"] | None = None,
+                    limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
+    """People, by name."""
+    stmt = select(User) if role is None else select(User).where(User.role == role)
+    return await paged(session, stmt, [User.name], limit, offset, _user_doc)
+
+
+@router.post("/users", status_code=201)
+async def post_user(body: NewUserBody, request: Request, actor: Actor = admin
+                    ) -> dict[str, Any]:
+    async with _db(request).sessions() as session, session.begin():
+        await create_user_in(session, body.name, body.role, body.password,
+                             locale=body.locale, actor=actor)
+        user = await get_user(session, body.name)
+        return _user_doc(user)
+
+
+@router.patch("/users/{name}")
+async def patch_user(name: str, body: UserPatchBody, request: Request, actor: Actor = admin
+                     ) -> dict[str, Any]:
+    """Change role and/or disable/enable (disabling ends the user's sessions)."""
+    async with _db(request).sessions() as session, session.begin():
+        user = await update_user_in(session, name, role=body.role, disabled=body.disabled,
+                                    actor=actor)
+        return _user_doc(user)
+
+
+@router.post("/users/{name}/password")
+async def post_password(name: str, body: PasswordBody, request: Request,
+                        actor: Actor = admin) -> dict[str, Any]:
+    """Set a user's password (ends their sessions)."""
+    async with _db(request).sessions() as session, session.begin():
+        await set_password_in(session, name, body.password, actor=actor)
+    return {"name": name, "password_set": True}

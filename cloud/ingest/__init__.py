@@ -1,0 +1,29 @@
+"""Records in: storing a gateway's batch (append-only, deduplicated, acked), the domain
+processing every stored batch gets (``default_appliers``), the MQTT consumer, and what
+the cloud holds for each gateway (gaps, counters, whether its data is still arriving)."""
+
+from __future__ import annotations
+
+from cloud.ingest.appliers import default_appliers
+from cloud.ingest.mqtt import parse_broker_url, run_mqtt_ingest
+from cloud.ingest.status import (
+    device_counters,
+    gateway_exists,
+    gateway_freshness,
+    gateway_status,
+)
+from cloud.ingest.store import Applier, GatewayGone, IngestResult, ingest_batch
+
+__all__ = [
+    "Applier",
+    "GatewayGone",
+    "IngestResult",
+    "default_appliers",
+    "device_counters",
+    "gateway_exists",
+    "gateway_freshness",
+    "gateway_status",
+    "ingest_batch",
+    "parse_broker_url",
+    "run_mqtt_ingest",
+]
