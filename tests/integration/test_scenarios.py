@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from buffer.records import Batch, Record
 from cloud import production
 from cloud.auth import create_gateway
+from cloud.core import clock
 from cloud.core.db import Database
 from cloud.core.models import (
     AuditEntry,
@@ -372,7 +373,7 @@ async def test_cancel_ends_the_dispatch_and_later_counts_are_unassigned(plant):
     backflushes nothing. The planner then moves the late count off the cancelled order
     by editing its dispatch."""
     db = plant
-    now = dispatch.now_ms()
+    now = clock.now_ms()
     async with db.sessions() as s, s.begin():
         d = await dispatch.start(s, "planner", db.machine, db.ops["WO1"], now - 2 * H)
     async with db.sessions() as s, s.begin():
@@ -403,7 +404,7 @@ async def test_complete_and_close_end_running_dispatches(plant):
     counting) and its dispatch runs on until the planner closes it; a count after the
     close is unassigned and the closed order keeps its 12."""
     db = plant
-    now = dispatch.now_ms()
+    now = clock.now_ms()
     async with db.sessions() as s, s.begin():
         d1 = await dispatch.start(s, "planner", db.machine, db.ops["WO1"], now - 2 * H)
         d2 = await dispatch.start(s, "planner", db.machine2, db.ops["WO2"], now - 2 * H)
