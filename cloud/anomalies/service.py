@@ -81,9 +81,10 @@ import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import structlog
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import Integer, and_, case, func, literal, or_, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -136,23 +137,6 @@ ACTIONS: Final[dict[str, tuple[str, ...]]] = {
     "closed": ("reopen",),
 }
 
-DEFAULTS: Final[dict[str, Any]] = {
-    "offline_after_s": 300,
-    "stop_after_s": 600,
-    "scrap_rate": {"window_s": 3600, "min_pieces": 20, "threshold": 0.1},
-    # per severity (or PUT one number for all); 0 = never escalate
-    "escalate_after_s": {"info": 0, "minor": 3600, "major": 900, "critical": 300},
-    "max_escalation_level": 3,
-    "repeat_window_s": 86400,
-    "stock_check_every_s": 300,
-    "severity": {"alarm": "major", "limit": "minor", "offline": "major", "stop": "major",
-                 "scrap_rate": "major", "stock_low": "minor", "maintenance": "minor",
-                 "material": "minor", "operator": "minor", "quality": "minor"},
-    # alarm code or limit tag -> severity (an open map; null removes an override)
-    "severity_by_code": {},
-    "hold_on_severe_quality": True,
-}
-
 _LOOKED_AT: Final = frozenset({"alarm", "limit", "state", "link", "count"})
 _UNSET: Final[Any] = object()
 # the sweep's last stock check per database (shortages scan 30 days of moves)
@@ -161,42 +145,73 @@ _STOCK_CHECKED: weakref.WeakKeyDictionary[Database, int] = weakref.WeakKeyDictio
 
 # -- settings -------------------------------------------------------------------------
 
-def _check_severity(field: str, value: Any, *, nullable: bool = False) -> None:
-    if value is None and nullable:
-        return
-    if value not in SEVERITIES:
-        raise settings.SettingsError(field, f"{field}: {value!r} is not a severity "
-                                     f"(one of {', '.join(SEVERITIES)})")
+Severity = Literal["info", "minor", "major", "critical"]
+Seconds = Annotated[float, Field(ge=0)]
 
 
-def _check_settings(value: dict[str, Any]) -> dict[str, Any]:
-    """The ``anomalies`` settings' own checks (cloud/settings.py runs them on every PUT):
-    severities must be levels, a scrap-rate threshold a fraction; one number for
-    ``escalate_after_s`` applies to every severity. Raises settings.SettingsError."""
-    after = value.get("escalate_after_s")
-    if isinstance(after, int | float) and not isinstance(after, bool):
-        value["escalate_after_s"] = {sev: after for sev in SEVERITIES}  # one for all
-    hold = value.get("hold_on_severe_quality", True)
-    if not isinstance(hold, bool):
-        raise settings.SettingsError(f"{SETTINGS_KEY}.hold_on_severe_quality",
-                                     f"{SETTINGS_KEY}.hold_on_severe_quality: true or false, "
-                                     f"got {hold!r}")
-    for kind, sev in (value.get("severity") or {}).items():
-        _check_severity(f"{SETTINGS_KEY}.severity.{kind}", sev)
-    by_code = value.get("severity_by_code")
-    if isinstance(by_code, dict):
-        for code, sev in by_code.items():
-            _check_severity(f"{SETTINGS_KEY}.severity_by_code.{code}", sev, nullable=True)
-    rate = value.get("scrap_rate")
-    if isinstance(rate, dict) and isinstance(rate.get("threshold"), int | float) \
-            and rate["threshold"] > 1:
-        raise settings.SettingsError(f"{SETTINGS_KEY}.scrap_rate.threshold",
-                                     f"{SETTINGS_KEY}.scrap_rate.threshold: a fraction "
-                                     f"0..1 (0.1 = 10 %), got {rate['threshold']!r}")
-    return value
+class ScrapRate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    window_s: Seconds = Field(3600, description="trailing window of the scrap rate")
+    min_pieces: int = Field(20, ge=0, description="pieces in the window before it counts")
+    threshold: float = Field(0.1, ge=0, le=1, description="a fraction: 0.1 = 10 % scrap")
 
 
-settings.register(SETTINGS_KEY, DEFAULTS, check=_check_settings)
+class SeverityByKind(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alarm: Severity = "major"
+    limit: Severity = "minor"
+    offline: Severity = "major"
+    stop: Severity = "major"
+    scrap_rate: Severity = "major"
+    stock_low: Severity = "minor"
+    maintenance: Severity = "minor"
+    material: Severity = "minor"
+    operator: Severity = "minor"
+    quality: Severity = "minor"
+
+
+class EscalateAfter(BaseModel):
+    """Seconds an anomaly may stay open (unacknowledged) per severity before it is
+    escalated one level; 0 never escalates. One number sets every severity."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    info: Seconds = 0
+    minor: Seconds = 3600
+    major: Seconds = 900
+    critical: Seconds = 300
+
+
+class AnomalySettings(settings.SettingsModel):
+    """Thresholds and severity rules of the anomalies (``/api/v1/settings/anomalies``)."""
+
+    offline_after_s: Seconds = Field(300, description="a device offline this long is an anomaly")
+    stop_after_s: Seconds = Field(600, description="a stop this long while an order is "
+                                  "dispatched is an anomaly")
+    scrap_rate: ScrapRate = Field(default_factory=ScrapRate)
+    escalate_after_s: EscalateAfter = Field(default_factory=EscalateAfter)
+    max_escalation_level: int = Field(3, ge=0)
+    repeat_window_s: Seconds = Field(86400, description="an anomaly of the same machine and "
+                                     "code within this window is a repeat")
+    stock_check_every_s: Seconds = 300
+    severity: SeverityByKind = Field(default_factory=SeverityByKind)
+    severity_by_code: dict[str, Severity | None] = Field(
+        default_factory=dict, description="alarm code or limit tag -> severity (wins over "
+        "the kind's); null removes an override")
+    hold_on_severe_quality: bool = Field(True, description="a critical quality anomaly "
+                                         "puts its operations on hold")
+
+    @field_validator("escalate_after_s", mode="before")
+    @classmethod
+    def _one_for_all(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return {sev: value for sev in SEVERITIES}
+        return value
+
+
+settings.register(SETTINGS_KEY, AnomalySettings)
 
 
 def severity_for(conf: dict[str, Any], kind: str, code: str | int | None) -> str:
@@ -1238,7 +1253,7 @@ async def anomalies_for_work_order(session: AsyncSession,
 
 
 __all__ = [
-    "DEFAULTS", "SETTINGS_KEY", "acknowledge", "anomalies_for_work_order", "anomaly_stats",
+    "SETTINGS_KEY", "AnomalySettings", "acknowledge", "anomalies_for_work_order", "anomaly_stats",
     "apply_anomalies", "assign", "close", "create_manual", "get_anomaly", "list_anomalies",
     "open_anomalies_by_machine", "raise_anomaly", "reopen", "resolve",
     "severity_for", "sweep",

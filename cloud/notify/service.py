@@ -81,11 +81,12 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formataddr, make_msgid
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 import structlog
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -122,23 +123,54 @@ DINGTALK_MAX_BYTES: Final = 18_000   # DingTalk's limit is 20000 bytes of the me
 LISTED_IN_TEXT: Final = 10           # anomalies spelled out in a chat message or mail
 MAX_ERROR: Final = 1000
 
-settings.register(SETTINGS_KEY, {
-    "group_window_s": 600,
-    "max_attempts": 8,
-    "backoff_base_s": 10,
-    "backoff_cap_s": 1800,
-    "timeout_s": 10,
-    "batch": 50,
-    # the web UI's address for links in messages, e.g. https://mes.example.com (empty: none)
-    "cloud_url": "",
-    # times in chat messages and mails are shown in this zone (webhooks: ISO UTC)
-    "timezone": "Asia/Shanghai",
-    # message language per channel kind: zh-CN or en
-    "locale": {"webhook": "en", "dingtalk": "zh-CN", "wecom": "zh-CN", "email": "zh-CN"},
-    # password_file: a file holding the SMTP password (kept out of the database and API)
-    "smtp": {"host": "", "port": 25, "user": "", "password_file": "", "from": "",
-             "starttls": False, "ssl": False},
-})
+Locale = Literal["zh-CN", "en"]
+
+
+class MessageLocales(BaseModel):
+    """Message language per channel kind."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook: Locale = "en"
+    dingtalk: Locale = "zh-CN"
+    wecom: Locale = "zh-CN"
+    email: Locale = "zh-CN"
+
+
+class SmtpSettings(BaseModel):
+    """The mail server of email channels. The password is read from ``password_file``
+    (kept out of the database and the API)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    host: str = Field("", description="empty: email channels cannot send")
+    port: int = Field(25, ge=1, le=65535)
+    user: str = ""
+    password_file: str = ""
+    sender: str = Field("", alias="from", description="the From address")
+    starttls: bool = False
+    ssl: bool = False
+
+
+class NotificationSettings(settings.SettingsModel):
+    """Delivery of anomaly notifications (``/api/v1/settings/notifications``)."""
+
+    group_window_s: float = Field(600, ge=0, description="at most one message per machine "
+                                  "and code in this window")
+    max_attempts: int = Field(8, ge=1, description="tries before the dead-letter list")
+    backoff_base_s: float = Field(10, ge=0)
+    backoff_cap_s: float = Field(1800, ge=0)
+    timeout_s: float = Field(10, gt=0)
+    batch: int = Field(50, ge=1, description="messages sent per delivery round")
+    cloud_url: str = Field("", description="the web UI's address for links in messages, "
+                           "e.g. https://mes.example.com (empty: none)")
+    timezone: str = Field("Asia/Shanghai", description="times in chat messages and mails "
+                          "(webhooks: ISO UTC)")
+    locale: MessageLocales = Field(default_factory=MessageLocales)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+
+
+settings.register(SETTINGS_KEY, NotificationSettings)
 
 
 class NotifyError(Invalid):

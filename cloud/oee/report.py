@@ -60,8 +60,9 @@ import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
+from pydantic import Field
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -111,32 +112,34 @@ def category(status: str, state_map: dict[str, str] | None = None) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class OeeSettings:
+class StopRules:
+    """The ``oee`` settings as the timeline uses them."""
+
     micro_stop_ms: int
     state_map: dict[str, str]
 
 
-async def load_settings(session: AsyncSession) -> OeeSettings:
+async def load_settings(session: AsyncSession) -> StopRules:
     doc = await settings.get(session, SETTINGS_KEY)
     state_map = {str(k).lower(): str(v) for k, v in (doc.get("state_map") or {}).items()
                  if v in CATEGORIES}
-    return OeeSettings(int(float(doc["micro_stop_s"]) * 1000), state_map)
+    return StopRules(int(float(doc["micro_stop_s"]) * 1000), state_map)
 
 
-def _check_settings(value: dict[str, Any]) -> dict[str, Any]:
-    """The ``oee`` settings' own check (beyond cloud/settings.py's types): every state maps
-    to a category."""
-    if isinstance(value.get("state_map"), dict):
-        for k, v in value["state_map"].items():
-            if v not in CATEGORIES:
-                raise settings.SettingsError(
-                    f"oee.state_map.{k}", f"oee.state_map.{k}: expected one of "
-                    f"{', '.join(CATEGORIES)}, got {v!r}")
-    return value
+Category = Literal["running", "idle", "setup", "down", "offline"]
 
 
-settings.register(SETTINGS_KEY, {"micro_stop_s": 120, "state_map": {}},
-                  check=_check_settings)
+class OeeSettings(settings.SettingsModel):
+    """How stops count (``/api/v1/settings/oee``)."""
+
+    micro_stop_s: float = Field(120, ge=0, description="a stop shorter than this is a "
+                                "micro-stop (speed loss), not downtime")
+    state_map: dict[str, Category] = Field(
+        default_factory=dict, description="a device state -> the category it counts as "
+        "(e.g. {\"setup\": \"running\"})")
+
+
+settings.register(SETTINGS_KEY, OeeSettings)
 
 
 # -- the timeline of one machine ----------------------------------------------------------
@@ -173,7 +176,7 @@ class Timeline:
 
 
 async def machine_timeline(session: AsyncSession, machine_id: int, gateway_id: str,
-                            device: str, lo: int, hi: int, cfg: OeeSettings, *,
+                            device: str, lo: int, hi: int, cfg: StopRules, *,
                             finish_last_stop: bool = False) -> Timeline:
     """Segments and stops of a machine covering at least [lo, hi). Reads back to the last
     ``running`` state before ``lo`` so a stop in progress at ``lo`` has its true start
@@ -215,7 +218,7 @@ async def machine_timeline(session: AsyncSession, machine_id: int, gateway_id: s
     return timeline
 
 
-def _running_names(cfg: OeeSettings) -> list[str]:
+def _running_names(cfg: StopRules) -> list[str]:
     names = {k for k, v in DEFAULT_STATE_MAP.items() if v == "running"}
     names -= {k for k, v in cfg.state_map.items() if v != "running"}
     names |= {k for k, v in cfg.state_map.items() if v == "running"}
@@ -232,7 +235,7 @@ async def _events_after(session: AsyncSession, gateway_id: str, device: str, aft
     return [Event(*r) for r in rows]
 
 
-def _build(evs: Sequence[Event], begin: int, end: int, cfg: OeeSettings) -> Timeline:
+def _build(evs: Sequence[Event], begin: int, end: int, cfg: StopRules) -> Timeline:
     """Segments from ``min(begin, first event)`` to ``end`` and the stops among them."""
     state: str | None = None
     online: bool | None = None
