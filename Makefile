@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # daemons, servers), so two workers on a 2-core machine about halve the wall time.
 TEST_WORKERS ?= 2
 
-.PHONY: venv test demo bench lint schemas i18n clean
+.PHONY: venv system-deps test demo bench lint schemas i18n clean
 
 venv: $(STAMP)
 
@@ -18,7 +18,11 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: $(STAMP)
+# The brokers, databases and browser the tests start: installed before pytest, never by a test.
+system-deps:
+	./.ci/system-deps
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25 tests
 
 demo: $(STAMP)
@@ -27,9 +31,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# ruff, mypy --strict on every package, and the layer contracts (pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 schemas: $(STAMP)
 	$(BIN)/python -m edge.schema config/schema

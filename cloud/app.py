@@ -17,13 +17,13 @@ import structlog
 from fastapi import FastAPI
 
 from cloud import anomalies, notify, oee
-from cloud.api.errors import install_error_handlers
-from cloud.api.routes import ROUTERS
-from cloud.api.routes.gateways import DEFAULT_MAX_BODY
+from cloud.api import DEFAULT_MAX_BODY, install_api
 from cloud.auth import prune_logins
 from cloud.core import Database, Job, job_runner, resolve_url
 from cloud.ingest import Applier, default_appliers
 from cloud.web import install_web
+
+__all__ = ["LifespanHook", "create_app"]
 
 log = structlog.get_logger(__name__)
 
@@ -63,9 +63,7 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
                       Job("maintenance", oee.check_maintenance, 60.0),
                       Job("anomaly_sweep", anomalies.sweep, 15.0),
                       Job("notify", notify.deliver, 5.0)]
-    install_error_handlers(app)
-    for router in ROUTERS:
-        app.include_router(router)
+    install_api(app)
     install_web(app)
     return app
 

@@ -1,36 +1,12 @@
-"""Retry timing for devices: capped exponential backoff with full jitter, and a
-circuit breaker (closed -> open -> half-open) so a dead device costs one probe per
-backoff period instead of a timeout every poll."""
+"""A circuit breaker for devices (closed -> open -> half-open) so a dead device costs one
+probe per backoff period instead of a timeout every poll. The backoff itself is the one
+every retry loop uses (``buffer.backoff.Backoff``)."""
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
-
-@dataclass
-class Backoff:
-    """Full-jitter exponential backoff: the n-th delay (n from 0) is uniform in
-    [0, ceiling(n)] with ceiling(n) = min(cap, base * 2^n); the first delay is drawn from
-    the upper half, so a first retry is never immediate."""
-
-    base: float = 0.5
-    cap: float = 60.0
-    attempts: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-
-    @property
-    def ceiling(self) -> float:
-        """The upper bound of the next delay."""
-        return float(min(self.cap, self.base * 2.0 ** min(self.attempts, 30)))
-
-    def next_delay(self) -> float:
-        ceiling = self.ceiling
-        self.attempts += 1
-        return self.rng.uniform(ceiling / 2, ceiling) if self.attempts == 1 else self.rng.uniform(0, ceiling)
-
-    def reset(self) -> None:
-        self.attempts = 0
+from buffer.backoff import Backoff
 
 
 @dataclass

@@ -31,9 +31,10 @@ import structlog
 from pydantic import BaseModel
 
 from buffer import Outbox
+from buffer.backoff import Backoff
 from buffer.records import Record, RecordError
 from buffer.store import BufferCorrupt, BufferWriteError, Cycle, OutboxError
-from edge.backoff import Backoff, Breaker
+from edge.backoff import Breaker
 from edge.config import ConfigError, GatewayConfig, LoadedDevice, LoadedGateway, load_gateway
 from edge.derive import Derived, DeviceDeriver, TagRule
 from edge.logs import RepeatCounter

@@ -5,7 +5,7 @@ retry loop (STYLE.md: the retry loop lives in the caller, in ``edge/``). It take
 from the Outbox oldest first, sends them, deletes what the cloud acknowledged (never more
 than it sent), and after any error forgets its position and starts again from the oldest
 unacked record, which is also where a restarted gateway starts (STYLE.md: "the buffer works
-in transactions"). Its waits use ``edge.backoff.Backoff`` (capped exponential, full jitter)
+in transactions"). Its waits use ``buffer.backoff.Backoff`` (capped exponential, full jitter)
 on the monotonic clock, like the device pollers.
 
 What each uplink error makes it do::
@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
+from buffer.backoff import Backoff
 from buffer.records import encode_batch_raw
 from buffer.uplink import (
     Uplink,
@@ -36,7 +37,6 @@ from buffer.uplink import (
     UplinkRejected,
     UplinkTooLarge,
 )
-from edge.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 

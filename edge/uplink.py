@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 from zeroconf import InterfaceChoice
 
+from buffer.backoff import Backoff
 from buffer.discovery import (
     CLOUD_SERVICE,
     EDGE_SERVICE,
@@ -46,19 +47,20 @@ async def resolve_cloud_url(url: str, *, search_s: float = DISCOVERY_TIMEOUT_S,
         return url
     if interfaces == []:
         raise ValueError('cloud.url is "auto" but gateway.zeroconf_interfaces is [] (zeroconf off)')
-    delay = 1.0
+    backoff = Backoff(base=1.0, cap=60.0)
     while True:
         try:
             found = await discover_cloud(search_s, interfaces=interfaces)
         except CloudNotFound:
-            log.warning("cloud_not_found", service=CLOUD_SERVICE, retry_s=delay)
+            delay = backoff.next_delay()
+            log.warning("cloud_not_found", service=CLOUD_SERVICE, retry_s=round(delay, 1))
         except Exception as exc:  # discovery errors are retried like a missing cloud
-            log.warning("cloud_discovery_failed", error=str(exc), retry_s=delay)
+            delay = backoff.next_delay()
+            log.warning("cloud_discovery_failed", error=str(exc), retry_s=round(delay, 1))
         else:
             log.info("cloud_discovered", url=found)
             return found
         await asyncio.sleep(delay)
-        delay = min(delay * 2, 60.0)
 
 
 @dataclass(frozen=True)
@@ -190,19 +192,20 @@ async def start_uplink(loaded: LoadedGateway, outbox: Any, stack: contextlib.Asy
             return
         handle.forwarder = Forwarder(outbox, uplink, gateway=loaded.config.gateway.id,
                                      backoff_cap=loaded.config.cloud.retry_max_s)
-        delay = 1.0
+        backoff = Backoff(base=1.0, cap=loaded.config.cloud.retry_max_s)
         while True:
             # open() fails for an unreadable token file or an unreachable broker; the
             # Forwarder handles everything after that, so only opening is retried here.
+            delay = backoff.next_delay()
             try:
                 async with uplink:
                     handle.error = None
+                    backoff.reset()
                     await handle.forwarder.run()
             except UplinkError as exc:
                 handle.error = str(exc)
-                log.error("uplink_open_failed", error=str(exc), retry_s=delay)
+                log.error("uplink_open_failed", error=str(exc), retry_s=round(delay, 1))
             await asyncio.sleep(delay)
-            delay = min(delay * 2, loaded.config.cloud.retry_max_s)
 
     tasks.append(asyncio.create_task(sync(), name="uplink"))
     tasks.append(asyncio.create_task(advertise_status(loaded, status_port), name="advertise"))

@@ -1,26 +1,20 @@
-"""Finding, installing and starting the system services tests need.
+"""Finding and starting the system services tests need.
 
-A test that needs a binary calls ``require_binary``: when missing it is installed from
-Debian (as root), and when that is impossible the test fails loudly. It never skips:
-under CI a skipped service test would be a silently untested feature.
+A test that needs a binary calls ``require_binary``: when it is missing the test fails
+loudly and says to run ``make system-deps`` (which ``make test`` runs before pytest). It
+never skips, and nothing is installed from inside a test.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-_apt_lock = threading.Lock()
-_apt_updated = False
 
 # binary -> Debian package
 PACKAGES = {
@@ -36,45 +30,15 @@ PACKAGES = {
 
 
 def require_binary(name: str, package: str | None = None) -> str:
-    """Path of ``name``; installs ``package`` with apt-get when missing. Fails the test
-    (never skips) when it cannot be had."""
+    """Path of ``name``. Fails the test (never skips: under CI a skipped service test would
+    be a silently untested feature) when it is not installed, saying how to install it.
+    Nothing is installed from inside a test: ``make test`` runs ``.ci/system-deps`` first."""
     found = _which(name)
     if found:
         return found
     pkg = package or PACKAGES.get(name, name)
-    if os.geteuid() != 0:
-        pytest.fail(f"{name} is not installed and this user cannot install it: "
-                    f"run `sudo apt-get install -y {pkg}`", pytrace=False)
-    global _apt_updated
-    with _apt_lock, _dpkg_file_lock():
-        if not _which(name):
-            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-            if not _apt_updated:
-                subprocess.run(["apt-get", "update", "-qq"], env=env, check=False,
-                               capture_output=True, timeout=300)
-                _apt_updated = True
-            res = subprocess.run(["apt-get", "install", "-y", "-qq", pkg], env=env,
-                                 capture_output=True, text=True, timeout=900)
-            if res.returncode != 0:
-                pytest.fail(f"apt-get install {pkg} failed:\n{res.stderr[-2000:]}", pytrace=False)
-    found = _which(name)
-    if not found:
-        pytest.fail(f"{pkg} installed but {name} is still not found", pytrace=False)
-    return found
-
-
-@contextlib.contextmanager
-def _dpkg_file_lock() -> Iterator[None]:
-    """One apt-get at a time across test processes (pytest-xdist workers): a second
-    concurrent apt-get fails on dpkg's lock instead of waiting."""
-    import fcntl
-
-    with open("/tmp/plantsync-tests-apt.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    pytest.fail(f"{name} is not installed: run `make system-deps` (or as root "
+                f"`apt-get install -y {pkg}`) before the tests", pytrace=False)
 
 
 def _which(name: str) -> str | None:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     UniqueConstraint,
     false,
     true,
@@ -67,6 +68,14 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+
+
+def _table(model: type[Base]) -> Table:
+    """A model's ``Table``, for Core queries (``records.c.seq``); typed as the Table it is
+    (SQLAlchemy declares ``__table__`` as the wider ``FromClause``)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 class Gateway(Base):
@@ -115,8 +124,8 @@ class StoredRecord(Base):
     received_at: Mapped[int] = mapped_column(BigInteger)
 
 
-gateways = Gateway.__table__
-records = StoredRecord.__table__
+gateways = _table(Gateway)
+records = _table(StoredRecord)
 
 
 # -- people, their credentials, and the audit trail (cloud core issue) ----------------------
@@ -192,11 +201,11 @@ class AuditEntry(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JsonBody)
 
 
-users = User.__table__
-api_tokens = ApiToken.__table__
-sessions = Session.__table__
-login_attempts = LoginAttempt.__table__
-audit_log = AuditEntry.__table__
+users = _table(User)
+api_tokens = _table(ApiToken)
+sessions = _table(Session)
+login_attempts = _table(LoginAttempt)
+audit_log = _table(AuditEntry)
 
 
 # -- master data and work orders (cloud core issue) ----------------------------------------
@@ -412,16 +421,16 @@ class WoComponent(Base):
     step: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
-machines = Machine.__table__
-products = Product.__table__
-materials = Material.__table__
-boms = Bom.__table__
-bom_lines = BomLine.__table__
-routings = Routing.__table__
-routing_ops = RoutingOp.__table__
-work_orders = WorkOrder.__table__
-wo_operations = WoOperation.__table__
-wo_components = WoComponent.__table__
+machines = _table(Machine)
+products = _table(Product)
+materials = _table(Material)
+boms = _table(Bom)
+bom_lines = _table(BomLine)
+routings = _table(Routing)
+routing_ops = _table(RoutingOp)
+work_orders = _table(WorkOrder)
+wo_operations = _table(WoOperation)
+wo_components = _table(WoComponent)
 
 
 # -- dispatch, attribution, stock ledger (cloud core issue: attribution and inventory) -----
@@ -524,10 +533,10 @@ class StockBalance(Base):
     qty_u: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
-dispatches = Dispatch.__table__
-attributions = Attribution.__table__
-stock_moves = StockMove.__table__
-stock_balances = StockBalance.__table__
+dispatches = _table(Dispatch)
+attributions = _table(Attribution)
+stock_moves = _table(StockMove)
+stock_balances = _table(StockBalance)
 
 
 # -- machine timeline, anomalies, notifications, OEE, maintenance (anomalies/OEE issue) -----
@@ -768,13 +777,13 @@ class MaintenanceCounter(Base):
     last_reset_by: Mapped[str | None] = mapped_column(String(96), nullable=True)
 
 
-machine_events = MachineEvent.__table__
-anomalies = Anomaly.__table__
-anomaly_links = AnomalyLink.__table__
-cloud_settings = CloudSetting.__table__
-notification_channels = NotificationChannel.__table__
-notifications = Notification.__table__
-shift_calendars = ShiftCalendar.__table__
-machine_calendars = MachineCalendar.__table__
-stop_reasons = StopReason.__table__
-maintenance_counters = MaintenanceCounter.__table__
+machine_events = _table(MachineEvent)
+anomalies = _table(Anomaly)
+anomaly_links = _table(AnomalyLink)
+cloud_settings = _table(CloudSetting)
+notification_channels = _table(NotificationChannel)
+notifications = _table(Notification)
+shift_calendars = _table(ShiftCalendar)
+machine_calendars = _table(MachineCalendar)
+stop_reasons = _table(StopReason)
+maintenance_counters = _table(MaintenanceCounter)

@@ -32,6 +32,7 @@ import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 
+from buffer.backoff import Backoff
 from buffer.records import (
     RECORDS_TOPIC_FILTER,
     RecordError,
@@ -165,7 +166,7 @@ async def _handle(client: mqtt.Client, db: Database, msg: _Message) -> None:
         log.error("mqtt_ingest_gateway_mismatch", topic=msg.topic, batch_gateway=batch.gateway,
                   fix="the broker ACL must bind each gateway to its own topic")
         return
-    delay = 0.5
+    backoff = Backoff(base=0.5, cap=30.0)
     while True:
         try:
             result = await ingest_batch(db, gateway, batch, received_ms=clock.now_ms(),
@@ -178,10 +179,10 @@ async def _handle(client: mqtt.Client, db: Database, msg: _Message) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the database: retry this message until it commits
+            delay = backoff.next_delay()
             log.error("mqtt_ingest_store_failed", gateway=gateway, error=str(exc),
-                      retry_in_s=delay)
+                      retry_in_s=round(delay, 2))
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
     # The range says which batch was stored: a gateway with several batches in flight
     # must not infer the earlier ones from acked_through (see buffer/uplink.py).
     confirmation = {"acked_through": result.acked_through}

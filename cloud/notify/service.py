@@ -90,6 +90,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from buffer.backoff import delay_for
 from cloud.auth import Actor
 from cloud.core import clock, settings
 from cloud.core.audit import audit
@@ -611,9 +612,9 @@ def locale_for(channel: Channel, conf: dict[str, Any]) -> str:
 
 def backoff_s(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Delay before the next try after ``attempts`` failed ones: ``base * 2**(n-1)``
-    capped at ``cap``, drawn uniformly from its upper half (jitter)."""
-    full = min(cap, base * 2 ** max(attempts - 1, 0))
-    return full / 2 + (rng or random).uniform(0, full / 2)
+    capped at ``cap``, drawn from its upper half (``buffer.backoff``, equal jitter: a
+    channel that is down is not retried almost at once)."""
+    return delay_for(attempts - 1, base, cap, jitter="equal", rng=rng)
 
 
 def _redact(text: str, channel: Channel) -> str:

@@ -115,7 +115,6 @@ async def test_writers_queue_and_readers_do_not_wait(cloud_db_url: str,
     "database is locked". Meanwhile a read transaction and a plain session read
     without waiting for the writer. PostgreSQL runs the same (row locks)."""
     import cloud.core.db
-
     from buffer.records import Batch, Record
     from cloud import production
     from cloud.auth import create_gateway

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import random
 
-from edge.backoff import Backoff, Breaker
+from buffer.backoff import Backoff
+from edge.backoff import Breaker
 
 
 def test_ceiling_doubles_up_to_the_cap_and_delays_stay_under_it() -> None:

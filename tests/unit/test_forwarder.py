@@ -92,7 +92,7 @@ def fw(outbox: MemOutbox, up: Uplink, **kw: Any) -> Forwarder:
 
 async def test_backoff_is_full_jitter_capped_and_reset_by_success(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Forwarder waits with edge.backoff.Backoff (the pollers' one): each wait after an
+    """The Forwarder waits with buffer.backoff.Backoff (the pollers' one): each wait after an
     error is at most min(cap, base * 2**(n-1)), jittered (not a fixed ladder), and the
     ladder starts again after a success."""
     sleeps: list[float] = []

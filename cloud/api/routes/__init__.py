@@ -1,6 +1,6 @@
 """One router module per domain, under ``/api/v1``. ``ROUTERS`` is the order the app
 includes them in: ``oee`` before ``production``, because ``/machines/states`` must match
-before ``/machines/{id}``."""
+before ``/machines/{id}``. Every route documents its error answers (``schemas.ERRORS``)."""
 
 from __future__ import annotations
 
