@@ -22,7 +22,7 @@ from cloud.core.db import Database
 
 log = structlog.get_logger(__name__)
 
-JobFn = Callable[[Database, int], Awaitable[None]]
+JobFn = Callable[[Database, int], Awaitable[object]]   # what a job returns is ignored
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,8 @@ from cloud.core.db import Database, resolve_url
 from cloud.ingest.appliers import default_appliers
 from cloud.ingest.store import GatewayGone, ingest_batch
 
+__all__ = ["parse_broker_url", "run_mqtt_ingest"]
+
 log = structlog.get_logger(__name__)
 
 TOPIC_FILTER = RECORDS_TOPIC_FILTER

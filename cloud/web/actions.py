@@ -111,15 +111,14 @@ async def post_locale(request: Request) -> Response:
 Act = Callable[[AsyncSession, Actor, Any], Awaitable[Any]]
 
 
-async def _act(request: Request, back: str, done: str, fn: Act,
-               errors: tuple[type[Exception], ...] = (), **params: Any) -> Response:
+async def _act(request: Request, back: str, done: str, fn: Act, **params: Any) -> Response:
     form = await request.form()
     user = await require_action(request, form)
     target = safe_next(str(form.get("next") or back))
     try:
         async with request.app.state.db.sessions() as session, session.begin():
             await fn(session, user.actor, form)
-    except (*SERVICE_ERRORS, *errors) as exc:
+    except SERVICE_ERRORS as exc:
         return redirect_with_flash(target, "error", N_("Not done:"), str(exc))
     page_cache(request.app).clear()
     return redirect_with_flash(target, "ok", done, **params)

@@ -34,7 +34,8 @@ class PageCache:
             self._data.move_to_end(key)
             if time.monotonic() - hit[0] >= fresh_s and key not in self._tasks:
                 self._tasks[key] = asyncio.create_task(self._refresh(key, compute))
-            return hit[1]
+            cached: tuple[Any, float] = hit[1]
+            return cached
         value = (await compute(), time.time())
         self._store(key, value)
         return value

@@ -197,7 +197,11 @@ async def output_per_hour(session: AsyncSession, order_id: int, hours: int = 48
         acc[0] += int(g or 0)
         acc[1] += int(s or 0)
     first = min(per) if per else int(newest) // HOUR_MS
-    return [(h * HOUR_MS, *per.get(h, [0, 0])) for h in range(first, int(newest) // HOUR_MS + 1)]
+    out: list[tuple[int, int, int]] = []
+    for h in range(first, int(newest) // HOUR_MS + 1):
+        good, scrap = per.get(h, [0, 0])
+        out.append((h * HOUR_MS, good, scrap))
+    return out
 
 
 async def materials_vs_bom(session: AsyncSession, order_id: int) -> list[dict[str, Any]]:
