@@ -17,7 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from edge.config import ConfigError, Problem, _toml_key, _toml_value, _validate_raw_map
+from edge.config import ConfigError, Problem
+from edge.config import toml_key as _toml_key
+from edge.config import toml_value as _toml_value
+from edge.config import validate_raw_map as _validate_raw_map
 from protocols.errors import AddressError
 from protocols.model import ModbusAddress, Protocol, S7Address
 
