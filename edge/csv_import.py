@@ -17,10 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from edge.config import ConfigError, Problem
-from edge.config import toml_key as _toml_key
-from edge.config import toml_value as _toml_value
-from edge.config import validate_raw_map as _validate_raw_map
+from edge.config import ConfigError, Problem, toml_key, toml_value, validate_raw_map
 from protocols.errors import AddressError
 from protocols.model import ModbusAddress, Protocol, S7Address
 
@@ -172,7 +169,7 @@ def import_csv(text: str, protocol: Literal["modbus", "s7"], *, file: str,
         raise ConfigError([Problem(file, "", "no rows after the header",
                                    "one row per tag: part_count,40101,uint32,,,Good parts")])
     raw = {"model": model, "tags": {r.name: r.tag for r in rows}}
-    _, _, _, map_problems = _validate_raw_map(raw, proto, file) if rows else (None, None, (), [])
+    _, _, _, map_problems = validate_raw_map(raw, proto, file) if rows else (None, None, (), [])
     if map_problems:
         by_name = {r.name: r.line for r in rows}
         for p in map_problems:
@@ -271,15 +268,15 @@ def _render(model: str, file: str, rows: list[_Row]) -> str:
         f"# Imported from {file} by plantsync-edge import-csv.",
         '# Every tag is role = "sample": mark counters (with counts), states (with states),',
         "# alarms (with alarms) and parameters (with limits) by hand, then validate.",
-        f"model = {_toml_value(model)}",
+        f"model = {toml_value(model)}",
         'byte_order = "big"',
         'word_order = "big"',
     ]
     for row in rows:
         out.append("")
-        out.append(f"[tags.{_toml_key(row.name)}]")
+        out.append(f"[tags.{toml_key(row.name)}]")
         tag: Mapping[str, Any] = row.tag
         for key in _ORDER:
             if key in tag:
-                out.append(f"{key} = {_toml_value(tag[key])}")
+                out.append(f"{key} = {toml_value(tag[key])}")
     return "\n".join(out) + "\n"
