@@ -23,13 +23,7 @@ import structlog
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.anomalies.episodes import (
-    dispatched_from,
-    link_history,
-    offline_start,
-    raise_offline,
-    raise_stop,
-)
+from cloud.anomalies.episodes import dispatched_from, link_history, offline_start, raise_offline, raise_stop
 from cloud.anomalies.raising import raise_full
 from cloud.anomalies.rules import RUNNING, SETTINGS_KEY, SYSTEM
 from cloud.core import clock, settings
