@@ -32,7 +32,7 @@ import structlog
 from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
-import cloud.notify.service as notify
+from cloud import notify
 from cloud.app import create_app
 from cloud.auth import create_api_token, create_gateway, create_user
 from cloud.core import settings

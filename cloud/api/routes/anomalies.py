@@ -1,16 +1,19 @@
-"""REST API of anomalies (cloud/anomalies.py), under ``/api/v1`` (OpenAPI tag anomalies):
+"""REST API of anomalies (cloud/anomalies), under ``/api/v1`` (OpenAPI tag anomalies):
 
 - ``GET /api/v1/anomalies`` ?status (repeatable or comma-separated), kind, machine_id,
   since_ts, until_ts (epoch ms, on the anomaly's ``ts``), open_first (default true),
-  limit (1..500, default 50), offset -> ``{items, total, limit, offset}``
+  limit (1..500, default 50), offset -> ``Page[AnomalyOut]`` ``{items, total, limit,
+  offset}``
 - ``GET /api/v1/anomalies/stats`` ?since_ts, until_ts (default: the last 30 days)
-- ``GET /api/v1/anomalies/{id}`` (with ``history``, its audit trail)
+  -> ``AnomalyStatsOut``
+- ``GET /api/v1/anomalies/{id}`` -> ``AnomalyDetailOut`` (with ``history``, its audit
+  trail); every action below answers the same
 - ``POST /api/v1/anomalies`` {kind: material|operator|quality, title, severity?,
   machine_id?, work_order?, material?, ts?, detail?} -> 201 (planner)
 - ``POST /api/v1/anomalies/{id}/acknowledge`` {assignee?, note?},
   ``/resolve`` {cause, action}, ``/close`` {}, ``/reopen`` {note?}, ``/assign`` {assignee}
   (planner)
-- thresholds and severity rules: ``/api/v1/settings/anomalies`` (cloud/api_settings.py)
+- thresholds and severity rules: ``/api/v1/settings/anomalies`` (cloud/api/routes/settings.py)
 
 Access: every person reads; planners and admins act; gateway tokens get 403. Errors
 (cloud/api/errors.py): 404 ``not_found``, 409 ``invalid_state`` (+ ``current``,
@@ -19,17 +22,118 @@ Access: every person reads; planners and admins act; gateway tokens get 403. Err
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from cloud import anomalies as an
 from cloud.api.deps import MAX_LIMIT, Db, Planner, Viewer
-from cloud.core.clock import DAY_MS, now_ms
+from cloud.api.schemas import EpochMs, Out, Page, Timestamp
+from cloud.core import clock
+from cloud.core.clock import DAY_MS
 
 router = APIRouter(prefix="/api/v1", tags=["anomalies"])
 
+# The values the database allows (cloud/core/models.py check constraints), so that the
+# OpenAPI document lists them; tests/integration/test_api_answers_anomalies.py keeps the
+# two in step.
+AnomalyKind = Literal["alarm", "limit", "offline", "stop", "scrap_rate", "stock_low",
+                      "maintenance", "material", "operator", "quality"]
+AnomalyStatus = Literal["open", "acknowledged", "resolved", "closed"]
+Severity = Literal["info", "minor", "major", "critical"]
+Action = Literal["acknowledge", "resolve", "close", "reopen", "assign"]
+
+
+# -- answers ----------------------------------------------------------------------------
+
+class AnomalyLinkOut(Out):
+    """An order the anomaly hits: the operation dispatched on its machine at its ``ts``,
+    or (a material anomaly) an open order whose components use the material."""
+
+    work_order: str = Field(description="work order number")
+    step: int | None = Field(description="the operation's step (null: the order alone)")
+    operation: str | None = Field(description="the operation's name")
+    customer: str | None
+    work_order_id: int
+    wo_operation_id: int | None
+
+
+class AnomalyOut(Out):
+    """An anomaly as every list and answer shows it."""
+
+    id: int
+    kind: AnomalyKind
+    code: str | None = Field(description="alarm code or limit tag")
+    severity: Severity
+    status: AnomalyStatus
+    title: str
+    detail: dict[str, Any] = Field(description="what was measured (depends on the kind)")
+    machine_id: int | None
+    machine: str | None = Field(description="the machine's name")
+    material: str | None = Field(description="material code")
+    gateway_id: str | None
+    device: str | None
+    ts: EpochMs = Field(description="when it happened (the record's time)")
+    cleared_ts: EpochMs | None = Field(description="when its condition ended")
+    created: Timestamp
+    created_by: str
+    acknowledged_at: Timestamp | None
+    acknowledged_by: str | None
+    resolved_at: Timestamp | None
+    resolved_by: str | None
+    closed_at: Timestamp | None
+    closed_by: str | None
+    assignee: str | None
+    cause: str | None
+    action: str | None = Field(description="the action taken (set when resolved)")
+    escalation_level: int
+    escalated_at: Timestamp | None
+    repeat_of: int | None = Field(description="the earlier anomaly this one repeats")
+    held_operations: list[int] = Field(description="operations a severe quality anomaly "
+                                       "put on hold")
+    response_s: float | None = Field(description="acknowledged - created, seconds")
+    closure_s: float | None = Field(description="closed (else resolved) - created, seconds")
+    age_s: float | None = Field(description="now - ts, seconds (null once closed)")
+    allowed_actions: list[Action]
+    links: list[AnomalyLinkOut]
+
+
+class HistoryEntryOut(Out):
+    """One step of an anomaly's audit trail."""
+
+    at: Timestamp
+    actor: str
+    action: str = Field(description="e.g. anomaly.acknowledge, anomaly.escalate")
+    detail: dict[str, Any] = Field(description="what was given (assignee, note, cause, ...)")
+
+
+class AnomalyDetailOut(AnomalyOut):
+    """One anomaly with its history (oldest first)."""
+
+    history: list[HistoryEntryOut]
+
+
+class AnomalyStatsOut(Out):
+    """Figures over the anomalies with ``since_ts <= ts < until_ts``."""
+
+    since_ts: EpochMs
+    until_ts: EpochMs
+    total: int
+    open: int = Field(description="not yet resolved (open or acknowledged)")
+    unacknowledged: int = Field(description="status open")
+    closure_rate: float | None = Field(description="resolved or closed / total, 0..1 "
+                                       "(null when total is 0)")
+    repeat_rate: float | None = Field(description="repeats / total, 0..1 (null when total "
+                                      "is 0)")
+    mean_response_s: float | None
+    mean_closure_s: float | None
+    by_kind: dict[str, int]
+    by_severity: dict[str, int]
+    by_status: dict[str, int]
+
+
+# -- requests ---------------------------------------------------------------------------
 
 class ManualIn(BaseModel):
     kind: str = Field(description="material, operator or quality")
@@ -70,70 +174,75 @@ async def list_anomalies(
         kind: str | None = None, machine_id: int | None = None,
         since_ts: int | None = None, until_ts: int | None = None, open_first: bool = True,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+        offset: Annotated[int, Query(ge=0)] = 0) -> Page[AnomalyOut]:
     """Anomalies, not yet closed first (open, acknowledged, resolved), then newest."""
     page = await an.list_anomalies(session, status=status, kind=kind, machine_id=machine_id,
                                    since_ts=since_ts, until_ts=until_ts,
                                    open_first=open_first, limit=limit, offset=offset)
-    return {**page, "limit": limit, "offset": offset}
+    return Page[AnomalyOut].model_validate({**page, "limit": limit, "offset": offset})
 
 
 @router.get("/anomalies/stats")
 async def stats(_: Viewer, session: Db, since_ts: int | None = None,
-                until_ts: int | None = None) -> dict[str, Any]:
+                until_ts: int | None = None) -> AnomalyStatsOut:
     """Totals, open, closure and repeat rates, mean response and closure times, counts by
     kind/severity/status over anomalies with since_ts <= ts < until_ts."""
-    until = now_ms() if until_ts is None else until_ts
+    until = clock.now_ms() if until_ts is None else until_ts
     since = until - 30 * DAY_MS if since_ts is None else since_ts
-    return await an.anomaly_stats(session, since_ts=since, until_ts=until)
+    return AnomalyStatsOut.model_validate(
+        await an.anomaly_stats(session, since_ts=since, until_ts=until))
 
 
 @router.get("/anomalies/{anomaly_id}")
-async def get_anomaly(anomaly_id: int, _: Viewer, session: Db) -> dict[str, Any]:
+async def get_anomaly(anomaly_id: int, _: Viewer, session: Db) -> AnomalyDetailOut:
     """One anomaly with its links and history."""
-    return await an.get_anomaly(session, anomaly_id)
+    return AnomalyDetailOut.model_validate(await an.get_anomaly(session, anomaly_id))
 
 
 @router.post("/anomalies", status_code=201)
-async def create(body: ManualIn, actor: Planner, session: Db) -> dict[str, Any]:
+async def create(body: ManualIn, actor: Planner, session: Db) -> AnomalyDetailOut:
     """Report a material, operator or quality anomaly (a critical quality one holds the
     affected operations)."""
-    return await an.create_manual(session, actor, body.kind, body.title, body.severity,
-                                  machine_id=body.machine_id, work_order=body.work_order,
-                                  material=body.material, ts=body.ts, detail=body.detail)
+    doc = await an.create_manual(session, actor, body.kind, body.title, body.severity,
+                                 machine_id=body.machine_id, work_order=body.work_order,
+                                 material=body.material, ts=body.ts, detail=body.detail)
+    return AnomalyDetailOut.model_validate(doc)
 
 
 @router.post("/anomalies/{anomaly_id}/acknowledge")
 async def acknowledge(anomaly_id: int, actor: Planner, session: Db,
-                      body: AcknowledgeIn | None = None) -> dict[str, Any]:
+                      body: AcknowledgeIn | None = None) -> AnomalyDetailOut:
     """open -> acknowledged (optionally assigning it)."""
     body = body or AcknowledgeIn()
-    return await an.acknowledge(session, actor, anomaly_id, body.assignee, body.note)
+    return AnomalyDetailOut.model_validate(
+        await an.acknowledge(session, actor, anomaly_id, body.assignee, body.note))
 
 
 @router.post("/anomalies/{anomaly_id}/resolve")
 async def resolve(anomaly_id: int, body: ResolveIn, actor: Planner,
-                  session: Db) -> dict[str, Any]:
+                  session: Db) -> AnomalyDetailOut:
     """acknowledged (or open) -> resolved with cause and action; releases a quality hold."""
-    return await an.resolve(session, actor, anomaly_id, body.cause or "", body.action or "")
+    return AnomalyDetailOut.model_validate(
+        await an.resolve(session, actor, anomaly_id, body.cause or "", body.action or ""))
 
 
 @router.post("/anomalies/{anomaly_id}/close")
-async def close(anomaly_id: int, actor: Planner, session: Db) -> dict[str, Any]:
+async def close(anomaly_id: int, actor: Planner, session: Db) -> AnomalyDetailOut:
     """resolved -> closed."""
-    return await an.close(session, actor, anomaly_id)
+    return AnomalyDetailOut.model_validate(await an.close(session, actor, anomaly_id))
 
 
 @router.post("/anomalies/{anomaly_id}/reopen")
 async def reopen(anomaly_id: int, actor: Planner, session: Db,
-                 body: NoteIn | None = None) -> dict[str, Any]:
+                 body: NoteIn | None = None) -> AnomalyDetailOut:
     """resolved/closed -> acknowledged."""
-    return await an.reopen(session, actor, anomaly_id, body.note if body else None)
+    return AnomalyDetailOut.model_validate(
+        await an.reopen(session, actor, anomaly_id, body.note if body else None))
 
 
 @router.post("/anomalies/{anomaly_id}/assign")
 async def assign(anomaly_id: int, body: AssignIn, actor: Planner,
-                 session: Db) -> dict[str, Any]:
+                 session: Db) -> AnomalyDetailOut:
     """Set the assignee (any state but closed)."""
-    return await an.assign(session, actor, anomaly_id, body.assignee or "")
-
+    return AnomalyDetailOut.model_validate(
+        await an.assign(session, actor, anomaly_id, body.assignee or ""))
