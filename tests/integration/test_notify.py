@@ -1,4 +1,4 @@
-"""Anomaly notifications end to end (cloud/notify.py, cloud/api_notify.py): the outbox
+"""Anomaly notifications end to end (cloud/notify/, cloud/api/routes/notify.py): the outbox
 written by ``enqueue``, delivered by ``deliver`` to a local HTTP receiver (generic webhook,
 DingTalk, WeCom) and a local SMTP server (aiosmtpd); retries, the dead-letter list,
 grouping of alarm storms, channel filters, the channel API and secrets.
