@@ -12,7 +12,8 @@ Modules, each depending only on those above it::
     board          what every machine is doing now
     maintenance    maintenance counters (run hours, cycles) and the due job
 
-Public modules: ``calendars`` (shift calendars), ``maintenance`` (counters)."""
+Public modules: ``calendars`` (shift calendars and their input model ``CalendarIn``),
+``maintenance`` (counters). ``Category``: the board's categories of a machine state."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ from cloud.oee.events import apply_events
 from cloud.oee.machine_stops import set_stop_reason, stops
 from cloud.oee.maintenance import check_maintenance
 from cloud.oee.report import downtime_pareto, oee_report, oee_trend
+from cloud.oee.timeline import Category
 
 __all__ = [
+    "Category",
     "apply_events",
     "calendars",
     "check_maintenance",

@@ -27,7 +27,7 @@ and are audited. Errors: ``NotFound``, ``Invalid`` (``field`` names the input),
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from sqlalchemy import delete, func, insert, select, update
@@ -51,6 +51,8 @@ from cloud.oee.timeline import MachineRef, load_settings, machine_row, machine_t
 
 log = structlog.get_logger(__name__)
 HOUR_MS = 3_600_000
+#: What a counter counts (``MAINTENANCE_METRICS``, the table's check constraint).
+Metric = Literal["run_hours", "cycles"]
 
 
 async def _run_ms(session: AsyncSession, machine: MachineRef, since: int, now: int,
