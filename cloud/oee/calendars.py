@@ -1,7 +1,8 @@
 """Shift calendars (班次日历): validating them, expanding them into planned production time,
 and which calendar a machine works to.
 
-A calendar is a name, an IANA ``timezone`` and a ``definition``::
+A calendar is a name, an IANA ``timezone`` and a ``definition`` (the input model
+``CalendarIn``, with ``CalendarDefinition`` and ``Shift``)::
 
     {"shifts": [{"name": "A", "start": "06:00", "end": "14:00", "days": [1, 2, 3, 4, 5],
                  "breaks": [["10:00", "10:15"]]}],
@@ -17,29 +18,40 @@ A calendar is a name, an IANA ``timezone`` and a ``definition``::
 - ``non_working_dates``: shift days on which no shift runs (holidays).
 - Shifts of one calendar must not overlap (planned time would count twice).
 
+``validate`` checks a calendar against the models and stores it normalized (weekdays and
+dates sorted once each, breaks in time order). The domain checks the body itself, not
+the HTTP layer, so every refusal is ``Invalid`` (422 ``invalid``) with ``field`` naming
+the input relative to the definition (``shifts[1].breaks[0]``; ``name``, ``timezone``,
+``definition`` at the top) and a detail that starts with that field.
+
 A machine works to the calendar assigned to it (``machine_calendars``); with none, to the
 calendar named ``default`` when there is one, else around the clock: one planned
 interval per UTC day, shift name ``"24/7"``, day = the UTC date.
 
-Errors: ``OeeError`` is the root of the errors of this module, cloud/oee.py and
-cloud/maintenance.py; the API answers ``{error, detail, field?}`` with its ``status``::
-
-    OeeError
-    ├── NotFound        404 not_found
-    ├── Invalid         422 invalid (+ field, e.g. ``shifts[1].breaks[0]``)
-    └── Conflict        409 conflict
+Errors (cloud/core/errors.py): ``NotFound`` (calendar, machine), ``Invalid`` (a calendar
+refused, see above), ``Conflict`` (a name taken; deleting a calendar machines use).
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, NamedTuple
+from typing import Annotated, Any, ClassVar, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -76,11 +88,19 @@ class Calendar:
 
 
 # -- validation ---------------------------------------------------------------------------
+#
+# The input models check every rule; each refusal is a ``PydanticCustomError`` whose
+# message is the part after "<field>: ", with ``at`` naming the input below the
+# validator's own place when the rule is about a part of it (a shift's name, the second
+# break). ``_refused`` turns the first one into ``Invalid`` with the field written as
+# people read it (``shifts[1].breaks[0]``, relative to the definition).
 
-def _minutes(value: Any, field: str) -> int:
-    if not isinstance(value, str) or not _HHMM.match(value):
-        raise Invalid(f"{field}: expected a local time HH:MM (e.g. \"06:00\"), got {value!r}",
-                      field)
+def _refuse(message: str, *at: int | str) -> PydanticCustomError:
+    return PydanticCustomError("calendar", "{message}", {"message": message, "at": at})
+
+
+def _minutes(value: str) -> int:
+    """Minutes after midnight of a checked ``HH:MM``."""
     hh, mm = value.split(":")
     return int(hh) * 60 + int(mm)
 
@@ -90,103 +110,214 @@ def _shift_span(start: int, end: int) -> int:
     return end - start if end > start else end + 1440 - start
 
 
-def validate(name: Any, timezone: Any, definition: Any) -> tuple[str, str, dict[str, Any]]:
-    """Check a calendar; returns (name, timezone, normalized definition). Raises Invalid
-    naming the field (``name``, ``timezone``, ``shifts[1].breaks[0]``, ...)."""
-    if not isinstance(name, str) or not name.strip() or len(name.strip()) > 64:
-        raise Invalid("name: expected 1..64 characters", "name")
-    if not isinstance(timezone, str) or not timezone:
-        raise Invalid("timezone: expected an IANA time zone such as \"Asia/Shanghai\"",
-                      "timezone")
+def _local_time(value: Any) -> str:
+    if not isinstance(value, str) or not _HHMM.fullmatch(value):
+        raise _refuse(f"expected a local time HH:MM (e.g. \"06:00\"), got {value!r}")
+    return value
+
+
+def _break(value: Any) -> Any:
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise _refuse("expected [\"HH:MM\", \"HH:MM\"]")
+    return value
+
+
+def _list(expected: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not isinstance(value, list):
+            raise _refuse(f"expected {expected}")
+        return value
+    return check
+
+
+def _list_of_shifts(value: Any) -> Any:
+    if not isinstance(value, list) or not value:
+        raise _refuse("expected a non-empty list of shifts")
+    return value
+
+
+def _weekdays(value: Any) -> list[int]:
+    if (not isinstance(value, list) or not value
+            or any(isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= 7
+                   for d in value)):
+        raise _refuse(f"expected ISO weekdays 1 (Monday) .. 7 (Sunday), e.g. "
+                      f"[1, 2, 3, 4, 5]; got {value!r}")
+    return sorted(set(value))
+
+
+def _iso_date(value: Any) -> date:
     try:
-        ZoneInfo(timezone)
+        if isinstance(value, str) and len(value) == 10:
+            return date.fromisoformat(value)
+    except ValueError:
+        pass
+    raise _refuse(f"expected an ISO date YYYY-MM-DD, got {value!r}")
+
+
+def _text(longest: int, *, strip: bool) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if (not isinstance(value, str) or not value.strip()
+                or len(value.strip() if strip else value) > longest):
+            raise _refuse(f"expected 1..{longest} characters")
+        return value.strip() if strip else value
+    return check
+
+
+def _timezone(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _refuse("expected an IANA time zone such as \"Asia/Shanghai\"")
+    try:
+        ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
-        raise Invalid(f"timezone: unknown time zone {timezone!r} (use an IANA name such as "
-                      "\"Asia/Shanghai\" or \"Europe/Berlin\")", "timezone") from None
-    if not isinstance(definition, Mapping):
-        raise Invalid("definition: expected an object with shifts and non_working_dates",
-                      "definition")
-    unknown = set(definition) - {"shifts", "non_working_dates"}
-    if unknown:
-        key = sorted(unknown)[0]
-        raise Invalid(f"{key}: no such key (known: non_working_dates, shifts)", key)
-    shifts_in = definition.get("shifts")
-    if not isinstance(shifts_in, list) or not shifts_in:
-        raise Invalid("shifts: expected a non-empty list of shifts", "shifts")
-    shifts: list[dict[str, Any]] = []
-    names: set[str] = set()
-    for i, s in enumerate(shifts_in):
-        where = f"shifts[{i}]"
-        if not isinstance(s, Mapping):
-            raise Invalid(f"{where}: expected an object with name, start, end", where)
-        extra = set(s) - {"name", "start", "end", "days", "breaks"}
-        if extra:
-            key = f"{where}.{sorted(extra)[0]}"
-            raise Invalid(f"{key}: no such key (known: breaks, days, end, name, start)", key)
-        sname = s.get("name")
-        if not isinstance(sname, str) or not sname.strip() or len(sname) > 32:
-            raise Invalid(f"{where}.name: expected 1..32 characters", f"{where}.name")
-        if sname in names:
-            raise Invalid(f"{where}.name: {sname!r} is the name of another shift",
-                          f"{where}.name")
-        names.add(sname)
-        start = _minutes(s.get("start"), f"{where}.start")
-        end = _minutes(s.get("end"), f"{where}.end")
-        span = _shift_span(start, end)
-        days = s.get("days", [1, 2, 3, 4, 5, 6, 7])
-        if (not isinstance(days, list) or not days
-                or any(isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= 7
-                       for d in days)):
-            raise Invalid(f"{where}.days: expected ISO weekdays 1 (Monday) .. 7 (Sunday), "
-                          f"e.g. [1, 2, 3, 4, 5]; got {days!r}", f"{where}.days")
-        breaks_in = s.get("breaks", [])
-        if not isinstance(breaks_in, list):
-            raise Invalid(f"{where}.breaks: expected a list of [\"HH:MM\", \"HH:MM\"]",
-                          f"{where}.breaks")
-        spans: list[tuple[int, int]] = []
-        for j, b in enumerate(breaks_in):
-            bw = f"{where}.breaks[{j}]"
-            if not isinstance(b, list | tuple) or len(b) != 2:
-                raise Invalid(f"{bw}: expected [\"HH:MM\", \"HH:MM\"]", bw)
-            b0, b1 = _minutes(b[0], f"{bw}[0]"), _minutes(b[1], f"{bw}[1]")
-            # offsets from the shift start, so a break after midnight of a night shift works
-            o0 = (b0 - start) % 1440
-            o1 = o0 + _shift_span(b0, b1)
-            if b0 == b1 or o1 > span:
-                raise Invalid(f"{bw}: break outside the shift ({b[0]}-{b[1]} is not within "
-                              f"{s['start']}-{s['end']})", bw)
-            for k, (p0, p1) in enumerate(spans):
-                if o0 < p1 and p0 < o1:
-                    raise Invalid(f"{bw}: overlaps {where}.breaks[{k}]", bw)
-            spans.append((o0, o1))
-        shifts.append({"name": sname, "start": s["start"], "end": s["end"],
-                       "days": sorted(set(days)),
-                       "breaks": [list(b) for _, b in sorted(zip(spans, breaks_in,
-                                                                  strict=True))]})
-        # no two shifts may cover the same minute of the week
-        for d in shifts[-1]["days"]:
-            w0 = (d - 1) * 1440 + start
-            for k, other in enumerate(shifts[:-1]):
-                os_, oe = _minutes(other["start"], ""), _minutes(other["end"], "")
-                for od in other["days"]:
-                    v0 = (od - 1) * 1440 + os_
-                    if _week_overlap(w0, span, v0, _shift_span(os_, oe)):
-                        raise Invalid(f"{where}: overlaps shifts[{k}] ({other['name']}) on "
-                                      f"weekday {d}", where)
-    dates_in = definition.get("non_working_dates", [])
-    if not isinstance(dates_in, list):
-        raise Invalid("non_working_dates: expected a list of ISO dates (\"2026-10-01\")",
-                      "non_working_dates")
-    dates: list[str] = []
-    for i, d in enumerate(dates_in):
-        try:
-            dates.append(date.fromisoformat(d).isoformat() if isinstance(d, str) else "")
-        except ValueError:
-            dates.append("")
-        if not dates[-1] or len(d) != 10:
-            raise Invalid(f"non_working_dates[{i}]: expected an ISO date YYYY-MM-DD, got {d!r}",
-                          f"non_working_dates[{i}]")
-    return name.strip(), timezone, {"shifts": shifts, "non_working_dates": sorted(set(dates))}
+        raise _refuse(f"unknown time zone {value!r} (use an IANA name such as "
+                      "\"Asia/Shanghai\" or \"Europe/Berlin\")") from None
+    return value
+
+
+# (constraints before the validator, so that the JSON schema shows them)
+LocalTime = Annotated[str, Field(pattern=_HHMM.pattern, examples=["06:00"],
+                                 description="local wall-clock time in the calendar's "
+                                 "timezone"),
+                      BeforeValidator(_local_time)]
+#: A break: local ``[start, end]`` inside its shift (after midnight of a night shift:
+#: the next day's clock).
+Break = Annotated[tuple[LocalTime, LocalTime], BeforeValidator(_break)]
+
+
+class _Object(BaseModel):
+    """An input object: anything else, or a key the model does not name, is refused
+    before its fields are looked at; a required key that is missing is read as null, so
+    its field's own rule says what it expects."""
+
+    model_config = ConfigDict(extra="forbid")
+    shape: ClassVar[str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            raise _refuse(f"expected {cls.shape}")
+        unknown = set(data) - set(cls.model_fields)
+        if unknown:
+            raise _refuse(f"no such key (known: {', '.join(sorted(cls.model_fields))})",
+                          sorted(unknown)[0])
+        return {**dict.fromkeys(n for n, f in cls.model_fields.items() if f.is_required()),
+                **data}
+
+
+class Shift(_Object):
+    """One shift of a calendar: its local start and end (an end not after the start is
+    on the next day; equal: 24 hours), the ISO weekdays of its shift day and its
+    breaks."""
+
+    shape: ClassVar[str] = "an object with name, start, end"
+
+    name: Annotated[str, BeforeValidator(_text(32, strip=False)),
+                    Field(min_length=1, max_length=32)]
+    start: LocalTime
+    end: LocalTime
+    days: Annotated[list[Annotated[int, Field(ge=1, le=7)]], BeforeValidator(_weekdays),
+                    Field(min_length=1, description="ISO weekdays of the shift day "
+                          "(1 = Monday .. 7 = Sunday); default every day",
+                          default_factory=lambda: [1, 2, 3, 4, 5, 6, 7])]
+    breaks: Annotated[list[Break],
+                      BeforeValidator(_list("a list of [\"HH:MM\", \"HH:MM\"]")),
+                      Field(default_factory=list, description="not planned time")]
+
+
+class CalendarDefinition(_Object):
+    """The shifts of a calendar and its non-working dates. Shifts must not overlap in
+    the week (planned time would count twice); a break lies inside its shift and
+    overlaps no other break of it. Normalized: weekdays and dates sorted once each,
+    breaks in time order."""
+
+    shape: ClassVar[str] = "an object with shifts and non_working_dates"
+
+    shifts: Annotated[list[Shift], BeforeValidator(_list_of_shifts), Field(min_length=1)]
+    non_working_dates: Annotated[
+        list[Annotated[date, BeforeValidator(_iso_date)]],
+        BeforeValidator(_list("a list of ISO dates (\"2026-10-01\")")),
+        Field(default_factory=list,
+              description="shift days on which no shift runs (holidays)")]
+
+    @field_validator("shifts")
+    @classmethod
+    def _fit_together(cls, shifts: list[Shift]) -> list[Shift]:
+        out: list[Shift] = []
+        for i, s in enumerate(shifts):
+            if any(o.name == s.name for o in out):
+                raise _refuse(f"{s.name!r} is the name of another shift", i, "name")
+            start = _minutes(s.start)
+            span = _shift_span(start, _minutes(s.end))
+            spans: list[tuple[int, int]] = []
+            for j, (b0, b1) in enumerate(s.breaks):
+                # offsets from the shift start, so a break after midnight of a night
+                # shift works
+                o0 = (_minutes(b0) - start) % 1440
+                o1 = o0 + _shift_span(_minutes(b0), _minutes(b1))
+                if b0 == b1 or o1 > span:
+                    raise _refuse(f"break outside the shift ({b0}-{b1} is not within "
+                                  f"{s.start}-{s.end})", i, "breaks", j)
+                for k, (p0, p1) in enumerate(spans):
+                    if o0 < p1 and p0 < o1:
+                        raise _refuse(f"overlaps shifts[{i}].breaks[{k}]", i, "breaks", j)
+                spans.append((o0, o1))
+            s = s.model_copy(update={"breaks": [b for _, b in sorted(zip(spans, s.breaks,
+                                                                          strict=True))]})
+            # no two shifts may cover the same minute of the week
+            for d in s.days:
+                w0 = (d - 1) * 1440 + start
+                for k, other in enumerate(out):
+                    o_start = _minutes(other.start)
+                    o_span = _shift_span(o_start, _minutes(other.end))
+                    for od in other.days:
+                        if _week_overlap(w0, span, (od - 1) * 1440 + o_start, o_span):
+                            raise _refuse(f"overlaps shifts[{k}] ({other.name}) on "
+                                          f"weekday {d}", i)
+            out.append(s)
+        return out
+
+    @field_validator("non_working_dates")
+    @classmethod
+    def _once_each(cls, dates: list[date]) -> list[date]:
+        return sorted(set(dates))
+
+
+class CalendarIn(BaseModel):
+    """A calendar as it is created or replaced (``POST``/``PUT /api/v1/calendars``).
+    Other top-level keys are ignored."""
+
+    name: Annotated[str, BeforeValidator(_text(64, strip=True)),
+                    Field(min_length=1, max_length=64)]
+    timezone: Annotated[str, BeforeValidator(_timezone),
+                        Field(examples=["Asia/Shanghai"], description="IANA time zone")]
+    definition: CalendarDefinition
+
+
+def _refused(err: ValidationError) -> Invalid:
+    """The first refusal of ``err`` as ``Invalid`` naming its field the way people read
+    it: ``shifts[1].breaks[0]``, relative to the definition (``name``, ``timezone`` and
+    ``definition`` itself are top-level)."""
+    first = err.errors(include_url=False)[0]
+    ctx = first.get("ctx") or {}
+    loc = [*first["loc"], *ctx.get("at", ())]
+    if loc[:1] == ["definition"] and len(loc) > 1:
+        loc = loc[1:]
+    field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    message = ctx["message"] if "message" in ctx else first["msg"]
+    return Invalid(f"{field or 'calendar'}: {message}", field or None)
+
+
+def validate(name: Any, timezone: Any, definition: Any) -> tuple[str, str, dict[str, Any]]:
+    """Check a calendar against ``CalendarIn``; returns (name, timezone, normalized
+    definition as JSON). Raises Invalid naming the field (``name``, ``timezone``,
+    ``shifts[1].breaks[0]``, ...)."""
+    try:
+        cal = CalendarIn.model_validate({"name": name, "timezone": timezone,
+                                         "definition": definition})
+    except ValidationError as err:
+        raise _refused(err) from None
+    return cal.name, cal.timezone, cal.definition.model_dump(mode="json")
 
 
 def _week_overlap(a0: int, alen: int, b0: int, blen: int) -> bool:
@@ -220,8 +351,8 @@ def planned_intervals(calendar: Calendar | None, start_ms: int, end_ms: int) -> 
         t = start_ms - start_ms % _DAY_MS
         while t < end_ms:
             lo, hi = max(t, start_ms), min(t + _DAY_MS, end_ms)
-            day = datetime.fromtimestamp(t / 1000, UTC).date().isoformat()
-            out.append(Planned(lo, hi, AROUND_THE_CLOCK, day))
+            utc_day = datetime.fromtimestamp(t / 1000, UTC).date().isoformat()
+            out.append(Planned(lo, hi, AROUND_THE_CLOCK, utc_day))
             t += _DAY_MS
         return out
     tz = ZoneInfo(calendar.timezone)
@@ -236,13 +367,13 @@ def planned_intervals(calendar: Calendar | None, start_ms: int, end_ms: int) -> 
             for s in definition["shifts"]:
                 if day.isoweekday() not in s["days"]:
                     continue
-                s0 = _minutes(s["start"], "start")
-                span = _shift_span(s0, _minutes(s["end"], "end"))
+                s0 = _minutes(s["start"])
+                span = _shift_span(s0, _minutes(s["end"]))
                 cuts = [(0, 0)]
                 for b in s["breaks"]:
-                    b0 = _minutes(b[0], "break")
+                    b0 = _minutes(b[0])
                     o0 = (b0 - s0) % 1440
-                    cuts.append((o0, o0 + _shift_span(b0, _minutes(b[1], "break"))))
+                    cuts.append((o0, o0 + _shift_span(b0, _minutes(b[1]))))
                 cuts.sort()
                 cuts.append((span, span))
                 for (_, gap_start), (gap_end, _) in itertools.pairwise(cuts):

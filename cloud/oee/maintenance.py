@@ -2,7 +2,7 @@
 a threshold; a maintenance-due anomaly when one is reached.
 
 - **run_hours**: the machine's running time since ``since_ts`` from the timeline
-  (cloud/oee.py: running while online), around the clock: the shift calendar does not
+  (cloud/oee/timeline.py: running while online), around the clock: the shift calendar does not
   matter to wear. Micro-stops are not running time here. Stored and compared in
   milliseconds (``threshold``); the API also shows hours.
 - **cycles**: machine cycles since ``since_ts``: the pieces counted (good + scrap) divided
@@ -17,17 +17,17 @@ a threshold; a maintenance-due anomaly when one is reached.
 - ``reset_counter`` (audited ``maintenance.reset``, with the value at the reset) starts a
   new period at the reset time and clears ``due_anomaly_id``. The due anomaly itself is
   left in its lifecycle: the person who did the work resolves and closes it with cause
-  and action (cloud/anomalies.py); a reset is the maintenance record, not the anomaly's.
+  and action (cloud/anomalies); a reset is the maintenance record, not the anomaly's.
 
-Create, change, delete and reset are for planners and admins (cloud/api_oee.py) and are
-audited. Errors are cloud.calendars' ``NotFound``/``Invalid``/``Conflict``.
+Create, change, delete and reset are for planners and admins (cloud/api/routes/oee.py)
+and are audited. Errors: ``NotFound``, ``Invalid`` (``field`` names the input),
+``Conflict`` (a name the machine's counters already have), from cloud/core/errors.py.
 """
 
 from __future__ import annotations
 
-from datetime import UTC
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from sqlalchemy import delete, func, insert, select, update
@@ -47,13 +47,15 @@ from cloud.core.models import (
     maintenance_counters,
     wo_operations,
 )
-from cloud.oee.report import load_settings, machine_row, machine_timeline
+from cloud.oee.timeline import MachineRef, load_settings, machine_row, machine_timeline
 
 log = structlog.get_logger(__name__)
 HOUR_MS = 3_600_000
+#: What a counter counts (``MAINTENANCE_METRICS``, the table's check constraint).
+Metric = Literal["run_hours", "cycles"]
 
 
-async def _run_ms(session: AsyncSession, machine: Any, since: int, now: int,
+async def _run_ms(session: AsyncSession, machine: MachineRef, since: int, now: int,
                   threshold: int | None = None) -> tuple[int, int | None]:
     """Running ms in [since, now), and when ``threshold`` ms were reached (None: not)."""
     if now <= since:
@@ -117,8 +119,7 @@ def _doc(c: Any, machine: str, value: int) -> dict[str, Any]:
            "metric": c.metric, "threshold": int(c.threshold), "since_ts": int(c.since_ts),
            "value": value, "percent": round(100.0 * value / c.threshold, 2),
            "due": value >= c.threshold, "due_anomaly_id": c.due_anomaly_id,
-           "last_reset_at": (c.last_reset_at.astimezone(UTC).isoformat()
-                             if c.last_reset_at else None),
+           "last_reset_at": c.last_reset_at,     # cloud time: the API writes it
            "last_reset_by": c.last_reset_by}
     if c.metric == "run_hours":
         doc["value_hours"] = round(value / HOUR_MS, 3)

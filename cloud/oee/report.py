@@ -1,24 +1,19 @@
-"""OEE (设备综合效率), stops and downtime, computed at query time from the machine timeline
-(``machine_events``), the attributed counts (``attributions``), the dispatches and the
-shift calendars. Nothing is stored, so a late record is in every report computed after
-it arrived.
+"""OEE (设备综合效率) and downtime, computed at query time from the machine timeline
+(cloud/oee/timeline.py, over ``machine_events``), the attributed counts
+(``attributions``), the dispatches and the shift calendars (cloud/oee/calendars.py).
+Nothing is stored, so a late record is in every report computed after it arrived.
 
-Definitions (the plant manager's, per group of machine / shift / day / order / product):
+Definitions (the plant manager's, per group of machine / shift / day / order / product;
+the machine's status, stops, micro-stops and downtime are the timeline's, see
+cloud/oee/timeline.py):
 
-- **planned_ms**: planned production time from the machine's calendar (cloud/calendars.py;
-  no calendar: ``default``, else 24/7), breaks and non-working dates removed, clipped to
-  the report window, to now, and to the time since the machine was first heard from (its
-  first state or link record: before it there is no data, which is not downtime; a
-  machine never heard from has no planned time, so its ratios are None). A device with
-  counters but no state tag therefore never runs: OEE needs a state tag.
-- The machine's **status** at any moment: ``offline`` while its last link record says
-  offline, else its last device state (``unknown`` before any). Only the status whose
-  category is ``running`` (see ``category``) is running.
-- A **stop** is a maximal stretch of not running (its states may change inside it, e.g.
-  idle then alarm; it is keyed by the ts it began, which is where a reason is stored).
-  A stop shorter than ``micro_stop_s`` (setting, default 120 s) is a **micro-stop**; the
-  rest are **downtime**. The length that decides is the stop's whole length on the
-  timeline, not only its part inside planned time.
+- **planned_ms**: planned production time from the machine's calendar
+  (cloud/oee/calendars.py; no calendar: ``default``, else 24/7), breaks and non-working
+  dates removed, clipped to the report window, to now, and to the time since the machine
+  was first heard from (its first state or link record: before it there is no data,
+  which is not downtime; a machine never heard from has no planned time, so its ratios
+  are None). A device with counters but no state tag therefore never runs: OEE needs a
+  state tag.
 - **run_ms** (operating time) = planned time running + planned time in micro-stops.
   Micro-stops are not downtime: they lower performance, not availability
   (**micro_stop_ms** says how much of run_ms they are). So
@@ -46,255 +41,34 @@ Definitions (the plant manager's, per group of machine / shift / day / order / p
   calendar's timezone); ``order`` and ``product`` from the dispatch covering the time
   (time without a dispatch: work_order None) and from each count's own attribution.
 
-Device states map to the board's categories (``current_states``, ``stops``): running
-(running, run, producing, production, in_cycle, cycle); idle (idle, waiting, wait,
-ready, standby, stopped, stop, paused, hold, feed_hold, and any state not listed);
-setup (setup, changeover, tool_change, adjusting); down (alarm, fault, error, down, off,
-emergency, estop, e_stop, breakdown, maintenance); offline (link offline, or never heard
-from). The setting ``oee.state_map`` ({"auto": "running"}) adds to or overrides this.
+Errors: ``Invalid`` (window, group_by), ``NotFound`` (machine ids), cloud/core/errors.py.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final
 
-from pydantic import Field
-from sqlalchemy import func, or_, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.auth import Actor
-from cloud.core import clock, settings
-from cloud.core.audit import audit
-from cloud.core.models import (
-    dispatches,
-    machine_events,
-    machines,
-    products,
-    stop_reasons,
-    wo_operations,
-    work_orders,
+from cloud.core import clock
+from cloud.core.errors import Invalid
+from cloud.core.models import dispatches, products, wo_operations, work_orders
+from cloud.oee.calendars import Planned, calendars_for, planned_intervals
+from cloud.oee.timeline import (
+    check_window,
+    first_seen,
+    load_settings,
+    machine_rows,
+    machine_timeline,
 )
-from cloud.oee.calendars import Invalid, NotFound, Planned, calendars_for, planned_intervals
-from cloud.oee.events import Event, events
 
-SETTINGS_KEY: Final = "oee"
-
-CATEGORIES: Final = ("running", "idle", "setup", "down", "offline")
 GROUPS: Final = ("machine", "shift", "day", "order", "product")
-MAX_WINDOW_MS: Final = 400 * 86_400_000
 _SLICE_CHUNK: Final = 2000
 
-DEFAULT_STATE_MAP: Final[dict[str, str]] = {
-    **dict.fromkeys(("running", "run", "producing", "production", "in_cycle", "cycle"),
-                    "running"),
-    **dict.fromkeys(("idle", "waiting", "wait", "ready", "standby", "stopped", "stop",
-                     "paused", "hold", "feed_hold"), "idle"),
-    **dict.fromkeys(("setup", "changeover", "tool_change", "adjusting"), "setup"),
-    **dict.fromkeys(("alarm", "fault", "error", "down", "off", "emergency", "estop",
-                     "e_stop", "breakdown", "maintenance"), "down"),
-    "offline": "offline",
-}
-
-
-def category(status: str, state_map: dict[str, str] | None = None) -> str:
-    """The board category of a timeline status (a device state, ``offline``, ``unknown``)."""
-    key = status.lower()
-    if state_map and key in state_map:
-        return state_map[key]
-    if key == "unknown":
-        return "idle"
-    return DEFAULT_STATE_MAP.get(key, "idle")
-
-
-@dataclass(frozen=True, slots=True)
-class StopRules:
-    """The ``oee`` settings as the timeline uses them."""
-
-    micro_stop_ms: int
-    state_map: dict[str, str]
-
-
-async def load_settings(session: AsyncSession) -> StopRules:
-    doc = await settings.get(session, SETTINGS_KEY)
-    state_map = {str(k).lower(): str(v) for k, v in (doc.get("state_map") or {}).items()
-                 if v in CATEGORIES}
-    return StopRules(int(float(doc["micro_stop_s"]) * 1000), state_map)
-
-
-Category = Literal["running", "idle", "setup", "down", "offline"]
-
-
-class OeeSettings(settings.SettingsModel):
-    """How stops count (``/api/v1/settings/oee``)."""
-
-    micro_stop_s: float = Field(120, ge=0, description="a stop shorter than this is a "
-                                "micro-stop (speed loss), not downtime")
-    state_map: dict[str, Category] = Field(
-        default_factory=dict, description="a device state -> the category it counts as "
-        "(e.g. {\"setup\": \"running\"})")
-
-
-settings.register(SETTINGS_KEY, OeeSettings)
-
-
-# -- the timeline of one machine ----------------------------------------------------------
-
-@dataclass(slots=True)
-class Segment:
-    start: int
-    end: int
-    status: str           # device state, "offline" or "unknown"
-    running: bool
-    stop: int = -1        # index into Timeline.stops, -1 while running
-
-
-@dataclass(slots=True)
-class Stop:
-    start: int
-    end: int              # end of what the timeline saw
-    ended: bool           # False: still stopped at the end of the timeline
-    state: str            # the status it began with
-    micro: bool = False
-    reason: str | None = None
-    note: str | None = None
-    segments: list[Segment] = field(default_factory=list)
-
-    @property
-    def duration(self) -> int:
-        return self.end - self.start
-
-
-@dataclass(slots=True)
-class Timeline:
-    segments: list[Segment]
-    stops: list[Stop]
-
-
-async def machine_timeline(session: AsyncSession, machine_id: int, gateway_id: str,
-                            device: str, lo: int, hi: int, cfg: StopRules, *,
-                            finish_last_stop: bool = False) -> Timeline:
-    """Segments and stops of a machine covering at least [lo, hi). Reads back to the last
-    ``running`` state before ``lo`` so a stop in progress at ``lo`` has its true start
-    (that is where its reason is keyed); with ``finish_last_stop`` keeps reading after
-    ``hi`` until a stop open there ends (or the data does)."""
-    ev = machine_events.c
-    last_run = (await session.execute(
-        select(func.max(ev.ts)).where(ev.gateway_id == gateway_id, ev.device == device,
-                                      ev.kind == "state", ev.ts < lo,
-                                      ev.state.in_(_running_names(cfg))))).scalar()
-    begin = int(last_run) if last_run is not None else lo
-    evs = await events(session, gateway_id, device, begin, hi)
-    end = hi
-    if finish_last_stop:
-        while True:
-            tl = _build(evs, begin, end, cfg)
-            if not tl.stops or tl.stops[-1].ended:
-                break
-            more = await _events_after(session, gateway_id, device, end, 500)
-            if not more:
-                break
-            evs.extend(more)
-            end = more[-1].ts + 1
-    timeline = _build(evs, begin, end, cfg)
-    if timeline.stops:
-        # a reason belongs to the stop that contains its start_ts: a late record that
-        # shows a stop began earlier (or joins two stops) keeps the reason on it
-        starts = [s.start for s in timeline.stops]
-        sr = stop_reasons.c
-        for ts, reason, note in (await session.execute(
-                select(sr.start_ts, sr.reason, sr.note)
-                .where(sr.machine_id == machine_id, sr.start_ts >= starts[0],
-                       sr.start_ts < timeline.stops[-1].end)
-                .order_by(sr.start_ts))).tuples():
-            idx = bisect.bisect_right(starts, ts) - 1
-            stop = timeline.stops[idx] if idx >= 0 else None
-            if stop is not None and ts < stop.end and stop.reason is None:
-                stop.reason, stop.note = reason, note
-    return timeline
-
-
-def _running_names(cfg: StopRules) -> list[str]:
-    names = {k for k, v in DEFAULT_STATE_MAP.items() if v == "running"}
-    names -= {k for k, v in cfg.state_map.items() if v != "running"}
-    names |= {k for k, v in cfg.state_map.items() if v == "running"}
-    return sorted(names | {n.upper() for n in names} | {n.capitalize() for n in names})
-
-
-async def _events_after(session: AsyncSession, gateway_id: str, device: str, after: int,
-                        limit: int) -> list[Event]:
-    ev = machine_events.c
-    rows = (await session.execute(
-        select(ev.ts, ev.kind, ev.state, ev.code, ev.online, ev.error, ev.seq)
-        .where(ev.gateway_id == gateway_id, ev.device == device, ev.ts >= after)
-        .order_by(ev.ts, ev.seq).limit(limit))).all()
-    return [Event(*r) for r in rows]
-
-
-def _build(evs: Sequence[Event], begin: int, end: int, cfg: StopRules) -> Timeline:
-    """Segments from ``min(begin, first event)`` to ``end`` and the stops among them."""
-    state: str | None = None
-    online: bool | None = None
-    t = min(begin, evs[0].ts) if evs else begin
-    raw: list[Segment] = []
-
-    running: dict[str, bool] = {}
-
-    def status() -> str:
-        if online is False:
-            return "offline"
-        return state if state is not None else "unknown"
-
-    def is_running(s: str) -> bool:
-        found = running.get(s)
-        if found is None:
-            found = running[s] = category(s, cfg.state_map) == "running"
-        return found
-
-    for e in evs:
-        if e.ts >= end:
-            break
-        if e.ts > t:
-            s = status()
-            raw.append(Segment(t, e.ts, s, is_running(s)))
-            t = e.ts
-        if e.kind == "state":
-            state = e.state
-        else:
-            online = e.online
-    if end > t:
-        s = status()
-        raw.append(Segment(t, end, s, is_running(s)))
-    segments: list[Segment] = []
-    for seg in raw:
-        if segments and segments[-1].status == seg.status and segments[-1].end == seg.start:
-            segments[-1].end = seg.end
-        else:
-            segments.append(seg)
-    stops: list[Stop] = []
-    for seg in segments:
-        if seg.running:
-            continue
-        if stops and stops[-1].end == seg.start:
-            cur = stops[-1]
-            cur.end = seg.end
-        else:
-            cur = Stop(seg.start, seg.end, True, seg.status)
-            stops.append(cur)
-        cur.segments.append(seg)
-        seg.stop = len(stops) - 1
-    if stops and stops[-1].end >= end:
-        stops[-1].ended = False
-    for st in stops:
-        st.micro = st.duration < cfg.micro_stop_ms
-    return Timeline(segments, stops)
-
-
-# -- report -------------------------------------------------------------------------------
 
 @dataclass(slots=True)
 class _Acc:
@@ -344,26 +118,6 @@ def _parse_group_by(group_by: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(parts))
 
 
-def _check_window(start_ms: int, end_ms: int) -> None:
-    if end_ms <= start_ms:
-        raise Invalid("end: must be after start", "end")
-    if end_ms - start_ms > MAX_WINDOW_MS:
-        raise Invalid(f"end: a report covers at most {MAX_WINDOW_MS // 86_400_000} days",
-                      "end")
-
-
-async def _machines(session: AsyncSession, machine_ids: Iterable[int] | None) -> list[Any]:
-    stmt = select(machines.c.id, machines.c.name, machines.c.gateway_id,
-                  machines.c.device).order_by(machines.c.id)
-    ids = None if machine_ids is None else sorted(set(machine_ids))
-    if ids is not None:
-        stmt = stmt.where(machines.c.id.in_(ids))
-    rows = (await session.execute(stmt)).all()
-    if ids is not None and len(rows) != len(ids):
-        missing = sorted(set(ids) - {r.id for r in rows})
-        raise NotFound(f"machine {missing[0]} unknown", "machine_id")
-    return list(rows)
-
 
 def _slices(planned: list[Planned], disp: list[tuple[int, int | None, int]]) -> list[_Slice]:
     """Planned intervals cut at dispatch boundaries (both sorted, dispatches disjoint)."""
@@ -371,7 +125,7 @@ def _slices(planned: list[Planned], disp: list[tuple[int, int | None, int]]) -> 
     j = 0
     for p in planned:
         t = p.start
-        while j < len(disp) and disp[j][1] is not None and disp[j][1] <= p.start:
+        while j < len(disp) and (until := disp[j][1]) is not None and until <= p.start:
             j += 1
         k = j
         while t < p.end:
@@ -441,23 +195,15 @@ async def _dispatches(session: AsyncSession, machine_id: int, start: int, end: i
     return [(int(s), None if e is None else int(e), int(op)) for s, e, op in rows]
 
 
-async def first_seen(session: AsyncSession, gateway_id: str, device: str) -> int | None:
-    """The ts of a device's first state or link record (None: never heard from)."""
-    ev = machine_events.c
-    found = (await session.execute(select(func.min(ev.ts)).where(
-        ev.gateway_id == gateway_id, ev.device == device))).scalar()
-    return None if found is None else int(found)
-
-
 async def _accumulate(session: AsyncSession, *, start_ms: int, end_ms: int,
                       machine_ids: Iterable[int] | None, parts: tuple[str, ...],
                       now_ms: int | None, with_counts: bool = True
                       ) -> tuple[dict[tuple[Any, ...], _Acc], dict[int, _Op], dict[int, str]]:
-    _check_window(start_ms, end_ms)
+    check_window(start_ms, end_ms)
     cfg = await load_settings(session)
     now = clock.now_ms() if now_ms is None else now_ms
     end_eff = min(end_ms, now)
-    rows = await _machines(session, machine_ids)
+    rows = await machine_rows(session, machine_ids)
     cals = await calendars_for(session, [r.id for r in rows])
     accs: dict[tuple[Any, ...], _Acc] = defaultdict(_Acc)
     op_ids: set[int] = set()
@@ -568,15 +314,15 @@ def _row(key: tuple[Any, ...], acc: _Acc) -> dict[str, Any]:
     performance = (None if acc.run <= 0 or (rated == 0 and acc.unrated > 0)
                    else acc.ideal / acc.run)
     quality = _ratio(acc.good, acc.good + acc.scrap)
-    factors = (availability, performance, quality)
+    oee: float | None
     if availability is None:
         oee = None
-    elif any(f == 0 for f in factors):
+    elif 0 in (availability, performance, quality):
         oee = 0.0
-    elif any(f is None for f in factors):
+    elif performance is None or quality is None:
         oee = None
     else:
-        oee = availability * performance * quality  # type: ignore[operator]
+        oee = availability * performance * quality
     return {**dict(key), "planned_ms": acc.planned, "run_ms": acc.run,
             "downtime_ms": acc.downtime, "micro_stop_ms": acc.micro,
             "ideal_ms": round(acc.ideal), "good": acc.good, "scrap": acc.scrap,
@@ -639,141 +385,3 @@ async def downtime_pareto(session: AsyncSession, *, start_ms: int, end_ms: int,
             for r, ms in sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
-# -- stops --------------------------------------------------------------------------------
-
-async def machine_row(session: AsyncSession, machine_id: int) -> Any:
-    """A machine's id, name, gateway_id and device (its timeline's key); NotFound when
-    there is no such machine."""
-    row = (await session.execute(select(machines.c.id, machines.c.name, machines.c.gateway_id,
-                                        machines.c.device)
-                                 .where(machines.c.id == machine_id))).first()
-    if row is None:
-        raise NotFound(f"machine {machine_id} unknown", "machine_id")
-    return row
-
-
-async def stops(session: AsyncSession, *, machine_id: int, start_ms: int, end_ms: int,
-                now_ms: int | None = None) -> list[dict[str, Any]]:
-    """The stops of a machine overlapping [start_ms, end_ms), oldest first: start_ts,
-    end_ts (None: still stopped), duration_ms (to now when still stopped), state (the one
-    it began with), category, states {state: ms}, micro, planned_ms (its part in planned
-    time, i.e. downtime or micro-stop time in reports), reason (assigned, else
-    ``offline`` for a stop that began offline, else None), note."""
-    _check_window(start_ms, end_ms)
-    m = await machine_row(session, machine_id)
-    cfg = await load_settings(session)
-    now = clock.now_ms() if now_ms is None else now_ms
-    hi = min(end_ms, now)
-    if hi <= start_ms:
-        return []
-    tl = await machine_timeline(session, m.id, m.gateway_id, m.device, start_ms, hi, cfg,
-                                 finish_last_stop=True)
-    cal = (await calendars_for(session, [m.id]))[m.id]
-    out = []
-    for st in tl.stops:
-        if st.end <= start_ms or st.start >= hi:
-            continue
-        end = st.end if st.ended else None
-        until = st.end if st.ended else max(st.end, now)
-        planned = sum(min(p.end, until) - max(p.start, st.start)
-                      for p in planned_intervals(cal, st.start, until))
-        by_state: dict[str, int] = defaultdict(int)
-        for seg in st.segments:
-            by_state[seg.status] += seg.end - seg.start
-        reason = st.reason or ("offline" if st.state == "offline" else None)
-        out.append({"start_ts": st.start, "end_ts": end, "duration_ms": until - st.start,
-                    "state": st.state, "category": category(st.state, cfg.state_map),
-                    "states": dict(by_state), "micro": (until - st.start) < cfg.micro_stop_ms,
-                    "planned_ms": planned, "reason": reason, "note": st.note,
-                    "reason_set": st.reason is not None})
-    return out
-
-
-async def set_stop_reason(session: AsyncSession, actor: Actor | str, *, machine_id: int,
-                          start_ts: int, reason: str, note: str | None = None
-                          ) -> dict[str, Any]:
-    """Give the stop of ``machine_id`` that began at ``start_ts`` a reason (and a note);
-    replaces an earlier one. Audited ``stop.reason``. Raises NotFound (machine), Invalid
-    (``start_ts`` is not the start of a stop of that machine; empty or long reason)."""
-    m = await machine_row(session, machine_id)
-    reason = (reason or "").strip() if isinstance(reason, str) else ""
-    if not reason or len(reason) > 128:
-        raise Invalid("reason: expected 1..128 characters", "reason")
-    if note is not None and (not isinstance(note, str) or len(note) > 1000):
-        raise Invalid("note: at most 1000 characters", "note")
-    cfg = await load_settings(session)
-    tl = await machine_timeline(session, m.id, m.gateway_id, m.device, start_ts,
-                                 start_ts + 1, cfg)
-    stop = next((s for s in tl.stops if s.start == start_ts), None)
-    if stop is None:
-        near = [s.start for s in tl.stops if s.start <= start_ts < max(s.end, s.start + 1)]
-        hint = f" (the stop there began at {near[0]})" if near else ""
-        raise Invalid(f"start_ts: machine {machine_id} has no stop beginning at {start_ts}"
-                      f"{hint}", "start_ts")
-    row = {"machine_id": machine_id, "start_ts": start_ts, "reason": reason, "note": note,
-           "set_by": actor.name if isinstance(actor, Actor) else actor,
-           "set_at": clock.now()}
-    mod: Any = postgresql if session.bind.dialect.name == "postgresql" else sqlite
-    stmt = mod.insert(stop_reasons).values(**row)
-    await session.execute(stmt.on_conflict_do_update(
-        index_elements=["machine_id", "start_ts"],
-        set_={"reason": reason, "note": note, "set_by": row["set_by"],
-              "set_at": row["set_at"]}))
-    await audit(session, actor, "stop.reason", "machine", machine_id,
-                {"start_ts": start_ts, "reason": reason, "note": note,
-                 "previous": stop.reason, "state": stop.state})
-    return {"machine_id": machine_id, "start_ts": start_ts, "reason": reason, "note": note,
-            "set_by": row["set_by"]}
-
-
-# -- the board ----------------------------------------------------------------------------
-
-async def current_states(session: AsyncSession, now_ms: int) -> dict[int, dict[str, Any]]:
-    """Per machine id, what it is doing at ``now_ms``: state (category: running, idle,
-    setup, down, offline), device_state (its own word), since_ts (when this category
-    began, as far as its last 200 events tell), online, code (of the state record), and
-    dispatch: the running dispatch {work_order, step, operation, customer, good,
-    quantity} or None. A machine never heard from is offline, since_ts None."""
-    cfg = await load_settings(session)
-    ev = machine_events.c
-    out: dict[int, dict[str, Any]] = {}
-    for m in await _machines(session, None):
-        floor = (await session.execute(
-            select(ev.ts).where(ev.gateway_id == m.gateway_id, ev.device == m.device,
-                                ev.ts <= now_ms)
-            .order_by(ev.ts.desc(), ev.seq.desc()).offset(199).limit(1))).scalar()
-        # the last 200 events (all when fewer), with the state and link before them
-        evs = await events(session, m.gateway_id, m.device,
-                           int(floor) if floor is not None else -(2**62), now_ms + 1)
-        state: str | None = None
-        online: bool | None = None
-        code: int | None = None
-        cat, since = "offline", None
-        for e in evs:
-            if e.kind == "state":
-                state, code = e.state, e.code
-            else:
-                online = e.online
-            if online is False:
-                now_cat = "offline"
-            elif state is None:
-                now_cat = "idle" if online else "offline"
-            else:
-                now_cat = category(state, cfg.state_map)
-            if now_cat != cat or since is None:
-                cat, since = now_cat, e.ts
-        out[m.id] = {"machine_id": m.id, "machine": m.name, "state": cat,
-                     "device_state": "offline" if online is False else state,
-                     "since_ts": since, "online": online is not False and bool(evs),
-                     "code": code, "dispatch": None}
-    d, o, w = dispatches.c, wo_operations.c, work_orders.c
-    for r in (await session.execute(
-            select(d.machine_id, d.start_ts, w.number, w.customer, w.quantity, o.step, o.name,
-                   o.good).select_from(dispatches.join(wo_operations).join(work_orders))
-            .where(d.start_ts <= now_ms, or_(d.end_ts.is_(None), d.end_ts > now_ms)))).all():
-        if r.machine_id in out:
-            out[r.machine_id]["dispatch"] = {
-                "work_order": r.number, "step": r.step, "operation": r.name,
-                "customer": r.customer, "good": int(r.good), "quantity": int(r.quantity),
-                "since_ts": int(r.start_ts)}
-    return out

@@ -51,6 +51,22 @@ def hours(c: Calendar | None, start: int, end: int) -> float:
     ({"shifts": [{"name": "A", "start": "06:00", "end": "14:00"}],
       "non_working_dates": ["2026-13-01"]}, "non_working_dates[0]"),
     ({"shift": []}, "shift"),
+    # a missing key is read as null, so its own rule names it
+    ({}, "shifts"),
+    ({"shifts": [{"name": "A", "end": "14:00"}]}, "shifts[0].start"),
+    ({"shifts": ["A"]}, "shifts[0]"),
+    ({"shifts": [{"name": "A", "start": "06:00", "end": "14:00", "breaks": "10:00"}]},
+     "shifts[0].breaks"),
+    ({"shifts": [{"name": "A", "start": "06:00", "end": "14:00", "breaks": [["10:00"]]}]},
+     "shifts[0].breaks[0]"),
+    ({"shifts": [{"name": "A", "start": "06:00", "end": "14:00",
+                  "breaks": [["10:00", "25:00"]]}]}, "shifts[0].breaks[0][1]"),
+    ({"shifts": [{"name": "A", "start": "06:00", "end": "14:00", "days": [True]}]},
+     "shifts[0].days"),
+    ({"shifts": [{"name": "", "start": "06:00", "end": "14:00"}]}, "shifts[0].name"),
+    ({"shifts": [{"name": "A", "start": "06:00", "end": "14:00"}],
+      "non_working_dates": "2026-10-01"}, "non_working_dates"),
+    ([], "definition"),
 ])
 def test_validation_names_the_field(definition, field):
     with pytest.raises(Invalid) as err:
@@ -71,6 +87,16 @@ def test_validation_of_name_and_timezone():
     _, _, d = validate("c", "UTC", {"shifts": [{"name": "N", "start": "22:00", "end": "06:00",
                                                 "breaks": [["02:00", "02:30"]]}]})
     assert d["shifts"][0]["days"] == [1, 2, 3, 4, 5, 6, 7]
+    # normalized: weekdays and dates once each and sorted, breaks in time order (a break
+    # after midnight comes after one before it), the name stripped
+    name, _, d = validate("  night  ", "UTC", {
+        "shifts": [{"name": "N", "start": "22:00", "end": "06:00", "days": [5, 1, 5],
+                    "breaks": [("02:00", "02:30"), ["23:00", "23:10"]]}],
+        "non_working_dates": ["2026-10-02", "2026-10-01", "2026-10-02"]})
+    assert (name, d) == ("night", {
+        "shifts": [{"name": "N", "start": "22:00", "end": "06:00", "days": [1, 5],
+                    "breaks": [["23:00", "23:10"], ["02:00", "02:30"]]}],
+        "non_working_dates": ["2026-10-01", "2026-10-02"]})
 
 
 def test_dst_and_night_shifts_in_berlin():

@@ -20,17 +20,17 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
-from pydantic import BaseModel
 
 from cloud import anomalies, notify, oee  # noqa: F401  (they register their settings)
 from cloud.api.deps import Admin, Db, Viewer
+from cloud.api.schemas import Out
 from cloud.core import settings
 from cloud.core.errors import NotFound
 
 router = APIRouter(prefix="/api/v1/settings", tags=["settings"])
 
 
-class SettingsKeys(BaseModel):
+class SettingsKeys(Out):
     keys: list[str]
 
 
@@ -41,7 +41,11 @@ async def list_keys(_: Viewer) -> SettingsKeys:
 
 
 def _routes(key: str, model: type[settings.SettingsModel]) -> None:
-    schema = model.model_json_schema(by_alias=True)
+    # nested models point into the document's components, where the GET answer's model
+    # puts them (a ``#/$defs/...`` reference would point at the document's root)
+    schema = model.model_json_schema(by_alias=True,
+                                     ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
     for field in schema.get("properties", {}).values():   # every field is optional in a PUT
         field.pop("default", None)
     schema.pop("required", None)
