@@ -1,5 +1,5 @@
 """Anomaly linking on ingest: records/s of ingest with full processing plus the anomaly
-engine (cloud/anomalies.py ``apply_anomalies``), beside the same ingest without it
+engine (cloud/anomalies/ ``apply_anomalies``), beside the same ingest without it
 (attribution, backflush and the machine timeline in both), into SQLite, in-process
 (ingest_batch, no HTTP), 5 gateways x 10 machines = 50 machines, each with an order
 dispatched, gateways ingesting concurrently in batches of 1000.

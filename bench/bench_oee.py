@@ -1,6 +1,6 @@
 """OEE: the 30-day report for 50 machines (group_by machine) and the per-day trend, on
 SQLite, computed at query time from the timeline, the count attributions and the
-dispatches (cloud/oee.py). Seeded directly into the tables (sqlite3 executemany, not HTTP):
+dispatches (cloud/oee/). Seeded directly into the tables (sqlite3 executemany, not HTTP):
 per machine a shift calendar of two 8-hour shifts with breaks (Mon-Sat), three orders of
 ten days each with different cycle times and cavities, running stretches of 10-90 min
 with a count record per minute while running (1-4 pieces, some scrap), stops of 30 s to

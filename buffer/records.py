@@ -51,7 +51,7 @@ KINDS: Final = frozenset(BODY_FIELDS)
 DROPPABLE_KINDS: Final = frozenset({"sample"})
 COUNTS: Final = frozenset({"good", "scrap", "total"})
 MAX_BATCH_RECORDS: Final = 50_000
-# Bounds the cloud's columns set (cloud/models.py); a value past them would fail there as a
+# Bounds the cloud's columns set (cloud/core/models.py); a value past them would fail there as a
 # server error, and a 5xx makes a gateway retry the same batch forever, so they are
 # checked here: seq, ts, backlog, count.delta, state.code and gap seqs land in BIGINT.
 INT64_MAX: Final = 2**63 - 1

@@ -57,7 +57,7 @@ T = TypeVar("T")
 
 def _run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` that lets SQLite's connection threads finish before the loop closes,
-    on every path. Engines are disposed where they are made (cloud/migrate.py, Database);
+    on every path. Engines are disposed where they are made (cloud/core/migrate.py, Database);
     but aiosqlite stops a connection that failed to *open* (a missing directory, no write
     permission) without waiting: its worker thread then answers on a closed loop and
     prints a "RuntimeError: Event loop is closed" traceback after our one-line error."""

@@ -80,7 +80,7 @@ def _table(model: type[Base]) -> Table:
 
 
 class Gateway(Base):
-    """A gateway allowed to ingest. Its token is stored only as a hash (cloud/auth.py)."""
+    """A gateway allowed to ingest. Its token is stored only as a hash (cloud/auth/credentials.py)."""
 
     __tablename__ = "gateways"
 
@@ -92,7 +92,7 @@ class Gateway(Base):
     # Highest seq ever stored for this gateway (0 before the first record).
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Cloud clock minus gateway clock, ms, at the last batch that allowed an estimate;
-    # exact when the gateway sent X-Plantsync-Sent-At, else a heuristic (cloud/ingest.py).
+    # exact when the gateway sent X-Plantsync-Sent-At, else a heuristic (cloud/ingest/store.py).
     clock_skew_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     clock_skew_exact: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     # Records still queued at the gateway behind its last batch (from the batch's optional
@@ -133,7 +133,7 @@ records = _table(StoredRecord)
 
 class User(Base):
     """A person: admin (everything, users), planner (acts on orders and stock), viewer (reads).
-    Passwords are stored as argon2 hashes only (cloud/auth.py)."""
+    Passwords are stored as argon2 hashes only (cloud/auth/credentials.py)."""
 
     __tablename__ = "users"
 
@@ -332,7 +332,7 @@ class RoutingOp(Base):
 class WorkOrder(Base):
     """An order to make ``quantity`` pieces of a product (生产工单). States:
     draft -> released -> in_progress -> completed -> closed; cancelled from draft/released
-    (cloud/production.py holds every transition). ``bom_version``/``routing_version``
+    (cloud/production/status.py holds every transition). ``bom_version``/``routing_version``
     are the versions copied at release. ``priority``: higher runs first."""
 
     __tablename__ = "work_orders"
@@ -373,7 +373,7 @@ class WorkOrder(Base):
 class WoOperation(Base):
     """A work order's operation, copied from the routing at release, with its progress.
     ``good``/``scrap`` are pieces attributed to it (attribution keeps them; status rules
-    in cloud/production.py ``on_operation_progress``)."""
+    in cloud/production/status.py ``on_operation_progress``)."""
 
     __tablename__ = "wo_operations"
     __table_args__ = (
@@ -445,7 +445,7 @@ STOCK_MOVE_KINDS = ("receipt", "issue", "backflush", "scrap", "adjustment", "cou
 
 class Dispatch(Base):
     """Operation ``wo_operation_id`` ran on ``machine_id`` during [start_ts, end_ts).
-    Dispatches of one machine never overlap (cloud/dispatch.py refuses it)."""
+    Dispatches of one machine never overlap (cloud/production/dispatch.py refuses it)."""
 
     __tablename__ = "dispatches"
     __table_args__ = (
@@ -467,7 +467,7 @@ class Dispatch(Base):
 
 class Attribution(Base):
     """One count record and where its pieces went. ``good``/``scrap`` are the record's
-    contribution (fixed when it is first applied; cloud/attribution.py says how counters
+    contribution (fixed when it is first applied; cloud/production/attribution.py says how counters
     combine); ``wo_operation_id`` NULL = unassigned production, kept and assignable;
     ``machine_id`` NULL = a device no machine is registered for (yet)."""
 
@@ -586,7 +586,7 @@ class Anomaly(Base):
     a person. ``ts`` is the anomaly's own time (the record's), ``cleared_ts`` when its
     condition ended (alarm cleared, machine back online). ``source_key`` makes raising
     idempotent (e.g. ``alarm:<gateway>:<seq>``). Lifecycle open -> acknowledged ->
-    resolved -> closed, every step with who and when (cloud/anomalies.py)."""
+    resolved -> closed, every step with who and when (cloud/anomalies/lifecycle.py)."""
 
     __tablename__ = "anomalies"
     __table_args__ = (
@@ -716,7 +716,7 @@ class Notification(Base):
 
 class ShiftCalendar(Base):
     """Working time (班次日历): ``definition`` holds shifts (name, start, end, weekdays,
-    breaks) and non-working dates, in ``timezone`` (cloud/calendars.py validates it)."""
+    breaks) and non-working dates, in ``timezone`` (cloud/oee/calendars.py validates it)."""
 
     __tablename__ = "shift_calendars"
 

@@ -4,7 +4,7 @@ Subscribes ``$share/<group>/plantsync/v1/+/records`` with QoS 1 and a persistent
 (fixed client id, clean_session False), so the broker keeps queueing while the consumer is
 down and several consumers may share the load. Each message is one msgpack batch, stored by
 ``cloud.ingest.ingest_batch`` in one transaction with the same domain processing as HTTP
-(cloud/appliers.py: attribution, timeline, anomalies); only after that commit is the message
+(cloud/ingest/appliers.py: attribution, timeline, anomalies); only after that commit is the message
 acknowledged to the broker (paho manual ack), so a crash between receive and commit makes
 the broker deliver it again (the (gateway, seq) dedupe makes that harmless). Then the
 consumer publishes ``{"acked_through", "first_seq", "last_seq"}`` (msgpack, QoS 1, retained)

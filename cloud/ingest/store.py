@@ -12,7 +12,7 @@ cloud durably holds all of it, so the gateway may delete through that seq.
 
 An empty batch asks "where are we?" (a gateway after a restart or a sync error): the
 answer is the highest seq below which every missing seq is explained, either by a
-``gap`` record or by lying below the gateway's first stored record (cloud/status.py).
+``gap`` record or by lying below the gateway's first stored record (cloud/ingest/status.py).
 
 Replays store nothing new and get the same answer.
 
@@ -95,7 +95,7 @@ async def ingest_batch(db: Database, gateway_id: str, batch: Batch, *, received_
         # Write the gateway row first: on PostgreSQL it row-locks the gateway, so two
         # batches of one gateway never interleave (and create_machine, which locks it too,
         # never misses a batch's counts). On SQLite this transaction is already the only
-        # writer (cloud/db.py: begin() queues for the write gate, then BEGIN IMMEDIATE).
+        # writer (cloud/core/db.py: begin() queues for the write gate, then BEGIN IMMEDIATE).
         row = (await session.execute(
             update(gateways).where(gateways.c.id == gateway_id, gateways.c.revoked_at.is_(None))
             .values(last_seen=now)

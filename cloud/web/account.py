@@ -6,7 +6,7 @@ A new token is shown once, in the answer to the form that created it (not throug
 redirect: the secret goes into no cookie, URL or log), with a hint to copy it now; only
 its SHA-256 is stored. Both forms are guarded like every web action (session, CSRF
 token, Origin: cloud/web/context.py) and call the same functions as
-``/api/v1/me/tokens`` (cloud/users.py), so they are audited alike.
+``/api/v1/me/tokens`` (cloud/auth/users.py), so they are audited alike.
 """
 
 from __future__ import annotations

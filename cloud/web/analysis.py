@@ -1,4 +1,4 @@
-"""The pages built on the anomalies/OEE engine (cloud/anomalies.py, cloud/oee.py):
+"""The pages built on the anomalies/OEE engine (cloud/anomalies/, cloud/oee/):
 
 - ``/anomalies``: open first, with affected orders and customers, age, response and
   closure times; closure and repeat rate over the period; acknowledge / resolve / close

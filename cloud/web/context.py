@@ -1,6 +1,6 @@
 """Who is looking, in which language and time zone, and the guards of every web route.
 
-Sessions are the cloud's (cloud/auth.py): the ``plantsync_session`` cookie set by the
+Sessions are the cloud's (cloud/auth/credentials.py): the ``plantsync_session`` cookie set by the
 login form here or by ``POST /api/v1/login``.
 
 CSRF: the session cookie is sent by the browser on its own, so every state-changing form

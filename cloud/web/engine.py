@@ -1,5 +1,5 @@
-"""The board's and an order's view of the anomalies/OEE engine (cloud/anomalies.py,
-cloud/oee.py): machine states, today's OEE and open anomalies per machine; stops and
+"""The board's and an order's view of the anomalies/OEE engine (cloud/anomalies/,
+cloud/oee/): machine states, today's OEE and open anomalies per machine; stops and
 anomalies on an order's timeline."""
 
 from __future__ import annotations

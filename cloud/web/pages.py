@@ -400,7 +400,7 @@ COMPLETENESS_FRESH_S: Final = 30.0
 
 
 async def completeness_data(request: Request, page: Page) -> tuple[list[dict[str, Any]], float]:
-    """Per gateway: its status (cloud/status.py) and freshness; cached (cloud/web/cache.py)
+    """Per gateway: its status (cloud/ingest/status.py) and freshness; cached (cloud/web/cache.py)
     because counting and gap-finding read every record of a gateway."""
     async def compute() -> list[dict[str, Any]]:
         return await _completeness(request)

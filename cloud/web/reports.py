@@ -242,7 +242,7 @@ async def materials_vs_bom(session: AsyncSession, order_id: int) -> list[dict[st
 async def stock_rows(session: AsyncSession, *, q: str | None, shortage_only: bool,
                      limit: int, offset: int, now_ms: int) -> tuple[list[dict[str, Any]], int]:
     """A page of materials (by code) with balance, safety stock, days of cover and
-    shortage (cloud/inventory.py's rules). ``shortage_only``: only those below safety."""
+    shortage (cloud/inventory/ledger.py's rules). ``shortage_only``: only those below safety."""
     if shortage_only:
         docs = await inventory.shortages(session, now=now_ms)
         if q:

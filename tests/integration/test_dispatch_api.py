@@ -299,7 +299,7 @@ async def _concurrent(server: CloudServer, gws: list[Any], suffix: str) -> None:
 
         async def other_writes() -> None:
             """Master data changes and reads beside the ingest: none may fail (SQLite
-            writers queue, cloud/db.py)."""
+            writers queue, cloud/core/db.py)."""
             for i in range(10):
                 res = await api.put(f"/api/v1/materials/X{i}-{suffix}", json={
                     "name": f"x {i}", "unit": "kg", "lead_time_days": i})

@@ -58,7 +58,7 @@ async def test_the_largest_values_are_stored(cloud_client: Any) -> None:
                                   headers={"Content-Type": "application/msgpack",
                                            "Accept": "application/json"})
     assert res.status_code == 200, res.text
-    assert res.json()["acked_through"] == I64   # the batch maximum (cloud/ingest.py)
+    assert res.json()["acked_through"] == I64   # the batch maximum (cloud/ingest/store.py)
     status = await cloud_client.get(f"/api/v1/gateways/{gw}",
                                     headers=cloud_client.admin_headers)
     assert status.json()["records_stored"] == 3

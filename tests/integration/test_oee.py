@@ -1,5 +1,5 @@
 """OEE, stops, downtime, calendars and maintenance counters against numbers worked out by
-hand (cloud/oee.py has the definitions), through the real ingest API and the REST routes.
+hand (cloud/oee/ has the definitions), through the real ingest API and the REST routes.
 
 THE SCRIPTED DAY (Wednesday 2025-03-12, calendar "two-shift" in Asia/Shanghai, UTC+8,
 all times local). Machine M1 = gw-test/cnc-03, micro-stop threshold 120 s (default).

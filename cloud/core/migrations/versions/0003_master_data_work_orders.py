@@ -2,7 +2,7 @@
 with their operations and components (copied at release).
 
 Material quantities are integers in micro-units (``*_u`` = value x 1,000,000); see
-cloud/models.py.
+cloud/core/models.py.
 
 Revision ID: 0003
 Revises: 0002
