@@ -33,13 +33,13 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import structlog
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from argon2.profiles import CHEAPEST, RFC_9106_LOW_MEMORY
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.auth.credentials import (
@@ -348,14 +348,16 @@ async def set_locale_in(session: AsyncSession, user_id: int, locale: str) -> Non
 LOGIN_ATTEMPTS_KEPT: Final = timedelta(days=30)
 
 
-async def prune(db: Any, now_ms: int) -> None:
+async def prune(db: Database, now_ms: int) -> None:
     """A periodic job (cloud/jobs.py): delete login attempts older than
     ``LOGIN_ATTEMPTS_KEPT`` (the rate limit looks back ``LOGIN_WINDOW``; failures stay in
     the audit log) and every ended session. Idempotent."""
     now = datetime.fromtimestamp(now_ms / 1000, UTC)
     async with db.sessions() as session, session.begin():
-        attempts = await session.execute(delete(LoginAttempt).where(
-            LoginAttempt.ts < now - LOGIN_ATTEMPTS_KEPT))
-        ended = await session.execute(delete(Session).where(Session.expires_at <= now))
-    if attempts.rowcount or ended.rowcount:
-        log.info("pruned", login_attempts=attempts.rowcount, sessions=ended.rowcount)
+        # a DELETE's result is a CursorResult (it has a rowcount); execute() is typed wider
+        attempts = cast(CursorResult[Any], await session.execute(delete(LoginAttempt).where(
+            LoginAttempt.ts < now - LOGIN_ATTEMPTS_KEPT))).rowcount
+        ended = cast(CursorResult[Any], await session.execute(
+            delete(Session).where(Session.expires_at <= now))).rowcount
+    if attempts or ended:
+        log.info("pruned", login_attempts=attempts, sessions=ended)

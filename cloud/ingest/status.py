@@ -188,9 +188,13 @@ def _first_raw(body: dict[str, Any]) -> int:
 
 
 async def gateway_freshness(session: AsyncSession, now_ms: int) -> list[dict[str, Any]]:
-    """Per gateway (not revoked): last seen, the newest record's lag, and ``state``
-    live / catching_up / silent / never; ``provisional`` for the last three but never
-    (a gateway that never sent has nothing to hold back that we know of)."""
+    """Per gateway (not revoked), by id: ``id``, ``last_seen`` (aware UTC datetime, None
+    when never) and ``last_seen_ms`` (the same in epoch ms), ``last_seq``, ``newest_ts``
+    (the newest record's time, epoch ms on the gateway's clock), ``lag_ms`` (how late
+    that record reached the cloud), ``clock_skew_ms``, ``backlog`` (records its last batch
+    said were still queued) and ``state`` live / catching_up / silent / never;
+    ``provisional`` for catching_up and silent, not for never (a gateway that never sent
+    has nothing to hold back that we know of)."""
     newest = records.alias("newest")
     rows = (await session.execute(
         select(gateways.c.id, gateways.c.last_seen, gateways.c.last_seq,
@@ -199,7 +203,7 @@ async def gateway_freshness(session: AsyncSession, now_ms: int) -> list[dict[str
         .select_from(gateways.outerjoin(newest, and_(newest.c.gateway_id == gateways.c.id,
                                                      newest.c.seq == gateways.c.last_seq)))
         .where(gateways.c.revoked_at.is_(None)).order_by(gateways.c.id))).all()
-    out = []
+    out: list[dict[str, Any]] = []
     for r in rows:
         seen_ms = int(r.last_seen.timestamp() * 1000) if r.last_seen else None
         lag = None
@@ -215,7 +219,8 @@ async def gateway_freshness(session: AsyncSession, now_ms: int) -> list[dict[str
             state = "catching_up"
         else:
             state = "live"
-        out.append({"id": r.id, "last_seen_ms": seen_ms, "last_seq": r.last_seq,
+        out.append({"id": r.id, "last_seen": r.last_seen, "last_seen_ms": seen_ms,
+                    "last_seq": r.last_seq,
                     "newest_ts": r.ts, "lag_ms": lag, "clock_skew_ms": r.clock_skew_ms,
                     "backlog": r.backlog,
                     "state": state, "provisional": state in ("silent", "catching_up")})

@@ -24,12 +24,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Row, Select, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.core import clock
-from cloud.core.audit import actor_name, audit
+from cloud.core.audit import Named, actor_name, audit
 from cloud.core.errors import Invalid, NotFound
 from cloud.core.models import materials, stock_balances, stock_moves, work_orders
 
@@ -73,7 +73,7 @@ async def balance_u(session: AsyncSession, mid: int, *, lock: bool = False) -> i
     return int(q or 0)
 
 
-async def post_move(session: AsyncSession, actor: Any, code: str, kind: str, qty_u: int, *,
+async def post_move(session: AsyncSession, actor: Named | str, code: str, kind: str, qty_u: int, *,
                     work_order: str | None = None, note: str | None = None,
                     ts: int | None = None) -> dict[str, Any]:
     """Book a receipt, issue, scrap (``qty_u`` > 0, the sign comes from the kind) or an
@@ -93,7 +93,7 @@ async def post_move(session: AsyncSession, actor: Any, code: str, kind: str, qty
     return await _book(session, actor, code, kind, qty_u, work_order, note, ts)
 
 
-async def stock_count(session: AsyncSession, actor: Any, code: str, counted_u: int, *,
+async def stock_count(session: AsyncSession, actor: Named | str, code: str, counted_u: int, *,
                       note: str | None = None, ts: int | None = None) -> dict[str, Any]:
     """A physical count: books the difference to the current balance (kind ``count``).
     The balance is locked from the read to the booking, so a backflush committing
@@ -113,7 +113,7 @@ def _check_size(qty_u: int, field: str) -> None:
                              f"per move", field)
 
 
-async def _book(session: AsyncSession, actor: Any, code: str, kind: str, qty_u: int,
+async def _book(session: AsyncSession, actor: Named | str, code: str, kind: str, qty_u: int,
                 work_order: str | None, note: str | None, ts: int | None,
                 **extra: Any) -> dict[str, Any]:
     mid = await material_id(session, code)
@@ -161,7 +161,7 @@ async def _usage_u(session: AsyncSession, mids: Sequence[int] | None, since: int
     return {int(m): -int(s or 0) for m, s in (await session.execute(q)).all()}
 
 
-def _stock_doc(m: Any, bal: int, used30: int, used7: int) -> dict[str, Any]:
+def _stock_doc(m: Row[Any], bal: int, used30: int, used7: int) -> dict[str, Any]:
     daily30 = used30 / USAGE_DAYS
     daily7 = used7 / LIVE_DAYS
     if m.safety_stock_manual_u is not None:
@@ -203,27 +203,46 @@ async def shortages(session: AsyncSession, *, now: int | None = None) -> list[di
     return out
 
 
-async def list_moves(session: AsyncSession, *, material: str | None = None,
-                     kind: str | None = None, work_order: str | None = None,
-                     limit: int = 100, before_id: int | None = None) -> dict[str, Any]:
-    """Ledger lines newest first, filtered; keyset pagination: pass ``next_before_id``."""
+#: The ledger's order: newest line first (ids grow with time; unique, so pages are stable).
+MOVES_ORDER: Final = (stock_moves.c.id.desc(),)
+
+
+def moves_query(*, material: str | None = None, kind: str | None = None,
+                work_order: str | None = None, before_id: int | None = None) -> Select[Any]:
+    """The ledger lines matching every filter given (material code, kind, work order
+    number; ``before_id``: lines older than that id), each with its ``material`` code and
+    ``work_order`` number, unordered: order by ``MOVES_ORDER``, map rows by ``move_doc``.
+    The one query of the ledger: ``list_moves`` and the API's ``/stock/moves`` page it."""
     q = (select(stock_moves, materials.c.code.label("material"),
                 work_orders.c.number.label("work_order"))
          .select_from(stock_moves.join(materials)
-                      .outerjoin(work_orders, work_orders.c.id == stock_moves.c.work_order_id))
-         .order_by(stock_moves.c.id.desc()).limit(limit + 1))
-    if material is not None:
-        q = q.where(materials.c.code == material)
-    if kind is not None:
-        q = q.where(stock_moves.c.kind == kind)
-    if work_order is not None:
-        q = q.where(work_orders.c.number == work_order)
+                      .outerjoin(work_orders, work_orders.c.id == stock_moves.c.work_order_id)))
+    for column, value in ((materials.c.code, material), (stock_moves.c.kind, kind),
+                          (work_orders.c.number, work_order)):
+        if value is not None:
+            q = q.where(column == value)
     if before_id is not None:
         q = q.where(stock_moves.c.id < before_id)
+    return q
+
+
+def move_doc(row: Row[Any]) -> dict[str, Any]:
+    """A row of ``moves_query`` as a ledger line: id, material, qty_u (signed), kind, ts
+    (epoch ms), work_order, gateway_id and seq (a backflush's count record), user, note."""
+    return {"id": row.id, "material": row.material, "qty_u": row.qty_u, "kind": row.kind,
+            "ts": row.ts, "work_order": row.work_order, "gateway_id": row.gateway_id,
+            "seq": row.seq, "user": row.user, "note": row.note}
+
+
+async def list_moves(session: AsyncSession, *, material: str | None = None,
+                     kind: str | None = None, work_order: str | None = None,
+                     limit: int = 100, before_id: int | None = None) -> dict[str, Any]:
+    """Ledger lines newest first, filtered (``moves_query``): ``{items, next_before_id}``;
+    keyset pagination: pass ``next_before_id`` as ``before_id`` (None: no more lines)."""
+    q = (moves_query(material=material, kind=kind, work_order=work_order, before_id=before_id)
+         .order_by(*MOVES_ORDER).limit(limit + 1))
     rows = (await session.execute(q)).all()
-    items = [{"id": r.id, "material": r.material, "qty_u": r.qty_u, "kind": r.kind, "ts": r.ts,
-              "work_order": r.work_order, "gateway_id": r.gateway_id, "seq": r.seq,
-              "user": r.user, "note": r.note} for r in rows[:limit]]
+    items = [move_doc(r) for r in rows[:limit]]
     return {"items": items,
             "next_before_id": items[-1]["id"] if len(rows) > limit and items else None}
 

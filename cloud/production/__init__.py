@@ -50,8 +50,10 @@ from cloud.production.status import (
     OPEN_ORDER,
     OPERATION_ACTIONS,
     WORK_ORDER_ACTIONS,
+    DueStatus,
     due_status,
     on_operation_progress,
+    order_due_status,
 )
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "OPERATION_ACTIONS",
     "WORK_ORDER_ACTIONS",
     "BomLineIn",
+    "DueStatus",
     "RoutingOpIn",
     "TableImportError",
     "WorkOrderFilter",
@@ -83,6 +86,7 @@ __all__ = [
     "import_table",
     "list_work_orders",
     "on_operation_progress",
+    "order_due_status",
     "release_work_order",
     "resume_operation",
     "stop_operation",

@@ -51,6 +51,7 @@ from typing import Any
 import structlog
 from sqlalchemy import (
     Integer,
+    Row,
     String,
     and_,
     bindparam,
@@ -210,11 +211,11 @@ async def _counter_kinds(session: AsyncSession, gateway_id: str,
 class _Timeline:
     """One machine's dispatches, for finding the one covering a ts."""
 
-    def __init__(self, rows: Sequence[Any]) -> None:
+    def __init__(self, rows: Sequence[Row[Any]]) -> None:
         self.rows = sorted(rows, key=lambda r: r.start_ts)
         self.starts = [r.start_ts for r in self.rows]
 
-    def at(self, ts: int) -> Any | None:
+    def at(self, ts: int) -> Row[Any] | None:
         i = bisect.bisect_right(self.starts, ts) - 1
         if i < 0:
             return None
@@ -247,7 +248,7 @@ async def apply_counts(session: AsyncSession, gateway_id: str,
                    dispatches.c.start_ts, dispatches.c.end_ts)
             .where(dispatches.c.machine_id.in_(used), dispatches.c.start_ts <= hi,
                    or_(dispatches.c.end_ts.is_(None), dispatches.c.end_ts > lo)))).all()
-        by_machine: dict[int, list[Any]] = defaultdict(list)
+        by_machine: dict[int, list[Row[Any]]] = defaultdict(list)
         for row in rows:
             by_machine[row.machine_id].append(row)
         timelines = {m: _Timeline(by_machine[m]) for m in used}
@@ -316,15 +317,15 @@ async def reattribute(session: AsyncSession, machine_id: int, lo: int,
                or_(dispatches.c.end_ts.is_(None), dispatches.c.end_ts > lo))
         .order_by(dispatches.c.start_ts))).all()
     # segments of [lo, hi): (a, b, dispatch or None)
-    segments: list[tuple[int, int | None, Any | None]] = []
+    segments: list[tuple[int, int | None, Row[Any] | None]] = []
     cursor: int | None = lo
-    for d in disp_rows:
-        start = max(d.start_ts, lo)
-        end = d.end_ts if hi is None else (hi if d.end_ts is None else min(d.end_ts, hi))
+    for row in disp_rows:
+        start = max(row.start_ts, lo)
+        end = row.end_ts if hi is None else (hi if row.end_ts is None else min(row.end_ts, hi))
         assert cursor is not None
         if start > cursor:
             segments.append((cursor, start, None))
-        segments.append((start, end, d))
+        segments.append((start, end, row))
         cursor = end
     if cursor is not None and (hi is None or cursor < hi):
         segments.append((cursor, hi, None))

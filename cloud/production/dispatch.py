@@ -32,11 +32,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import Row, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.core import clock
-from cloud.core.audit import actor_name, audit
+from cloud.core.audit import Named, actor_name, audit
 from cloud.core.errors import Conflict, Invalid, NotFound
 from cloud.core.models import attributions, dispatches, machines, wo_operations, work_orders
 from cloud.production.attribution import adopt_device, lock_machines, reattribute
@@ -78,7 +78,7 @@ async def lock_machine(session: AsyncSession, machine_id: int) -> None:
 
 
 async def _overlapping(session: AsyncSession, machine_id: int, start: int, end: int | None,
-                       exclude: int | None = None) -> list[Any]:
+                       exclude: int | None = None) -> list[Row[Any]]:
     cond = [dispatches.c.machine_id == machine_id,
             or_(dispatches.c.end_ts.is_(None), dispatches.c.end_ts > start)]
     if end is not None:
@@ -109,14 +109,14 @@ async def _check_operation(session: AsyncSession, wo_operation_id: int) -> None:
 FINAL = ("closed",)
 
 
-async def _order_of(session: AsyncSession, wo_operation_id: int) -> Any:
+async def _order_of(session: AsyncSession, wo_operation_id: int) -> Row[Any] | None:
     return (await session.execute(
         select(work_orders.c.number, work_orders.c.status)
         .select_from(wo_operations.join(work_orders))
         .where(wo_operations.c.id == wo_operation_id))).first()
 
 
-async def _check_not_final(session: AsyncSession, d: Any, action: str,
+async def _check_not_final(session: AsyncSession, d: Row[Any], action: str,
                            new_end: int | None) -> None:
     """A closed order's numbers are settled (progress, backflush, reports): its dispatches
     are not moved any more. Stopping one that still runs stays allowed at or after its
@@ -136,14 +136,16 @@ async def _check_not_final(session: AsyncSession, d: Any, action: str,
                                f"at {last + 1} or later")
 
 
-async def get(session: AsyncSession, dispatch_id: int) -> Any:
+async def get(session: AsyncSession, dispatch_id: int) -> Row[Any]:
+    """The ``dispatches`` row (id, machine_id, wo_operation_id, start_ts, end_ts, created,
+    created_by, edited, edited_by). Raises DispatchNotFound."""
     row = (await session.execute(select(dispatches).where(dispatches.c.id == dispatch_id))).first()
     if row is None:
         raise DispatchNotFound(f"no dispatch {dispatch_id}")
     return row
 
 
-async def start(session: AsyncSession, actor: Any, machine_id: int, wo_operation_id: int,
+async def start(session: AsyncSession, actor: Named | str, machine_id: int, wo_operation_id: int,
                 start_ts: int | None = None, end_ts: int | None = None) -> int:
     """Dispatch an operation on a machine from ``start_ts`` (default now). Counts of the
     machine from then on (already stored ones too) attribute to it. Raises
@@ -176,7 +178,7 @@ async def start(session: AsyncSession, actor: Any, machine_id: int, wo_operation
     return int(new_id)
 
 
-async def edit(session: AsyncSession, actor: Any, dispatch_id: int, *,
+async def edit(session: AsyncSession, actor: Named | str, dispatch_id: int, *,
                start_ts: int | None = None, end_ts: int | None = None,
                clear_end: bool = False, action: str = "dispatch.edit",
                reason: str | None = None) -> dict[str, Any]:
@@ -218,7 +220,7 @@ async def edit(session: AsyncSession, actor: Any, dispatch_id: int, *,
     return detail
 
 
-async def stop(session: AsyncSession, actor: Any, dispatch_id: int,
+async def stop(session: AsyncSession, actor: Named | str, dispatch_id: int,
                end_ts: int | None = None) -> dict[str, Any]:
     """End a running dispatch at ``end_ts`` (default now); counts after it become
     unassigned (or another dispatch's). Raises as ``edit``. On a closed order only a
@@ -228,7 +230,7 @@ async def stop(session: AsyncSession, actor: Any, dispatch_id: int,
                       action="dispatch.stop")
 
 
-async def end_order_dispatches(session: AsyncSession, actor: Any, work_order_id: int,
+async def end_order_dispatches(session: AsyncSession, actor: Named | str, work_order_id: int,
                                at: int, reason: str) -> list[int]:
     """A planner cancelled, completed or closed the order at ``at``: its dispatches that
     still run then end at ``at`` (audited ``dispatch.stop``), those that would start at or
@@ -259,7 +261,7 @@ async def end_order_dispatches(session: AsyncSession, actor: Any, work_order_id:
     return ids
 
 
-async def assign(session: AsyncSession, actor: Any, machine_id: int, wo_operation_id: int,
+async def assign(session: AsyncSession, actor: Named | str, machine_id: int, wo_operation_id: int,
                  start_ts: int, end_ts: int) -> list[int]:
     """Assign the machine's unassigned production in [start_ts, end_ts) to an operation:
     dispatches over the uncovered parts of the range (covered parts stay with their
@@ -292,7 +294,7 @@ async def assign(session: AsyncSession, actor: Any, machine_id: int, wo_operatio
     return ids
 
 
-async def assign_records(session: AsyncSession, actor: Any, wo_operation_id: int,
+async def assign_records(session: AsyncSession, actor: Named | str, wo_operation_id: int,
                          keys: list[tuple[str, int]]) -> list[int]:
     """Assign count records (gateway_id, seq) to an operation: per machine, the range from
     the first to the last of them (see ``assign``). Raises DispatchError for a record

@@ -247,10 +247,15 @@ async def _next_version(session: AsyncSession, model: type[Bom] | type[Routing],
 
 
 async def current_bom(session: AsyncSession, product_id: int) -> Bom | None:
-    return await session.scalar(select(Bom).where(Bom.product_id == product_id)
-                                .order_by(Bom.version.desc()).limit(1))
+    """The product's newest BOM version, None when it has none."""
+    bom: Bom | None = await session.scalar(select(Bom).where(Bom.product_id == product_id)
+                                           .order_by(Bom.version.desc()).limit(1))
+    return bom
 
 
 async def current_routing(session: AsyncSession, product_id: int) -> Routing | None:
-    return await session.scalar(select(Routing).where(Routing.product_id == product_id)
-                                .order_by(Routing.version.desc()).limit(1))
+    """The product's newest routing version, None when it has none."""
+    routing: Routing | None = await session.scalar(
+        select(Routing).where(Routing.product_id == product_id)
+        .order_by(Routing.version.desc()).limit(1))
+    return routing

@@ -13,7 +13,8 @@ Work order states (docs/ARCHITECTURE.md, "Cloud model")::
   after every change of an operation's good/scrap; it is the only place that derives
   statuses from counts (completion modes ``auto`` and ``confirm``).
 - ``due_status``: the due-date colour (on time / at risk / late) the pages, the exports
-  and the API all show.
+  and the API all show; ``order_due_status`` applies it to a work order row (good = the
+  last operation's good pieces, the straight line starts at release, else creation).
 
 Planner actions themselves (release, cancel, complete, close, stop, resume) are in
 cloud/production/orders.py; they check and transition through this module.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import structlog
 from sqlalchemy import func, or_, select
@@ -84,7 +85,9 @@ async def transition(session: AsyncSession, actor: Actor | str, order: WorkOrder
     setattr(order, _STAMP[to], at or stamp)
     if to == "completed":
         order.completed_by = actor_name(actor)
-    elif before == "completed":
+    elif before == "completed" and to in OPEN_ORDER:
+        # reopened (counts taken away): not completed any more. A close keeps when and
+        # by whom it was completed: the due status of a closed order is judged by it.
         order.completed_at = order.completed_by = None
     await session.flush()
     await audit(session, actor, f"work_order.{action}", "work_order", order.number,
@@ -240,11 +243,12 @@ AT_RISK_WITHIN: Final = timedelta(hours=24)
 BEHIND_BY: Final = 0.25
 DONE: Final = ("completed", "closed")
 DUE_STATUSES: Final = ("on_time", "at_risk", "late")
+DueStatus = Literal["on_time", "at_risk", "late"]
 
 
 def due_status(*, status: str, due: datetime | None, quantity: int, good: int,
                now: datetime, started: datetime | None = None,
-               completed_at: datetime | None = None) -> str | None:
+               completed_at: datetime | None = None) -> DueStatus | None:
     """``on_time`` / ``at_risk`` / ``late`` / None by the rule above. ``started``: the
     order's release (or creation) time, the start of its straight line."""
     if due is None or status == "cancelled":
@@ -263,3 +267,13 @@ def due_status(*, status: str, due: datetime | None, quantity: int, good: int,
         if remaining - time_left > BEHIND_BY:
             return "at_risk"
     return "on_time"
+
+
+def order_due_status(order: WorkOrder, good: int, now: datetime) -> DueStatus | None:
+    """``due_status`` of ``order`` at ``now``, given ``good``, its last operation's good
+    pieces (0 before release): the line starts at its release, or its creation when it
+    was never released. The API's work-order answers use this; the pages apply the same
+    arguments."""
+    return due_status(status=order.status, due=order.due, quantity=order.quantity, good=good,
+                      now=now, started=order.released_at or order.created,
+                      completed_at=order.completed_at)

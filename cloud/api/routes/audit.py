@@ -2,8 +2,9 @@
 ``/api/v1`` (OpenAPI tag audit).
 
 - ``GET /api/v1/audit?entity=&entity_id=&actor=&action=&since=&until=&limit=&offset=``:
-  newest first, ``{items, total, limit, offset}``; each item ``{id, ts, actor, action,
-  entity, entity_id, detail}``. ``since``/``until`` are ISO date-times with a zone
+  newest first, ``Page[AuditEntryOut]``; each item ``{id, ts, actor, action, entity,
+  entity_id, detail}`` (``ts`` a ``Timestamp``, ``2026-12-01T08:00:00Z``; ``detail`` the
+  action's own JSON object). ``since``/``until`` are ISO date-times with a zone
   (``since <= ts < until``); the other filters match exactly.
 
 Access: planners and admins. Entries about people and credentials (``PEOPLE_ENTITIES``:
@@ -17,12 +18,13 @@ from datetime import datetime
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import Field
 from sqlalchemy import select
 
 from cloud.api.deps import Db, Limit, Offset, require
 from cloud.api.paging import paged
+from cloud.api.schemas import Out, Page, Timestamp
 from cloud.auth import Actor, AuthError
-from cloud.core.clock import iso
 from cloud.core.errors import Invalid
 from cloud.core.models import AuditEntry
 
@@ -31,10 +33,21 @@ PEOPLE_ENTITIES: Final = ("user", "api_token", "gateway")
 router = APIRouter(prefix="/api/v1", tags=["audit"])
 
 
-def _entry(e: AuditEntry) -> dict[str, Any]:
-    return {"id": e.id, "ts": iso(e.ts), "actor": e.actor,
-            "action": e.action, "entity": e.entity, "entity_id": e.entity_id,
-            "detail": e.detail}
+class AuditEntryOut(Out):
+    """Who did what, when."""
+
+    id: int
+    ts: Timestamp
+    actor: str = Field(description="user name, gateway:<id>, system or cli")
+    action: str = Field(description="<entity>.<verb>, e.g. work_order.release")
+    entity: str
+    entity_id: str
+    detail: dict[str, Any] = Field(description="what changed; its keys depend on the action")
+
+
+def _entry(e: AuditEntry) -> AuditEntryOut:
+    return AuditEntryOut(id=e.id, ts=e.ts, actor=e.actor, action=e.action, entity=e.entity,
+                         entity_id=e.entity_id, detail=e.detail)
 
 
 @router.get("/audit")
@@ -47,7 +60,7 @@ async def list_audit(
         action: Annotated[str | None, Query(description="e.g. work_order.release")] = None,
         since: Annotated[datetime | None, Query(description="ts >= this (with zone)")] = None,
         until: Annotated[datetime | None, Query(description="ts < this (with zone)")] = None,
-        limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
+        limit: Limit = 50, offset: Offset = 0) -> Page[AuditEntryOut]:
     """Audit entries, newest first (planner; people and credentials: admin)."""
     for name, stamp in (("since", since), ("until", until)):
         if stamp is not None and stamp.tzinfo is None:
@@ -70,6 +83,7 @@ async def list_audit(
         stmt = stmt.where(AuditEntry.ts >= since)
     if until is not None:
         stmt = stmt.where(AuditEntry.ts < until)
-    return await paged(session, stmt, [AuditEntry.ts.desc(), AuditEntry.id.desc()], limit,
-                       offset, _entry)
+    return Page[AuditEntryOut].model_validate(
+        await paged(session, stmt, [AuditEntry.ts.desc(), AuditEntry.id.desc()], limit,
+                    offset, _entry))
 

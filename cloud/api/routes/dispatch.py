@@ -12,8 +12,12 @@
 Lists answer ``{items, total, limit, offset}`` (limit 1..500, default 50), like every list
 of the API (cloud/api/paging.py). OpenAPI tag: dispatch.
 
+Answers are named response models (``DispatchOut``, ``AssignedOut``, ``UnassignedOut``;
+lists ``Page[...]``). Times are record times, epoch ms (``EpochMs``): a dispatch's start
+and end are compared with the records' ``ts``.
+
 Errors: ``{error, detail}`` with 404 (unknown), 409 (overlap, order not dispatchable),
-422 (bad interval or filter). Times are epoch ms.
+422 (bad interval or filter).
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel
-from sqlalchemy import or_, select
+from pydantic import BaseModel, Field
+from sqlalchemy import Row, or_, select
 
 from cloud.api.deps import Db, Limit, Offset, Planner, Viewer
 from cloud.api.paging import page_of_list, paged
+from cloud.api.schemas import EpochMs, Out, Page
 from cloud.core.errors import Invalid
 from cloud.core.models import Dispatch, WoOperation, WorkOrder
 from cloud.production import dispatch
@@ -61,19 +66,66 @@ class AssignRecordsIn(BaseModel):
     records: list[tuple[str, int]]
 
 
-def _doc(row: Any) -> dict[str, Any]:
-    return {"id": row.id, "machine_id": row.machine_id, "wo_operation_id": row.wo_operation_id,
-            "start_ts": row.start_ts, "end_ts": row.end_ts, "created_by": row.created_by,
-            "edited_by": row.edited_by}
+class DispatchOut(Out):
+    """An operation running on a machine from ``start_ts`` to ``end_ts`` (null: still
+    running); the counts of that machine in that time are the operation's."""
+
+    id: int
+    machine_id: int
+    wo_operation_id: int
+    start_ts: EpochMs
+    end_ts: EpochMs | None = Field(description="null: still running")
+    created_by: str
+    edited_by: str | None
 
 
-def _listed(row: Any) -> dict[str, Any]:
+class DispatchListedOut(DispatchOut):
+    """A dispatch with its work order number and operation step."""
+
+    work_order: str
+    step: int
+
+
+class DispatchEditedOut(DispatchOut):
+    """A dispatch after an edit, with how many count records changed operation."""
+
+    reattributed: int = Field(description="count records re-attributed by the edit")
+
+
+class AssignedOut(Out):
+    dispatches: list[int] = Field(description="the dispatches made (none when the range "
+                                              "was covered already)")
+
+
+class UnassignedOut(Out):
+    """Production no operation was dispatched for, per machine (or per gateway/device
+    with no machine yet)."""
+
+    machine_id: int | None
+    gateway_id: str
+    device: str
+    good: int
+    scrap: int
+    records: int
+    first_ts: EpochMs
+    last_ts: EpochMs
+
+
+def _doc(d: Row[Any] | Dispatch) -> DispatchOut:
+    return DispatchOut(id=d.id, machine_id=d.machine_id, wo_operation_id=d.wo_operation_id,
+                       start_ts=d.start_ts, end_ts=d.end_ts, created_by=d.created_by,
+                       edited_by=d.edited_by)
+
+
+def _listed(row: Row[tuple[Dispatch, str, int]]) -> DispatchListedOut:
     d, number, step = row
-    return {**_doc(d), "work_order": number, "step": step}
+    return DispatchListedOut(**dict(_doc(d)), work_order=number, step=step)
 
 
 @router.post("/dispatches", status_code=201)
-async def start(body: StartIn, request: Request, actor: Planner) -> dict[str, Any]:
+async def start(body: StartIn, request: Request, actor: Planner) -> DispatchOut:
+    """Dispatch an operation on a machine from ``start_ts`` (default now); a running
+    dispatch that began earlier on that machine stops there (a changeover)."""
     async with request.app.state.db.sessions() as s, s.begin():
         new = await dispatch.start(s, actor, body.machine_id, body.wo_operation_id,
                                    body.start_ts, body.end_ts)
@@ -82,7 +134,8 @@ async def start(body: StartIn, request: Request, actor: Planner) -> dict[str, An
 
 @router.post("/dispatches/{dispatch_id}/stop")
 async def stop(dispatch_id: int, body: StopIn, request: Request,
-               actor: Planner) -> dict[str, Any]:
+               actor: Planner) -> DispatchOut:
+    """End a running dispatch at ``end_ts`` (default now)."""
     async with request.app.state.db.sessions() as s, s.begin():
         await dispatch.stop(s, actor, dispatch_id, body.end_ts)
         return _doc(await dispatch.get(s, dispatch_id))
@@ -90,12 +143,14 @@ async def stop(dispatch_id: int, body: StopIn, request: Request,
 
 @router.patch("/dispatches/{dispatch_id}")
 async def edit(dispatch_id: int, body: EditIn, request: Request,
-               actor: Planner) -> dict[str, Any]:
+               actor: Planner) -> DispatchEditedOut:
+    """Move a dispatch's start and/or end (``running``: clear the end); the counts in the
+    time that changed are re-attributed."""
     async with request.app.state.db.sessions() as s, s.begin():
         detail = await dispatch.edit(s, actor, dispatch_id, start_ts=body.start_ts,
                                      end_ts=body.end_ts, clear_end=body.running)
-        return {**_doc(await dispatch.get(s, dispatch_id)),
-                "reattributed": detail["reattributed"]}
+        return DispatchEditedOut(**dict(_doc(await dispatch.get(s, dispatch_id))),
+                                 reattributed=detail["reattributed"])
 
 
 @router.get("/dispatches")
@@ -106,7 +161,7 @@ async def list_dispatches(
             alias="from", description="epoch ms: dispatches running at or after")] = None,
         to_ts: Annotated[int | None, Query(
             alias="to", description="epoch ms: dispatches started before")] = None,
-        limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
+        limit: Limit = 50, offset: Offset = 0) -> Page[DispatchListedOut]:
     """Dispatches, newest start first, with their work order number and step; ``from``
     and ``to`` keep those overlapping [from, to) (a running one reaches to now)."""
     if from_ts is not None and to_ts is not None and from_ts >= to_ts:
@@ -122,41 +177,47 @@ async def list_dispatches(
         stmt = stmt.where(or_(Dispatch.end_ts.is_(None), Dispatch.end_ts > from_ts))
     if to_ts is not None:
         stmt = stmt.where(Dispatch.start_ts < to_ts)
-    return await paged(session, stmt, [Dispatch.start_ts.desc(), Dispatch.id.desc()],
-                       limit, offset, _listed, scalars=False)
+    return Page[DispatchListedOut].model_validate(
+        await paged(session, stmt, [Dispatch.start_ts.desc(), Dispatch.id.desc()],
+                    limit, offset, _listed, scalars=False))
 
 
 @router.get("/dispatches/{dispatch_id}")
-async def get(dispatch_id: int, request: Request, _a: Viewer) -> dict[str, Any]:
+async def get(dispatch_id: int, request: Request, _a: Viewer) -> DispatchOut:
+    """One dispatch."""
     async with request.app.state.db.sessions() as s:
         return _doc(await dispatch.get(s, dispatch_id))
 
 
 @router.post("/machines/{machine_id}/assign")
 async def assign(machine_id: int, body: AssignRangeIn, request: Request,
-                 actor: Planner) -> dict[str, Any]:
+                 actor: Planner) -> AssignedOut:
+    """Assign the machine's unassigned production in [start_ts, end_ts) to an operation:
+    dispatches over the parts of the range no dispatch covers."""
     async with request.app.state.db.sessions() as s, s.begin():
         ids = await dispatch.assign(s, actor, machine_id, body.wo_operation_id,
                                     body.start_ts, body.end_ts)
-    return {"dispatches": ids}
+    return AssignedOut(dispatches=ids)
 
 
 @router.post("/attributions/assign")
 async def assign_records(body: AssignRecordsIn, request: Request,
-                         actor: Planner) -> dict[str, Any]:
+                         actor: Planner) -> AssignedOut:
+    """Assign count records ([gateway, seq], ...) to an operation: per machine, the range
+    from the first to the last of them."""
     async with request.app.state.db.sessions() as s, s.begin():
         ids = await dispatch.assign_records(s, actor, body.wo_operation_id,
                                             [(g, q) for g, q in body.records])
-    return {"dispatches": ids}
+    return AssignedOut(dispatches=ids)
 
 
 @router.get("/unassigned")
 async def unassigned(_a: Viewer, session: Db,
                      machine_id: int | None = None, limit: Limit = 50,
-                     offset: Offset = 0) -> dict[str, Any]:
+                     offset: Offset = 0) -> Page[UnassignedOut]:
     """Unassigned production per machine (by machine id), then per gateway/device that
     is no machine yet."""
     items = await dispatch.unassigned(session, machine_id)
     items.sort(key=lambda u: (u["machine_id"] is None, u["machine_id"] or 0,
                               u["gateway_id"], u["device"]))
-    return page_of_list(items, limit, offset)
+    return Page[UnassignedOut].model_validate(page_of_list(items, limit, offset))

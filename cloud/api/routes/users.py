@@ -11,7 +11,9 @@
   password, locale?} -> 201, ``PATCH /api/v1/users/{name}`` {role?, disabled?},
   ``POST /api/v1/users/{name}/password`` {password} (ends that user's sessions).
 
-Lists answer ``{items, total, limit, offset}`` like every list of the API.
+Lists answer ``{items, total, limit, offset}`` like every list of the API. Every answer is
+a named response model (``UserOut``, ``TokenOut``, ...); cloud times (``created``,
+``last_used_at``, ``revoked_at``) are ``Timestamp`` (``2026-12-01T08:00:00Z``).
 
 Errors (cloud/api/errors.py): 404 ``unknown_user`` / ``unknown_token``, 409
 ``user_exists``, 422 ``invalid_request`` (a bad name, role or password, and any body that
@@ -20,7 +22,7 @@ does not match its schema).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
@@ -28,6 +30,7 @@ from sqlalchemy import select
 
 from cloud.api.deps import Db, Limit, Offset, require
 from cloud.api.paging import paged
+from cloud.api.schemas import Out, Page, Timestamp
 from cloud.auth import (
     SESSION_ABSOLUTE,
     SESSION_COOKIE,
@@ -42,13 +45,15 @@ from cloud.auth import (
     set_password_in,
     update_user_in,
 )
-from cloud.core.clock import iso
+from cloud.core.db import Database
 from cloud.core.errors import NotFound
 from cloud.core.models import ApiToken, User
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
 viewer = Depends(require("viewer"))
 admin = Depends(require("admin"))
+Role = Literal["admin", "planner", "viewer"]
+Locale = Literal["zh-CN", "en"]
 
 
 class LoginBody(BaseModel):
@@ -57,7 +62,7 @@ class LoginBody(BaseModel):
 
 
 class LocaleBody(BaseModel):
-    locale: Literal["zh-CN", "en"]
+    locale: Locale
 
 
 class TokenBody(BaseModel):
@@ -66,13 +71,13 @@ class TokenBody(BaseModel):
 
 class NewUserBody(BaseModel):
     name: str
-    role: Literal["admin", "planner", "viewer"]
+    role: Role
     password: str = Field(max_length=1024)
-    locale: Literal["zh-CN", "en"] | None = None
+    locale: Locale | None = None
 
 
 class UserPatchBody(BaseModel):
-    role: Literal["admin", "planner", "viewer"] | None = None
+    role: Role | None = None
     disabled: bool | None = None
 
 
@@ -80,17 +85,76 @@ class PasswordBody(BaseModel):
     password: str = Field(max_length=1024)
 
 
-def _user_doc(user: User) -> dict[str, Any]:
-    return {"name": user.name, "role": user.role, "locale": user.locale,
-            "created": iso(user.created), "disabled": user.disabled_at is not None}
+class LoginOut(Out):
+    name: str
+    role: str
+    locale: str | None = Field(description="zh-CN, en, or null (the browser's choice)")
 
 
-def _db(request: Request) -> Any:
-    return request.app.state.db
+class LoggedOutOut(Out):
+    logged_out: bool
+
+
+class MeOut(Out):
+    """Who is calling, and how: ``kind`` user (a session) or token (an API token)."""
+
+    name: str
+    role: str
+    locale: str | None
+    kind: str
+
+
+class LocaleOut(Out):
+    name: str
+    locale: str
+
+
+class TokenOut(Out):
+    """An API token as its user sees it (never its secret)."""
+
+    id: int
+    name: str | None
+    created: Timestamp
+    last_used_at: Timestamp | None
+    revoked_at: Timestamp | None
+
+
+class NewTokenOut(Out):
+    id: int
+    name: str | None
+    token: str = Field(description="the secret: shown in this answer only")
+
+
+class RevokedTokenOut(Out):
+    id: int
+    revoked_at: Timestamp
+
+
+class UserOut(Out):
+    name: str
+    role: str
+    locale: str | None
+    created: Timestamp
+    disabled: bool
+
+
+class PasswordSetOut(Out):
+    name: str
+    password_set: bool
+
+
+def _user_doc(user: User) -> UserOut:
+    return UserOut(name=user.name, role=user.role, locale=user.locale, created=user.created,
+                   disabled=user.disabled_at is not None)
+
+
+def _db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
 
 
 @router.post("/login")
-async def post_login(body: LoginBody, request: Request, response: Response) -> dict[str, Any]:
+async def post_login(body: LoginBody, request: Request, response: Response) -> LoginOut:
     """Log in; sets the session cookie. Rate-limited per name and per client address."""
     address = request.client.host if request.client else "unknown"
     async with _db(request).sessions() as session:
@@ -98,85 +162,89 @@ async def post_login(body: LoginBody, request: Request, response: Response) -> d
     response.set_cookie(SESSION_COOKIE, result.session_secret, httponly=True, samesite="lax",
                         secure=request.url.scheme == "https", path="/",
                         max_age=int(SESSION_ABSOLUTE.total_seconds()))
-    return {"name": result.user.name, "role": result.user.role, "locale": result.user.locale}
+    return LoginOut(name=result.user.name, role=result.user.role, locale=result.user.locale)
 
 
 @router.post("/logout")
-async def post_logout(request: Request, response: Response) -> dict[str, Any]:
+async def post_logout(request: Request, response: Response) -> LoggedOutOut:
     """End this browser's session (no error when there is none)."""
     secret = request.cookies.get(SESSION_COOKIE)
     if secret:
         async with _db(request).sessions() as session:
             await logout(session, secret)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
-    return {"logged_out": True}
+    return LoggedOutOut(logged_out=True)
 
 
 @router.get("/me")
-async def get_me(request: Request, actor: Actor = viewer) -> dict[str, Any]:
+async def get_me(request: Request, actor: Actor = viewer) -> MeOut:
+    """Who is calling."""
     async with _db(request).sessions() as session:
         user = await get_user(session, actor.name)
-    return {"name": user.name, "role": user.role, "locale": user.locale, "kind": actor.kind}
+    return MeOut(name=user.name, role=user.role, locale=user.locale, kind=actor.kind)
 
 
 @router.put("/me/locale")
 async def put_locale(body: LocaleBody, request: Request, actor: Actor = viewer
-                     ) -> dict[str, Any]:
+                     ) -> LocaleOut:
     """Remember the user's language (reports and UI)."""
     assert actor.user_id is not None
     async with _db(request).sessions() as session, session.begin():
         await set_locale_in(session, actor.user_id, body.locale)
-    return {"name": actor.name, "locale": body.locale}
+    return LocaleOut(name=actor.name, locale=body.locale)
 
 
-def token_doc(t: ApiToken) -> dict[str, Any]:
+def token_doc(t: ApiToken) -> TokenOut:
     """An API token as its user sees it (never its secret)."""
-    return {"id": t.id, "name": t.name, "created": iso(t.created),
-            "last_used_at": iso(t.last_used_at), "revoked_at": iso(t.revoked_at)}
+    return TokenOut(id=t.id, name=t.name, created=t.created, last_used_at=t.last_used_at,
+                    revoked_at=t.revoked_at)
 
 
 @router.get("/me/tokens")
 async def get_tokens(actor: Annotated[Actor, viewer], session: Db, limit: Limit = 50,
-                     offset: Offset = 0) -> dict[str, Any]:
+                     offset: Offset = 0) -> Page[TokenOut]:
     """The caller's API tokens, oldest first (never their secrets)."""
     stmt = select(ApiToken).where(ApiToken.user_id == actor.user_id)
-    return await paged(session, stmt, [ApiToken.id], limit, offset, token_doc)
+    return Page[TokenOut].model_validate(
+        await paged(session, stmt, [ApiToken.id], limit, offset, token_doc))
 
 
 @router.post("/me/tokens", status_code=201)
 async def post_token(body: TokenBody, request: Request, actor: Actor = viewer
-                     ) -> dict[str, Any]:
+                     ) -> NewTokenOut:
     """A new API token acting as the caller; shown only in this answer."""
     async with _db(request).sessions() as session, session.begin():
         token_id, token = await create_api_token_in(session, actor.name, body.name,
                                                     actor=actor)
-    return {"id": token_id, "name": body.name, "token": token}
+    return NewTokenOut(id=token_id, name=body.name, token=token)
 
 
 @router.delete("/me/tokens/{token_id}")
 async def delete_token(token_id: int, request: Request, actor: Actor = viewer
-                       ) -> dict[str, Any]:
+                       ) -> RevokedTokenOut:
     """Revoke one of the caller's tokens (idempotent); 404 if it is not theirs."""
     assert actor.user_id is not None
     async with _db(request).sessions() as session, session.begin():
         when = await revoke_api_token_in(session, actor.user_id, token_id, actor=actor)
     if when is None:
         raise NotFound(f"you have no API token {token_id}", code="unknown_token")
-    return {"id": token_id, "revoked_at": iso(when)}
+    return RevokedTokenOut(id=token_id, revoked_at=when)
 
 
 @router.get("/users")
 async def get_users(_actor: Annotated[Actor, admin], session: Db,
-                    role: Literal["admin", "planner", "viewer"] | None = None,
-                    limit: Limit = 50, offset: Offset = 0) -> dict[str, Any]:
+                    role: Role | None = None,
+                    limit: Limit = 50, offset: Offset = 0) -> Page[UserOut]:
     """People, by name."""
     stmt = select(User) if role is None else select(User).where(User.role == role)
-    return await paged(session, stmt, [User.name], limit, offset, _user_doc)
+    return Page[UserOut].model_validate(
+        await paged(session, stmt, [User.name], limit, offset, _user_doc))
 
 
 @router.post("/users", status_code=201)
 async def post_user(body: NewUserBody, request: Request, actor: Actor = admin
-                    ) -> dict[str, Any]:
+                    ) -> UserOut:
+    """A new person with a role and a password."""
     async with _db(request).sessions() as session, session.begin():
         await create_user_in(session, body.name, body.role, body.password,
                              locale=body.locale, actor=actor)
@@ -186,7 +254,7 @@ async def post_user(body: NewUserBody, request: Request, actor: Actor = admin
 
 @router.patch("/users/{name}")
 async def patch_user(name: str, body: UserPatchBody, request: Request, actor: Actor = admin
-                     ) -> dict[str, Any]:
+                     ) -> UserOut:
     """Change role and/or disable/enable (disabling ends the user's sessions)."""
     async with _db(request).sessions() as session, session.begin():
         user = await update_user_in(session, name, role=body.role, disabled=body.disabled,
@@ -196,8 +264,8 @@ async def patch_user(name: str, body: UserPatchBody, request: Request, actor: Ac
 
 @router.post("/users/{name}/password")
 async def post_password(name: str, body: PasswordBody, request: Request,
-                        actor: Actor = admin) -> dict[str, Any]:
+                        actor: Actor = admin) -> PasswordSetOut:
     """Set a user's password (ends their sessions)."""
     async with _db(request).sessions() as session, session.begin():
         await set_password_in(session, name, body.password, actor=actor)
-    return {"name": name, "password_set": True}
+    return PasswordSetOut(name=name, password_set=True)
