@@ -16,7 +16,7 @@ Public names (other cloud modules use exactly these):
   The FastAPI dependency built on these is ``cloud.api.deps.require``.
 
 Tokens (gateway and API) are 256-bit random strings; we store only their SHA-256, as a
-unique lookup key. A slow password hash (argon2, cloud/users.py) exists to make guessing
+unique lookup key. A slow password hash (argon2, cloud/auth/users.py) exists to make guessing
 a *low-entropy secret* from a stolen hash expensive; a 256-bit random token cannot be
 guessed whatever the hash costs, so a fast hash is just as safe and lets every request
 find its caller with one indexed lookup instead of an argon2 run.

@@ -349,7 +349,7 @@ LOGIN_ATTEMPTS_KEPT: Final = timedelta(days=30)
 
 
 async def prune(db: Database, now_ms: int) -> None:
-    """A periodic job (cloud/jobs.py): delete login attempts older than
+    """A periodic job (cloud/core/jobs.py): delete login attempts older than
     ``LOGIN_ATTEMPTS_KEPT`` (the rate limit looks back ``LOGIN_WINDOW``; failures stay in
     the audit log) and every ended session. Idempotent."""
     now = datetime.fromtimestamp(now_ms / 1000, UTC)

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.core.clock import now
+from cloud.core import clock
 from cloud.core.models import AuditEntry
 
 
@@ -33,5 +33,5 @@ async def audit(session: AsyncSession, actor: Named | str, action: str, entity: 
     """Record who did what in ``audit_log``, inside the caller's transaction: the entry
     commits (or rolls back) with the change it describes. ``detail`` must be JSON.
     Never flushes or commits."""
-    session.add(AuditEntry(ts=now(), actor=actor_name(actor), action=action, entity=entity,
+    session.add(AuditEntry(ts=clock.now(), actor=actor_name(actor), action=action, entity=entity,
                            entity_id=str(entity_id), detail=detail))

@@ -4,7 +4,7 @@ shortages.
 - Every change of stock is a ``stock_moves`` row (micro-units, signed: + in, - out) and
   the same transaction adds it to ``stock_balances``; so a balance always equals the sum
   of its material's moves (``ledger_mismatches`` proves it; the tests call it after
-  every scenario). Backflush moves are written by cloud/attribution.py the same way.
+  every scenario). Backflush moves are written by cloud/production/attribution.py the same way.
 - Kinds: receipt (+), issue (-), scrap (-, material written off), adjustment (signed),
   count (a stock count: a move of the difference between counted and booked, so the
   balance becomes the counted quantity; a count that matches books a zero move, which
@@ -63,7 +63,7 @@ async def balance_u(session: AsyncSession, mid: int, *, lock: bool = False) -> i
     """The material's balance. ``lock``: hold it until the transaction ends, so no
     backflush or move can change it meanwhile (PostgreSQL: the row is created if missing,
     then read FOR UPDATE; SQLite: the write transaction already excludes other writers,
-    cloud/db.py)."""
+    cloud/core/db.py)."""
     stmt = select(stock_balances.c.qty_u).where(stock_balances.c.material_id == mid)
     if lock and session.bind.dialect.name == "postgresql":
         await session.execute(postgresql.insert(stock_balances).values(material_id=mid, qty_u=0)

@@ -6,12 +6,12 @@ Rules (the plant manager's view):
 - A count record attributes by its own ``ts`` to the dispatch of its machine that covers
   it (``[start_ts, end_ts)``), whenever it arrives: a batch a day late lands on the order
   that ran then. No dispatch: the row is kept as unassigned production of the machine
-  (``wo_operation_id`` NULL), visible and assignable later (cloud/dispatch.py).
+  (``wo_operation_id`` NULL), visible and assignable later (cloud/production/dispatch.py).
 - The machine is found by (gateway, device). A device no machine is registered for is
   not dropped and no machine is invented (machines are master data with names and work
   centers a planner chooses): its counts are kept with ``machine_id`` NULL under their
   gateway and device, and ``adopt_device`` claims them when the machine is registered
-  (cloud/production.py ``create_machine``, in the same transaction): from then on they
+  (cloud/production/ ``create_machine``, in the same transaction): from then on they
   are the machine's unassigned production, attributed by any dispatch covering them.
 - How counters combine, per record, fixed when the record is first applied (so moving it
   later moves exactly the same pieces). Let K be the counter kinds the device has ever
@@ -35,7 +35,7 @@ Locking: on PostgreSQL the applier locks the rows of the machines it attributes 
 (``FOR UPDATE``, in id order) before reading dispatches, and every dispatch action locks
 its machine first, so an edit and an ingest of one machine serialize and never see each
 other half-done. Operations and balances are updated in id order (no deadlock cycles).
-SQLite: one write transaction at a time (cloud/db.py: writers queue and begin
+SQLite: one write transaction at a time (cloud/core/db.py: writers queue and begin
 IMMEDIATE), so none of this is needed there.
 """
 
@@ -159,7 +159,7 @@ async def lock_orders(session: AsyncSession, op_ids: Iterable[int | None]) -> No
     """PostgreSQL: lock the work orders of these operations FOR UPDATE, in id order,
     before any backflush move references them. Inserting a stock move takes a KEY SHARE
     lock on its work order, which blocks the FOR UPDATE the status rules take later
-    (cloud/production.py on_operation_progress): two transactions on one order, each
+    (cloud/production/ on_operation_progress): two transactions on one order, each
     holding its KEY SHARE and waiting for the other's FOR UPDATE or operation row, were
     a deadlock (20 gateways on one order's machines). Taking the order lock first
     serializes them instead. Callers hold the machine lock already."""
@@ -304,7 +304,7 @@ async def reattribute(session: AsyncSession, machine_id: int, lo: int,
     dispatches as they are now: only the rows whose dispatch changes are touched; their
     pieces leave the old operation and join the new one, their backflush moves are
     replaced by the new operation's (balances follow), status rules run for both. The
-    caller holds the machine lock (cloud/dispatch.py) and the transaction. Set-based:
+    caller holds the machine lock (cloud/production/dispatch.py) and the transaction. Set-based:
     a handful of statements per dispatch segment of the range, whatever its size.
     ``ignore``: a dispatch to treat as gone (about to be deleted). Returns
     {"moved": rows re-attributed}."""

@@ -1,7 +1,7 @@
 """Dispatch actions: which operation runs on which machine from when to when.
 
 Every action runs in the caller's transaction, locks the machine first, changes the
-dispatches, re-attributes exactly the counts whose dispatch changed (cloud/attribution.py
+dispatches, re-attributes exactly the counts whose dispatch changed (cloud/production/attribution.py
 ``reattribute`` over the time ranges that changed, nothing else), and writes one audit
 row. Times are epoch ms (the records' unit).
 
@@ -17,7 +17,7 @@ function of the dispatches means a later edit can never silently undo an assignm
 A list of records is assigned as the range from its first to its last record per machine.
 
 A planner who cancels, completes or closes an order ends its dispatches at that moment
-(``end_order_dispatches``, called by cloud/production.py): counts after it become
+(``end_order_dispatches``, called by cloud/production/): counts after it become
 unassigned, counts before it stay with the order. An order completed by its counts
 keeps its dispatches running: over-production is still the order's.
 

@@ -98,7 +98,7 @@ async def create_machine(session: AsyncSession, actor: Actor | str, gateway_id: 
     """A machine for one device of one gateway. Duplicate if (gateway, device) exists.
 
     Counts the device sent before it was registered (kept under gateway and device,
-    cloud/attribution.py) become the machine's production in the same transaction:
+    cloud/production/attribution.py) become the machine's production in the same transaction:
     unassigned, or the order's where a dispatch of the new machine covers them (none can
     yet, so later dispatches and assignments pick them up). The gateway row is locked
     first (PostgreSQL), as ingest does, so no batch of that gateway can store counts for

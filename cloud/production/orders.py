@@ -224,7 +224,7 @@ async def close_work_order(session: AsyncSession, actor: Actor | str, number: st
 async def _planner_transition(session: AsyncSession, actor: Actor | str, number: str,
                               action: str, to: str, reason: str | None) -> WorkOrder:
     """A planner's cancel/complete/close at ``now``: the order's dispatches running then
-    end at ``now`` (cloud/dispatch.py ``end_order_dispatches``: counts after it become
+    end at ``now`` (cloud/production/dispatch.py ``end_order_dispatches``: counts after it become
     unassigned and no longer backflush for this order), then the transition, one
     transaction. The machines are locked before the order, as ingest does."""
     check_action(await get_work_order(session, number), action)

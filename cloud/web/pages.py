@@ -18,7 +18,7 @@ from cloud.core.models import WORK_ORDER_STATUSES, machine_events, machines, pro
 from cloud.core.quantities import from_micro
 from cloud.ingest import gateway_freshness, gateway_status
 from cloud.production import dispatch as dispatch_service
-from cloud.production import due_status, get_work_order
+from cloud.production import get_work_order, order_due_status
 from cloud.web import charts, engine, labels, reports
 from cloud.web.cache import page_cache
 from cloud.web.context import (
@@ -221,9 +221,7 @@ async def _order_detail(request: Request, page: Page, number: str) -> dict[str, 
         timeline = await engine.order_timeline(session, wo.id, history, machine_ids,
                                                page.now_ms)
     good = max(ops, key=lambda o: o["step"])["good"] if ops else 0
-    due = due_status(status=wo.status, due=wo.due, quantity=wo.quantity, good=good,
-                             now=clock.now(), started=wo.released_at or wo.created,
-                             completed_at=wo.completed_at)
+    due = order_due_status(wo, good, clock.now())
     return {"wo": wo, "product": product, "ops": ops, "history": history, "hourly": hourly,
             "materials": mats, "machines": ms, "unassigned": unassigned, "timeline": timeline,
             "good": good, "due_status": due,

@@ -30,7 +30,7 @@ from cloud.core.models import (
     wo_operations,
     work_orders,
 )
-from cloud.production import WorkOrderFilter, due_status, list_work_orders
+from cloud.production import WorkOrderFilter, list_work_orders, order_due_status
 
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 86_400_000
@@ -110,10 +110,7 @@ async def order_rows(session: AsyncSession, query: OrderQuery, *, limit: int, of
             "progress": min(1.0, good / wo.quantity) if wo.quantity else 0.0,
             "status": wo.status, "customer": wo.customer, "priority": wo.priority,
             "due": wo.due, "released_at": wo.released_at, "completed_at": wo.completed_at,
-            "due_status": due_status(status=wo.status, due=wo.due, quantity=wo.quantity,
-                                     good=good, now=now,
-                                     started=wo.released_at or wo.created,
-                                     completed_at=wo.completed_at)})
+            "due_status": order_due_status(wo, good, now)})
     if query.due in ("on_time", "at_risk"):
         out = [r for r in out if r["due_status"] == query.due]
     return out, total

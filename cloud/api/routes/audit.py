@@ -1,4 +1,4 @@
-"""REST API of the audit log (who did what, when: cloud/auth.py ``audit``), under
+"""REST API of the audit log (who did what, when: cloud/auth/credentials.py ``audit``), under
 ``/api/v1`` (OpenAPI tag audit).
 
 - ``GET /api/v1/audit?entity=&entity_id=&actor=&action=&since=&until=&limit=&offset=``:

@@ -9,7 +9,7 @@ Lists are paginated by ``limit`` (1..500, default 50) and ``offset``, newest-ind
 and stable (ordered by a unique key), and answer ``{items, total, limit, offset}``.
 
 Material quantities travel as exact decimal strings (``"2.5"``; a JSON number is taken as
-written) and are stored as micro-units (cloud/models.py).
+written) and are stored as micro-units (cloud/core/models.py).
 
 Errors are JSON ``{error, detail}``: 404 ``not_found``; 422 ``invalid`` (+ ``field``);
 409 ``duplicate``; 409 ``invalid_state`` (+ ``current``, ``allowed``: the actions the
@@ -685,7 +685,7 @@ async def import_file(kind: str, actor: Planner, session: Db,
                                                "without one, e.g. Asia/Shanghai")] = "UTC"
                       ) -> ImportOut:
     """Import materials, boms, routings or work-orders from CSV (UTF-8 or GBK; comma,
-    semicolon or tab) or XLSX, with English or Chinese headers (cloud/imports.py). All
+    semicolon or tab) or XLSX, with English or Chinese headers (cloud/production/imports.py). All
     or nothing: 422 ``import_failed`` lists every row-numbered problem."""
     if kind not in prod.IMPORT_KINDS:
         raise NotFound(f"import kind {kind!r} unknown; one of {', '.join(prod.IMPORT_KINDS)}")

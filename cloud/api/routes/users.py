@@ -2,7 +2,7 @@
 
 - ``POST /api/v1/login`` {name, password} -> {name, role, locale}; sets the session
   cookie (HttpOnly, SameSite=Lax, Secure on https). 401 ``bad_credentials``,
-  ``user_disabled``; 429 ``too_many_attempts`` with Retry-After (cloud/users.py).
+  ``user_disabled``; 429 ``too_many_attempts`` with Retry-After (cloud/auth/users.py).
 - ``POST /api/v1/logout`` -> {logged_out: true}; ends the cookie's session (idempotent).
 - ``GET /api/v1/me`` -> {name, role, locale, kind}; ``PUT /api/v1/me/locale`` {locale}.
 - ``GET /api/v1/me/tokens?limit=&offset=``; ``POST /api/v1/me/tokens`` {name} -> 201
