@@ -51,7 +51,7 @@ from protocols.read import read_plan
 from tests.contract.peers import JUNK, Mode, PtyPair, PtyPeer, Relay
 from tests.services import free_port
 
-TIMEOUT_S = 0.5     # the endpoint's timeout_s in every config built here
+TIMEOUT_S = 1.0     # the endpoint's timeout_s in every config built here (the default)
 HANG_S = 15.0       # longer than this is a hang
 DEVICE = "contract-dev"
 T = TypeVar("T")
