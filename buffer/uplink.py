@@ -136,8 +136,8 @@ class Uplink(abc.ABC):
         was sent. False when the uplink knows it will not be (HTTP: the answer to ``send``
         acknowledged less). Raises UplinkUnavailable when the connection is lost or nothing
         is confirmed for too long (the Forwarder then resends from the oldest unacked
-        record). Idempotent; a confirmation is a fact about the cloud (append-only), so an
-        old one stays valid."""
+        record), UplinkRejected when the cloud's confirmation cannot be read. Idempotent; a
+        confirmation is a fact about the cloud (append-only), so an old one stays valid."""
 
     #: The cloud's acked_through as last heard (0 when unknown).
     last_acked_through: int = 0
@@ -235,6 +235,8 @@ class HttpUplink(Uplink):
                                     f"(no answer within the timeout)") from exc
         except httpx.TransportError as exc:
             raise UplinkUnavailable(f"{self.ingest_url}: {type(exc).__name__}: {exc}") from exc
+        except httpx.DecodingError as exc:  # a body its Content-Encoding cannot decode
+            raise UplinkRejected(f"{self.ingest_url}: unreadable answer ({exc})") from exc
         status = resp.status_code
         detail = resp.text[:200].replace("\n", " ")
         if status in (401, 403):
@@ -253,8 +255,10 @@ class HttpUplink(Uplink):
                 answer = msgpack.unpackb(resp.content, raw=False)
             else:
                 answer = json.loads(resp.content)
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-            raise UplinkRejected(f"{self.ingest_url}: unreadable answer ({exc})") from exc
+        except (ValueError, RecursionError, msgpack.ExtraData, msgpack.FormatError,
+                msgpack.StackError) as exc:  # RecursionError: JSON nested too deep
+            raise UplinkRejected(f"{self.ingest_url}: unreadable answer "
+                                 f"({type(exc).__name__}: {exc})") from exc
         acked = _parse_acked_through(answer, self.ingest_url)
         self.last_acked_through = acked
         return acked
@@ -286,8 +290,9 @@ def _parse_confirmation(payload: bytes, where: str) -> tuple[int, int]:
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
         try:
             doc = json.loads(payload)
-        except ValueError as exc:
-            raise UplinkRejected(f"{where}: unreadable confirmation ({exc})") from exc
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+            raise UplinkRejected(f"{where}: unreadable confirmation "
+                                 f"({type(exc).__name__}: {exc})") from exc
     if not isinstance(doc, dict):
         raise UplinkRejected(f"{where}: confirmation is not a map")
     first, last = doc.get("first_seq"), doc.get("last_seq")
@@ -334,6 +339,9 @@ class MqttUplink(Uplink):
         self._waiters: list[_AckWaiter] = []
         # Batches the cloud confirmed (first, last); facts, so old ones stay valid.
         self._confirmed: deque[tuple[int, int]] = deque(maxlen=4096)
+        # A confirmation we could not read and nobody waited for: the next confirmed()
+        # raises it, unless a readable confirmation arrives first.
+        self._unreadable: UplinkRejected | None = None
         self.connections = 0  # successful connects (status page: reconnects = this - 1)
 
     # -- lifecycle
@@ -452,7 +460,16 @@ class MqttUplink(Uplink):
             first, last = _parse_confirmation(payload, self.acks_topic)
         except UplinkRejected as exc:
             log.warning("mqtt_bad_confirmation", topic=self.acks_topic, error=str(exc))
+            # Which batch it was about cannot be read either: whoever waits hears it (or,
+            # when nobody waits yet, the next to wait), rather than waiting out
+            # confirm_timeout and blaming a missing consumer.
+            waiting = [w for w in self._waiters if not w.future.done()]
+            for w in waiting:
+                w.future.set_exception(exc)
+            self._waiters.clear()
+            self._unreadable = None if waiting else exc
             return
+        self._unreadable = None
         self._confirmed.append((first, last))
         keep = []
         for w in self._waiters:
@@ -504,6 +521,9 @@ class MqttUplink(Uplink):
     async def confirmed(self, first_seq: int, last_seq: int) -> bool:
         if any(f <= first_seq and last_seq <= t for f, t in self._confirmed):
             return True
+        unreadable, self._unreadable = self._unreadable, None
+        if unreadable is not None:
+            raise unreadable
         await self._wait_connected()
         assert self._loop is not None
         waiter = _AckWaiter(first_seq, last_seq, self._loop.create_future())

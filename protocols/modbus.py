@@ -9,6 +9,7 @@ pymodbus's own retries and reconnect are switched off (``retries=0``,
 translated here, where they enter:
 
 - connection refused / unreachable / serial port missing -> DriverConnectError
+- the link lost while a request waits for its answer     -> DriverConnectError
 - no answer within ``endpoint.timeout_s``                 -> DriverTimeout
 - bytes that are no answer, a short or wrong-function one  -> DriverGarbage
 - a Modbus exception response                              -> DeviceException with the
@@ -118,6 +119,12 @@ async def _execute(client: _Client, wire: _Wire, endpoint: Endpoint, span: Span)
                 raise DriverGarbage(
                     f"{where}: answer is not a Modbus response to this request: "
                     f"{bytes(wire.received[:32]).hex(' ')}", device=endpoint.name) from exc
+            if not client.connected:
+                # The link went down under the request (peer reset, serial port gone):
+                # pymodbus lets the request wait out its timeout and then says "No
+                # response", but the device is unreachable, not slow.
+                raise DriverConnectError(f"{where}: link lost while waiting for the answer",
+                                         device=endpoint.name) from exc
             raise DriverTimeout(f"{where}: no answer within {endpoint.timeout_s:g} s",
                                 device=endpoint.name) from exc
         raise DriverGarbage(f"{where}: {text}", device=endpoint.name) from exc

@@ -84,6 +84,10 @@ def _malformed(exc: BaseException) -> bool:
     for cur in _chain(exc):
         if isinstance(cur, struct.error):
             return True
+        if isinstance(cur, ValueError):
+            # A TPKT length below its own header: snap7 then asks asyncio's readexactly
+            # for a negative size. Only the peer's bytes make a ValueError in this path.
+            return True
         if isinstance(cur, S7ProtocolError) and not cur.error_code:   # stale, lost, unparsable
             return True
         if isinstance(cur, S7ConnectionError) and _BAD_FRAME.search(str(cur)):
