@@ -252,7 +252,7 @@ def _label(dev: LoadedDevice, name: str, value: Any) -> str | None:
 async def probe_device(dev: LoadedDevice) -> tuple[ReadPlan, list[TagReading]]:
     """Connect, plan within the PDU the PLC negotiated (S7; an S7-300 agrees to 240, not
     the default 480), read every tag of ``dev`` once, close. Driver errors propagate."""
-    from protocols.driver import make_driver
+    from protocols.drivers import make_driver
     from protocols.read import read_plan
 
     async with make_driver(dev.endpoint) as driver:

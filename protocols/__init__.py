@@ -5,7 +5,8 @@ Depends on nothing else of plantsync.
 
 from protocols.address import check_fits, parse_address, tag_extent
 from protocols.codec import decode, encode, plausible_orders
-from protocols.driver import Driver, Endpoint, make_driver
+from protocols.driver import Driver, Endpoint
+from protocols.drivers import make_driver
 from protocols.errors import (
     AddressError,
     CodecError,

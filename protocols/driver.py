@@ -1,4 +1,4 @@
-"""The one driver interface, and the registry drivers add themselves to.
+"""The one driver interface (the drivers that implement it: protocols/drivers.py).
 
 A driver connects, executes spans, and closes. It does not retry, reconnect or back
 off: that loop lives in the caller (``edge``), so one policy governs every device.
@@ -7,11 +7,11 @@ off: that loop lives in the caller (``edge``), so one policy governs every devic
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
+from protocols.errors import DeviceException
 from protocols.model import Span
 
 
@@ -62,7 +62,7 @@ class Driver(abc.ABC):
         for span in spans:
             try:
                 out.append(await self.read(span))
-            except IllegalAddressBase as exc:
+            except DeviceException as exc:
                 out.append(exc)
         return out
 
@@ -84,32 +84,3 @@ class Driver(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-_REGISTRY: dict[str, Callable[[Endpoint], Driver]] = {}
-
-
-def register_driver(protocol: str) -> Callable[[type[Driver]], type[Driver]]:
-    """Class decorator: make ``make_driver`` build this class for ``protocol``."""
-
-    def deco(cls: type[Driver]) -> type[Driver]:
-        _REGISTRY[protocol] = cls
-        return cls
-
-    return deco
-
-
-def make_driver(endpoint: Endpoint) -> Driver:
-    """Build the driver for ``endpoint.protocol``. Raises ValueError for an unknown one."""
-    import protocols.modbus  # registers modbus-tcp, modbus-rtu
-    import protocols.s7  # noqa: F401  (registers s7)
-
-    try:
-        factory = _REGISTRY[endpoint.protocol]
-    except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
-        raise ValueError(f"unknown protocol {endpoint.protocol!r} (one of {known})") from None
-    return factory(endpoint)
-
-
-from protocols.errors import DeviceException as IllegalAddressBase  # noqa: E402

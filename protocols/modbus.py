@@ -37,7 +37,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
-from protocols.driver import Driver, Endpoint, register_driver
+from protocols.driver import Driver, Endpoint
 from protocols.errors import (
     DeviceException,
     DriverConnectError,
@@ -199,7 +199,6 @@ async def _diagnose_connect(endpoint: Endpoint) -> DriverError:
                               device=endpoint.name)
 
 
-@register_driver("modbus-tcp")
 class ModbusTcpDriver(Driver):
     """Modbus TCP: one connection per device (``endpoint.host``, ``port``, ``unit``)."""
 
@@ -320,7 +319,6 @@ class _SerialBus:
                 del _SerialBus._buses[self.port]
 
 
-@register_driver("modbus-rtu")
 class ModbusRtuDriver(Driver):
     """Modbus RTU on a serial port; devices on the same port share one client and lock,
     so their requests never interleave. Each request uses its own device's timeout."""

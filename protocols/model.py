@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
+from protocols.errors import ProtocolError
+
 
 class DataType(StrEnum):
     BOOL = "bool"
@@ -196,5 +198,3 @@ class TagReading:
     def good(self) -> bool:
         return self.error is None
 
-
-from protocols.errors import ProtocolError  # noqa: E402  (kept last: model has no other deps)

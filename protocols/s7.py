@@ -30,7 +30,7 @@ from snap7.error import S7ConnectionError, S7Error, S7ProtocolError, S7TimeoutEr
 from snap7.s7protocol import get_return_code_description
 from snap7.type import Area
 
-from protocols.driver import Driver, Endpoint, register_driver
+from protocols.driver import Driver, Endpoint
 from protocols.errors import (
     DeviceException,
     DriverConnectError,
@@ -95,7 +95,6 @@ def _malformed(exc: BaseException) -> bool:
     return False
 
 
-@register_driver("s7")
 class S7Driver(Driver):
     """One ISO-on-TCP connection to an S7 CPU (``host``, ``port``, ``rack``, ``slot``)."""
 

@@ -43,7 +43,8 @@ from snap7.server import Server as S7Server
 from snap7.type import SrvArea
 
 from protocols.address import parse_address
-from protocols.driver import Driver, Endpoint, make_driver
+from protocols.driver import Driver, Endpoint
+from protocols.drivers import make_driver
 from protocols.errors import DriverConnectError, DriverGarbage, DriverTimeout
 from protocols.model import DataType, Protocol, ReadPlan, TagReading, TagSpec
 from protocols.plan import plan_reads

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-from protocols.driver import Endpoint, make_driver
+from protocols.driver import Endpoint
+from protocols.drivers import make_driver
 from protocols.errors import DriverError, DriverTimeout
 from protocols.model import Span
 from protocols.sim import SimulatedPlant, demo_points

@@ -15,7 +15,8 @@ from pymodbus.simulator import SimData, SimDevice
 
 from protocols.address import parse_address
 from protocols.codec import decode
-from protocols.driver import Endpoint, make_driver
+from protocols.driver import Endpoint
+from protocols.drivers import make_driver
 from protocols.errors import (
     DeviceException,
     DriverConnectError,

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from protocols.codec import decode
-from protocols.driver import Endpoint, make_driver
+from protocols.driver import Endpoint
+from protocols.drivers import make_driver
 from protocols.errors import DriverTimeout, IllegalAddress
 from protocols.modbus import ModbusRtuDriver
 from protocols.model import Span

@@ -11,7 +11,8 @@ from snap7.type import SrvArea
 
 from protocols.address import tag_extent
 from protocols.codec import decode
-from protocols.driver import Endpoint, make_driver
+from protocols.driver import Endpoint
+from protocols.drivers import make_driver
 from protocols.errors import (
     DriverConnectError,
     DriverGarbage,
