@@ -46,7 +46,7 @@ from cloud.auth import (
     revoke_gateway,
     set_password,
 )
-from cloud.core import Database, check_current, head_revision, resolve_url, upgrade
+from cloud.core import Database, check_current, clock, head_revision, resolve_url, upgrade
 from cloud.core.errors import CloudError, DomainError
 from cloud.core.systemd import NotifyingServer
 from cloud.ingest import parse_broker_url, run_mqtt_ingest
@@ -283,7 +283,7 @@ async def _admin(args: argparse.Namespace) -> int:
             print(token)
         else:
             when = await revoke_gateway(db, args.gateway_id)
-            print(f"gateway {args.gateway_id} revoked at {when.isoformat(timespec='seconds')}")
+            print(f"gateway {args.gateway_id} revoked at {clock.iso(when)}")
     return 0
 
 

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
-from cloud.core.clock import ISO_FORMAT
+from cloud.core.clock import iso
 
 
 def _aware(value: Any) -> Any:
@@ -32,7 +32,9 @@ def _aware(value: Any) -> Any:
 
 
 def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).strftime(ISO_FORMAT)
+    written = iso(value)
+    assert written is not None
+    return written
 
 
 Timestamp = Annotated[

@@ -84,6 +84,6 @@ async def revoke_gateway(db: Database, gateway_id: str, *,
         await session.execute(update(gateways).where(gateways.c.id == gateway_id)
                               .values(revoked_at=now))
         await audit(session, actor, "gateway.revoke", "gateway", gateway_id,
-                    {"revoked_at": now.isoformat()})
+                    {"revoked_at": clock.iso(now)})
     log.info("gateway_revoked", gateway=gateway_id)
     return now

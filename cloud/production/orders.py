@@ -94,7 +94,7 @@ async def create_work_order(session: AsyncSession, actor: Actor | str, number: s
     await session.flush()
     await audit(session, actor, "work_order.create", "work_order", number,
                 {"product": product_code, "quantity": quantity,
-                 "due": due.isoformat() if due else None, "customer": order.customer,
+                 "due": clock.iso(due), "customer": order.customer,
                  "priority": order.priority, "completion_mode": completion_mode})
     return order
 
@@ -127,7 +127,7 @@ async def update_work_order(session: AsyncSession, actor: Actor | str, number: s
             order.quantity = changes["quantity"] = whole(quantity, "quantity", minimum=1)
     if due is not _UNSET:
         order.due = _due(due)
-        changes["due"] = order.due.isoformat() if order.due else None
+        changes["due"] = clock.iso(order.due)
     if customer is not _UNSET:
         order.customer = changes["customer"] = text(customer, "customer", max_len=128,
                                                      required=False)
