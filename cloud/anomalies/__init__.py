@@ -71,9 +71,12 @@ from cloud.anomalies.queries import (
     open_anomalies_by_machine,
 )
 from cloud.anomalies.raising import raise_anomaly
+from cloud.anomalies.rules import SETTINGS_KEY, AnomalySettings
 from cloud.anomalies.sweep import sweep
 
 __all__ = [
+    "SETTINGS_KEY",
+    "AnomalySettings",
     "acknowledge",
     "anomalies_for_work_order",
     "anomaly_stats",

@@ -87,3 +87,32 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (500, "a bug: logged with its traceback; nothing was changed"),
     )
 }
+
+
+def documented_body(model: type[BaseModel], *, partial: bool = False) -> dict[str, Any]:
+    """``openapi_extra`` documenting ``model`` as a route's JSON body when the domain, not
+    FastAPI, checks the body (so that its refusals name fields the domain's way, e.g.
+    ``invalid_setting`` with ``notifications.smtp.port``). ``partial``: every top-level
+    field may be left out (an override merged over what is stored). Nested models are
+    inlined: a ``#/$defs/...`` reference would point at the OpenAPI document's root."""
+    schema = model.model_json_schema(by_alias=True)
+    schema = _inline(schema, schema.get("$defs", {}))
+    if partial:
+        for field in schema.get("properties", {}).values():
+            field.pop("default", None)
+        schema.pop("required", None)
+        schema["title"] = f"{model.__name__}Override"
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": schema}}}}
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        rest = {k: v for k, v in node.items() if k != "$ref"}
+        return _inline({**defs[ref.removeprefix("#/$defs/")], **rest}, defs)
+    return {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}

@@ -23,13 +23,14 @@ from cloud.notify.channels import (
     send_test,
     update_channel,
 )
-from cloud.notify.config import SETTINGS_KEY
+from cloud.notify.config import SETTINGS_KEY, NotificationSettings
 from cloud.notify.delivery import deliver, list_notifications, retry
 from cloud.notify.errors import NotifyError
 from cloud.notify.outbox import enqueue
 
 __all__ = [
     "SETTINGS_KEY",
+    "NotificationSettings",
     "NotifyError",
     "create_channel",
     "delete_channel",

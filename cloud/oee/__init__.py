@@ -23,10 +23,12 @@ from cloud.oee.events import apply_events
 from cloud.oee.machine_stops import set_stop_reason, stops
 from cloud.oee.maintenance import check_maintenance
 from cloud.oee.report import downtime_pareto, oee_report, oee_trend
-from cloud.oee.timeline import Category
+from cloud.oee.timeline import SETTINGS_KEY, Category, OeeSettings
 
 __all__ = [
+    "SETTINGS_KEY",
     "Category",
+    "OeeSettings",
     "apply_events",
     "calendars",
     "check_maintenance",

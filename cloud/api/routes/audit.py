@@ -17,14 +17,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import Field
 from sqlalchemy import select
 
-from cloud.api.deps import Db, Limit, Offset, require
+from cloud.api.deps import Db, Limit, Offset, Planner
 from cloud.api.paging import paged
 from cloud.api.schemas import Out, Page, Timestamp
-from cloud.auth import Actor, AuthError
+from cloud.auth import AuthError
 from cloud.core.errors import Invalid
 from cloud.core.models import AuditEntry
 
@@ -52,7 +52,7 @@ def _entry(e: AuditEntry) -> AuditEntryOut:
 
 @router.get("/audit")
 async def list_audit(
-        actor: Annotated[Actor, Depends(require("planner"))], session: Db,
+        actor: Planner, session: Db,
         entity: Annotated[str | None, Query(description="e.g. work_order, bom")] = None,
         entity_id: Annotated[str | None, Query(description="e.g. WO-1, P-100/v2")] = None,
         by: Annotated[str | None, Query(alias="actor", description="user name, "

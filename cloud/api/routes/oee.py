@@ -48,7 +48,7 @@ from pydantic import BaseModel, Field
 from cloud import oee
 from cloud.api.deps import Db, Limit, Offset, Planner, Read, Viewer
 from cloud.api.paging import page_of_list
-from cloud.api.schemas import EpochMs, Out, Page, Timestamp
+from cloud.api.schemas import EpochMs, Out, Page, Timestamp, documented_body
 from cloud.core import clock
 from cloud.core.errors import Invalid
 from cloud.oee import Category, calendars, maintenance
@@ -90,25 +90,8 @@ class CounterPatch(BaseModel):
     threshold_hours: float | None = Field(None, gt=0)
 
 
-def _inline(node: Any, defs: dict[str, Any]) -> Any:
-    """``node`` with each ``{"$ref": "#/$defs/X"}`` replaced by ``defs["X"]`` (inlined in
-    turn): in an OpenAPI document ``#/$defs/...`` would point at its root."""
-    if isinstance(node, list):
-        return [_inline(v, defs) for v in node]
-    if not isinstance(node, dict):
-        return node
-    ref = node.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/$defs/"):
-        rest = {k: v for k, v in node.items() if k != "$ref"}
-        return _inline({**defs[ref.removeprefix("#/$defs/")], **rest}, defs)
-    return {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}
-
-
-_CALENDAR_SCHEMA = calendars.CalendarIn.model_json_schema()
 #: The calendar body as OpenAPI shows it (checked by the domain, see the docstring).
-CALENDAR_BODY: Final[dict[str, Any]] = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": _inline(_CALENDAR_SCHEMA,
-                                           _CALENDAR_SCHEMA.get("$defs", {}))}}}}
+CALENDAR_BODY: Final[dict[str, Any]] = documented_body(calendars.CalendarIn)
 CalendarBody = Annotated[dict[str, Any], Body()]
 
 

@@ -19,7 +19,6 @@ nothing was imported).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Final, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -614,28 +613,39 @@ async def patch_work_order(number: str, body: WorkOrderPatch, actor: Planner,
     return await _order_doc(session, wo)
 
 
-def _action(name: str, doc: str, fn: Callable[..., Awaitable[WorkOrder]]) -> None:
-    async def route(number: str, actor: Planner, session: Db,
-                    body: ActionBody | None = None) -> WorkOrderDetailOut:
-        if name == "release":
-            wo = await fn(session, actor, number)
-        else:
-            wo = await fn(session, actor, number, reason=body.reason if body else None)
-        return await _order_doc(session, wo)
-
-    route.__doc__ = doc
-    route.__name__ = f"{name}_work_order"
-    router.add_api_route(f"/work-orders/{{number}}/{name}", route, methods=["POST"],
-                         tags=["work-orders"], name=f"{name}_work_order",
-                         response_model=WorkOrderDetailOut)
+@router.post("/work-orders/{number}/release", tags=["work-orders"])
+async def release_work_order(number: str, actor: Planner, session: Db,
+                             body: ActionBody | None = None) -> WorkOrderDetailOut:
+    """draft -> released: copies the current BOM and routing."""
+    return await _order_doc(session, await prod.release_work_order(session, actor, number))
 
 
-_action("release", "draft -> released: copies the current BOM and routing.",
-        prod.release_work_order)
-_action("cancel", "draft/released -> cancelled.", prod.cancel_work_order)
-_action("complete", "released/in_progress -> completed by a planner.",
-        prod.complete_work_order)
-_action("close", "completed -> closed (final).", prod.close_work_order)
+@router.post("/work-orders/{number}/cancel", tags=["work-orders"])
+async def cancel_work_order(number: str, actor: Planner, session: Db,
+                            body: ActionBody | None = None) -> WorkOrderDetailOut:
+    """draft/released -> cancelled (its dispatches end now)."""
+    wo = await prod.cancel_work_order(session, actor, number, reason=_reason(body))
+    return await _order_doc(session, wo)
+
+
+@router.post("/work-orders/{number}/complete", tags=["work-orders"])
+async def complete_work_order(number: str, actor: Planner, session: Db,
+                              body: ActionBody | None = None) -> WorkOrderDetailOut:
+    """released/in_progress -> completed by a planner (its dispatches end now)."""
+    wo = await prod.complete_work_order(session, actor, number, reason=_reason(body))
+    return await _order_doc(session, wo)
+
+
+@router.post("/work-orders/{number}/close", tags=["work-orders"])
+async def close_work_order(number: str, actor: Planner, session: Db,
+                           body: ActionBody | None = None) -> WorkOrderDetailOut:
+    """completed -> closed (final)."""
+    wo = await prod.close_work_order(session, actor, number, reason=_reason(body))
+    return await _order_doc(session, wo)
+
+
+def _reason(body: ActionBody | None) -> str | None:
+    return body.reason if body else None
 
 
 @router.post("/work-orders/{number}/operations/{step}/{action}", tags=["work-orders"])

@@ -22,19 +22,18 @@ does not match its schema).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from cloud.api.deps import Db, Limit, Offset, require
+from cloud.api.deps import Admin, Db, Limit, Offset, Viewer
 from cloud.api.paging import paged
 from cloud.api.schemas import Out, Page, Timestamp
 from cloud.auth import (
     SESSION_ABSOLUTE,
     SESSION_COOKIE,
-    Actor,
     create_api_token_in,
     create_user_in,
     get_user,
@@ -50,8 +49,6 @@ from cloud.core.errors import NotFound
 from cloud.core.models import ApiToken, User
 
 router = APIRouter(prefix="/api/v1", tags=["users"])
-viewer = Depends(require("viewer"))
-admin = Depends(require("admin"))
 Role = Literal["admin", "planner", "viewer"]
 Locale = Literal["zh-CN", "en"]
 
@@ -177,7 +174,7 @@ async def post_logout(request: Request, response: Response) -> LoggedOutOut:
 
 
 @router.get("/me")
-async def get_me(request: Request, actor: Actor = viewer) -> MeOut:
+async def get_me(request: Request, actor: Viewer) -> MeOut:
     """Who is calling."""
     async with _db(request).sessions() as session:
         user = await get_user(session, actor.name)
@@ -185,7 +182,7 @@ async def get_me(request: Request, actor: Actor = viewer) -> MeOut:
 
 
 @router.put("/me/locale")
-async def put_locale(body: LocaleBody, request: Request, actor: Actor = viewer
+async def put_locale(body: LocaleBody, request: Request, actor: Viewer
                      ) -> LocaleOut:
     """Remember the user's language (reports and UI)."""
     assert actor.user_id is not None
@@ -201,7 +198,7 @@ def token_doc(t: ApiToken) -> TokenOut:
 
 
 @router.get("/me/tokens")
-async def get_tokens(actor: Annotated[Actor, viewer], session: Db, limit: Limit = 50,
+async def get_tokens(actor: Viewer, session: Db, limit: Limit = 50,
                      offset: Offset = 0) -> Page[TokenOut]:
     """The caller's API tokens, oldest first (never their secrets)."""
     stmt = select(ApiToken).where(ApiToken.user_id == actor.user_id)
@@ -210,7 +207,7 @@ async def get_tokens(actor: Annotated[Actor, viewer], session: Db, limit: Limit 
 
 
 @router.post("/me/tokens", status_code=201)
-async def post_token(body: TokenBody, request: Request, actor: Actor = viewer
+async def post_token(body: TokenBody, request: Request, actor: Viewer
                      ) -> NewTokenOut:
     """A new API token acting as the caller; shown only in this answer."""
     async with _db(request).sessions() as session, session.begin():
@@ -220,7 +217,7 @@ async def post_token(body: TokenBody, request: Request, actor: Actor = viewer
 
 
 @router.delete("/me/tokens/{token_id}")
-async def delete_token(token_id: int, request: Request, actor: Actor = viewer
+async def delete_token(token_id: int, request: Request, actor: Viewer
                        ) -> RevokedTokenOut:
     """Revoke one of the caller's tokens (idempotent); 404 if it is not theirs."""
     assert actor.user_id is not None
@@ -232,7 +229,7 @@ async def delete_token(token_id: int, request: Request, actor: Actor = viewer
 
 
 @router.get("/users")
-async def get_users(_actor: Annotated[Actor, admin], session: Db,
+async def get_users(_actor: Admin, session: Db,
                     role: Role | None = None,
                     limit: Limit = 50, offset: Offset = 0) -> Page[UserOut]:
     """People, by name."""
@@ -242,7 +239,7 @@ async def get_users(_actor: Annotated[Actor, admin], session: Db,
 
 
 @router.post("/users", status_code=201)
-async def post_user(body: NewUserBody, request: Request, actor: Actor = admin
+async def post_user(body: NewUserBody, request: Request, actor: Admin
                     ) -> UserOut:
     """A new person with a role and a password."""
     async with _db(request).sessions() as session, session.begin():
@@ -253,7 +250,7 @@ async def post_user(body: NewUserBody, request: Request, actor: Actor = admin
 
 
 @router.patch("/users/{name}")
-async def patch_user(name: str, body: UserPatchBody, request: Request, actor: Actor = admin
+async def patch_user(name: str, body: UserPatchBody, request: Request, actor: Admin
                      ) -> UserOut:
     """Change role and/or disable/enable (disabling ends the user's sessions)."""
     async with _db(request).sessions() as session, session.begin():
@@ -264,7 +261,7 @@ async def patch_user(name: str, body: UserPatchBody, request: Request, actor: Ac
 
 @router.post("/users/{name}/password")
 async def post_password(name: str, body: PasswordBody, request: Request,
-                        actor: Actor = admin) -> PasswordSetOut:
+                        actor: Admin) -> PasswordSetOut:
     """Set a user's password (ends their sessions)."""
     async with _db(request).sessions() as session, session.begin():
         await set_password_in(session, name, body.password, actor=actor)
