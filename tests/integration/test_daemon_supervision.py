@@ -34,6 +34,7 @@ from edge.config import LoadedGateway, load_gateway
 from edge.daemon import Daemon
 from edge.simulate import build_plant
 from protocols import Endpoint
+from tests.fixtures.waiting import wait_for_async
 from tests.services import free_port
 
 MAPS = Path(__file__).resolve().parents[2] / "config" / "maps"
@@ -82,17 +83,6 @@ async def plant(tmp_path: Path) -> AsyncIterator[LoadedGateway]:
         await sim.stop()
 
 
-async def until(cond: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
-
-
 @asynccontextmanager
 async def running(loaded: LoadedGateway, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         tuple[Daemon, asyncio.Task[int]]]:
@@ -100,7 +90,7 @@ async def running(loaded: LoadedGateway, monkeypatch: pytest.MonkeyPatch) -> Asy
     d = Daemon(loaded, status_port=0)
     task = asyncio.create_task(d.run())
     try:
-        await until(lambda: task.done() or (d.devices and all(x.polls for x in d.devices)),
+        await wait_for_async(lambda: task.done() or (d.devices and all(x.polls for x in d.devices)),
                     "every device polled")
         assert not task.done(), task
         yield d, task
@@ -127,7 +117,7 @@ async def test_buffer_back_pressure_shows_in_status_and_metrics(
 
         # A stalled disk: every poller ends up waiting, and says since when and why.
         ob.mode = "stall"
-        await until(lambda: all(dev(d, n)["waiting_for_buffer_since_ms"] for n in names),
+        await wait_for_async(lambda: all(dev(d, n)["waiting_for_buffer_since_ms"] for n in names),
                     "every device waiting for the buffer")
         for n in names:
             st = dev(d, n)
@@ -146,23 +136,23 @@ async def test_buffer_back_pressure_shows_in_status_and_metrics(
 
         ob.mode = "ok"
         ob.gate.set()
-        await until(lambda: not any(dev(d, n)["waiting_for_buffer_since_ms"] for n in names),
+        await wait_for_async(lambda: not any(dev(d, n)["waiting_for_buffer_since_ms"] for n in names),
                     "waiting over")
         assert d._healthy(now=time.monotonic() + d.stall_limit_s + 1)
 
         # A failing disk: the reason names the error while the pollers retry.
         ob.mode = "error"
-        await until(lambda: all((dev(d, n)["buffer_wait_reason"] or "").startswith(
+        await wait_for_async(lambda: all((dev(d, n)["buffer_wait_reason"] or "").startswith(
                     "buffer write error:") and dev(d, n)["waiting_for_buffer_since_ms"]
                     for n in names), "write errors shown")
         assert "disk full (SQLITE_FULL)" in dev(d, names[0])["buffer_wait_reason"]
         assert "disk full" in (d.snapshot()["buffer"]["write_error"] or "")
         assert d._healthy(now=time.monotonic() + d.stall_limit_s + 1)   # not a hang
         ob.mode = "ok"
-        await until(lambda: not any(dev(d, n)["waiting_for_buffer_since_ms"] for n in names),
+        await wait_for_async(lambda: not any(dev(d, n)["waiting_for_buffer_since_ms"] for n in names),
                     "recovered from write errors")
         polls = {n: dev(d, n)["polls"] for n in names}
-        await until(lambda: all(dev(d, n)["polls"] > polls[n] + 2 for n in names),
+        await wait_for_async(lambda: all(dev(d, n)["polls"] > polls[n] + 2 for n in names),
                     "polling again")
         text = await metrics(d)
         for n in names:
@@ -205,7 +195,7 @@ async def test_unexpected_driver_exception_is_an_internal_error_and_polling_goes
         "cnc-02", lambda: IndexError("index out of range in the reply parser")))
     with structlog.testing.capture_logs() as logs:
         async with running(plant, monkeypatch) as (d, task):
-            await until(lambda: dev(d, "cnc-02")["errors"].get("internal", 0) >= 4,
+            await wait_for_async(lambda: dev(d, "cnc-02")["errors"].get("internal", 0) >= 4,
                         "four internal errors on cnc-02")
             st = dev(d, "cnc-02")
             assert st["online"] is False and set(st["errors"]) == {"internal"}
@@ -213,7 +203,7 @@ async def test_unexpected_driver_exception_is_an_internal_error_and_polling_goes
                                         "the reply parser")
             assert st["breaker"] in ("open", "half_open")
             polls = dev(d, "cnc-01")["polls"]
-            await until(lambda: dev(d, "cnc-01")["polls"] >= polls + 10, "cnc-01 keeps polling")
+            await wait_for_async(lambda: dev(d, "cnc-01")["polls"] >= polls + 10, "cnc-01 keeps polling")
             assert dev(d, "cnc-01")["errors"] == {} and dev(d, "cnc-01")["online"] is True
             assert not task.done()
     assert task.result() == 0

@@ -21,21 +21,23 @@ from sqlalchemy import select
 from cloud.core.db import Database
 from cloud.core.models import AuditEntry
 from cloud.inventory import ledger_mismatches
-from tests.fixtures.cloud import CloudServer, batch_bytes, count_record
-from tests.integration.production_api import api_fixture  # noqa: F401
+from tests.fixtures.cloud import CloudServer
+from tests.fixtures.ingest import count_record, ingest
+from tests.fixtures.plant import (
+    add_bom,
+    add_machine,
+    add_routing,
+    add_work_order,
+    put_material,
+    put_product,
+    release,
+    start_dispatch,
+)
 
 pytestmark = pytest.mark.needs_service("postgresql")
 T0 = 1_700_000_000_000
 H = 3_600_000
 U = 1_000_000
-
-
-async def ingest(api: Any, records: list[dict[str, Any]]) -> None:
-    res = await api.post("/api/v1/ingest", content=batch_bytes(api.gateway, records),
-                         headers={"Authorization": f"Bearer {api.token}",
-                                  "Content-Type": "application/msgpack",
-                                  "Accept": "application/json"})
-    assert res.status_code == 200, res.text
 
 
 def good(seq: int, ts: int, n: int, device: str = "cnc-03") -> dict[str, Any]:
@@ -44,24 +46,16 @@ def good(seq: int, ts: int, n: int, device: str = "cnc-03") -> dict[str, Any]:
 
 @pytest.fixture
 async def plant(api: Any) -> Any:
-    m = {}
-    for name, device in (("M1", "cnc-03"), ("M2", "imm-07")):
-        res = await api.post("/api/v1/machines", headers=api.admin, json={
-            "gateway_id": "gw-test", "device": device, "name": name})
-        assert res.status_code == 201, res.text
-        m[name] = res.json()["id"]
-    await api.put("/api/v1/materials/RESIN", json={"name": "resin", "unit": "kg"})
-    await api.put("/api/v1/products/P", json={"name": "part"})
-    assert (await api.post("/api/v1/boms", json={"product": "P", "lines": [
-        {"material": "RESIN", "qty_per_unit": 1}]})).status_code == 201
-    assert (await api.post("/api/v1/routings", json={"product": "P", "operations": [
-        {"step": 10, "name": "mold", "work_center": "WC"}]})).status_code == 201
+    m = {name: await add_machine(api, device, name)
+         for name, device in (("M1", "cnc-03"), ("M2", "imm-07"))}
+    await put_material(api, "RESIN", name="resin", unit="kg")
+    await put_product(api, "P", name="part")
+    await add_bom(api, "P", [{"material": "RESIN", "qty_per_unit": 1}])
+    await add_routing(api, "P", [{"step": 10, "name": "mold", "work_center": "WC"}])
     ops = {}
     for number in ("WO-1", "WO-2"):
-        assert (await api.post("/api/v1/work-orders", json={
-            "number": number, "product": "P", "quantity": 100})).status_code == 201
-        res = await api.post(f"/api/v1/work-orders/{number}/release")
-        ops[number] = res.json()["operations"][0]["id"]
+        await add_work_order(api, number, "P", 100)
+        [ops[number]] = await release(api, number)
     api.m, api.ops = m, ops
     yield api
     async with api.app.state.db.sessions() as s:
@@ -244,44 +238,27 @@ def test_concurrent_ingest_from_20_gateways_while_a_planner_edits(cloud_server: 
 async def _concurrent(server: CloudServer, gws: list[Any], suffix: str) -> None:
     admin = server.admin_headers
     async with httpx.AsyncClient(base_url=server.url, headers=admin, timeout=60) as api:
-        machines = []
-        for gw in gws:
-            res = await api.post("/api/v1/machines", json={"gateway_id": gw.id,
-                                                           "device": "press", "name": gw.id})
-            assert res.status_code == 201, res.text
-            machines.append(res.json()["id"])
+        machines = [await add_machine(api, "press", gw.id, gateway=gw.id) for gw in gws]
         mat, prod = f"RESIN-{suffix}", f"P-{suffix}"
-        assert (await api.put(f"/api/v1/materials/{mat}", json={
-            "name": "resin", "unit": "kg"})).status_code == 200
-        assert (await api.put(f"/api/v1/products/{prod}", json={"name": "p"})).status_code == 200
-        assert (await api.post("/api/v1/boms", json={"product": prod, "lines": [
-            {"material": mat, "qty_per_unit": 1}]})).status_code == 201
-        assert (await api.post("/api/v1/routings", json={"product": prod, "operations": [
-            {"step": 10, "name": "press", "work_center": "WC"}]})).status_code == 201
+        await put_material(api, mat, name="resin", unit="kg")
+        await put_product(api, prod, name="p")
+        await add_bom(api, prod, [{"material": mat, "qty_per_unit": 1}])
+        await add_routing(api, prod, [{"step": 10, "name": "press", "work_center": "WC"}])
         ops, orders = {}, {}
         for key in ("A", "B"):
             orders[key] = number = f"WO-{key}-{suffix}"
-            assert (await api.post("/api/v1/work-orders", json={
-                "number": number, "product": prod, "quantity": 5000})).status_code == 201
-            ops[key] = (await api.post(f"/api/v1/work-orders/{number}/release")
-                        ).json()["operations"][0]["id"]
-        disp = []
-        for i, m in enumerate(machines):
-            res = await api.post("/api/v1/dispatches", json={
-                "machine_id": m, "wo_operation_id": ops["A" if i < 10 else "B"],
-                "start_ts": T0})
-            assert res.status_code == 201, res.text
-            disp.append(res.json()["id"])
+            await add_work_order(api, number, prod, 5000)
+            [ops[key]] = await release(api, number)
+        disp = [(await start_dispatch(api, m, ops["A" if i < 10 else "B"], T0))["id"]
+                for i, m in enumerate(machines)]
 
         async def gateway(gw: Any) -> None:
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
                 for b in range(BATCHES):
                     recs = [count_record(b * PER_BATCH + i + 1, "c_good", 0, 1, device="press",
                                          ts=T0 + b * PER_BATCH + i) for i in range(PER_BATCH)]
-                    res = await c.post("/api/v1/ingest", content=batch_bytes(gw.id, recs),
-                                       headers={**gw.headers, "Accept": "application/json"})
-                    assert res.status_code == 200, res.text
-                    assert res.json()["acked_through"] == (b + 1) * PER_BATCH
+                    answer = await ingest(c, recs, gateway=gw.id, token=gw.token)
+                    assert answer["acked_through"] == (b + 1) * PER_BATCH
 
         async def planner() -> int:
             edits = 0

@@ -24,8 +24,17 @@ from sqlalchemy import func, select
 from cloud import inventory
 from cloud.core import clock as cloud_clock
 from cloud.core.models import AuditEntry, stock_moves
-from tests.fixtures.cloud import batch_bytes, count_record
-from tests.integration.production_api import api_fixture  # noqa: F401
+from tests.fixtures.ingest import count_record, ingest
+from tests.fixtures.plant import (
+    add_bom,
+    add_machine,
+    add_routing,
+    add_work_order,
+    put_material,
+    put_product,
+    release,
+    start_dispatch,
+)
 
 pytestmark = pytest.mark.needs_service("postgresql")
 DAY = 86_400_000
@@ -60,42 +69,20 @@ async def post(api: Any, path: str, **body: Any) -> Any:
     return await api.post(f"/api/v1/stock/{path}", json=body)
 
 
-async def ingest(api: Any, records: list[dict[str, Any]]) -> None:
-    res = await api.post("/api/v1/ingest", content=batch_bytes(api.gateway, records),
-                         headers={"Authorization": f"Bearer {api.token}",
-                                  "Content-Type": "application/msgpack",
-                                  "Accept": "application/json"})
-    assert res.status_code == 200, res.text
-
-
 @pytest.fixture
 async def plant(api: Any, clock: Clock) -> Any:
-    res = await api.post("/api/v1/machines", headers=api.admin, json={
-        "gateway_id": "gw-test", "device": "cnc-03", "name": "CNC 3"})
-    assert res.status_code == 201, res.text
-    machine = res.json()["id"]
+    machine = await add_machine(api, "cnc-03", "CNC 3")
     for code, unit, lead, safety in (("RESIN", "kg", 4, None), ("INSERT", "pcs", 10, 150),
                                      ("BOX", "pcs", 30, None), ("IDLE", "pcs", 5, None)):
-        res = await api.put(f"/api/v1/materials/{code}", json={
-            "name": code.lower(), "unit": unit, "lead_time_days": lead, "safety_stock": safety})
-        assert res.status_code == 200, res.text
-    assert (await api.put("/api/v1/products/P", json={"name": "part"})).status_code == 200
-    res = await api.post("/api/v1/boms", json={"product": "P", "lines": [
-        {"material": "RESIN", "qty_per_unit": "0.5", "backflush_scrap": True},
-        {"material": "INSERT", "qty_per_unit": 2}]})
-    assert res.status_code == 201, res.text
-    res = await api.post("/api/v1/routings", json={"product": "P", "operations": [
-        {"step": 10, "name": "mold", "machine_id": machine}]})
-    assert res.status_code == 201, res.text
-    res = await api.post("/api/v1/work-orders", json={"number": "WO-1", "product": "P",
-                                                      "quantity": 1000})
-    assert res.status_code == 201, res.text
-    res = await api.post("/api/v1/work-orders/WO-1/release")
-    assert res.status_code == 200, res.text
-    op = res.json()["operations"][0]["id"]
-    res = await api.post("/api/v1/dispatches", json={"machine_id": machine, "wo_operation_id": op,
-                                                     "start_ts": NOW - 40 * DAY})
-    assert res.status_code == 201, res.text
+        await put_material(api, code, name=code.lower(), unit=unit, lead_time_days=lead,
+                           safety_stock=safety)
+    await put_product(api, "P", name="part")
+    await add_bom(api, "P", [{"material": "RESIN", "qty_per_unit": "0.5", "backflush_scrap": True},
+                             {"material": "INSERT", "qty_per_unit": 2}])
+    await add_routing(api, "P", [{"step": 10, "name": "mold", "machine_id": machine}])
+    await add_work_order(api, "WO-1", "P", 1000)
+    [op] = await release(api, "WO-1")
+    await start_dispatch(api, machine, op, NOW - 40 * DAY)
     api.clock = clock
     return api
 

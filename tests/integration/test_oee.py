@@ -46,8 +46,15 @@ import pytest
 from sqlalchemy import select
 
 from cloud.core.models import AuditEntry
-from tests.fixtures.cloud import batch_bytes
-from tests.integration.production_api import api_fixture  # noqa: F401
+from tests.fixtures.ingest import ingest
+from tests.fixtures.plant import (
+    add_machine,
+    add_routing,
+    add_work_order,
+    put_product,
+    release,
+    start_dispatch,
+)
 
 MIN = 60_000
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -126,39 +133,19 @@ def script_records(device: str = "cnc-03") -> tuple[list[dict[str, Any]], list[d
     return first, late
 
 
-async def ingest(api: Any, records: list[dict[str, Any]]) -> None:
-    res = await api.post("/api/v1/ingest", content=batch_bytes(api.gateway, records),
-                         headers={"Authorization": f"Bearer {api.token}",
-                                  "Content-Type": "application/msgpack",
-                                  "Accept": "application/json"})
-    assert res.status_code == 200, res.text
-
-
 async def make_day_plant(api: Any) -> dict[str, Any]:
     """M1 on calendar two-shift, orders WO-A/WO-B released and dispatched as scripted."""
-    res = await api.post("/api/v1/machines", headers=api.admin, json={
-        "gateway_id": "gw-test", "device": "cnc-03", "name": "M1"})
-    assert res.status_code == 201, res.text
-    m1 = res.json()["id"]
+    m1 = await add_machine(api, "cnc-03", "M1")
     ops = {}
     for product, cycle, cavities, order, customer in (("P-A", 30_000, 1, "WO-A", "ACME"),
                                                      ("P-B", 60_000, 4, "WO-B", "Globex")):
-        assert (await api.put(f"/api/v1/products/{product}",
-                              json={"name": product})).status_code == 200
-        res = await api.post("/api/v1/routings", json={"product": product, "operations": [
-            {"step": 10, "name": "mold", "machine_id": m1, "ideal_cycle_ms": cycle,
-             "cavities": cavities}]})
-        assert res.status_code == 201, res.text
-        res = await api.post("/api/v1/work-orders", json={
-            "number": order, "product": product, "quantity": 5000, "customer": customer})
-        assert res.status_code == 201, res.text
-        ops[order] = (await api.post(f"/api/v1/work-orders/{order}/release")
-                      ).json()["operations"][0]["id"]
-    for body in ({"machine_id": m1, "wo_operation_id": ops["WO-A"], "start_ts": at("06:30"),
-                  "end_ts": at("12:00")},
-                 {"machine_id": m1, "wo_operation_id": ops["WO-B"], "start_ts": at("12:00")}):
-        res = await api.post("/api/v1/dispatches", json=body)
-        assert res.status_code == 201, res.text
+        await put_product(api, product)
+        await add_routing(api, product, [{"step": 10, "name": "mold", "machine_id": m1,
+                                          "ideal_cycle_ms": cycle, "cavities": cavities}])
+        await add_work_order(api, order, product, 5000, customer=customer)
+        [ops[order]] = await release(api, order)
+    await start_dispatch(api, m1, ops["WO-A"], at("06:30"), at("12:00"))
+    await start_dispatch(api, m1, ops["WO-B"], at("12:00"))
     res = await api.post("/api/v1/calendars", json={
         "name": "two-shift", "timezone": "Asia/Shanghai", "definition": CALENDAR})
     assert res.status_code == 201, res.text

@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgpack
 import openpyxl
 import pytest
 
-from buffer.records import WIRE_VERSION
 from tests.fixtures.cloud import ADMIN_HEADERS, add_admin, migrate_sync
-from tests.integration.web_plant import PASSWORD, Plant, count, ingest, now_ms, rec, seed_plant
+from tests.fixtures.plant import PASSWORD, WebPlant, now_ms, seed_plant
 
 pytestmark = pytest.mark.xdist_group("web_pages")
 PAGES = ["/", "/?wall=1", "/board/tiles", "/work-orders", "/work-orders/WO-1001",
@@ -33,7 +31,7 @@ EXTERNAL = re.compile(r"""(?:src|href|action)\s*=\s*["']?\s*(?:https?:)?//|url\(
 
 
 @pytest.fixture(scope="module")
-def web_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Plant]]:
+def web_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, WebPlant]]:
     """A migrated SQLite cloud with the test plant, built once for the module."""
     from cloud.app import create_app
     from cloud.auth import create_gateway
@@ -42,7 +40,7 @@ def web_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Plan
     url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('web') / 'cloud.db'}"
     migrate_sync(url)
 
-    async def build() -> Plant:
+    async def build() -> WebPlant:
         await add_admin(url)
         async with Database(url) as db:
             token = await create_gateway(db, "gw-hall1")
@@ -57,7 +55,7 @@ def web_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Plan
 
 
 class Web(httpx.AsyncClient):
-    plant: Plant
+    plant: WebPlant
 
     async def page(self, path: str, **kw: Any) -> str:
         res = await self.get(path, **kw)
@@ -76,7 +74,7 @@ class Web(httpx.AsyncClient):
 
 
 @pytest.fixture
-async def web(web_db: tuple[str, Plant]) -> AsyncIterator[Any]:
+async def web(web_db: tuple[str, WebPlant]) -> AsyncIterator[Any]:
     """A client factory: ``await web(user, accept_language=...)`` is logged in as user."""
     from cloud.app import create_app
 
@@ -341,29 +339,18 @@ async def test_provisional_banner_while_a_gateway_catches_up(web: Any, web_db: A
         gid = (await s.execute(text("SELECT id FROM gateways ORDER BY created DESC LIMIT 1"))
                ).scalar()
     pat = await web("pat")
-    late = Plant(str(gid), token)
+    late = WebPlant(str(gid), token)
     old = now_ms() - 40 * 60_000
-    body = msgpack.packb({"v": WIRE_VERSION, "gateway": gid, "records": [
-        rec(late, "press-9", "state", {"state": "running"}, old),
-        count(late, "press-9", 5, old + 1000)]}, use_bin_type=True)
-    res = await pat.post("/api/v1/ingest", content=body, headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/msgpack",
-        "Accept": "application/json", "X-Plantsync-Sent-At": str(now_ms())})
-    assert res.status_code == 200, res.text
+    await late.ingest(pat, [late.rec("press-9", "state", {"state": "running"}, old),
+                            late.count("press-9", 5, old + 1000)], sent_at=now_ms())
     html = await pat.page("/work-orders")
     assert 'id="provisional"' in html and str(gid) in html
     assert "Catching up" in await pat.page("/completeness")
-    await ingest(pat, late, [count(late, "press-9", 1, now_ms())])
+    await late.ingest(pat, [late.count("press-9", 1, now_ms())])
     assert str(gid) not in await pat.page("/work-orders")
 
     async def with_backlog(backlog: int) -> None:   # live records, but a queue behind them
-        body = msgpack.packb({"v": WIRE_VERSION, "gateway": gid, "backlog": backlog,
-                              "records": [count(late, "press-9", 1, now_ms())]},
-                             use_bin_type=True)
-        res = await pat.post("/api/v1/ingest", content=body, headers={
-            "Authorization": f"Bearer {token}", "Content-Type": "application/msgpack",
-            "Accept": "application/json"})
-        assert res.status_code == 200, res.text
+        await late.ingest(pat, [late.count("press-9", 1, now_ms())], backlog=backlog)
 
     await with_backlog(5001)              # 5000 still queued behind this batch
     assert str(gid) in await pat.page("/work-orders")
@@ -424,7 +411,7 @@ def test_package_files() -> None:
 
 async def test_an_admin_registers_a_device_as_a_machine(web: Any) -> None:
     ada = await web("ada")
-    await ingest(ada, ada.plant, [count(ada.plant, "lathe-5", 2, now_ms())])
+    await ada.plant.ingest(ada, [ada.plant.count("lathe-5", 2, now_ms())])
     pat = await web("pat")
     res = await pat.act("/machines", {"gateway_id": ada.plant.gateway, "device": "lathe-5",
                                       "name": "Lathe 5"})
