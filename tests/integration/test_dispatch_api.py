@@ -302,14 +302,7 @@ async def _concurrent(server: CloudServer, gws: list[Any], suffix: str) -> None:
         assert mine == {machines[0]: (50, 50)}
         stock = (await api.get(f"/api/v1/materials/{mat}/stock")).json()
         assert stock["balance_u"] == -1950 * U
-        moves: list[dict[str, Any]] = []
-        params: dict[str, Any] = {"material": mat, "kind": "backflush", "limit": 1000}
-        while True:
-            page = (await api.get("/api/v1/stock/moves", params=params)).json()
-            moves += page["items"]
-            if page["next_before_id"] is None:
-                break
-            params["before_id"] = page["next_before_id"]
+        moves = await all_moves(api, material=mat, kind="backflush")
         assert len(moves) == 1950 and {m["qty_u"] for m in moves} == {-U}
         assert len({(m["gateway_id"], m["seq"]) for m in moves}) == 1950
     async with Database(server.db_url) as db, db.sessions() as s:
@@ -318,6 +311,20 @@ async def _concurrent(server: CloudServer, gws: list[Any], suffix: str) -> None:
             AuditEntry.action.in_(("dispatch.edit", "dispatch.stop")),
             AuditEntry.entity_id.in_((str(disp[0]), str(disp[10])))))).all()
         assert len(n) == edits
+
+
+async def all_moves(api: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
+    """Every stock move the filters select, page by page (1000 a page, at most 10 pages)."""
+    moves: list[dict[str, Any]] = []
+    query: dict[str, Any] = {**params, "limit": 1000}
+    for _ in range(10):
+        page = (await api.get("/api/v1/stock/moves", params=query)).json()
+        moves += page["items"]
+        if page["next_before_id"] is None:
+            return moves
+        query["before_id"] = page["next_before_id"]
+    raise AssertionError(f"more than 10 pages of stock moves for {params}: "
+                         f"{len(moves)} moves so far")
 
 
 async def test_complete_and_close_end_the_dispatch_and_a_closed_order_is_final(plant):
