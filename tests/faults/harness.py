@@ -229,11 +229,15 @@ class Rig:
                  devices: list[Device] | None = None, transport: str = "http",
                  proxy: bool = False, broker_url: str | None = None,
                  buffer_max_mb: int = 64, cloud_debug: bool = False,
-                 cloud_auto: bool = False) -> None:
+                 cloud_auto: bool = False, advertise: bool = False) -> None:
         self.root = root
         # cloud_auto: the cloud advertises _plantsync._tcp.local. on loopback and the
-        # gateway's cloud.url is "auto" (tests/conftest.py groups such tests: zeroconf)
+        # gateway's cloud.url is "auto"; advertise: the gateway announces its status port
+        # (_plantsync-edge._tcp.local.) on loopback. Else zeroconf is off for the gateway:
+        # a test's gateway would answer every other test's browsing. tests/conftest.py
+        # groups the tests that use zeroconf.
         self.cloud_auto = cloud_auto
+        self.advertise = advertise
         self.seed, self.speed, self.poll_ms = seed, speed, poll_ms
         self.transport = transport
         self.buffer_max_mb = buffer_max_mb
@@ -309,7 +313,9 @@ class Rig:
             'buffer_synchronous = "FULL"',
             'log_format = "json"',
             f'status_listen = "127.0.0.1:{self.status_port}"',
-            'zeroconf_interfaces = ["127.0.0.1"]',   # loopback only, never the LAN
+            # loopback only, never the LAN; off unless the test is about zeroconf
+            'zeroconf_interfaces = ["127.0.0.1"]' if self.cloud_auto or self.advertise
+            else "zeroconf_interfaces = []",
             "",
             "[cloud]",
             # explicit unless the test is about "auto" (zeroconf on loopback)

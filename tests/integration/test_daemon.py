@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from buffer.records import decode_body
-from tests.faults.harness import Device, Rig, rig_logs_on_failure
+from tests.faults.harness import GATEWAY, Device, Rig, rig_logs_on_failure
 from tests.fixtures.waiting import wait_for
 from tests.services import free_port
 
@@ -242,15 +242,22 @@ def test_logs_are_quiet_and_never_carry_the_token(rig: Rig) -> None:
             json.loads(ln)   # log_format = json: one JSON object per line
 
 
-async def test_gateway_advertises_its_status_port(rig: Rig) -> None:
-    """`_plantsync-edge._tcp.local.` on loopback points at the daemon's status endpoint."""
-    from buffer.discovery import EDGE_SERVICE, discover_cloud
+async def test_gateway_advertises_its_status_port(tmp_path: Path) -> None:
+    """`_plantsync-edge._tcp.local.` on loopback points at the daemon's status endpoint.
+    Other gateways may advertise there too (other tests, other runs): the test looks for
+    the service on this daemon's status port, never takes the first one that answers."""
+    from buffer.discovery import EDGE_SERVICE, service_url
+    from tests.fixtures.zeroconf import find_service
 
-    rig.start_cloud()
-    rig.start_sim()
-    rig.start_edge()
-    url = await discover_cloud(15.0, interfaces=["127.0.0.1"], service_type=EDGE_SERVICE)
-    assert url.startswith(f"http://127.0.0.1:{rig.status_port}")
-    async with httpx.AsyncClient() as client:
-        st = (await client.get(f"http://127.0.0.1:{rig.status_port}/status")).json()
-    assert st["gateway"] == "gw-faults"
+    rig = Rig(tmp_path, seed=5, speed=30.0, poll_ms=150, advertise=True)
+    with rig_logs_on_failure(rig):
+        rig.start_cloud()
+        rig.start_sim()
+        rig.start_edge()
+        info = await find_service(EDGE_SERVICE, lambda i: i.port == rig.status_port,
+                                  f"{EDGE_SERVICE} on the status port {rig.status_port}")
+        assert service_url(info) == f"http://127.0.0.1:{rig.status_port}/status"
+        assert info.name.startswith(GATEWAY), info.name
+        async with httpx.AsyncClient() as client:
+            st = (await client.get(f"http://127.0.0.1:{rig.status_port}/status")).json()
+        assert st["gateway"] == GATEWAY

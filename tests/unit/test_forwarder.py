@@ -193,6 +193,27 @@ async def test_errors_back_off_and_count_then_recover() -> None:
     assert s.last_ack_seq == 5
 
 
+async def test_the_first_acknowledged_batch_ends_the_failure_run_mid_pass() -> None:
+    """After two failures the cloud takes the first batch of a three-batch backlog: while
+    the second one is sent, the Forwarder no longer counts consecutive failures (the link
+    works), though the pass through the backlog has not ended."""
+    out = MemOutbox(30)
+    failures_seen: list[int] = []
+
+    def second_batch(seqs: list[int]) -> int:
+        failures_seen.append(f.stats().consecutive_failures)
+        return seqs[-1]
+
+    up = Scripted([UplinkUnavailable("503"), UplinkUnavailable("503"), lambda s: s[-1],
+                   second_batch])
+    f = fw(out, up, max_records=10)
+    task = asyncio.create_task(f.run())
+    await wait_for_async(lambda: out.rows, "everything sent", until=_empty, interval=0.005)
+    task.cancel()
+    assert failures_seen == [0]
+    assert f.stats().errors == {"unavailable": 2} and f.stats().consecutive_failures == 0
+
+
 class Pipelined(Scripted):
     """Confirms batches out of order, as an MQTT consumer may."""
 
