@@ -385,13 +385,29 @@ async def test_severe_quality_anomaly_holds_the_operation_until_resolved(plant):
                        "anomaly.resolve", "operation.resume", "anomaly.release_hold"]
 
 
-@SQLITE
-async def test_lifecycle_transitions_roles_times_and_stats(plant):
-    api, NOW = plant, plant.NOW
+async def operator_anomaly(api: Any) -> tuple[int, str]:
+    """A new operator anomaly on M2 (open); its id and URL."""
     res = await api.post("/api/v1/anomalies", json={"kind": "operator", "title": "no operator",
                                                     "machine_id": api.m["M2"]})
-    a = res.json()["id"]
-    url = f"/api/v1/anomalies/{a}"
+    assert res.status_code == 201, res.text
+    return res.json()["id"], f"/api/v1/anomalies/{res.json()['id']}"
+
+
+async def closed_after_90_and_900_s(api: Any) -> dict[str, Any]:
+    """A material anomaly acknowledged 90 s and closed 900 s after it was raised (pinned
+    clock, through the domain functions); its document."""
+    t = datetime.now(UTC)
+    async with api.app.state.db.sessions() as s, s.begin():
+        b = (await create_manual(s, "pat", "material", "short of labels", now=t))["id"]
+        await acknowledge(s, "pat", b, now=t + timedelta(seconds=90))
+        await resolve(s, "pat", b, "late delivery", "expedited", now=t + timedelta(seconds=600))
+        return await close(s, "pat", b, now=t + timedelta(seconds=900))
+
+
+@SQLITE
+async def test_only_planners_and_admins_act_on_an_anomaly(plant):
+    api = plant
+    _, url = await operator_anomaly(api)
     gateway = {"Authorization": f"Bearer {api.token}"}
     for action, body in (("acknowledge", {}), ("resolve", {"cause": "c", "action": "a"}),
                          ("close", {}), ("assign", {"assignee": "li"}), ("reopen", {})):
@@ -402,6 +418,11 @@ async def test_lifecycle_transitions_roles_times_and_stats(plant):
     assert (await api.get("/api/v1/anomalies/999")).status_code == 404
     assert (await api.post("/api/v1/anomalies/999/close")).status_code == 404
 
+
+@SQLITE
+async def test_an_anomaly_moves_only_by_allowed_transitions_and_keeps_its_history(plant):
+    api = plant
+    _, url = await operator_anomaly(api)
     res = await api.post(f"{url}/close")
     assert res.status_code == 409
     assert (res.json()["error"], res.json()["current"]) == ("invalid_state", "open")
@@ -434,14 +455,26 @@ async def test_lifecycle_transitions_roles_times_and_stats(plant):
                                               "anomaly.close", "anomaly.reopen"]
     assert history[1]["detail"]["note"] == "on my way"
 
-    # exact response and closure times (pinned clock), and the figures
-    t = datetime.now(UTC)
-    async with api.app.state.db.sessions() as s, s.begin():
-        b = (await create_manual(s, "pat", "material", "short of labels", now=t))["id"]
-        await acknowledge(s, "pat", b, now=t + timedelta(seconds=90))
-        await resolve(s, "pat", b, "late delivery", "expedited", now=t + timedelta(seconds=600))
-        doc = await close(s, "pat", b, now=t + timedelta(seconds=900))
+
+@SQLITE
+async def test_response_and_closure_times_are_exact(plant):
+    doc = await closed_after_90_and_900_s(plant)
     assert (doc["response_s"], doc["closure_s"]) == (90.0, 900.0)
+
+
+@SQLITE
+async def test_stats_repeats_and_the_open_first_list(plant):
+    """Three anomalies: an operator one gone through its whole life and reopened
+    (acknowledged), a material one closed after 900 s, and the operator one again on the
+    same machine (open, a repeat)."""
+    api, NOW = plant, plant.NOW
+    a, url = await operator_anomaly(api)
+    for action, body in (("acknowledge", {"assignee": "wang"}), ("assign", {"assignee": "li"}),
+                         ("resolve", {"cause": "sick leave", "action": "called in"}),
+                         ("close", {}), ("reopen", {"note": "again"})):
+        res = await api.post(f"{url}/{action}", json=body)
+        assert res.status_code == 200, (action, res.text)
+    await closed_after_90_and_900_s(api)
     res = await api.post("/api/v1/anomalies", json={"kind": "operator", "title": "again",
                                                     "machine_id": api.m["M2"]})
     assert res.json()["repeat_of"] == a

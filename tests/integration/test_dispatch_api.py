@@ -122,25 +122,59 @@ async def test_who_may_act(plant):
     assert (await audit_rows(api))[-1][:2] == ("admin", "dispatch.stop")
 
 
-async def test_every_action_over_http_with_audit(plant):
-    """M1: WO-1 from T0; counts at T0+10 (5), T0+2h (3), T0+5h (2).
-    stop at T0+1h -> WO-1 5, unassigned 5 (2 records); end moved to T0+3h -> WO-1 8;
-    assign [T0+3h, T0+6h) to WO-2 -> WO-2 2. M2 (imm-07): WO-2 running from T0, counts at
-    T0+1h (1) and T0+4h (4); a changeover to WO-1 over [T0+2h, T0+3h) stops WO-2 at
-    T0+2h, so the 4-h count belongs to nobody; assigning that record to WO-1 adds 4."""
+# M1: WO-1 from T0; counts at T0+10 (5), T0+2h (3), T0+5h (2). Stop at T0+1h -> WO-1 5,
+# unassigned 5 (2 records); end moved to T0+3h -> WO-1 8; assign [T0+3h, T0+6h) to WO-2
+# -> WO-2 2. M2 (imm-07): WO-2 running from T0, counts at T0+1h (1) and T0+4h (4); a
+# changeover to WO-1 over [T0+2h, T0+3h) stops WO-2 at T0+2h, so the 4-h count belongs
+# to nobody; assigning that record to WO-1 adds 4.
+
+M1_COUNTS = [good(1, T0 + 10, 5), good(2, T0 + 2 * H, 3), good(3, T0 + 5 * H, 2)]
+
+
+@pytest.fixture
+async def m1_counting(plant: Any) -> Any:
+    """WO-1 dispatched on M1 from T0 (``m1_counting.d1``) and M1's counts ingested."""
     api = plant
-    m1, m2, wo1, wo2 = api.m["M1"], api.m["M2"], api.ops["WO-1"], api.ops["WO-2"]
+    api.d1 = (await start_dispatch(api, api.m["M1"], api.ops["WO-1"], T0))["id"]
+    await ingest(api, M1_COUNTS)
+    return api
+
+
+async def stop_edit_assign_m1(api: Any) -> None:
+    """M1's dispatch stopped at T0+1h, its end moved to T0+3h, [T0+3h, T0+6h) to WO-2."""
+    for method, url, body in (
+            ("POST", f"/api/v1/dispatches/{api.d1}/stop", {"end_ts": T0 + H}),
+            ("PATCH", f"/api/v1/dispatches/{api.d1}", {"end_ts": T0 + 3 * H}),
+            ("POST", f"/api/v1/machines/{api.m['M1']}/assign",
+             {"wo_operation_id": api.ops["WO-2"], "start_ts": T0 + 3 * H,
+              "end_ts": T0 + 6 * H})):
+        res = await api.request(method, url, json=body)
+        assert res.status_code == 200, (url, res.text)
+
+
+async def start_m2_with_counts(api: Any) -> int:
+    """WO-2 dispatched on M2 from T0 and M2's counts ingested; the dispatch id."""
+    d2 = (await start_dispatch(api, api.m["M2"], api.ops["WO-2"], T0))["id"]
+    await ingest(api, [good(4, T0 + H, 1, "imm-07"), good(5, T0 + 4 * H, 4, "imm-07")])
+    return int(d2)
+
+
+async def test_a_started_dispatch_gets_the_counts_from_its_start(plant):
+    api = plant
+    m1, wo1 = api.m["M1"], api.ops["WO-1"]
     res = await api.post("/api/v1/dispatches", json={"machine_id": m1, "wo_operation_id": wo1,
                                                      "start_ts": T0})
     assert res.status_code == 201, res.text
     d1 = res.json()
     assert (d1["machine_id"], d1["start_ts"], d1["end_ts"], d1["created_by"]) == (m1, T0, None,
                                                                                  "pat")
-    d1 = d1["id"]
-    await ingest(api, [good(1, T0 + 10, 5), good(2, T0 + 2 * H, 3), good(3, T0 + 5 * H, 2)])
+    await ingest(api, M1_COUNTS)
     assert await good_of(api, "WO-1") == 10
 
-    # refusals change nothing
+
+async def test_refused_dispatch_actions_change_nothing(m1_counting):
+    api, d1 = m1_counting, m1_counting.d1
+    m1, wo1, wo2 = api.m["M1"], api.ops["WO-1"], api.ops["WO-2"]
     audited = len(await audit_rows(api))
     for method, url, json, status, words in (
             ("POST", "/api/v1/dispatches", {"machine_id": 999_999, "wo_operation_id": wo1},
@@ -170,6 +204,10 @@ async def test_every_action_over_http_with_audit(plant):
     assert len(await audit_rows(api)) == audited
     assert await good_of(api, "WO-1") == 10
 
+
+async def test_stop_edit_and_assign_reattribute_the_machines_counts(m1_counting):
+    api, d1 = m1_counting, m1_counting.d1
+    m1, wo2 = api.m["M1"], api.ops["WO-2"]
     res = await api.post(f"/api/v1/dispatches/{d1}/stop", json={"end_ts": T0 + H})
     assert res.status_code == 200 and res.json()["end_ts"] == T0 + H, res.text
     assert (await good_of(api, "WO-1"), await unassigned(api, m1)) == (5, (5, 2))
@@ -186,11 +224,13 @@ async def test_every_action_over_http_with_audit(plant):
     assert res.status_code == 409, res.text
     assert str(d_assigned) in res.json()["detail"] and "overlap" in res.json()["detail"]
 
-    # M2: changeover with an end
-    res = await api.post("/api/v1/dispatches", json={"machine_id": m2, "wo_operation_id": wo2,
-                                                     "start_ts": T0})
-    d2 = res.json()["id"]
-    await ingest(api, [good(4, T0 + H, 1, "imm-07"), good(5, T0 + 4 * H, 4, "imm-07")])
+
+async def test_a_changeover_ends_the_running_dispatch_and_records_can_be_assigned(m1_counting):
+    """After M1's stop, edit and assign (WO-1 8, WO-2 2)."""
+    api = m1_counting
+    m2, wo1 = api.m["M2"], api.ops["WO-1"]
+    await stop_edit_assign_m1(api)
+    d2 = await start_m2_with_counts(api)
     assert await good_of(api, "WO-2") == 7
     res = await api.post("/api/v1/dispatches", json={"machine_id": m2, "wo_operation_id": wo1,
                                                      "start_ts": T0 + 2 * H,
@@ -203,6 +243,17 @@ async def test_every_action_over_http_with_audit(plant):
     assert res.status_code == 200 and len(res.json()["dispatches"]) == 1, res.text
     assert (await good_of(api, "WO-1"), await unassigned(api, m2)) == (12, (0, 0))
 
+
+async def test_every_dispatch_action_is_audited_and_its_counts_backflushed(m1_counting):
+    """The whole story of both machines: one audit row per action, the resin backflushed
+    for the 12 + 3 pieces of the two orders."""
+    api, d1 = m1_counting, m1_counting.d1
+    await stop_edit_assign_m1(api)
+    d2 = await start_m2_with_counts(api)
+    await start_dispatch(api, api.m["M2"], api.ops["WO-1"], T0 + 2 * H, T0 + 3 * H)
+    res = await api.post("/api/v1/attributions/assign", json={
+        "wo_operation_id": api.ops["WO-1"], "records": [["gw-test", 5]]})
+    assert res.status_code == 200, res.text
     rows = await audit_rows(api)
     assert [(a, act) for a, act, _, _ in rows] == [
         ("pat", "dispatch.start"), ("pat", "dispatch.stop"), ("pat", "dispatch.edit"),
