@@ -292,6 +292,9 @@ class Forwarder:
             self._stats.last_ack_at = time.time()
             if prev is not None:
                 self._stats.records_acked += max(0, through - prev)
+            # The cloud took records: the link works again now, not only once this pass
+            # (which may be a long backlog drain) has ended.
+            self._note_success()
         return through
 
     def _grow_limit(self) -> None:

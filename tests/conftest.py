@@ -1,4 +1,6 @@
-"""Root test configuration: service fixtures live in tests/fixtures/, one module each."""
+"""Root test configuration: fixtures live in tests/fixtures/, one module each (services,
+the cloud, a plant set up through the API); helpers beside them: ingest.py (batches),
+waiting.py (the one wait-for-condition loop)."""
 
 import os
 
@@ -13,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.mosquitto",
     "tests.fixtures.cloud",
+    "tests.fixtures.plant",
 ]
 
 

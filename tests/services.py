@@ -100,18 +100,20 @@ def free_port() -> int:
 
 def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0,
               proc: subprocess.Popen[Any] | None = None) -> None:
-    """Block until something accepts on ``host:port`` (a start-up wait, not a timing assert).
-    With ``proc``, fail at once when that process exits instead of waiting out the timeout."""
-    import time
+    """Block until something accepts on ``host:port`` (a start-up wait, not a timing assert);
+    TimeoutError after ``timeout`` seconds. With ``proc``, fail at once (RuntimeError) when
+    that process exits instead of waiting out the timeout."""
+    from tests.fixtures.waiting import WaitTimeout, wait_for
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def accepts() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening "
                                f"on {host}:{port}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+
+    try:
+        wait_for(accepts, f"something listening on {host}:{port}", timeout=timeout,
+                 retry_on=(OSError,))
+    except WaitTimeout as exc:
+        raise TimeoutError(str(exc)) from None

@@ -1,7 +1,7 @@
 """Browser fixtures: Debian's Chromium (no browser download: Playwright's bundled driver
 with ``executable_path``), a CJK font so Chinese pages render (installed with apt when
 missing, like ``require_binary``), and a real ``plantsync-cloud serve`` on a free port over
-a migrated SQLite file with the web tests' plant (tests/integration/web_plant.py).
+a migrated SQLite file with the web tests' plant (``seed_plant`` of tests/fixtures/plant.py).
 
 Screenshots go to ``$PLANTSYNC_ARTIFACTS/screenshots`` (default
 ``tests/artifacts/screenshots``, git-ignored)."""
@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.fixtures.cloud import ADMIN_HEADERS, add_admin, create_gateway_sync
-from tests.integration.web_plant import PASSWORD, Plant, ingest, seed_plant
+from tests.fixtures.plant import PASSWORD, WebPlant, seed_plant
 from tests.services import free_port, require_binary, wait_port
 
 T = TypeVar("T")
@@ -72,14 +72,14 @@ def require_cjk_font() -> None:
 @dataclass
 class WebServer:
     url: str
-    plant: Plant
+    plant: WebPlant
     process: subprocess.Popen[bytes]
     log_path: Path
 
     def ingest(self, records: list[dict[str, Any]]) -> None:
         async def go() -> None:
             async with httpx.AsyncClient(base_url=self.url, timeout=30) as c:
-                await ingest(c, self.plant, records)
+                await self.plant.ingest(c, records)
         off_loop(lambda: asyncio.run(go()))
 
     def api(self, path: str) -> Any:
@@ -109,7 +109,7 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
     try:
         wait_port(port, proc=proc)
 
-        async def seed() -> Plant:
+        async def seed() -> WebPlant:
             async with httpx.AsyncClient(base_url=url, timeout=60) as c:
                 return await seed_plant(c, ADMIN_HEADERS, "gw-hall1", token)
 

@@ -16,7 +16,7 @@ import openpyxl
 import pytest
 
 from tests.browser.conftest import WebServer, artifacts_dir
-from tests.integration.web_plant import count, now_ms, rec
+from tests.fixtures.plant import now_ms
 
 pytestmark = [pytest.mark.needs_service("chromium"), pytest.mark.xdist_group("browser")]
 
@@ -34,9 +34,9 @@ def test_board_follows_ingested_records(signed_in: Any, web_server: WebServer) -
     cnc1 = tile(page, "CNC 1")
     assert cnc1.get_attribute("data-state") == "idle"
     t = now_ms()
-    web_server.ingest([count(web_server.plant, "imm-01", 25, t),
-                       rec(web_server.plant, "cnc-01", "state", {"state": "alarm", "code": 9},
-                           t)])
+    plant = web_server.plant
+    web_server.ingest([plant.count("imm-01", 25, t),
+                       plant.rec("cnc-01", "state", {"state": "alarm", "code": 9}, t)])
     page.wait_for_function(
         "([sel, n]) => { const e = document.querySelector(sel);"
         " return e && parseInt(e.textContent) >= n; }",
@@ -44,8 +44,7 @@ def test_board_follows_ingested_records(signed_in: Any, web_server: WebServer) -
              before + 25])
     page.wait_for_selector(
         f"section.tile[data-machine='{web_server.plant.machines['cnc-01']}'][data-state='down']")
-    web_server.ingest([rec(web_server.plant, "cnc-01", "state", {"state": "idle", "code": 0},
-                           now_ms())])
+    web_server.ingest([plant.rec("cnc-01", "state", {"state": "idle", "code": 0}, now_ms())])
 
 
 def test_dispatch_from_the_page_and_watch_progress(signed_in: Any,
@@ -60,7 +59,7 @@ def test_dispatch_from_the_page_and_watch_progress(signed_in: Any,
     assert "Dispatched." in page.inner_text("#flash")
     assert page.locator("#operations tr[data-step='10'] .op-progress").get_attribute(
         "data-good") == "0"
-    web_server.ingest([count(web_server.plant, "cnc-01", 7, now_ms())])
+    web_server.ingest([web_server.plant.count("cnc-01", 7, now_ms())])
     page.wait_for_selector("#operations tr[data-step='10'] .op-progress[data-good='7']")
     assert "7 / 100" in page.inner_text("#operations tr[data-step='10']")
     doc = web_server.api("/api/v1/work-orders/WO-1004")

@@ -7,11 +7,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
+from tests.fixtures.waiting import wait_for
 from tests.services import free_port
 
 
@@ -23,14 +23,17 @@ def test_demo_starts_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
                                  "--cloud-port", str(cloud_port), "--interval", "1",
                                  "--speed", "200"], stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
         counted = re.compile(r"^cnc-01\s+yes\s+\d+\s+([1-9]\d*)\s", re.M)
-        while time.monotonic() < deadline and proc.poll() is None:
-            if counted.search(out_path.read_text()):
-                break
-            time.sleep(0.5)
-        text = out_path.read_text()
-        assert counted.search(text), text[-3000:]
+
+        def output() -> str:
+            if proc.poll() is not None:
+                raise AssertionError(f"the demo exited with {proc.returncode}:\n"
+                                     f"{out_path.read_text()[-3000:]}")
+            return out_path.read_text()
+
+        text = wait_for(output, "the demo's table showing cnc-01 online and counting",
+                        until=counted.search, timeout=120, interval=0.5,
+                        details=lambda: out_path.read_text()[-3000:])
         assert "cloud API" in text and "gateway status" in text
         # the demo's admin (random password, printed where to find) can sign in
         password = (tmp_path / "d" / "admin-password").read_text().strip()

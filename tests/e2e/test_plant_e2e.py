@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.faults.harness import Device, Rig, rig_logs_on_failure, wait_for
+from tests.faults.harness import Device, Rig, rig_logs_on_failure
+from tests.fixtures.waiting import wait_for
 from tests.services import free_port
 
 
@@ -32,23 +33,23 @@ def test_plant_to_cloud_counts_exact_with_resets_wraps_alarms_limits(tmp_path: P
         rig.wait_counter_seen("imm-01", "good_parts", at_least=3)
         rig.fault("imm-01", "reset")
 
-        def kinds_seen() -> bool:
+        def kinds_seen() -> dict[str, bool]:
             rows = rig.cloud_query("SELECT kind, body FROM records WHERE kind IN ('alarm', 'limit')")
             bodies = [(k, json.loads(b) if isinstance(b, str) else b) for k, b in rows]
-            raised = any(k == "alarm" and b["active"] for k, b in bodies)
-            cleared = any(k == "alarm" and not b["active"] for k, b in bodies)
-            breach = any(k == "limit" and b["active"] for k, b in bodies)
-            return raised and cleared and breach
+            return {"alarm raised": any(k == "alarm" and b["active"] for k, b in bodies),
+                    "alarm cleared": any(k == "alarm" and not b["active"] for k, b in bodies),
+                    "limit breached": any(k == "limit" and b["active"] for k, b in bodies)}
 
         wait_for(kinds_seen, "an alarm raised and cleared, and a limit breach, in the cloud",
-                 timeout=120, on_fail=rig.logs)
+                 until=lambda seen: all(seen.values()), timeout=120, details=rig.logs)
         # Both wrapped counters have rolled over (raw went down without a reset).
         def rolled(device: str) -> bool:
             rows = rig.cloud_query("SELECT body FROM records WHERE device = ? AND kind = 'count'", device)
             bodies = [json.loads(b) if isinstance(b, str) else b for (b,) in rows]
             return any(b["raw_after"] < (b["raw_before"] or 0) and not b["reset"] for b in bodies)
-        wait_for(lambda: rolled("cnc-02") and rolled("imm-02"), "wrapped counters rolled over",
-                 timeout=120, on_fail=rig.logs)
+        wait_for(lambda: {d: rolled(d) for d in ("cnc-02", "imm-02")},
+                 "wrapped counters rolled over", until=lambda r: all(r.values()), timeout=120,
+                 details=rig.logs)
 
         report = rig.finish()
         assert report.per_tag["cnc-01.part_count"]["resets"] == 1

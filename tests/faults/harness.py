@@ -4,12 +4,14 @@ checker every scenario ends with.
 
     rig = Rig(tmp_path, seed=3)             # writes gateway.toml, token, cloud DB
     rig.start_cloud(); rig.start_sim(); rig.start_edge()
-    rig.wait_for(lambda: rig.cloud_status()["last_seq"] > 50, "first records in the cloud")
+    wait_for(rig.cloud_status, "first records in the cloud",
+             until=lambda st: st["last_seq"] > 50)
     rig.kill_edge(); rig.start_edge()
     report = rig.finish()                   # drain the tail, then check (a)-(e)
 
-Nothing here waits a fixed time to decide a result: ``wait_for`` polls a condition up to a
-generous deadline and fails with what it last saw. Sleeps only pace fault injection.
+Nothing here waits a fixed time to decide a result: ``wait_for`` (tests/fixtures/waiting.py)
+polls a condition up to a generous deadline and fails with what it last saw. Sleeps only
+pace fault injection.
 
 The checker (``finish``):
   (a) per device and counter tag, the cloud's delta sum equals the simulator's true
@@ -49,6 +51,7 @@ from typing import Any
 
 import httpx
 
+from tests.fixtures.waiting import DEADLINE, wait_for, wait_for_async
 from tests.services import free_port, wait_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +60,6 @@ PY = sys.executable
 EDGE = [PY, "-m", "edge.cli"]
 CLOUD = [PY, "-m", "cloud.cli"]
 GATEWAY = "gw-faults"
-DEADLINE = 60.0
 
 
 class HarnessError(AssertionError):
@@ -136,35 +138,17 @@ class Proc:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def wait_line(self, needle: str, timeout: float = DEADLINE, since: int = 0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Wait until the log (from offset ``since``) shows ``needle``; fails at once when
+        the process exits first."""
+        def printed() -> bool:
             if needle in self.text()[since:]:
-                return
+                return True
             if not self.running:
                 raise HarnessError(f"{self.name} exited before printing {needle!r}:\n"
                                    f"{self.text()[-4000:]}")
-            time.sleep(0.05)
-        raise HarnessError(f"{self.name}: no {needle!r} after {timeout} s:\n{self.text()[-4000:]}")
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE,
-             interval: float = 0.1, on_fail: Callable[[], str] | None = None) -> Any:
-    """Poll ``cond`` until truthy (its value is returned) or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    err: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            last = cond()
-            err = None
-            if last:
-                return last
-        except (OSError, httpx.HTTPError, KeyError, ValueError, sqlite3.Error) as exc:
-            err = exc
-        time.sleep(interval)
-    extra = on_fail() if on_fail else ""
-    raise HarnessError(f"timed out after {timeout} s waiting for {what} "
-                       f"(last: {last!r}, error: {err!r})\n{extra}")
+            return False
+        wait_for(printed, f"{self.name} printing {needle!r}", timeout=timeout,
+                 details=lambda: self.text()[-4000:])
 
 
 class ProxyThread:
@@ -245,11 +229,15 @@ class Rig:
                  devices: list[Device] | None = None, transport: str = "http",
                  proxy: bool = False, broker_url: str | None = None,
                  buffer_max_mb: int = 64, cloud_debug: bool = False,
-                 cloud_auto: bool = False) -> None:
+                 cloud_auto: bool = False, advertise: bool = False) -> None:
         self.root = root
         # cloud_auto: the cloud advertises _plantsync._tcp.local. on loopback and the
-        # gateway's cloud.url is "auto" (tests/conftest.py groups such tests: zeroconf)
+        # gateway's cloud.url is "auto"; advertise: the gateway announces its status port
+        # (_plantsync-edge._tcp.local.) on loopback. Else zeroconf is off for the gateway:
+        # a test's gateway would answer every other test's browsing. tests/conftest.py
+        # groups the tests that use zeroconf.
         self.cloud_auto = cloud_auto
+        self.advertise = advertise
         self.seed, self.speed, self.poll_ms = seed, speed, poll_ms
         self.transport = transport
         self.buffer_max_mb = buffer_max_mb
@@ -325,7 +313,9 @@ class Rig:
             'buffer_synchronous = "FULL"',
             'log_format = "json"',
             f'status_listen = "127.0.0.1:{self.status_port}"',
-            'zeroconf_interfaces = ["127.0.0.1"]',   # loopback only, never the LAN
+            # loopback only, never the LAN; off unless the test is about zeroconf
+            'zeroconf_interfaces = ["127.0.0.1"]' if self.cloud_auto or self.advertise
+            else "zeroconf_interfaces = []",
             "",
             "[cloud]",
             # explicit unless the test is about "auto" (zeroconf on loopback)
@@ -508,20 +498,18 @@ class Rig:
         return int(rows[0][0])
 
     def wait_cloud_grows(self, what: str, by: int = 1, timeout: float = DEADLINE) -> int:
+        """Wait until the cloud holds ``by`` more records than now; how many it holds."""
         start = self.cloud_count_records()
-        return int(wait_for(lambda: self.cloud_count_records() >= start + by and
-                            self.cloud_count_records(), what, timeout,
-                            on_fail=self.logs))
+        return wait_for(self.cloud_count_records, what, until=lambda n: n >= start + by,
+                        timeout=timeout, details=self.logs)
 
     def wait_counter_seen(self, device: str, tag: str, at_least: int = 2) -> None:
         """Wait until the cloud shows ``tag`` of ``device`` at a raw value >= at_least (so
         a reset afterwards is a visible decrease, not 0 -> 0)."""
-        def seen() -> bool:
-            for t in self.cloud_counters(device)["tags"]:
-                if t["tag"] == tag and t["last_raw"] >= at_least:
-                    return True
-            return False
-        wait_for(seen, f"cloud sees {device}.{tag} >= {at_least}", on_fail=self.logs)
+        def seen(tags: list[dict[str, Any]]) -> bool:
+            return any(t["tag"] == tag and t["last_raw"] >= at_least for t in tags)
+        wait_for(lambda: self.cloud_counters(device)["tags"],
+                 f"cloud sees {device}.{tag} >= {at_least}", until=seen, details=self.logs)
 
     def buffer_query(self, sql: str) -> list[tuple[Any, ...]]:
         con = sqlite3.connect(f"file:{self.buffer_path}?mode=ro", uri=True, timeout=30)
@@ -553,11 +541,10 @@ class Rig:
                     fwd = Forwarder(ob, uplink, gateway=GATEWAY, backoff_cap=2.0)
                     task = asyncio.create_task(fwd.run())
                     try:
-                        deadline = time.monotonic() + timeout
-                        while (await ob.stats()).backlog > 0:
-                            if time.monotonic() > deadline:
-                                raise HarnessError(f"tail drain stuck: {fwd.stats()}")
-                            await asyncio.sleep(0.1)
+                        await wait_for_async(ob.stats, "the tail drained from the buffer",
+                                             until=lambda st: st.backlog == 0,
+                                             timeout=timeout, interval=0.1,
+                                             details=lambda: f"forwarder: {fwd.stats()}")
                     finally:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
@@ -598,8 +585,8 @@ class Rig:
         if self.proxy is not None:
             self.proxy.set_mode("pass")
         edge_last, baselines = self.drain_tail()
-        wait_for(lambda: self.cloud_last_seq() >= edge_last,
-                 f"cloud last seq reaches the gateway's {edge_last}", on_fail=self.logs)
+        wait_for(self.cloud_last_seq, f"cloud last seq reaches the gateway's {edge_last}",
+                 until=lambda seq: seq >= edge_last, details=self.logs)
         return self.check(edge_last, baselines, allow_baseline_loss=allow_baseline_loss)
 
     def check(self, edge_last: int, baselines: dict[tuple[str, str], int], *,

@@ -12,15 +12,12 @@ import random
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.faults.harness import (
-    Rig,
-    rig_logs_on_failure,
-    set_fsize_limit,
-    wait_for,
-)
+from tests.faults.harness import Rig, rig_logs_on_failure, set_fsize_limit
+from tests.fixtures.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -31,11 +28,12 @@ def _backlog(rig: Rig) -> int:
 
 def _wait_drained(rig: Rig, what: str, timeout: float = 90.0) -> None:
     """The gateway's buffer is empty and the cloud holds its last seq."""
-    def drained() -> bool:
-        st = rig.edge_status()
-        return (st["buffer"].get("backlog") == 0
-                and rig.cloud_last_seq() >= int(st["buffer"].get("last_seq") or 0) > 0)
-    wait_for(drained, what, timeout, on_fail=rig.logs)
+    def progress() -> dict[str, Any]:
+        buf = rig.edge_status()["buffer"]
+        return {"backlog": buf.get("backlog"), "edge_last_seq": int(buf.get("last_seq") or 0),
+                "cloud_last_seq": rig.cloud_last_seq()}
+    wait_for(progress, what, timeout=timeout, details=rig.logs,
+             until=lambda p: p["backlog"] == 0 and p["cloud_last_seq"] >= p["edge_last_seq"] > 0)
 
 
 # ---- 1. kill -9 at random points, >= 20 times ----------------------------------------------
@@ -59,8 +57,9 @@ def test_kill9_edge_twenty_times_nothing_lost_nothing_twice(tmp_path: Path) -> N
                 # committed in the cloud, answer reset: kill before the retry can succeed
                 before = rig.proxy.resets
                 rig.proxy.set_mode("reset_after_forward")
-                wait_for(lambda b=before: rig.proxy.resets > b,  # type: ignore[union-attr]
-                         "a batch forwarded and its answer reset", on_fail=rig.logs)
+                wait_for(lambda: rig.proxy.resets,  # type: ignore[union-attr]
+                         "a batch forwarded and its answer reset",
+                         until=lambda n, b=before: n > b, details=rig.logs)
                 rig.kill_edge()
                 rig.proxy.set_mode("pass")
                 acked_lost += 1
@@ -99,8 +98,9 @@ def test_proxy_partitions_then_drain(tmp_path: Path) -> None:
             before = rig.cloud_last_seq()
             rig.proxy.set_mode(mode, latency_ms=latency)
             # records pile up in the buffer while the link misbehaves (latency: they flow)
-            wait_for(lambda b=before: rig.edge_status()["buffer"]["last_seq"] > b + 40,
-                     f"records appended during {mode}", on_fail=rig.logs)
+            wait_for(lambda: rig.edge_status()["buffer"]["last_seq"],
+                     f"records appended during {mode}", until=lambda n, b=before: n > b + 40,
+                     details=rig.logs)
             if mode in ("refuse", "blackhole", "reset_after_forward"):
                 assert rig.edge_status()["uplink"]["errors"] or mode == "blackhole"
             rig.proxy.set_mode("pass")
@@ -128,16 +128,17 @@ def test_cloud_restart_mid_drain(tmp_path: Path, sig: signal.Signals) -> None:
         for _ in range(2):
             rig.stop_cloud(sig)
             last = rig.edge_status()["buffer"]["last_seq"]
-            wait_for(lambda last=last: rig.edge_status()["buffer"]["last_seq"] > last + 30,
-                     "backlog while the cloud is down", on_fail=rig.logs)
+            wait_for(lambda: rig.edge_status()["buffer"]["last_seq"],
+                     "backlog while the cloud is down", until=lambda n, last=last: n > last + 30,
+                     details=rig.logs)
             rig.proxy.set_mode("latency", latency_ms=400)
             rig.start_cloud()
             # stop it again while the gateway is sending (within the slow round trip):
             # the drain has resumed once the cloud stores records again (the connection
             # may be a new one or a pooled keep-alive one; either is fine)
             start = rig.cloud_count_records()
-            wait_for(lambda s=start: rig.cloud_count_records() > s,
-                     "the gateway drains again", on_fail=rig.logs)
+            wait_for(rig.cloud_count_records, "the gateway drains again",
+                     until=lambda n, s=start: n > s, details=rig.logs)
             time.sleep(rng.uniform(0.05, 0.5))
             rig.stop_cloud(sig)
             rig.proxy.set_mode("pass")
@@ -166,8 +167,9 @@ def test_mqtt_broker_restart_mid_drain(tmp_path: Path, mosquitto, kill: bool) ->
         for _ in range(1):
             rig.ingest.stop()     # consumer down: a backlog builds behind the broker
             last = rig.edge_status()["buffer"]["last_seq"]
-            wait_for(lambda last=last: rig.edge_status()["buffer"]["last_seq"] > last + 60,
-                     "backlog while the consumer is down", on_fail=rig.logs)
+            wait_for(lambda: rig.edge_status()["buffer"]["last_seq"],
+                     "backlog while the consumer is down",
+                     until=lambda n, last=last: n > last + 60, details=rig.logs)
             rig.start_ingest()
             mosquitto.restart(kill=kill)
             # When the restarted broker dropped an in-flight batch, the daemon's MqttUplink
@@ -198,15 +200,16 @@ def test_device_disconnect_then_zeroed_counter(tmp_path: Path) -> None:
         for dev, _ in pairs:
             rig.fault(dev, "disconnect", seconds=2.0)
         for dev, tag in pairs:
-            wait_for(lambda d=dev: rig.edge_status()["devices"][d]["online"] is False,
-                     f"{dev} seen offline", on_fail=rig.logs)
+            wait_for(lambda d=dev: rig.edge_status()["devices"][d], f"{dev} seen offline",
+                     until=lambda st: st["online"] is False, details=rig.logs)
             rig.fault(dev, "reset", tag=tag)
         for dev, tag in pairs:
-            wait_for(lambda d=dev: rig.edge_status()["devices"][d]["online"] is True,
-                     f"{dev} back online", on_fail=rig.logs)
-            wait_for(lambda d=dev, t=tag: any(x["tag"] == t and x["resets"] == 1
-                                              for x in rig.cloud_counters(d)["tags"]),
-                     f"cloud shows the reset of {dev}.{tag}", on_fail=rig.logs)
+            wait_for(lambda d=dev: rig.edge_status()["devices"][d], f"{dev} back online",
+                     until=lambda st: st["online"] is True, details=rig.logs)
+            wait_for(lambda d=dev: rig.cloud_counters(d)["tags"],
+                     f"cloud shows the reset of {dev}.{tag}",
+                     until=lambda tags, t=tag: any(x["tag"] == t and x["resets"] == 1
+                                                   for x in tags), details=rig.logs)
         report = rig.finish()
     assert report.per_tag["cnc-01.part_count"]["resets"] == 1
     assert report.per_tag["imm-01.good_parts"]["resets"] == 1
@@ -229,24 +232,24 @@ def test_disk_full_while_polling(tmp_path: Path) -> None:
         rig.wait_counter_seen("cnc-01", "part_count", 1)
         edge = rig.edge_proc()
         set_fsize_limit(edge.pid, 16 * 1024)
-        st = wait_for(lambda: (s := rig.edge_status())["buffer"]["write_error"] and s,
-                      "the buffer write error in the status", on_fail=rig.logs)
+        st = wait_for(rig.edge_status, "the buffer write error in the status",
+                      until=lambda s: s["buffer"]["write_error"], details=rig.logs)
         # The poller keeps its one derived cycle and retries it (the PLC counter goes on
         # counting); the daemon stays up and keeps answering, the error standing.
         up = st["uptime_s"]
-        wait_for(lambda: (s := rig.edge_status())["uptime_s"] > up + 3
-                 and s["buffer"]["write_error"], "the daemon survives the outage",
-                 on_fail=rig.logs)
+        wait_for(rig.edge_status, "the daemon survives the outage",
+                 until=lambda s: s["uptime_s"] > up + 3 and s["buffer"]["write_error"],
+                 details=rig.logs)
         cloud_counts = rig.counted("cnc-01")
         assert edge.running
         log = edge.text()
         assert "buffer_write_failed" in log or "buffer_commit_failed" in log, log[-3000:]
         assert "file size limit" in log or "disk is full" in log, log[-3000:]
         set_fsize_limit(edge.pid, -1)   # RLIM_INFINITY: space is back
-        wait_for(lambda: rig.edge_status()["buffer"]["write_error"] is None,
-                 "the write error clears", on_fail=rig.logs)
-        wait_for(lambda: rig.counted("cnc-01") > cloud_counts, "counts flow again",
-                 on_fail=rig.logs)
+        wait_for(lambda: rig.edge_status()["buffer"], "the write error clears",
+                 until=lambda buf: buf["write_error"] is None, details=rig.logs)
+        wait_for(lambda: rig.counted("cnc-01"), "counts flow again",
+                 until=lambda n: n > cloud_counts, details=rig.logs)
         report = rig.finish()
     print(f"disk full: {report}")
 
@@ -283,17 +286,18 @@ def test_truncated_and_garbled_buffer_between_runs(tmp_path: Path) -> None:
             kept.append(_damage(rig.buffer_path, how))
             rig.start_edge()
             want = len(kept)
-            gap = wait_for(lambda n=want: len(r := rig.cloud_query(
+            gap = wait_for(lambda: rig.cloud_query(
                 "SELECT seq, body FROM records WHERE kind = 'gap' AND body LIKE '%buffer_corrupt%'"
-                " ORDER BY seq")) >= n and r, "the buffer_corrupt gap record in the cloud",
-                on_fail=rig.logs)
+                " ORDER BY seq"), "the buffer_corrupt gap record in the cloud",
+                until=lambda rows, n=want: len(rows) >= n, details=rig.logs)
             assert len(gap) == len(kept), gap
             # new seqs above everything the cloud had: not dropped as duplicates
             assert gap[-1][0] > seq_before, (gap, seq_before)
             # and the fresh buffer's counts arrive behind it
             wait_for(lambda g=gap[-1][0]: rig.cloud_query(
                 "SELECT count(*) FROM records WHERE kind = 'count' AND device = 'cnc-01' "
-                "AND seq > ?", g)[0][0] >= 2, "counts from the fresh buffer", on_fail=rig.logs)
+                "AND seq > ?", g)[0][0], "counts from the fresh buffer",
+                until=lambda n: n >= 2, details=rig.logs)
         aside = sorted(rig.data_dir.glob("buffer.db.corrupt-*"))
         aside = [p for p in aside if not p.name.endswith(("-wal", "-shm"))]
         assert len(aside) == 2, list(rig.data_dir.iterdir())
@@ -332,10 +336,10 @@ def test_wall_clock_jumps_day_back_ten_years_forward(tmp_path: Path) -> None:
         for offset, sign in (("-1d", -1), ("+3652d", 1)):
             spec.write_text(offset + "\n")
             want = len(jumps) + 1
-            clock = wait_for(lambda n=want: (r := rig.cloud_query(
+            clock = wait_for(lambda: rig.cloud_query(
                 "SELECT seq, ts, body FROM records WHERE kind = 'clock' AND device = '_gateway'"
-                " ORDER BY seq")) and len(r) >= n and r, f"clock record for {offset}",
-                on_fail=rig.logs)
+                " ORDER BY seq"), f"clock record for {offset}",
+                until=lambda rows, n=want: len(rows) >= n, details=rig.logs)
             jumps = clock
             import json
             body = json.loads(clock[-1][2])

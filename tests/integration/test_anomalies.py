@@ -13,7 +13,6 @@ per piece; routing step 10 "mold"), product Q (BOM: LABEL); WO-1 (customer ACME)
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,8 +30,19 @@ from cloud.anomalies import (
 )
 from cloud.core.jobs import run_jobs_once
 from cloud.core.models import AuditEntry, notification_channels, notifications
-from tests.fixtures.cloud import batch_bytes, count_record, record
-from tests.integration.production_api import api_fixture  # noqa: F401
+from tests.fixtures import ingest as wire
+from tests.fixtures.ingest import count_record, record
+from tests.fixtures.plant import (
+    add_bom,
+    add_machine,
+    add_routing,
+    add_work_order,
+    now_ms,
+    put_material,
+    put_product,
+    release,
+    start_dispatch,
+)
 
 SQLITE = pytest.mark.parametrize("cloud_db_url", ["sqlite"], indirect=True)
 MIN = 60_000
@@ -40,21 +50,11 @@ H = 60 * MIN
 DAY = 24 * H
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 async def ingest(api: Any, records: list[dict[str, Any]], *,
                  sent_at: int | None = None) -> dict[str, Any]:
-    """POST a batch as the gateway; ``sent_at`` (the gateway's clock) defaults to now, so
-    the cloud knows the gateway's clock exactly (skew ~0)."""
-    res = await api.post("/api/v1/ingest", content=batch_bytes(api.gateway, records),
-                         headers={"Authorization": f"Bearer {api.token}",
-                                  "Content-Type": "application/msgpack",
-                                  "Accept": "application/json",
-                                  "X-Plantsync-Sent-At": str(sent_at or now_ms())})
-    assert res.status_code == 200, res.text
-    return dict(res.json())
+    """The shared ingest (tests/fixtures/ingest.py), sent by default "now" on the
+    gateway's clock, so the cloud knows that clock exactly (skew ~0)."""
+    return await wire.ingest(api, records, sent_at=sent_at or now_ms())
 
 
 def alarm(seq: int, ts: int, code: int, active: bool, device: str = "cnc-03") -> dict[str, Any]:
@@ -101,10 +101,7 @@ async def audit_actions(api: Any, prefix: str = "anomaly.") -> list[tuple[str, s
 
 async def dispatch(api: Any, machine: str, order: str, start: int,
                    end: int | None = None) -> None:
-    res = await api.post("/api/v1/dispatches", json={
-        "machine_id": api.m[machine], "wo_operation_id": api.ops[order], "start_ts": start,
-        "end_ts": end})
-    assert res.status_code == 201, res.text
+    await start_dispatch(api, api.m[machine], api.ops[order], start, end)
 
 
 async def op_status(api: Any, number: str) -> str:
@@ -114,28 +111,18 @@ async def op_status(api: Any, number: str) -> str:
 
 @pytest.fixture
 async def plant(api: Any) -> Any:
-    api.m = {}
-    for name, device in (("M1", "cnc-03"), ("M2", "imm-07")):
-        res = await api.post("/api/v1/machines", headers=api.admin, json={
-            "gateway_id": "gw-test", "device": device, "name": name})
-        assert res.status_code == 201, res.text
-        api.m[name] = res.json()["id"]
+    api.m = {name: await add_machine(api, device, name)
+             for name, device in (("M1", "cnc-03"), ("M2", "imm-07"))}
     for code, unit in (("RESIN", "kg"), ("LABEL", "pcs")):
-        assert (await api.put(f"/api/v1/materials/{code}",
-                              json={"name": code, "unit": unit})).status_code == 200
+        await put_material(api, code, unit=unit)
     for product, material in (("P", "RESIN"), ("Q", "LABEL")):
-        await api.put(f"/api/v1/products/{product}", json={"name": product})
-        assert (await api.post("/api/v1/boms", json={"product": product, "lines": [
-            {"material": material, "qty_per_unit": 1}]})).status_code == 201
-        assert (await api.post("/api/v1/routings", json={"product": product, "operations": [
-            {"step": 10, "name": "mold", "work_center": "WC"}]})).status_code == 201
-    api.ops, api.wo = {}, {}
+        await put_product(api, product)
+        await add_bom(api, product, [{"material": material, "qty_per_unit": 1}])
+        await add_routing(api, product, [{"step": 10, "name": "mold", "work_center": "WC"}])
+    api.ops = {}
     for number, customer in (("WO-1", "ACME"), ("WO-2", "Globex")):
-        assert (await api.post("/api/v1/work-orders", json={
-            "number": number, "product": "P", "quantity": 1000,
-            "customer": customer})).status_code == 201
-        res = await api.post(f"/api/v1/work-orders/{number}/release")
-        api.ops[number] = res.json()["operations"][0]["id"]
+        await add_work_order(api, number, "P", 1000, customer=customer)
+        [api.ops[number]] = await release(api, number)
     async with api.app.state.db.sessions() as s:
         from cloud.core.models import work_orders
         api.wo = dict((await s.execute(select(work_orders.c.number, work_orders.c.id)))
@@ -398,13 +385,29 @@ async def test_severe_quality_anomaly_holds_the_operation_until_resolved(plant):
                        "anomaly.resolve", "operation.resume", "anomaly.release_hold"]
 
 
-@SQLITE
-async def test_lifecycle_transitions_roles_times_and_stats(plant):
-    api, NOW = plant, plant.NOW
+async def operator_anomaly(api: Any) -> tuple[int, str]:
+    """A new operator anomaly on M2 (open); its id and URL."""
     res = await api.post("/api/v1/anomalies", json={"kind": "operator", "title": "no operator",
                                                     "machine_id": api.m["M2"]})
-    a = res.json()["id"]
-    url = f"/api/v1/anomalies/{a}"
+    assert res.status_code == 201, res.text
+    return res.json()["id"], f"/api/v1/anomalies/{res.json()['id']}"
+
+
+async def closed_after_90_and_900_s(api: Any) -> dict[str, Any]:
+    """A material anomaly acknowledged 90 s and closed 900 s after it was raised (pinned
+    clock, through the domain functions); its document."""
+    t = datetime.now(UTC)
+    async with api.app.state.db.sessions() as s, s.begin():
+        b = (await create_manual(s, "pat", "material", "short of labels", now=t))["id"]
+        await acknowledge(s, "pat", b, now=t + timedelta(seconds=90))
+        await resolve(s, "pat", b, "late delivery", "expedited", now=t + timedelta(seconds=600))
+        return await close(s, "pat", b, now=t + timedelta(seconds=900))
+
+
+@SQLITE
+async def test_only_planners_and_admins_act_on_an_anomaly(plant):
+    api = plant
+    _, url = await operator_anomaly(api)
     gateway = {"Authorization": f"Bearer {api.token}"}
     for action, body in (("acknowledge", {}), ("resolve", {"cause": "c", "action": "a"}),
                          ("close", {}), ("assign", {"assignee": "li"}), ("reopen", {})):
@@ -415,6 +418,11 @@ async def test_lifecycle_transitions_roles_times_and_stats(plant):
     assert (await api.get("/api/v1/anomalies/999")).status_code == 404
     assert (await api.post("/api/v1/anomalies/999/close")).status_code == 404
 
+
+@SQLITE
+async def test_an_anomaly_moves_only_by_allowed_transitions_and_keeps_its_history(plant):
+    api = plant
+    _, url = await operator_anomaly(api)
     res = await api.post(f"{url}/close")
     assert res.status_code == 409
     assert (res.json()["error"], res.json()["current"]) == ("invalid_state", "open")
@@ -447,14 +455,26 @@ async def test_lifecycle_transitions_roles_times_and_stats(plant):
                                               "anomaly.close", "anomaly.reopen"]
     assert history[1]["detail"]["note"] == "on my way"
 
-    # exact response and closure times (pinned clock), and the figures
-    t = datetime.now(UTC)
-    async with api.app.state.db.sessions() as s, s.begin():
-        b = (await create_manual(s, "pat", "material", "short of labels", now=t))["id"]
-        await acknowledge(s, "pat", b, now=t + timedelta(seconds=90))
-        await resolve(s, "pat", b, "late delivery", "expedited", now=t + timedelta(seconds=600))
-        doc = await close(s, "pat", b, now=t + timedelta(seconds=900))
+
+@SQLITE
+async def test_response_and_closure_times_are_exact(plant):
+    doc = await closed_after_90_and_900_s(plant)
     assert (doc["response_s"], doc["closure_s"]) == (90.0, 900.0)
+
+
+@SQLITE
+async def test_stats_repeats_and_the_open_first_list(plant):
+    """Three anomalies: an operator one gone through its whole life and reopened
+    (acknowledged), a material one closed after 900 s, and the operator one again on the
+    same machine (open, a repeat)."""
+    api, NOW = plant, plant.NOW
+    a, url = await operator_anomaly(api)
+    for action, body in (("acknowledge", {"assignee": "wang"}), ("assign", {"assignee": "li"}),
+                         ("resolve", {"cause": "sick leave", "action": "called in"}),
+                         ("close", {}), ("reopen", {"note": "again"})):
+        res = await api.post(f"{url}/{action}", json=body)
+        assert res.status_code == 200, (action, res.text)
+    await closed_after_90_and_900_s(api)
     res = await api.post("/api/v1/anomalies", json={"kind": "operator", "title": "again",
                                                     "machine_id": api.m["M2"]})
     assert res.json()["repeat_of"] == a

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.cloud import batch_bytes, count_record
-from tests.integration.production_api import api_fixture  # noqa: F401
+from tests.fixtures.ingest import count_record, ingest
+from tests.fixtures.plant import add_machine, add_routing, add_work_order, put_product, release
 
 pytestmark = pytest.mark.needs_service("postgresql")
 T0 = 1_700_000_000_000
@@ -27,21 +27,14 @@ H = 3_600_000
 
 @pytest.fixture
 async def plant(api: Any) -> Any:
-    m = {}
-    for name, device in (("M1", "cnc-03"), ("M2", "imm-07")):
-        res = await api.post("/api/v1/machines", headers=api.admin, json={
-            "gateway_id": "gw-test", "device": device, "name": name})
-        assert res.status_code == 201, res.text
-        m[name] = res.json()["id"]
-    await api.put("/api/v1/products/P", json={"name": "part"})
-    assert (await api.post("/api/v1/routings", json={"product": "P", "operations": [
-        {"step": 10, "name": "mold", "work_center": "WC"}]})).status_code == 201
+    m = {name: await add_machine(api, device, name)
+         for name, device in (("M1", "cnc-03"), ("M2", "imm-07"))}
+    await put_product(api, "P", name="part")
+    await add_routing(api, "P", [{"step": 10, "name": "mold", "work_center": "WC"}])
     ops = {}
     for number in ("WO-1", "WO-2"):
-        assert (await api.post("/api/v1/work-orders", json={
-            "number": number, "product": "P", "quantity": 100})).status_code == 201
-        res = await api.post(f"/api/v1/work-orders/{number}/release")
-        ops[number] = res.json()["operations"][0]["id"]
+        await add_work_order(api, number, "P", 100)
+        [ops[number]] = await release(api, number)
     api.m, api.ops = m, ops
     return api
 
@@ -109,10 +102,7 @@ async def test_unassigned_is_paged_by_machine(plant: Any):
     records = [count_record(1, "c_good", 0, 5, device="cnc-03", ts=T0),
                count_record(2, "c_good", 0, 7, device="imm-07", ts=T0),
                count_record(3, "c_good", 0, 2, device="press-9", ts=T0)]  # no machine
-    res = await api.post("/api/v1/ingest", content=batch_bytes(api.gateway, records),
-                         headers={**gateway_headers(api), "Accept": "application/json",
-                                  "Content-Type": "application/msgpack"})
-    assert res.status_code == 200, res.text
+    await ingest(api, records)
     every = assert_page(await get(api, "/api/v1/unassigned"), 3, 50, 0)
     assert [(u["machine_id"], u["device"], u["good"]) for u in every] == [
         (api.m["M1"], "cnc-03", 5), (api.m["M2"], "imm-07", 7), (None, "press-9", 2)]

@@ -3,7 +3,7 @@ next to its clock skew, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from tests.fixtures.cloud import batch_bytes, record
+from tests.fixtures.ingest import ingest, record
 
 
 async def test_gateway_status_lists_clock_jumps(cloud_client) -> None:  # type: ignore[no-untyped-def]
@@ -11,10 +11,7 @@ async def test_gateway_status_lists_clock_jumps(cloud_client) -> None:  # type: 
                               device="_gateway"),
             record(3), record(4, "clock", {"jump_ms": 315_360_000_000, "reason": "ntp"},
                               device="_gateway")]
-    r = await cloud_client.post("/api/v1/ingest", content=batch_bytes("gw-test", recs),
-                                headers={"Content-Type": "application/msgpack",
-                                         "Accept": "application/json"})
-    assert r.status_code == 200, r.text
+    await ingest(cloud_client, recs)
     st = (await cloud_client.get("/api/v1/gateways/gw-test")).json()
     assert [(j["seq"], j["jump_ms"]) for j in st["clock_jumps"]] == [
         (2, -86_400_000), (4, 315_360_000_000)]

@@ -19,10 +19,9 @@ from buffer.records import Record
 from cloud.core.db import Database
 from cloud.core.migrate import current_revision, head_revision, upgrade
 from cloud.core.models import Base, records
-from tests.fixtures.cloud import batch_bytes, count_record, record
+from tests.fixtures.ingest import count_record, ingest, post_ingest, record
 
 pytestmark = pytest.mark.needs_service("postgresql")
-MSGPACK = {"Content-Type": "application/msgpack", "Accept": "application/json"}
 
 
 async def test_migrated_schema_matches_models(cloud_db_url: str):
@@ -36,9 +35,7 @@ async def test_migrated_schema_matches_models(cloud_db_url: str):
 
 
 async def test_records_are_append_only(cloud_db_url: str, cloud_client):
-    res = await cloud_client.post("/api/v1/ingest", headers=MSGPACK,
-                                  content=batch_bytes("gw-test", [record(1)]))
-    assert res.status_code == 200
+    await ingest(cloud_client, [record(1)])
     async with Database(cloud_db_url) as db:
         for stmt in ("UPDATE records SET kind = 'link'", "DELETE FROM records"):
             with pytest.raises(DBAPIError, match="append-only"):
@@ -60,12 +57,8 @@ async def test_appliers_see_only_new_records_in_the_same_transaction(cloud_clien
         seen.append([r.seq for r in new])
 
     cloud_client.app.state.appliers.append(applier)
-    body = batch_bytes("gw-test", [record(1), record(2)])
-    assert (await cloud_client.post("/api/v1/ingest", headers=MSGPACK, content=body)).json()[
-        "acked_through"] == 2
-    body = batch_bytes("gw-test", [record(2), record(3)])
-    assert (await cloud_client.post("/api/v1/ingest", headers=MSGPACK, content=body)).json()[
-        "stored"] == 1
+    assert (await ingest(cloud_client, [record(1), record(2)]))["acked_through"] == 2
+    assert (await ingest(cloud_client, [record(2), record(3)]))["stored"] == 1
     assert seen == [[1, 2], [3]]
 
 
@@ -74,8 +67,7 @@ async def test_a_failing_applier_rolls_the_batch_back(cloud_client):
         raise RuntimeError("backflush blew up")
 
     cloud_client.app.state.appliers.append(broken)
-    res = await cloud_client.post("/api/v1/ingest", headers=MSGPACK,
-                                  content=batch_bytes("gw-test", [record(1)]))
+    res = await post_ingest(cloud_client, [record(1)])
     # the catch-all answers JSON (and logs the traceback); the gateway will retry
     assert res.status_code == 500 and res.json()["error"] == "internal_error", res.text
     cloud_client.app.state.appliers.clear()
@@ -84,10 +76,8 @@ async def test_a_failing_applier_rolls_the_batch_back(cloud_client):
 
 
 async def test_non_finite_floats_are_stored_as_null(cloud_client):
-    body = batch_bytes("gw-test", [record(1, body={"values": {"t": math.nan, "u": math.inf,
-                                                              "v": 1.5}})])
-    res = await cloud_client.post("/api/v1/ingest", headers=MSGPACK, content=body)
-    assert res.status_code == 200, res.text
+    await ingest(cloud_client, [record(1, body={"values": {"t": math.nan, "u": math.inf,
+                                                           "v": 1.5}})])
     db = cloud_client.app.state.db
     async with db.engine.connect() as conn:
         stored = (await conn.execute(select(records.c.body))).scalar_one()
@@ -97,12 +87,10 @@ async def test_non_finite_floats_are_stored_as_null(cloud_client):
 async def test_body_cap_and_msgpack_answer_in_process(cloud_client):
     # this app was created with max_body_bytes=64 KiB
     many = [count_record(s, "part_count", s - 1, s) for s in range(1, 2001)]
-    res = await cloud_client.post("/api/v1/ingest", headers=MSGPACK,
-                                  content=batch_bytes("gw-test", many))
+    res = await post_ingest(cloud_client, many)
     assert res.status_code == 413
-    res = await cloud_client.post("/api/v1/ingest", headers={
-        "Content-Type": "application/msgpack", "Accept": "application/json;q=0.5, "
-        "application/msgpack"}, content=batch_bytes("gw-test", many[:10]))
+    res = await post_ingest(cloud_client, many[:10], headers={
+        "Accept": "application/json;q=0.5, application/msgpack"})
     assert msgpack.unpackb(res.content) == {"acked_through": 10, "stored": 10, "duplicates": 0}
 
 

@@ -10,13 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from cloud.core.systemd import notify, watchdog_interval
+from tests.fixtures.waiting import wait_for
 from tests.services import free_port
 
 
@@ -24,16 +24,16 @@ def _collect(sock: socket.socket, got: list[str], proc: subprocess.Popen[bytes],
              until: Callable[[list[str]], bool], what: str, timeout: float = 60.0) -> None:
     """Receive datagrams into ``got`` (one entry per line) until ``until(got)``; fail after
     a generous deadline or when serve exits first."""
-    deadline = time.monotonic() + timeout
-    while not until(got):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout} s; got {got}")
+    def receive() -> list[str]:
         try:
-            got += sock.recv(4096).decode().splitlines()
+            got.extend(sock.recv(4096).decode().splitlines())
         except TimeoutError:
             if proc.poll() is not None:
                 raise AssertionError(f"serve exited {proc.returncode} before {what}; "
                                      f"got {got}") from None
+        return got
+
+    wait_for(receive, what, until=until, timeout=timeout, interval=0)
 
 
 @pytest.mark.timeout(180)
@@ -79,10 +79,11 @@ def test_serve_tells_systemd_ready_watchdog_stopping(tmp_path: Path) -> None:
 
 
 def _drain(sock: socket.socket) -> list[str]:
+    """What is left in the socket once serve has exited (up to 10,000 datagrams)."""
     sock.settimeout(0.1)
     out: list[str] = []
     with contextlib.suppress(TimeoutError):
-        while True:
+        for _ in range(10_000):
             out += sock.recv(4096).decode().splitlines()
     return out
 

@@ -28,7 +28,8 @@ import httpx
 import pytest
 
 from buffer.records import decode_body
-from tests.faults.harness import Device, Rig, rig_logs_on_failure, wait_for
+from tests.faults.harness import GATEWAY, Device, Rig, rig_logs_on_failure
+from tests.fixtures.waiting import wait_for
 from tests.services import free_port
 
 
@@ -77,8 +78,9 @@ def test_sd_notify_ready_watchdog_status_stopping(rig: Rig, tmp_path: Path) -> N
         rig.start_cloud()
         rig.start_sim()
         rig.start_edge()
-        wait_for(lambda: "READY=1" in notify.lines(), "READY=1")
-        wait_for(lambda: notify.lines().count("WATCHDOG=1") >= 3, "three watchdog pings")
+        wait_for(notify.lines, "READY=1", until=lambda lines: "READY=1" in lines)
+        wait_for(notify.lines, "three watchdog pings",
+                 until=lambda lines: lines.count("WATCHDOG=1") >= 3)
         status = [ln for ln in notify.lines() if ln.startswith("STATUS=")]
         assert status and "devices online" in status[0], status
         assert rig.stop_edge() == 0
@@ -99,14 +101,15 @@ def test_sighup_bad_config_keeps_running_good_config_applies(rig: Rig) -> None:
     bad = good.replace("poll_ms", "poll_msec", 1).replace("imm-generic-s7.toml", "nope.toml")
     rig.config.write_text(bad)
     os.kill(edge.pid, signal.SIGHUP)
-    wait_for(lambda: edge.text().count("reload_rejected") >= 2, "reload rejected, each problem")
+    wait_for(lambda: edge.text().count("reload_rejected"), "reload rejected, each problem",
+             until=lambda n: n >= 2, details=rig.logs)
     rejected = [json.loads(ln) for ln in edge.text().splitlines() if "reload_rejected" in ln]
     problems = " | ".join(r["problem"] for r in rejected)
     assert "gateway.toml: devices[0].poll_msec: unknown key 'poll_msec' (did you mean 'poll_ms'?)" in problems
     assert "nope.toml" in problems
     polls = rig.edge_status()["devices"]["cnc-01"]["polls"]
-    wait_for(lambda: rig.edge_status()["devices"]["cnc-01"]["polls"] > polls + 3,
-             "old config still polling")
+    wait_for(lambda: rig.edge_status()["devices"]["cnc-01"]["polls"], "old config still polling",
+             until=lambda n: n > polls + 3)
     assert edge.running
 
     # Now a good change: drop the S7 machine, change a [cloud] setting (applied: the
@@ -116,8 +119,10 @@ def test_sighup_bad_config_keeps_running_good_config_applies(rig: Rig) -> None:
     rig.write_config()
     rig.config.write_text(rig.config.read_text().replace("retry_max_s = 2", "retry_max_s = 3"))
     os.kill(edge.pid, signal.SIGHUP)
-    wait_for(lambda: set(rig.edge_status()["devices"]) == {"cnc-01"}, "new config applied")
-    wait_for(lambda: "config_reloaded" in edge.text(), "config_reloaded logged")
+    wait_for(lambda: set(rig.edge_status()["devices"]), "new config applied",
+             until=lambda devices: devices == {"cnc-01"})
+    wait_for(lambda: "config_reloaded" in edge.text(), "config_reloaded logged",
+             details=rig.logs)
     events = [json.loads(ln) for ln in edge.text().splitlines() if ln.startswith("{")]
     reloaded = [e for e in events if e["event"] == "config_reloaded"]
     assert reloaded[-1]["applied"] == ["cloud.retry_max_s"], reloaded
@@ -134,8 +139,9 @@ def test_status_endpoint_metrics_and_cli(rig: Rig) -> None:
     rig.start_cloud()
     rig.start_sim()
     rig.start_edge()
-    wait_for(lambda: all(d["online"] for d in rig.edge_status()["devices"].values())
-             and (rig.edge_status()["uplink"].get("acked_seq") or 0) > 0, "online and acked")
+    wait_for(rig.edge_status, "every device online and records acked",
+             until=lambda st: all(d["online"] for d in st["devices"].values())
+             and (st["uplink"].get("acked_seq") or 0) > 0)
     st = rig.edge_status()
     assert set(st) >= {"gateway", "devices", "buffer", "uplink", "clock"}
     assert st["devices"]["cnc-01"]["requests_per_poll"] >= 1
@@ -165,8 +171,8 @@ def test_a_silent_device_does_not_slow_the_others(tmp_path: Path) -> None:
         r.start_sim()
         r.fault("dead-01", "slow", delay_s=30, seconds=0)
         r.start_edge()
-        wait_for(lambda: r.edge_status()["devices"]["dead-01"]["errors"].get("timeout", 0) >= 3,
-                 "three timeouts of the silent device")
+        wait_for(lambda: r.edge_status()["devices"]["dead-01"], "three timeouts of the silent device",
+                 until=lambda dev: dev["errors"].get("timeout", 0) >= 3)
         st = r.edge_status()["devices"]
         # Three 1-second timeouts took >= 3 s; at 150 ms the healthy one polled ~20
         # times meanwhile. Demand far fewer than that: a count, not a stopwatch.
@@ -174,8 +180,8 @@ def test_a_silent_device_does_not_slow_the_others(tmp_path: Path) -> None:
         assert st["cnc-01"]["online"] is True and st["dead-01"]["online"] is False
         assert "device_poll_failed" in r.edge_proc().text()
         # The breaker opened: the silent device is probed, not polled every period.
-        wait_for(lambda: r.edge_status()["devices"]["dead-01"]["breaker"] == "open",
-                 "the silent device's breaker open")
+        wait_for(lambda: r.edge_status()["devices"]["dead-01"], "the silent device's breaker open",
+                 until=lambda dev: dev["breaker"] == "open")
 
 
 def test_sigterm_with_a_device_hung_mid_read_exits_0_within_5_s(tmp_path: Path) -> None:
@@ -206,8 +212,8 @@ def test_sigterm_with_a_device_hung_mid_read_exits_0_within_5_s(tmp_path: Path) 
         seq0 = r.buffer_query("SELECT max(seq) FROM records")[0][0]
         r.fault("cnc-01", "reset")
         polls = r.edge_status()["devices"]["cnc-01"]["polls"]
-        wait_for(lambda: r.edge_status()["devices"]["cnc-01"]["polls"] > polls,
-                 "a poll of cnc-01 after the reset", interval=0.01)
+        wait_for(lambda: r.edge_status()["devices"]["cnc-01"]["polls"],
+                 "a poll of cnc-01 after the reset", until=lambda n: n > polls, interval=0.01)
         started = time.monotonic()
         code = r.edge_proc().stop(signal.SIGTERM, timeout=5.0)   # HarnessError after 5 s
         assert code == 0, r.edge_proc().text()[-3000:]
@@ -225,7 +231,8 @@ def test_logs_are_quiet_and_never_carry_the_token(rig: Rig) -> None:
     rig.start_cloud()
     rig.start_sim()
     rig.start_edge()
-    wait_for(lambda: rig.edge_status()["devices"]["cnc-01"]["polls"] >= 60, "60 polls")
+    wait_for(lambda: rig.edge_status()["devices"]["cnc-01"]["polls"], "60 polls",
+             until=lambda n: n >= 60)
     text = rig.edge_proc().text()
     lines = [ln for ln in text.splitlines() if ln.strip()]
     assert len(lines) < 30, "per-poll noise at info level:\n" + "\n".join(lines[:40])
@@ -235,15 +242,22 @@ def test_logs_are_quiet_and_never_carry_the_token(rig: Rig) -> None:
             json.loads(ln)   # log_format = json: one JSON object per line
 
 
-async def test_gateway_advertises_its_status_port(rig: Rig) -> None:
-    """`_plantsync-edge._tcp.local.` on loopback points at the daemon's status endpoint."""
-    from buffer.discovery import EDGE_SERVICE, discover_cloud
+async def test_gateway_advertises_its_status_port(tmp_path: Path) -> None:
+    """`_plantsync-edge._tcp.local.` on loopback points at the daemon's status endpoint.
+    Other gateways may advertise there too (other tests, other runs): the test looks for
+    the service on this daemon's status port, never takes the first one that answers."""
+    from buffer.discovery import EDGE_SERVICE, service_url
+    from tests.fixtures.zeroconf import find_service
 
-    rig.start_cloud()
-    rig.start_sim()
-    rig.start_edge()
-    url = await discover_cloud(15.0, interfaces=["127.0.0.1"], service_type=EDGE_SERVICE)
-    assert url.startswith(f"http://127.0.0.1:{rig.status_port}")
-    async with httpx.AsyncClient() as client:
-        st = (await client.get(f"http://127.0.0.1:{rig.status_port}/status")).json()
-    assert st["gateway"] == "gw-faults"
+    rig = Rig(tmp_path, seed=5, speed=30.0, poll_ms=150, advertise=True)
+    with rig_logs_on_failure(rig):
+        rig.start_cloud()
+        rig.start_sim()
+        rig.start_edge()
+        info = await find_service(EDGE_SERVICE, lambda i: i.port == rig.status_port,
+                                  f"{EDGE_SERVICE} on the status port {rig.status_port}")
+        assert service_url(info) == f"http://127.0.0.1:{rig.status_port}/status"
+        assert info.name.startswith(GATEWAY), info.name
+        async with httpx.AsyncClient() as client:
+            st = (await client.get(f"http://127.0.0.1:{rig.status_port}/status")).json()
+        assert st["gateway"] == GATEWAY

@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.faults.harness import wait_for
+from tests.fixtures.waiting import wait_for
 from tests.services import free_port, require_binary, wait_port
 
 pytestmark = pytest.mark.needs_service("socat")
@@ -62,23 +61,30 @@ def test_two_rtu_units_on_one_bus_reach_the_cloud(tmp_path: Path) -> None:
         cloud = start("cloud", [sys.executable, "-m", "cloud.cli", "serve", "--db", db, "--port",
                                 str(cloud_port), "--no-zeroconf"])
         wait_port(cloud_port, timeout=60, proc=cloud)
-        start("sim", [sys.executable, "-m", "edge.cli", "simulate", "--config",
-                      str(tmp_path / "sim.toml"), "--speed", "120"])
-        time.sleep(1.0)  # the simulator opens the serial port; the gateway retries anyway
+        sim = start("sim", [sys.executable, "-m", "edge.cli", "simulate", "--config",
+                            str(tmp_path / "sim.toml"), "--speed", "120"])
+
+        def sim_ready() -> bool:   # it has opened the serial port (else the gateway retries)
+            if sim.poll() is not None:
+                raise AssertionError(f"the simulator exited with {sim.returncode}")
+            return "ready" in (tmp_path / "sim.log").read_text(errors="replace")
+
+        wait_for(sim_ready, "the simulator serving the serial port")
         edge = start("edge", [sys.executable, "-m", "edge.cli", "run", "--config",
                               str(tmp_path / "gateway.toml")])
         wait_port(status_port, timeout=60, proc=edge)
 
-        def both_counted() -> bool:
-            out = []
+        def good_counts() -> dict[str, int | None]:
+            out = {}
             for dev in ("lathe-1", "lathe-2"):
                 r = httpx.get(f"http://127.0.0.1:{cloud_port}/api/v1/gateways/gw-rtu/devices/"
                               f"{dev}/counters", headers={"Authorization": f"Bearer {tok}"},
                               timeout=5)
-                out.append(r.status_code == 200 and r.json()["totals"]["good"] > 0)
-            return all(out)
+                out[dev] = r.json()["totals"]["good"] if r.status_code == 200 else None
+            return out
 
-        wait_for(both_counted, "good counts from both units in the cloud", timeout=90)
+        wait_for(good_counts, "good counts from both units in the cloud", timeout=90,
+                 until=lambda good: all(n and n > 0 for n in good.values()))
         st = httpx.get(f"http://127.0.0.1:{status_port}/status", timeout=5).json()
         assert all(d["online"] for d in st["devices"].values()), st["devices"]
         assert all(d["protocol"] == "modbus-rtu" for d in st["devices"].values())

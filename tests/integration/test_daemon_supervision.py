@@ -34,6 +34,7 @@ from edge.config import LoadedGateway, load_gateway
 from edge.daemon import Daemon
 from edge.simulate import build_plant
 from protocols import Endpoint
+from tests.fixtures.waiting import wait_for_async
 from tests.services import free_port
 
 MAPS = Path(__file__).resolve().parents[2] / "config" / "maps"
@@ -82,17 +83,6 @@ async def plant(tmp_path: Path) -> AsyncIterator[LoadedGateway]:
         await sim.stop()
 
 
-async def until(cond: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
-
-
 @asynccontextmanager
 async def running(loaded: LoadedGateway, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         tuple[Daemon, asyncio.Task[int]]]:
@@ -100,7 +90,7 @@ async def running(loaded: LoadedGateway, monkeypatch: pytest.MonkeyPatch) -> Asy
     d = Daemon(loaded, status_port=0)
     task = asyncio.create_task(d.run())
     try:
-        await until(lambda: task.done() or (d.devices and all(x.polls for x in d.devices)),
+        await wait_for_async(lambda: task.done() or (d.devices and all(x.polls for x in d.devices)),
                     "every device polled")
         assert not task.done(), task
         yield d, task
@@ -120,17 +110,31 @@ async def metrics(d: Daemon) -> str:
 
 async def test_buffer_back_pressure_shows_in_status_and_metrics(
         plant: LoadedGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every store marks its device as waiting for the buffer while it runs, a normal one
+    too (briefly), so the test never reads the status at an arbitrary moment: the disk
+    hangs from a moment when no store is under way, so that each device waiting for the
+    buffer afterwards is stuck until the disk comes back."""
     async with running(plant, monkeypatch) as (d, task):
-        ob = d.outbox
-        assert isinstance(ob, GatedOutbox)
+        ob, writer = d.outbox, d.writer
+        assert isinstance(ob, GatedOutbox) and writer is not None
         names = [x.name for x in d.devices]
+        period = max(x.period for x in d.devices)
+
+        def devices() -> dict[str, dict[str, Any]]:
+            return {n: dev(d, n) for n in names}
+
+        def stall_between_stores() -> bool:
+            if writer.waiting:       # a store under way (its append may be running)
+                return False
+            ob.mode = "stall"
+            return True
 
         # A stalled disk: every poller ends up waiting, and says since when and why.
-        ob.mode = "stall"
-        await until(lambda: all(dev(d, n)["waiting_for_buffer_since_ms"] for n in names),
-                    "every device waiting for the buffer")
-        for n in names:
-            st = dev(d, n)
+        await wait_for_async(stall_between_stores, "a moment between stores to hang the disk")
+        stuck = await wait_for_async(devices, "every device waiting for the hung disk",
+                                     until=lambda devs: all(st["waiting_for_buffer_since_ms"]
+                                                            for st in devs.values()))
+        for st in stuck.values():
             assert st["buffer_wait_reason"] == "buffer slow", st
             assert st["waiting_for_buffer_since_ms"] <= daemon_mod.now_ms()
         text = await metrics(d)
@@ -140,33 +144,55 @@ async def test_buffer_back_pressure_shows_in_status_and_metrics(
         # The watchdog: fine now, withheld once the stall outlasts the limit.
         assert d._healthy()
         assert not d._healthy(now=time.monotonic() + d.stall_limit_s + 1)
-        polls = {n: dev(d, n)["polls"] for n in names}
-        await asyncio.sleep(0.5)   # pacing only: nothing may move while the disk hangs
-        assert {n: dev(d, n)["polls"] for n in names} == polls
+        # Nothing moves while the disk hangs: no poll in a stall of five poll periods.
+        await wait_for_async(writer.stalled_for, "a stall of five poll periods",
+                             until=lambda stalled: stalled > 5 * period)
+        assert {n: st["polls"] for n, st in devices().items()} == \
+            {n: st["polls"] for n, st in stuck.items()}
 
         ob.mode = "ok"
         ob.gate.set()
-        await until(lambda: not any(dev(d, n)["waiting_for_buffer_since_ms"] for n in names),
-                    "waiting over")
-        assert d._healthy(now=time.monotonic() + d.stall_limit_s + 1)
+        await wait_for_async(devices, "every device polling again after the stall",
+                             until=lambda devs: all(st["polls"] > stuck[n]["polls"]
+                                                    for n, st in devs.items()))
+        await wait_for_async(lambda: d._healthy(now=time.monotonic() + d.stall_limit_s + 1),
+                             "the watchdog seeing no stall any more")
 
-        # A failing disk: the reason names the error while the pollers retry.
+        # A failing disk: the reason names the error while the pollers retry; for longer
+        # than the stall limit (cut to five poll periods), and the watchdog stays happy.
+        d.stall_limit_s = 5 * period
         ob.mode = "error"
-        await until(lambda: all((dev(d, n)["buffer_wait_reason"] or "").startswith(
-                    "buffer write error:") and dev(d, n)["waiting_for_buffer_since_ms"]
-                    for n in names), "write errors shown")
-        assert "disk full (SQLITE_FULL)" in dev(d, names[0])["buffer_wait_reason"]
+        failing = await wait_for_async(
+            devices, "write errors shown",
+            until=lambda devs: all((st["buffer_wait_reason"] or "").startswith(
+                "buffer write error:") and st["waiting_for_buffer_since_ms"]
+                for st in devs.values()))
+        assert "disk full (SQLITE_FULL)" in failing[names[0]]["buffer_wait_reason"]
         assert "disk full" in (d.snapshot()["buffer"]["write_error"] or "")
-        assert d._healthy(now=time.monotonic() + d.stall_limit_s + 1)   # not a hang
+        unhealthy: list[float] = []
+
+        def failing_for_ms() -> int:
+            if not d._healthy():
+                unhealthy.append(writer.stalled_for())
+            since = [st["waiting_for_buffer_since_ms"] for st in devices().values()]
+            return daemon_mod.now_ms() - max(s or daemon_mod.now_ms() for s in since)
+
+        await wait_for_async(failing_for_ms, "write errors for twice the stall limit",
+                             until=lambda ms: ms > 2 * d.stall_limit_s * 1000)
+        assert unhealthy == []   # failing appends are retried and shown: not a hang
         ob.mode = "ok"
-        await until(lambda: not any(dev(d, n)["waiting_for_buffer_since_ms"] for n in names),
-                    "recovered from write errors")
+        await wait_for_async(devices, "recovered from write errors",
+                             until=lambda devs: not any(st["waiting_for_buffer_since_ms"]
+                                                        for st in devs.values()))
         polls = {n: dev(d, n)["polls"] for n in names}
-        await until(lambda: all(dev(d, n)["polls"] > polls[n] + 2 for n in names),
-                    "polling again")
-        text = await metrics(d)
-        for n in names:
-            assert f'plantsync_device_waiting_for_buffer{{device="{n}"}} 0' in text
+        await wait_for_async(devices, "polling again",
+                             until=lambda devs: all(st["polls"] > polls[n] + 2
+                                                    for n, st in devs.items()))
+        # A scrape may land in a normal store (waiting, briefly): wait for one that does not.
+        await wait_for_async(lambda: metrics(d), "the gauge back at 0 for every device",
+                             until=lambda text: all(
+                                 f'plantsync_device_waiting_for_buffer{{device="{n}"}} 0'
+                                 in text for n in names))
     assert task.result() == 0
 
 
@@ -205,7 +231,7 @@ async def test_unexpected_driver_exception_is_an_internal_error_and_polling_goes
         "cnc-02", lambda: IndexError("index out of range in the reply parser")))
     with structlog.testing.capture_logs() as logs:
         async with running(plant, monkeypatch) as (d, task):
-            await until(lambda: dev(d, "cnc-02")["errors"].get("internal", 0) >= 4,
+            await wait_for_async(lambda: dev(d, "cnc-02")["errors"].get("internal", 0) >= 4,
                         "four internal errors on cnc-02")
             st = dev(d, "cnc-02")
             assert st["online"] is False and set(st["errors"]) == {"internal"}
@@ -213,7 +239,7 @@ async def test_unexpected_driver_exception_is_an_internal_error_and_polling_goes
                                         "the reply parser")
             assert st["breaker"] in ("open", "half_open")
             polls = dev(d, "cnc-01")["polls"]
-            await until(lambda: dev(d, "cnc-01")["polls"] >= polls + 10, "cnc-01 keeps polling")
+            await wait_for_async(lambda: dev(d, "cnc-01")["polls"] >= polls + 10, "cnc-01 keeps polling")
             assert dev(d, "cnc-01")["errors"] == {} and dev(d, "cnc-01")["online"] is True
             assert not task.done()
     assert task.result() == 0

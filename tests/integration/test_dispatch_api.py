@@ -21,21 +21,23 @@ from sqlalchemy import select
 from cloud.core.db import Database
 from cloud.core.models import AuditEntry
 from cloud.inventory import ledger_mismatches
-from tests.fixtures.cloud import CloudServer, batch_bytes, count_record
-from tests.integration.production_api import api_fixture  # noqa: F401
+from tests.fixtures.cloud import CloudServer
+from tests.fixtures.ingest import count_record, ingest
+from tests.fixtures.plant import (
+    add_bom,
+    add_machine,
+    add_routing,
+    add_work_order,
+    put_material,
+    put_product,
+    release,
+    start_dispatch,
+)
 
 pytestmark = pytest.mark.needs_service("postgresql")
 T0 = 1_700_000_000_000
 H = 3_600_000
 U = 1_000_000
-
-
-async def ingest(api: Any, records: list[dict[str, Any]]) -> None:
-    res = await api.post("/api/v1/ingest", content=batch_bytes(api.gateway, records),
-                         headers={"Authorization": f"Bearer {api.token}",
-                                  "Content-Type": "application/msgpack",
-                                  "Accept": "application/json"})
-    assert res.status_code == 200, res.text
 
 
 def good(seq: int, ts: int, n: int, device: str = "cnc-03") -> dict[str, Any]:
@@ -44,24 +46,16 @@ def good(seq: int, ts: int, n: int, device: str = "cnc-03") -> dict[str, Any]:
 
 @pytest.fixture
 async def plant(api: Any) -> Any:
-    m = {}
-    for name, device in (("M1", "cnc-03"), ("M2", "imm-07")):
-        res = await api.post("/api/v1/machines", headers=api.admin, json={
-            "gateway_id": "gw-test", "device": device, "name": name})
-        assert res.status_code == 201, res.text
-        m[name] = res.json()["id"]
-    await api.put("/api/v1/materials/RESIN", json={"name": "resin", "unit": "kg"})
-    await api.put("/api/v1/products/P", json={"name": "part"})
-    assert (await api.post("/api/v1/boms", json={"product": "P", "lines": [
-        {"material": "RESIN", "qty_per_unit": 1}]})).status_code == 201
-    assert (await api.post("/api/v1/routings", json={"product": "P", "operations": [
-        {"step": 10, "name": "mold", "work_center": "WC"}]})).status_code == 201
+    m = {name: await add_machine(api, device, name)
+         for name, device in (("M1", "cnc-03"), ("M2", "imm-07"))}
+    await put_material(api, "RESIN", name="resin", unit="kg")
+    await put_product(api, "P", name="part")
+    await add_bom(api, "P", [{"material": "RESIN", "qty_per_unit": 1}])
+    await add_routing(api, "P", [{"step": 10, "name": "mold", "work_center": "WC"}])
     ops = {}
     for number in ("WO-1", "WO-2"):
-        assert (await api.post("/api/v1/work-orders", json={
-            "number": number, "product": "P", "quantity": 100})).status_code == 201
-        res = await api.post(f"/api/v1/work-orders/{number}/release")
-        ops[number] = res.json()["operations"][0]["id"]
+        await add_work_order(api, number, "P", 100)
+        [ops[number]] = await release(api, number)
     api.m, api.ops = m, ops
     yield api
     async with api.app.state.db.sessions() as s:
@@ -128,25 +122,59 @@ async def test_who_may_act(plant):
     assert (await audit_rows(api))[-1][:2] == ("admin", "dispatch.stop")
 
 
-async def test_every_action_over_http_with_audit(plant):
-    """M1: WO-1 from T0; counts at T0+10 (5), T0+2h (3), T0+5h (2).
-    stop at T0+1h -> WO-1 5, unassigned 5 (2 records); end moved to T0+3h -> WO-1 8;
-    assign [T0+3h, T0+6h) to WO-2 -> WO-2 2. M2 (imm-07): WO-2 running from T0, counts at
-    T0+1h (1) and T0+4h (4); a changeover to WO-1 over [T0+2h, T0+3h) stops WO-2 at
-    T0+2h, so the 4-h count belongs to nobody; assigning that record to WO-1 adds 4."""
+# M1: WO-1 from T0; counts at T0+10 (5), T0+2h (3), T0+5h (2). Stop at T0+1h -> WO-1 5,
+# unassigned 5 (2 records); end moved to T0+3h -> WO-1 8; assign [T0+3h, T0+6h) to WO-2
+# -> WO-2 2. M2 (imm-07): WO-2 running from T0, counts at T0+1h (1) and T0+4h (4); a
+# changeover to WO-1 over [T0+2h, T0+3h) stops WO-2 at T0+2h, so the 4-h count belongs
+# to nobody; assigning that record to WO-1 adds 4.
+
+M1_COUNTS = [good(1, T0 + 10, 5), good(2, T0 + 2 * H, 3), good(3, T0 + 5 * H, 2)]
+
+
+@pytest.fixture
+async def m1_counting(plant: Any) -> Any:
+    """WO-1 dispatched on M1 from T0 (``m1_counting.d1``) and M1's counts ingested."""
     api = plant
-    m1, m2, wo1, wo2 = api.m["M1"], api.m["M2"], api.ops["WO-1"], api.ops["WO-2"]
+    api.d1 = (await start_dispatch(api, api.m["M1"], api.ops["WO-1"], T0))["id"]
+    await ingest(api, M1_COUNTS)
+    return api
+
+
+async def stop_edit_assign_m1(api: Any) -> None:
+    """M1's dispatch stopped at T0+1h, its end moved to T0+3h, [T0+3h, T0+6h) to WO-2."""
+    for method, url, body in (
+            ("POST", f"/api/v1/dispatches/{api.d1}/stop", {"end_ts": T0 + H}),
+            ("PATCH", f"/api/v1/dispatches/{api.d1}", {"end_ts": T0 + 3 * H}),
+            ("POST", f"/api/v1/machines/{api.m['M1']}/assign",
+             {"wo_operation_id": api.ops["WO-2"], "start_ts": T0 + 3 * H,
+              "end_ts": T0 + 6 * H})):
+        res = await api.request(method, url, json=body)
+        assert res.status_code == 200, (url, res.text)
+
+
+async def start_m2_with_counts(api: Any) -> int:
+    """WO-2 dispatched on M2 from T0 and M2's counts ingested; the dispatch id."""
+    d2 = (await start_dispatch(api, api.m["M2"], api.ops["WO-2"], T0))["id"]
+    await ingest(api, [good(4, T0 + H, 1, "imm-07"), good(5, T0 + 4 * H, 4, "imm-07")])
+    return int(d2)
+
+
+async def test_a_started_dispatch_gets_the_counts_from_its_start(plant):
+    api = plant
+    m1, wo1 = api.m["M1"], api.ops["WO-1"]
     res = await api.post("/api/v1/dispatches", json={"machine_id": m1, "wo_operation_id": wo1,
                                                      "start_ts": T0})
     assert res.status_code == 201, res.text
     d1 = res.json()
     assert (d1["machine_id"], d1["start_ts"], d1["end_ts"], d1["created_by"]) == (m1, T0, None,
                                                                                  "pat")
-    d1 = d1["id"]
-    await ingest(api, [good(1, T0 + 10, 5), good(2, T0 + 2 * H, 3), good(3, T0 + 5 * H, 2)])
+    await ingest(api, M1_COUNTS)
     assert await good_of(api, "WO-1") == 10
 
-    # refusals change nothing
+
+async def test_refused_dispatch_actions_change_nothing(m1_counting):
+    api, d1 = m1_counting, m1_counting.d1
+    m1, wo1, wo2 = api.m["M1"], api.ops["WO-1"], api.ops["WO-2"]
     audited = len(await audit_rows(api))
     for method, url, json, status, words in (
             ("POST", "/api/v1/dispatches", {"machine_id": 999_999, "wo_operation_id": wo1},
@@ -176,6 +204,10 @@ async def test_every_action_over_http_with_audit(plant):
     assert len(await audit_rows(api)) == audited
     assert await good_of(api, "WO-1") == 10
 
+
+async def test_stop_edit_and_assign_reattribute_the_machines_counts(m1_counting):
+    api, d1 = m1_counting, m1_counting.d1
+    m1, wo2 = api.m["M1"], api.ops["WO-2"]
     res = await api.post(f"/api/v1/dispatches/{d1}/stop", json={"end_ts": T0 + H})
     assert res.status_code == 200 and res.json()["end_ts"] == T0 + H, res.text
     assert (await good_of(api, "WO-1"), await unassigned(api, m1)) == (5, (5, 2))
@@ -192,11 +224,13 @@ async def test_every_action_over_http_with_audit(plant):
     assert res.status_code == 409, res.text
     assert str(d_assigned) in res.json()["detail"] and "overlap" in res.json()["detail"]
 
-    # M2: changeover with an end
-    res = await api.post("/api/v1/dispatches", json={"machine_id": m2, "wo_operation_id": wo2,
-                                                     "start_ts": T0})
-    d2 = res.json()["id"]
-    await ingest(api, [good(4, T0 + H, 1, "imm-07"), good(5, T0 + 4 * H, 4, "imm-07")])
+
+async def test_a_changeover_ends_the_running_dispatch_and_records_can_be_assigned(m1_counting):
+    """After M1's stop, edit and assign (WO-1 8, WO-2 2)."""
+    api = m1_counting
+    m2, wo1 = api.m["M2"], api.ops["WO-1"]
+    await stop_edit_assign_m1(api)
+    d2 = await start_m2_with_counts(api)
     assert await good_of(api, "WO-2") == 7
     res = await api.post("/api/v1/dispatches", json={"machine_id": m2, "wo_operation_id": wo1,
                                                      "start_ts": T0 + 2 * H,
@@ -209,6 +243,17 @@ async def test_every_action_over_http_with_audit(plant):
     assert res.status_code == 200 and len(res.json()["dispatches"]) == 1, res.text
     assert (await good_of(api, "WO-1"), await unassigned(api, m2)) == (12, (0, 0))
 
+
+async def test_every_dispatch_action_is_audited_and_its_counts_backflushed(m1_counting):
+    """The whole story of both machines: one audit row per action, the resin backflushed
+    for the 12 + 3 pieces of the two orders."""
+    api, d1 = m1_counting, m1_counting.d1
+    await stop_edit_assign_m1(api)
+    d2 = await start_m2_with_counts(api)
+    await start_dispatch(api, api.m["M2"], api.ops["WO-1"], T0 + 2 * H, T0 + 3 * H)
+    res = await api.post("/api/v1/attributions/assign", json={
+        "wo_operation_id": api.ops["WO-1"], "records": [["gw-test", 5]]})
+    assert res.status_code == 200, res.text
     rows = await audit_rows(api)
     assert [(a, act) for a, act, _, _ in rows] == [
         ("pat", "dispatch.start"), ("pat", "dispatch.stop"), ("pat", "dispatch.edit"),
@@ -244,44 +289,27 @@ def test_concurrent_ingest_from_20_gateways_while_a_planner_edits(cloud_server: 
 async def _concurrent(server: CloudServer, gws: list[Any], suffix: str) -> None:
     admin = server.admin_headers
     async with httpx.AsyncClient(base_url=server.url, headers=admin, timeout=60) as api:
-        machines = []
-        for gw in gws:
-            res = await api.post("/api/v1/machines", json={"gateway_id": gw.id,
-                                                           "device": "press", "name": gw.id})
-            assert res.status_code == 201, res.text
-            machines.append(res.json()["id"])
+        machines = [await add_machine(api, "press", gw.id, gateway=gw.id) for gw in gws]
         mat, prod = f"RESIN-{suffix}", f"P-{suffix}"
-        assert (await api.put(f"/api/v1/materials/{mat}", json={
-            "name": "resin", "unit": "kg"})).status_code == 200
-        assert (await api.put(f"/api/v1/products/{prod}", json={"name": "p"})).status_code == 200
-        assert (await api.post("/api/v1/boms", json={"product": prod, "lines": [
-            {"material": mat, "qty_per_unit": 1}]})).status_code == 201
-        assert (await api.post("/api/v1/routings", json={"product": prod, "operations": [
-            {"step": 10, "name": "press", "work_center": "WC"}]})).status_code == 201
+        await put_material(api, mat, name="resin", unit="kg")
+        await put_product(api, prod, name="p")
+        await add_bom(api, prod, [{"material": mat, "qty_per_unit": 1}])
+        await add_routing(api, prod, [{"step": 10, "name": "press", "work_center": "WC"}])
         ops, orders = {}, {}
         for key in ("A", "B"):
             orders[key] = number = f"WO-{key}-{suffix}"
-            assert (await api.post("/api/v1/work-orders", json={
-                "number": number, "product": prod, "quantity": 5000})).status_code == 201
-            ops[key] = (await api.post(f"/api/v1/work-orders/{number}/release")
-                        ).json()["operations"][0]["id"]
-        disp = []
-        for i, m in enumerate(machines):
-            res = await api.post("/api/v1/dispatches", json={
-                "machine_id": m, "wo_operation_id": ops["A" if i < 10 else "B"],
-                "start_ts": T0})
-            assert res.status_code == 201, res.text
-            disp.append(res.json()["id"])
+            await add_work_order(api, number, prod, 5000)
+            [ops[key]] = await release(api, number)
+        disp = [(await start_dispatch(api, m, ops["A" if i < 10 else "B"], T0))["id"]
+                for i, m in enumerate(machines)]
 
         async def gateway(gw: Any) -> None:
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
                 for b in range(BATCHES):
                     recs = [count_record(b * PER_BATCH + i + 1, "c_good", 0, 1, device="press",
                                          ts=T0 + b * PER_BATCH + i) for i in range(PER_BATCH)]
-                    res = await c.post("/api/v1/ingest", content=batch_bytes(gw.id, recs),
-                                       headers={**gw.headers, "Accept": "application/json"})
-                    assert res.status_code == 200, res.text
-                    assert res.json()["acked_through"] == (b + 1) * PER_BATCH
+                    answer = await ingest(c, recs, gateway=gw.id, token=gw.token)
+                    assert answer["acked_through"] == (b + 1) * PER_BATCH
 
         async def planner() -> int:
             edits = 0
@@ -325,14 +353,7 @@ async def _concurrent(server: CloudServer, gws: list[Any], suffix: str) -> None:
         assert mine == {machines[0]: (50, 50)}
         stock = (await api.get(f"/api/v1/materials/{mat}/stock")).json()
         assert stock["balance_u"] == -1950 * U
-        moves: list[dict[str, Any]] = []
-        params: dict[str, Any] = {"material": mat, "kind": "backflush", "limit": 1000}
-        while True:
-            page = (await api.get("/api/v1/stock/moves", params=params)).json()
-            moves += page["items"]
-            if page["next_before_id"] is None:
-                break
-            params["before_id"] = page["next_before_id"]
+        moves = await all_moves(api, material=mat, kind="backflush")
         assert len(moves) == 1950 and {m["qty_u"] for m in moves} == {-U}
         assert len({(m["gateway_id"], m["seq"]) for m in moves}) == 1950
     async with Database(server.db_url) as db, db.sessions() as s:
@@ -341,6 +362,20 @@ async def _concurrent(server: CloudServer, gws: list[Any], suffix: str) -> None:
             AuditEntry.action.in_(("dispatch.edit", "dispatch.stop")),
             AuditEntry.entity_id.in_((str(disp[0]), str(disp[10])))))).all()
         assert len(n) == edits
+
+
+async def all_moves(api: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
+    """Every stock move the filters select, page by page (1000 a page, at most 10 pages)."""
+    moves: list[dict[str, Any]] = []
+    query: dict[str, Any] = {**params, "limit": 1000}
+    for _ in range(10):
+        page = (await api.get("/api/v1/stock/moves", params=query)).json()
+        moves += page["items"]
+        if page["next_before_id"] is None:
+            return moves
+        query["before_id"] = page["next_before_id"]
+    raise AssertionError(f"more than 10 pages of stock moves for {params}: "
+                         f"{len(moves)} moves so far")
 
 
 async def test_complete_and_close_end_the_dispatch_and_a_closed_order_is_final(plant):

@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 
 from cloud.auth import create_gateway
 from cloud.core.models import AuditEntry
-from tests.fixtures.cloud import batch_bytes, count_record
-from tests.integration.production_api import api_fixture, make_plant  # noqa: F401
+from tests.fixtures.ingest import count_record, post_ingest
+from tests.fixtures.plant import add_work_order, make_plant, release, start_dispatch
 
 pytestmark = pytest.mark.needs_service("postgresql")
 T0 = 1_700_000_000_000
@@ -30,17 +30,12 @@ PUBLIC = {("POST", "/api/v1/login"), ("POST", "/api/v1/logout")}
 async def plant_ids(api: Any) -> dict[str, str]:
     """Path parameter values that name things that exist."""
     machine = await make_plant(api)
-    res = await api.post("/api/v1/work-orders", json={"number": "WO-1", "product": "P-100",
-                                                      "quantity": 10})
-    assert res.status_code == 201, res.text
-    op = (await api.post("/api/v1/work-orders/WO-1/release")).json()["operations"][0]["id"]
-    res = await api.post("/api/v1/dispatches", json={"machine_id": machine,
-                                                     "wo_operation_id": op,
-                                                     "start_ts": T0})
-    assert res.status_code == 201, res.text
+    await add_work_order(api, "WO-1", "P-100", 10)
+    op = (await release(api, "WO-1"))[0]
+    dispatch = await start_dispatch(api, machine, op, T0)
     token_id = (await api.get("/api/v1/me/tokens")).json()["items"][0]["id"]
     return {"gateway_id": OWN, "device": "cnc-03", "machine_id": str(machine),
-            "dispatch_id": str(res.json()["id"]), "number": "WO-1", "step": "10",
+            "dispatch_id": str(dispatch["id"]), "number": "WO-1", "step": "10",
             "action": "complete", "product": "P-100", "version": "current", "code": "M-1",
             "kind": "materials", "key": "anomalies", "name": "pat", "token_id": str(token_id),
             "start_ts": str(T0), "calendar_id": "1", "counter_id": "1", "anomaly_id": "1",
@@ -66,10 +61,7 @@ async def test_a_gateway_token_reaches_only_its_own_gateway(api: Any):
     await create_gateway(api.app.state.db, "gw-other")
 
     # what it may do
-    res = await api.post("/api/v1/ingest", content=batch_bytes(OWN, [
-        count_record(1, "c_good", 0, 3, ts=T0 + 1000)]),
-        headers={**gateway, "Content-Type": "application/msgpack",
-                 "Accept": "application/json"})
+    res = await post_ingest(api, [count_record(1, "c_good", 0, 3, ts=T0 + 1000)], gateway=OWN)
     assert res.status_code == 200, res.text
     res = await api.get(f"/api/v1/gateways/{OWN}", headers=gateway)
     assert res.status_code == 200 and res.json()["last_seq"] == 1, res.text
@@ -82,9 +74,7 @@ async def test_a_gateway_token_reaches_only_its_own_gateway(api: Any):
         res = await api.get(path, headers=gateway)
         assert (res.status_code, res.json()["error"]) == (403, "other_gateway"), path
     after_own = await audit_count(api)  # ingest moved the order (system entries)
-    res = await api.post("/api/v1/ingest", content=batch_bytes("gw-other", [
-        count_record(1, "c_good", 0, 3)]), headers={**gateway,
-                                                    "Content-Type": "application/msgpack"})
+    res = await post_ingest(api, [count_record(1, "c_good", 0, 3)], gateway="gw-other")
     assert res.status_code == 403
 
     # everything else: 401/403, whatever the method

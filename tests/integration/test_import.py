@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from openpyxl import Workbook
 
-from tests.integration.production_api import api_fixture, make_plant  # noqa: F401
+from tests.fixtures.plant import make_plant
 
 pytestmark = pytest.mark.needs_service("postgresql")
 

@@ -11,15 +11,8 @@ import httpx
 import msgpack
 import pytest
 
-from tests.fixtures.cloud import (
-    CLI,
-    CloudServer,
-    GatewayCredentials,
-    batch_bytes,
-    count_record,
-    post_batch,
-    record,
-)
+from tests.fixtures.cloud import CLI, CloudServer, GatewayCredentials
+from tests.fixtures.ingest import batch_bytes, count_record, post_batch, record
 
 pytestmark = pytest.mark.needs_service("postgresql")
 

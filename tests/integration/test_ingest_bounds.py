@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.cloud import batch_bytes, count_record, record
+from tests.fixtures.ingest import count_record, post_ingest, record
 
 pytestmark = pytest.mark.needs_service("postgresql")
 
@@ -39,9 +39,7 @@ async def test_out_of_range_values_are_a_4xx_naming_the_field(cloud_client: Any,
                                                               bad: dict[str, Any],
                                                               field: str) -> None:
     gw = cloud_client.gateway
-    res = await cloud_client.post("/api/v1/ingest", content=batch_bytes(gw, [record(1), bad]),
-                                  headers={"Content-Type": "application/msgpack",
-                                           "Accept": "application/json"})
+    res = await post_ingest(cloud_client, [record(1), bad])
     assert res.status_code == 422, res.text
     assert res.json()["field"] == field
     status = await cloud_client.get(f"/api/v1/gateways/{gw}",
@@ -54,9 +52,7 @@ async def test_the_largest_values_are_stored(cloud_client: Any) -> None:
     records = [record(1, device="d" * 128),
                count_record(2, "part_count", 0, 2**64 - 1, delta=I64, ts=I64),
                _state(I64, -(2**63))]
-    res = await cloud_client.post("/api/v1/ingest", content=batch_bytes(gw, records),
-                                  headers={"Content-Type": "application/msgpack",
-                                           "Accept": "application/json"})
+    res = await post_ingest(cloud_client, records)
     assert res.status_code == 200, res.text
     assert res.json()["acked_through"] == I64   # the batch maximum (cloud/ingest/store.py)
     status = await cloud_client.get(f"/api/v1/gateways/{gw}",

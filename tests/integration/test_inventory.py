@@ -24,8 +24,17 @@ from sqlalchemy import func, select
 from cloud import inventory
 from cloud.core import clock as cloud_clock
 from cloud.core.models import AuditEntry, stock_moves
-from tests.fixtures.cloud import batch_bytes, count_record
-from tests.integration.production_api import api_fixture  # noqa: F401
+from tests.fixtures.ingest import count_record, ingest
+from tests.fixtures.plant import (
+    add_bom,
+    add_machine,
+    add_routing,
+    add_work_order,
+    put_material,
+    put_product,
+    release,
+    start_dispatch,
+)
 
 pytestmark = pytest.mark.needs_service("postgresql")
 DAY = 86_400_000
@@ -60,103 +69,143 @@ async def post(api: Any, path: str, **body: Any) -> Any:
     return await api.post(f"/api/v1/stock/{path}", json=body)
 
 
-async def ingest(api: Any, records: list[dict[str, Any]]) -> None:
-    res = await api.post("/api/v1/ingest", content=batch_bytes(api.gateway, records),
-                         headers={"Authorization": f"Bearer {api.token}",
-                                  "Content-Type": "application/msgpack",
-                                  "Accept": "application/json"})
-    assert res.status_code == 200, res.text
-
-
 @pytest.fixture
 async def plant(api: Any, clock: Clock) -> Any:
-    res = await api.post("/api/v1/machines", headers=api.admin, json={
-        "gateway_id": "gw-test", "device": "cnc-03", "name": "CNC 3"})
-    assert res.status_code == 201, res.text
-    machine = res.json()["id"]
+    machine = await add_machine(api, "cnc-03", "CNC 3")
     for code, unit, lead, safety in (("RESIN", "kg", 4, None), ("INSERT", "pcs", 10, 150),
                                      ("BOX", "pcs", 30, None), ("IDLE", "pcs", 5, None)):
-        res = await api.put(f"/api/v1/materials/{code}", json={
-            "name": code.lower(), "unit": unit, "lead_time_days": lead, "safety_stock": safety})
-        assert res.status_code == 200, res.text
-    assert (await api.put("/api/v1/products/P", json={"name": "part"})).status_code == 200
-    res = await api.post("/api/v1/boms", json={"product": "P", "lines": [
-        {"material": "RESIN", "qty_per_unit": "0.5", "backflush_scrap": True},
-        {"material": "INSERT", "qty_per_unit": 2}]})
-    assert res.status_code == 201, res.text
-    res = await api.post("/api/v1/routings", json={"product": "P", "operations": [
-        {"step": 10, "name": "mold", "machine_id": machine}]})
-    assert res.status_code == 201, res.text
-    res = await api.post("/api/v1/work-orders", json={"number": "WO-1", "product": "P",
-                                                      "quantity": 1000})
-    assert res.status_code == 201, res.text
-    res = await api.post("/api/v1/work-orders/WO-1/release")
-    assert res.status_code == 200, res.text
-    op = res.json()["operations"][0]["id"]
-    res = await api.post("/api/v1/dispatches", json={"machine_id": machine, "wo_operation_id": op,
-                                                     "start_ts": NOW - 40 * DAY})
-    assert res.status_code == 201, res.text
+        await put_material(api, code, name=code.lower(), unit=unit, lead_time_days=lead,
+                           safety_stock=safety)
+    await put_product(api, "P", name="part")
+    await add_bom(api, "P", [{"material": "RESIN", "qty_per_unit": "0.5", "backflush_scrap": True},
+                             {"material": "INSERT", "qty_per_unit": 2}])
+    await add_routing(api, "P", [{"step": 10, "name": "mold", "machine_id": machine}])
+    await add_work_order(api, "WO-1", "P", 1000)
+    [op] = await release(api, "WO-1")
+    await start_dispatch(api, machine, op, NOW - 40 * DAY)
     api.clock = clock
     return api
 
 
-async def test_moves_balances_usage_safety_stock_cover_and_shortages(plant):
-    api, clock = plant, plant.clock
-    assert await ledger_ok(api) == {"RESIN": 0, "INSERT": 0, "BOX": 0, "IDLE": 0}
+# -- the ledger's history, step by step (each step's test runs the steps before it) ------
 
-    # receipts (decimal string, integer, float), booked 40 days ago
-    clock.t = NOW - 40 * DAY
-    for path, body, bal in (("receipts", {"material": "RESIN", "qty": "200"}, 200 * U),
-                            ("receipts", {"material": "INSERT", "qty": 500}, 500 * U),
-                            ("receipts", {"material": "BOX", "qty": 20.0}, 20 * U)):
-        res = await post(api, path, **body)
+RECEIPTS = (("receipts", {"material": "RESIN", "qty": "200"}, 200 * U),
+            ("receipts", {"material": "INSERT", "qty": 500}, 500 * U),
+            ("receipts", {"material": "BOX", "qty": 20.0}, 20 * U))
+COUNTS = (("INSERT", "115", -5 * U), ("IDLE", 7, 7 * U), ("BOX", "8.000", 0))
+
+
+async def booked(api: Any, path: str, **body: Any) -> Any:
+    res = await post(api, path, **body)
+    assert res.status_code == 201, res.text
+    return res
+
+
+async def book_receipts(api: Any) -> list[Any]:
+    """Receipts booked 40 days ago: a decimal string, an integer and a float quantity."""
+    api.clock.t = NOW - 40 * DAY
+    return [await booked(api, path, **body) for path, body, _ in RECEIPTS]
+
+
+async def produce(api: Any) -> None:
+    """100 good at -35 d (outside the 30-day window), 60 good at -20 d, 30 good + 10 scrap
+    at -3 d (inside the 7-day window); the BOM backflushes RESIN 0.5 kg a piece, scrap
+    included, and 2 INSERT a good piece."""
+    await ingest(api, [
+        count_record(1, "c_good", 0, 100, ts=NOW - 35 * DAY),
+        count_record(2, "c_good", 100, 160, ts=NOW - 20 * DAY),
+        count_record(3, "c_good", 160, 190, ts=NOW - 3 * DAY),
+        count_record(4, "c_scrap", 0, 10, counts="scrap", ts=NOW - 3 * DAY + 1)])
+
+
+async def book_issue_scrap_adjustments(api: Any) -> list[Any]:
+    """An issue of 12 BOX to the order 10 days ago; yesterday 5 kg RESIN scrapped and
+    adjusted by -2.5 and +1 kg."""
+    api.clock.t = NOW - 10 * DAY
+    moves = [await booked(api, "issues", material="BOX", qty="12", work_order="WO-1",
+                          note="packing")]
+    api.clock.t = NOW - DAY
+    moves.append(await booked(api, "scrap", material="RESIN", qty="5", note="wet"))
+    moves.append(await booked(api, "adjustments", material="RESIN", qty="-2.5"))
+    moves.append(await booked(api, "adjustments", material="RESIN", qty=1))
+    return moves
+
+
+async def book_counts(api: Any) -> list[Any]:
+    """Counts: INSERT 115, IDLE 7 (no balance row yet), BOX 8 (as booked), then IDLE 0."""
+    moves = [await booked(api, "counts", material=code, counted=counted)
+             for code, counted, _ in COUNTS]
+    moves.append(await booked(api, "counts", material="IDLE", counted=0))
+    return moves
+
+
+@pytest.fixture
+async def stocked(plant: Any) -> Any:
+    """The whole history booked; the clock back at NOW."""
+    await book_receipts(plant)
+    await produce(plant)
+    await book_issue_scrap_adjustments(plant)
+    await book_counts(plant)
+    plant.clock.t = NOW
+    return plant
+
+
+async def test_receipts_book_decimal_integer_and_float_quantities(plant):
+    api = plant
+    assert await ledger_ok(api) == {"RESIN": 0, "INSERT": 0, "BOX": 0, "IDLE": 0}
+    for res, (_, _, bal) in zip(await book_receipts(api), RECEIPTS, strict=True):
         assert res.status_code == 201, res.text
         doc = res.json()
         assert (doc["kind"], doc["qty_u"], doc["balance_u"]) == ("receipt", bal, bal)
     assert await ledger_ok(api) == {"RESIN": 200 * U, "INSERT": 500 * U, "BOX": 20 * U,
                                     "IDLE": 0}
 
-    # production: 100 good at -35 d (outside the 30-day window), 60 good at -20 d,
-    # 30 good + 10 scrap at -3 d (inside the 7-day window); RESIN 0.5/piece, INSERT 2/good
-    await ingest(api, [
-        count_record(1, "c_good", 0, 100, ts=NOW - 35 * DAY),
-        count_record(2, "c_good", 100, 160, ts=NOW - 20 * DAY),
-        count_record(3, "c_good", 160, 190, ts=NOW - 3 * DAY),
-        count_record(4, "c_scrap", 0, 10, counts="scrap", ts=NOW - 3 * DAY + 1)])
+
+async def test_production_backflushes_the_bom_per_piece(plant):
+    """RESIN 0.5 kg a piece (scrap too): 50 + 30 + 20 kg; INSERT 2 a good piece: 380."""
+    api = plant
+    await book_receipts(api)
+    await produce(api)
     assert await ledger_ok(api) == {"RESIN": (200 - 50 - 30 - 20) * U,
                                     "INSERT": (500 - 380) * U, "BOX": 20 * U, "IDLE": 0}
 
-    # an issue to the order 10 days ago, scrap and adjustments yesterday
-    clock.t = NOW - 10 * DAY
-    res = await post(api, "issues", material="BOX", qty="12", work_order="WO-1", note="packing")
-    assert res.status_code == 201, res.text
-    assert (res.json()["qty_u"], res.json()["work_order"]) == (-12 * U, "WO-1")
-    clock.t = NOW - DAY
-    res = await post(api, "scrap", material="RESIN", qty="5", note="wet")
-    assert res.status_code == 201 and res.json()["qty_u"] == -5 * U, res.text
-    res = await post(api, "adjustments", material="RESIN", qty="-2.5")
-    assert res.status_code == 201 and res.json()["qty_u"] == -2_500_000, res.text
-    res = await post(api, "adjustments", material="RESIN", qty=1)
-    assert res.status_code == 201 and res.json()["qty_u"] == U, res.text
+
+async def test_issue_scrap_and_adjustments_move_the_balance(plant):
+    api = plant
+    await book_receipts(api)
+    await produce(api)
+    issue, scrap, minus, plus = await book_issue_scrap_adjustments(api)
+    assert issue.status_code == 201, issue.text
+    assert (issue.json()["qty_u"], issue.json()["work_order"]) == (-12 * U, "WO-1")
+    assert scrap.status_code == 201 and scrap.json()["qty_u"] == -5 * U, scrap.text
+    assert minus.status_code == 201 and minus.json()["qty_u"] == -2_500_000, minus.text
+    assert plus.status_code == 201 and plus.json()["qty_u"] == U, plus.text
     assert await ledger_ok(api) == {"RESIN": 93_500_000, "INSERT": 120 * U, "BOX": 8 * U,
                                     "IDLE": 0}
 
-    # counts book the difference: INSERT 120 -> 115, IDLE (no balance row yet) 0 -> 7,
-    # BOX as booked -> a zero move that documents the count
-    for code, counted, diff in (("INSERT", "115", -5 * U), ("IDLE", 7, 7 * U),
-                                ("BOX", "8.000", 0)):
-        res = await post(api, "counts", material=code, counted=counted)
-        assert res.status_code == 201, res.text
-        doc = res.json()
+
+async def test_counts_book_the_difference(plant):
+    """INSERT 120 -> 115, IDLE (no balance row yet) 0 -> 7, BOX as booked: a zero move
+    that documents the count; IDLE back to 0."""
+    api = plant
+    await book_receipts(api)
+    await produce(api)
+    await book_issue_scrap_adjustments(api)
+    *counted_moves, res = await book_counts(api)
+    for move, (_code, counted, diff) in zip(counted_moves, COUNTS, strict=True):
+        assert move.status_code == 201, move.text
+        doc = move.json()
         assert (doc["kind"], doc["qty_u"]) == ("count", diff)
         assert doc["counted_u"] == doc["balance_u"] == round(float(counted) * U)
-    res = await post(api, "counts", material="IDLE", counted=0)  # back to 0 for the test below
     assert res.json()["qty_u"] == -7 * U
     bal = await ledger_ok(api)
     assert bal == {"RESIN": 93_500_000, "INSERT": 115 * U, "BOX": 8 * U, "IDLE": 0}
 
-    # read everything at NOW: 30-day window (NOW-30d, NOW], 7-day window (NOW-7d, NOW]
-    clock.t = NOW
+
+async def test_usage_safety_stock_and_days_of_cover(stocked):
+    """Read at NOW: 30-day window (NOW-30d, NOW], 7-day window (NOW-7d, NOW]."""
+    api = stocked
+    bal = await ledger_ok(api)
     docs = {c: (await api.get(f"/api/v1/materials/{c}/stock")).json()
             for c in ("RESIN", "INSERT", "BOX", "IDLE")}
     # RESIN: used 30 + 20 (backflush) + 5 (scrap) kg in 30 d; 20 + 5 in 7 d; adjustments
@@ -184,12 +233,20 @@ async def test_moves_balances_usage_safety_stock_cover_and_shortages(plant):
     assert docs["RESIN"]["safety_stock_u"] == 11 * U and docs["RESIN"]["days_of_cover"] == 26.18
     assert docs["BOX"]["safety_stock_u"] == 18 * U
     assert docs["INSERT"]["days_of_cover"] == 13.42
+
+
+async def test_shortages_are_below_safety_stock_lowest_cover_first(stocked):
+    api = stocked
+    docs = {c: (await api.get(f"/api/v1/materials/{c}/stock")).json()
+            for c in ("RESIN", "INSERT", "BOX", "IDLE")}
     assert [d["below_safety_stock"] for d in docs.values()] == [False, True, True, False]
     res = await api.get("/api/v1/stock/shortages", headers=api.viewer)
     assert res.status_code == 200, res.text
     assert [d["material"] for d in res.json()["items"]] == ["INSERT", "BOX"]  # lowest cover first
 
-    # a manual safety stock overrides the computed one, and clearing it restores it
+
+async def test_a_manual_safety_stock_overrides_the_computed_one_until_cleared(stocked):
+    api = stocked
     res = await api.put("/api/v1/materials/RESIN", json={
         "name": "resin", "unit": "kg", "lead_time_days": 4, "safety_stock": "100"})
     assert res.status_code == 200, res.text
@@ -202,8 +259,10 @@ async def test_moves_balances_usage_safety_stock_cover_and_shortages(plant):
     assert res.status_code == 200, res.text
     assert (await api.get("/api/v1/materials/RESIN/stock")).json()["safety_stock_u"] == 11 * U
 
-    # the windows follow the clock: 400 days later nothing was used, only the manual
-    # safety stock signals
+
+async def test_usage_windows_follow_the_clock(stocked):
+    """400 days later nothing was used: only the manual safety stock signals."""
+    api, clock = stocked, stocked.clock
     clock.t = NOW + 400 * DAY
     items = (await api.get("/api/v1/stock/shortages")).json()["items"]
     assert [(d["material"], d["safety_stock_u"], d["days_of_cover"]) for d in items] \
@@ -230,9 +289,10 @@ async def test_moves_list_paginated_and_filtered(plant):
     assert [m["id"] for m in all_items] == sorted((m["id"] for m in all_items), reverse=True)
 
     async def pages(**params: Any) -> list[dict[str, Any]]:
+        """Every page of 3 (12 moves: at most 4 pages, or the paging does not end)."""
         out: list[dict[str, Any]] = []
         before = None
-        while True:
+        for _ in range(5):
             q = {**params, "limit": 3, **({"before_id": before} if before else {})}
             res = await api.get("/api/v1/stock/moves", params=q, headers=api.viewer)
             assert res.status_code == 200, res.text
@@ -242,6 +302,7 @@ async def test_moves_list_paginated_and_filtered(plant):
             before = page["next_before_id"]
             if before is None:
                 return out
+        raise AssertionError(f"more than 5 pages of 3 for {params}: {out}")
 
     assert await pages() == all_items
     for params, pred in (

@@ -30,6 +30,7 @@ from protocols.plan import plan_reads
 from protocols.read import read_plan
 from protocols.sim import SimulatedPlant
 from tests.fixtures.plc import endpoint_of
+from tests.fixtures.waiting import wait_for_async
 from tests.services import free_port
 
 HR = [(i * 257) & 0xFFFF for i in range(200)]
@@ -306,30 +307,20 @@ async def test_simulator_faults_reset_wrap_illegal_slow(sim_plant: SimulatedPlan
 
 async def test_simulator_disconnect(sim_plant: SimulatedPlant) -> None:
     ep = endpoint_of(sim_plant, "cnc-01", timeout_s=0.5)
+    async def connects() -> bool:
+        drv = make_driver(ep)
+        try:
+            await drv.connect()
+        except (DriverConnectError, DriverTimeout):
+            return False
+        finally:
+            await drv.close()
+        return True
+
     sim_plant.inject("cnc-01", "disconnect", seconds=30)
-    await asyncio.sleep(0)          # let the outage close the listener
-    for _ in range(50):
-        drv = make_driver(ep)
-        try:
-            await drv.connect()
-        except (DriverConnectError, DriverTimeout):
-            await drv.close()
-            break
-        await drv.close()
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail("the simulator kept accepting connections during a disconnect")
+    await wait_for_async(connects, "the simulator refusing connections during a disconnect",
+                         until=lambda ok: not ok)
     sim_plant.inject("cnc-01", "clear")
-    for _ in range(100):
-        drv = make_driver(ep)
-        try:
-            await drv.connect()
-        except (DriverConnectError, DriverTimeout):
-            await drv.close()
-            await asyncio.sleep(0.05)
-            continue
-        async with drv:
-            await drv.read(Span("HR", 0, 100, 2, ()))
-        break
-    else:
-        pytest.fail("the simulator did not come back after clear")
+    await wait_for_async(connects, "the simulator accepting connections after clear")
+    async with make_driver(ep) as drv:
+        await drv.read(Span("HR", 0, 100, 2, ()))

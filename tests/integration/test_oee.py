@@ -46,8 +46,15 @@ import pytest
 from sqlalchemy import select
 
 from cloud.core.models import AuditEntry
-from tests.fixtures.cloud import batch_bytes
-from tests.integration.production_api import api_fixture  # noqa: F401
+from tests.fixtures.ingest import ingest
+from tests.fixtures.plant import (
+    add_machine,
+    add_routing,
+    add_work_order,
+    put_product,
+    release,
+    start_dispatch,
+)
 
 MIN = 60_000
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -126,39 +133,19 @@ def script_records(device: str = "cnc-03") -> tuple[list[dict[str, Any]], list[d
     return first, late
 
 
-async def ingest(api: Any, records: list[dict[str, Any]]) -> None:
-    res = await api.post("/api/v1/ingest", content=batch_bytes(api.gateway, records),
-                         headers={"Authorization": f"Bearer {api.token}",
-                                  "Content-Type": "application/msgpack",
-                                  "Accept": "application/json"})
-    assert res.status_code == 200, res.text
-
-
 async def make_day_plant(api: Any) -> dict[str, Any]:
     """M1 on calendar two-shift, orders WO-A/WO-B released and dispatched as scripted."""
-    res = await api.post("/api/v1/machines", headers=api.admin, json={
-        "gateway_id": "gw-test", "device": "cnc-03", "name": "M1"})
-    assert res.status_code == 201, res.text
-    m1 = res.json()["id"]
+    m1 = await add_machine(api, "cnc-03", "M1")
     ops = {}
     for product, cycle, cavities, order, customer in (("P-A", 30_000, 1, "WO-A", "ACME"),
                                                      ("P-B", 60_000, 4, "WO-B", "Globex")):
-        assert (await api.put(f"/api/v1/products/{product}",
-                              json={"name": product})).status_code == 200
-        res = await api.post("/api/v1/routings", json={"product": product, "operations": [
-            {"step": 10, "name": "mold", "machine_id": m1, "ideal_cycle_ms": cycle,
-             "cavities": cavities}]})
-        assert res.status_code == 201, res.text
-        res = await api.post("/api/v1/work-orders", json={
-            "number": order, "product": product, "quantity": 5000, "customer": customer})
-        assert res.status_code == 201, res.text
-        ops[order] = (await api.post(f"/api/v1/work-orders/{order}/release")
-                      ).json()["operations"][0]["id"]
-    for body in ({"machine_id": m1, "wo_operation_id": ops["WO-A"], "start_ts": at("06:30"),
-                  "end_ts": at("12:00")},
-                 {"machine_id": m1, "wo_operation_id": ops["WO-B"], "start_ts": at("12:00")}):
-        res = await api.post("/api/v1/dispatches", json=body)
-        assert res.status_code == 201, res.text
+        await put_product(api, product)
+        await add_routing(api, product, [{"step": 10, "name": "mold", "machine_id": m1,
+                                          "ideal_cycle_ms": cycle, "cavities": cavities}])
+        await add_work_order(api, order, product, 5000, customer=customer)
+        [ops[order]] = await release(api, order)
+    await start_dispatch(api, m1, ops["WO-A"], at("06:30"), at("12:00"))
+    await start_dispatch(api, m1, ops["WO-B"], at("12:00"))
     res = await api.post("/api/v1/calendars", json={
         "name": "two-shift", "timezone": "Asia/Shanghai", "definition": CALENDAR})
     assert res.status_code == 201, res.text
@@ -194,23 +181,29 @@ def check(row: dict[str, Any], *, planned: float, run: float, down: float, micro
     assert row["losses"]["speed_loss_ms"] == round((run - ideal) * MIN)
 
 
-async def test_scripted_day_by_hand(api, cloud_db_url):
+@pytest.fixture
+async def day(api: Any) -> Any:
+    """The scripted day (the module doc) on ``api``: the plant, the first batch (the late
+    records held back in ``day.late``) and the reason "tool change" for the 08:00 alarm
+    stop, given afterwards by a planner. ``day.m1``: the machine id."""
     plant = await make_day_plant(api)
-    m1 = plant["m1"]
     first, late = script_records()
     await ingest(api, first)
-    # the reason for the 08:00 alarm stop, given afterwards by a planner
-    res = await api.put(f"/api/v1/machines/{m1}/stops/{at('08:00')}/reason",
+    res = await api.put(f"/api/v1/machines/{plant['m1']}/stops/{at('08:00')}/reason",
                         json={"reason": "tool change", "note": "insert broke"})
     assert res.status_code == 200, res.text
+    api.m1, api.late = plant["m1"], late
+    return api
 
-    # -- per machine = the whole day ----------------------------------------------------
+
+async def test_day_per_machine_by_hand(day):
     # planned 900; downtime = alarm 45 + setup 40 + offline 20 + idle 10 = 115
     # run = 900 - 115 = 785 (of which micro-stops 1 + 1.5 + 1 + 0.5 = 4)
     # ideal = WO-A (100 + 300 + 20 scrap) x 0.5 = 210 + WO-B (240 + 1040 + 400) x 0.25 = 420
     #       = 630; unrated: the 10 unassigned pieces; the 10 made in the break don't count
     # good = 10 + 100 + 300 + 240 + 1000 + 400 = 2050, scrap = 20 + 40 = 60
     # A = 785/900 = 0.872, P = 630/785 = 0.803, Q = 2050/2110 = 0.972, OEE = 0.680
+    api, m1 = day, day.m1
     [day] = await report(api, "machine")
     assert (day["machine_id"], day["machine"]) == (m1, "M1")
     check(day, planned=900, run=785, down=115, micro=4, ideal=630, good=2050, scrap=60,
@@ -227,7 +220,8 @@ async def test_scripted_day_by_hand(api, cloud_db_url):
     async with api.app.state.db.sessions() as s:
         assert await oee_report(s, start_ms=DAY_START, end_ms=DAY_END) == [day]
 
-    # -- per shift ----------------------------------------------------------------------
+
+async def test_day_per_shift_and_per_local_date(day):
     # A: planned 450, downtime alarm 45 + setup 40 = 85, run 365, micro 1 + 1.5 = 2.5
     #    ideal 210 (WO-A) + 240 x 0.25 = 60 (WO-B before 14:00) = 270
     #    good 10 + 100 + 300 + 240 = 650, scrap 20
@@ -235,22 +229,27 @@ async def test_scripted_day_by_hand(api, cloud_db_url):
     # B: planned 450, downtime offline 20 + idle 10 = 30, run 420, micro 1 + 0.5 = 1.5
     #    ideal (1040 + 400) x 0.25 = 360, good 1400, scrap 40
     #    A = 420/450 = 0.933, P = 360/420 = 0.857, Q = 1400/1440 = 0.972
+    api = day
     a, b = await report(api, "shift")
     assert (a["shift"], b["shift"]) == ("A", "B")
     check(a, planned=450, run=365, down=85, micro=2.5, ideal=270, good=650, scrap=20,
           unrated=10)
     check(b, planned=450, run=420, down=30, micro=1.5, ideal=360, good=1400, scrap=40)
+    [day] = await report(api, "machine")
     [(key, dayrow)] = [(r["day"], r) for r in await report(api, "day")]
     assert key == "2025-03-12"   # the Shanghai date, though shift A starts on 03-11 in UTC
     assert {k: v for k, v in dayrow.items() if k != "day"} == \
         {k: v for k, v in day.items() if k not in ("machine_id", "machine")}
 
-    # -- per order (time by dispatch, pieces by attribution) ----------------------------
+
+async def test_day_per_order_and_product(day):
+    """Time by dispatch, pieces by attribution."""
     # unassigned 06:00-06:30: planned 30, run 30; 10 pieces without ideal -> P undefined
     # WO-A [06:30,12:00): planned 210 + 90 = 300, downtime alarm 45, run 255, micro 2.5
     #    ideal 420 x 0.5 = 210, good 400, scrap 20: A 0.85, P 210/255 = 0.824, Q 0.952
     # WO-B [12:00,22:00): planned 120 + 450 = 570, downtime 40 + 20 + 10 = 70, run 500,
     #    micro 1.5, ideal 1680 x 0.25 = 420, good 1640, scrap 40: A 0.877, P 0.84, Q 0.976
+    api = day
     orders = {r["work_order"]: r for r in await report(api, "order")}
     assert set(orders) == {"WO-A", "WO-B", None}
     assert (orders["WO-A"]["customer"], orders["WO-A"]["product"]) == ("ACME", "P-A")
@@ -267,7 +266,9 @@ async def test_scripted_day_by_hand(api, cloud_db_url):
         {k: v for k, v in orders["WO-B"].items()
          if k not in ("work_order", "customer", "product")}
 
-    # -- stops and pareto ---------------------------------------------------------------
+
+async def test_day_stops_and_downtime_pareto(day):
+    api, m1 = day, day.m1
     res = await api.get(f"/api/v1/machines/{m1}/stops",
                         params={"start": at("06:00"), "end": at("13:00")})
     got = [(s["start_ts"], s["duration_ms"], s["state"], s["micro"], s["reason"])
@@ -284,12 +285,16 @@ async def test_scripted_day_by_hand(api, cloud_db_url):
                       {"reason": "offline", "duration_ms": 20 * MIN, "count": 1},
                       {"reason": "idle", "duration_ms": 10 * MIN, "count": 1}]
 
-    # -- the late batch ---------------------------------------------------------------
+
+async def test_day_late_batch_changes_only_its_shift_and_order(day):
     # 11:00-11:05 idle: +5 min downtime "idle" in A and WO-A; 11:30 +20 good on WO-A
     #    (+10 min ideal). A: downtime 90, run 360, ideal 280, good 670 -> A 0.8,
     #    P 280/360 = 0.778, Q 670/690. WO-A: downtime 50, run 250, ideal 220, good 420.
     #    Day: downtime 120, run 780, ideal 640, good 2070. Shift B does not change.
-    await ingest(api, late)
+    api = day
+    _a, b = await report(api, "shift")
+    orders = {r["work_order"]: r for r in await report(api, "order")}
+    await ingest(api, day.late)
     [day2] = await report(api, "machine")
     check(day2, planned=900, run=780, down=120, micro=4, ideal=640, good=2070, scrap=60,
           unrated=10)
@@ -324,16 +329,33 @@ async def audit_actions(api: Any, prefix: str) -> list[tuple[str, str, dict[str,
     return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
-@sqlite_only
-async def test_board_reasons_settings_calendars_and_roles(api, cloud_db_url):
-    from cloud.oee import current_states
-
+@pytest.fixture
+async def full_day(api: Any, cloud_db_url: str) -> Any:
+    """SQLite only: the scripted day with every record (the late ones in seq order).
+    ``full_day.m1``, ``full_day.calendar``: the machine's and its calendar's ids."""
     plant = await make_day_plant(api)
-    m1 = plant["m1"]
     first, late = script_records()
     await ingest(api, sorted(first + late, key=lambda r: r["seq"]))
+    api.m1, api.calendar = plant["m1"], plant["calendar"]
+    return api
 
-    # -- the board at pinned times --------------------------------------------------------
+
+async def idle_from_21_45(api: Any) -> None:
+    """A late record: the machine went idle at 21:45 already (not 21:50)."""
+    await ingest(api, [{"seq": 33, "ts": at("21:45"), "device": "cnc-03", "kind": "state",
+                        "body": {"state": "idle", "prev": "running", "code": 0}}])
+
+
+async def put_oee_settings(api: Any, **settings: Any) -> None:
+    res = await api.put("/api/v1/settings/oee", json=settings, headers=api.admin)
+    assert res.status_code == 200, res.text
+
+
+@sqlite_only
+async def test_board_shows_each_machine_state_at_pinned_times(full_day):
+    from cloud.oee import current_states
+
+    api, m1 = full_day, full_day.m1
     async with api.app.state.db.sessions() as s:
         setup = (await current_states(s, at("12:10")))[m1]
         offline = (await current_states(s, at("15:10")))[m1]
@@ -353,7 +375,10 @@ async def test_board_reasons_settings_calendars_and_roles(api, cloud_db_url):
     assert res.status_code == 200, res.text
     assert [(r["machine_id"], r["state"]) for r in res.json()["items"]] == [(m1, "idle")]
 
-    # -- stop reasons: only at a stop's start, by planners and admins, audited ---------------
+
+@sqlite_only
+async def test_stop_reasons_only_at_a_stop_start_by_planners_and_admins_audited(full_day):
+    api, m1 = full_day, full_day.m1
     url = f"/api/v1/machines/{m1}/stops/{{}}/reason"
     res = await api.put(url.format(at("08:10")), json={"reason": "tool change"})
     assert res.status_code == 422 and res.json()["field"] == "start_ts", res.text
@@ -373,11 +398,16 @@ async def test_board_reasons_settings_calendars_and_roles(api, cloud_db_url):
                                   "note": None, "previous": None, "state": "setup"})]
     [day] = await report(api, "machine")
     assert day["losses"]["downtime_by_reason"]["changeover WO-A -> WO-B"] == 40 * MIN
-    # a late record shows the last stop began at 21:45, not 21:50: its reason stays with it
+
+
+@sqlite_only
+async def test_a_stop_reason_stays_with_its_stop_when_a_late_record_moves_its_start(full_day):
+    """A late record shows the last stop began at 21:45, not 21:50: its reason stays."""
+    api, m1 = full_day, full_day.m1
+    url = f"/api/v1/machines/{m1}/stops/{{}}/reason"
     res = await api.put(url.format(at("21:50")), json={"reason": "no material"})
     assert res.status_code == 200, res.text
-    await ingest(api, [{"seq": 33, "ts": at("21:45"), "device": "cnc-03", "kind": "state",
-                        "body": {"state": "idle", "prev": "running", "code": 0}}])
+    await idle_from_21_45(api)
     res = await api.get(f"/api/v1/machines/{m1}/stops",
                         params={"start": at("21:00"), "end": DAY_END})
     [last] = res.json()["items"]
@@ -386,7 +416,13 @@ async def test_board_reasons_settings_calendars_and_roles(api, cloud_db_url):
     [day] = await report(api, "machine")
     assert day["losses"]["downtime_by_reason"]["no material"] == 15 * MIN
 
-    # -- settings: a 30 s threshold makes the 60 s and 90 s stops downtime -------------------
+
+@sqlite_only
+async def test_micro_stop_threshold_setting_makes_short_stops_downtime(full_day):
+    """A 30 s threshold makes the 60 s and 90 s stops downtime (the day with the late
+    21:45 idle record)."""
+    api = full_day
+    await idle_from_21_45(api)
     assert (await api.get("/api/v1/settings/oee", headers=api.viewer)).json() == \
         {"micro_stop_s": 120, "state_map": {}}
     res = await api.put("/api/v1/settings/oee", json={"micro_stop_s": 30})
@@ -403,6 +439,17 @@ async def test_board_reasons_settings_calendars_and_roles(api, cloud_db_url):
     check(day, planned=900, run=771, down=129, micro=0, ideal=640, good=2070, scrap=60,
           unrated=10)
     assert day["losses"]["downtime_by_state"]["idle"] == (15 + 5 + 1 + 1.5 + 1 + 0.5) * MIN
+
+
+@sqlite_only
+async def test_state_map_setting_counts_setup_as_running(full_day):
+    """With the 30 s threshold and the late 21:45 record: run 771 min, and the 40-minute
+    changeover (setup) counts as run once setup maps to running."""
+    from cloud.oee import current_states
+
+    api, m1 = full_day, full_day.m1
+    await idle_from_21_45(api)
+    await put_oee_settings(api, micro_stop_s=30)
     res = await api.put("/api/v1/settings/oee", json={"state_map": {"setup": "running"}},
                         headers=api.admin)
     assert res.status_code == 200, res.text
@@ -414,8 +461,10 @@ async def test_board_reasons_settings_calendars_and_roles(api, cloud_db_url):
     assert [(r["day"], r["run_ms"]) for r in res.json()["items"]] == [("2025-03-12",
                                                                        811 * MIN)]
 
-    # -- calendars ---------------------------------------------------------------------
-    cal = plant["calendar"]
+
+@sqlite_only
+async def test_calendar_edits_are_checked_and_viewers_may_not_edit(full_day):
+    api, m1, cal = full_day, full_day.m1, full_day.calendar
     listed = (await api.get("/api/v1/calendars", headers=api.viewer)).json()["items"]
     assert [(c["name"], c["machine_ids"]) for c in listed] == [("two-shift", [m1])]
     res = await api.delete(f"/api/v1/calendars/{cal}")
@@ -429,15 +478,22 @@ async def test_board_reasons_settings_calendars_and_roles(api, cloud_db_url):
         "name": "two-shift", "timezone": "Asia/Shanghai", "definition": bad})
     assert (res.status_code, res.json()["field"]) == (422, "shifts[1].breaks[0]"), res.text
     assert "break outside the shift" in res.json()["detail"]
-    res = await api.get(f"/api/v1/calendars/{cal}/planned",
-                        params={"start": DAY_START, "end": DAY_END})
-    assert [(p["shift"], (p["end"] - p["start"]) // MIN) for p in res.json()["items"]] == \
-        [("A", 240), ("A", 210), ("B", 240), ("B", 210)]
     for method, path, body in (("POST", "/api/v1/calendars", {"name": "x"}),
                                ("PUT", f"/api/v1/machines/{m1}/calendar", {"calendar_id": None}),
                                ("DELETE", f"/api/v1/calendars/{cal}", None)):
         res = await api.request(method, path, json=body, headers=api.viewer)
         assert res.status_code == 403, (method, path)
+
+
+@sqlite_only
+async def test_planned_time_follows_the_machine_calendar_audited(full_day):
+    """The calendar's planned stretches; none of its own and no "default": around the
+    clock; a calendar named "default" for every unassigned machine; then it may go."""
+    api, m1, cal = full_day, full_day.m1, full_day.calendar
+    res = await api.get(f"/api/v1/calendars/{cal}/planned",
+                        params={"start": DAY_START, "end": DAY_END})
+    assert [(p["shift"], (p["end"] - p["start"]) // MIN) for p in res.json()["items"]] == \
+        [("A", 240), ("A", 210), ("B", 240), ("B", 210)]
     # no calendar of its own and no "default": around the clock, in UTC days, from when
     # the machine was first heard from (05:30 local = 21:30 UTC on 03-11): 18.5 h
     res = await api.put(f"/api/v1/machines/{m1}/calendar", json={"calendar_id": None})
@@ -464,9 +520,7 @@ async def test_dst_day_and_non_working_day(api, cloud_db_url):
     non-working date 2025-10-01 has no planned time, so its availability is undefined.
     The machine runs all the time and counts nothing: performance 0, OEE 0."""
     berlin = ZoneInfo("Europe/Berlin")
-    res = await api.post("/api/v1/machines", headers=api.admin, json={
-        "gateway_id": "gw-test", "device": "imm-07", "name": "M2"})
-    m2 = res.json()["id"]
+    m2 = await add_machine(api, "imm-07", "M2")
     res = await api.post("/api/v1/calendars", json={
         "name": "round the clock", "timezone": "Europe/Berlin", "definition": {
             "shifts": [{"name": "D", "start": "00:00", "end": "00:00"}],
@@ -494,9 +548,7 @@ async def test_dst_day_and_non_working_day(api, cloud_db_url):
     assert (holiday["machine_id"], holiday["planned_ms"], holiday["availability"],
             holiday["oee"]) == (m2, 0, None, None)
     # a machine never heard from has no planned time (no data is not downtime)
-    res = await api.post("/api/v1/machines", headers=api.admin, json={
-        "gateway_id": "gw-test", "device": "ghost", "name": "M3"})
-    m3 = res.json()["id"]
+    m3 = await add_machine(api, "ghost", "M3")
     res = await api.get("/api/v1/oee", params={
         "start": at("00:00", "2025-03-30", berlin), "end": at("00:00", "2025-03-31", berlin)})
     assert [(r["machine_id"], r["planned_ms"], r["availability"])
@@ -509,41 +561,90 @@ async def test_dst_day_and_non_working_day(api, cloud_db_url):
     assert res.status_code == 404
 
 
-@sqlite_only
-async def test_maintenance_counters(api, cloud_db_url):
-    """Run hours: running 06:00-09:00 (3 h) against 2 h -> due at 08:00. Cycles: a 4-cavity
-    mold, 400 pieces = 100 cycles against 150; 200 more pieces at 08:00 -> 150, due then."""
-    from cloud.core.models import anomalies, maintenance_counters
+def imm_state(seq: int, hhmm: str, name: str) -> dict[str, Any]:
+    return {"seq": seq, "ts": at(hhmm), "device": "imm-07", "kind": "state",
+            "body": {"state": name, "prev": None, "code": 0}}
+
+
+def imm_shots(seq: int, hhmm: str, before: int, n: int) -> dict[str, Any]:
+    return {"seq": seq, "ts": at(hhmm), "device": "imm-07", "kind": "count",
+            "body": {"tag": "shots", "counts": "good", "delta": n, "raw_before": before,
+                     "raw_after": before + n, "reset": False}}
+
+
+@pytest.fixture
+async def imm7(api: Any, cloud_db_url: str) -> Any:
+    """SQLite only. IMM 7 (gw-test/imm-07) molds CAP with a 4-cavity mold (WO-C,
+    dispatched from 05:00): running 06:00-09:00, 400 pieces at 07:00. ``imm7.m``: its id."""
+    m = await add_machine(api, "imm-07", "IMM 7")
+    await put_product(api, "CAP", name="cap")
+    await add_routing(api, "CAP", [{"step": 10, "name": "mold", "work_center": "molding",
+                                    "ideal_cycle_ms": 20_000, "cavities": 4}])
+    await add_work_order(api, "WO-C", "CAP", 10_000)
+    [op] = await release(api, "WO-C")
+    await start_dispatch(api, m, op, at("05:00"))
+    await ingest(api, [imm_state(1, "06:00", "running"), imm_shots(2, "07:00", 0, 400),
+                       imm_state(3, "09:00", "idle")])
+    api.m = m
+    return api
+
+
+@pytest.fixture
+async def counters(imm7: Any) -> Any:
+    """Two counters of IMM 7 counting since 00:00: "filter" (run hours, 2 h) and "mold
+    service" (cycles, 150). ``counters.hours_id``, ``counters.cycles_id``."""
+    api = imm7
+    ids = []
+    for body in ({"name": "filter", "metric": "run_hours", "threshold_hours": 2},
+                 {"name": "mold service", "metric": "cycles", "threshold": 150}):
+        res = await api.post("/api/v1/maintenance-counters",
+                             json={"machine_id": api.m, "since_ts": at("00:00"), **body})
+        assert res.status_code == 201, res.text
+        ids.append(res.json()["id"])
+    api.hours_id, api.cycles_id = ids
+    return api
+
+
+async def maintenance_anomalies(api: Any) -> list[tuple[int, int, str | None, int | None]]:
+    from cloud.core.models import anomalies
+
+    async with api.app.state.db.sessions() as s:
+        return [tuple(r) for r in (await s.execute(
+            select(anomalies.c.id, anomalies.c.ts, anomalies.c.code,
+                   anomalies.c.machine_id).where(anomalies.c.kind == "maintenance")
+            .order_by(anomalies.c.id))).all()]
+
+
+async def due_id(api: Any, counter: int) -> int | None:
+    from cloud.core.models import maintenance_counters
+
+    async with api.app.state.db.sessions() as s:
+        return (await s.execute(select(maintenance_counters.c.due_anomaly_id).where(
+            maintenance_counters.c.id == counter))).scalar()
+
+
+async def both_due(api: Any) -> None:
+    """The job at 11:00 (filter due since 08:00), 200 more shots at 08:00 (150 cycles:
+    the mold service due then), the job again; each job run twice."""
     from cloud.oee import check_maintenance
-    from cloud.oee.maintenance import reset_counter
 
     db = api.app.state.db
+    for _ in range(2):
+        await check_maintenance(db, at("11:00"))
+    await ingest(api, [imm_shots(4, "08:00", 400, 200)])
+    for _ in range(2):
+        await check_maintenance(db, at("11:00"))
+
+
+@sqlite_only
+async def test_maintenance_counters_are_checked_and_show_their_value(imm7):
+    """Run hours: running 06:00-09:00 (3 h) against 2 h -> due. Cycles: a 4-cavity mold,
+    400 pieces = 100 cycles against 150 -> not due."""
+    from cloud.oee import check_maintenance
+
+    api, m = imm7, imm7.m
     assert any(j.name == "maintenance" and j.fn is check_maintenance
                for j in api.app.state.jobs)
-    res = await api.post("/api/v1/machines", headers=api.admin, json={
-        "gateway_id": "gw-test", "device": "imm-07", "name": "IMM 7"})
-    m = res.json()["id"]
-    await api.put("/api/v1/products/CAP", json={"name": "cap"})
-    await api.post("/api/v1/routings", json={"product": "CAP", "operations": [
-        {"step": 10, "name": "mold", "work_center": "molding", "ideal_cycle_ms": 20_000,
-         "cavities": 4}]})
-    await api.post("/api/v1/work-orders", json={"number": "WO-C", "product": "CAP",
-                                                "quantity": 10_000})
-    op = (await api.post("/api/v1/work-orders/WO-C/release")).json()["operations"][0]["id"]
-    await api.post("/api/v1/dispatches", json={"machine_id": m, "wo_operation_id": op,
-                                               "start_ts": at("05:00")})
-
-    def state(seq: int, hhmm: str, name: str) -> dict[str, Any]:
-        return {"seq": seq, "ts": at(hhmm), "device": "imm-07", "kind": "state",
-                "body": {"state": name, "prev": None, "code": 0}}
-
-    def good(seq: int, hhmm: str, before: int, n: int) -> dict[str, Any]:
-        return {"seq": seq, "ts": at(hhmm), "device": "imm-07", "kind": "count",
-                "body": {"tag": "shots", "counts": "good", "delta": n, "raw_before": before,
-                         "raw_after": before + n, "reset": False}}
-
-    await ingest(api, [state(1, "06:00", "running"), good(2, "07:00", 0, 400),
-                       state(3, "09:00", "idle")])
     res = await api.post("/api/v1/maintenance-counters", headers=api.viewer, json={
         "machine_id": m, "name": "filter", "metric": "run_hours", "threshold": 1})
     assert res.status_code == 403
@@ -554,46 +655,51 @@ async def test_maintenance_counters(api, cloud_db_url):
         "machine_id": m, "name": "filter", "metric": "run_hours", "threshold_hours": 2,
         "since_ts": at("00:00")})
     assert res.status_code == 201, res.text
-    hours_id = res.json()["id"]
     assert (res.json()["value"], res.json()["percent"], res.json()["due"]) == \
         (3 * 60 * MIN, 150.0, True)
     res = await api.post("/api/v1/maintenance-counters", json={
         "machine_id": m, "name": "mold service", "metric": "cycles", "threshold": 150,
         "since_ts": at("00:00")})
-    cycles_id = res.json()["id"]
     assert (res.json()["value"], res.json()["percent"], res.json()["due"]) == \
         (100, 66.67, False)
     res = await api.post("/api/v1/maintenance-counters", json={
         "machine_id": m, "name": "filter", "metric": "cycles", "threshold": 5})
     assert res.status_code == 409
 
-    async def maintenance_anomalies() -> list[tuple[int, int, str | None, int | None]]:
-        async with db.sessions() as s:
-            return [tuple(r) for r in (await s.execute(
-                select(anomalies.c.id, anomalies.c.ts, anomalies.c.code,
-                       anomalies.c.machine_id).where(anomalies.c.kind == "maintenance")
-                .order_by(anomalies.c.id))).all()]
 
-    async def due_id(counter: int) -> int | None:
-        async with db.sessions() as s:
-            return (await s.execute(select(maintenance_counters.c.due_anomaly_id).where(
-                maintenance_counters.c.id == counter))).scalar()
+@sqlite_only
+async def test_a_due_counter_raises_one_anomaly_at_the_moment_it_became_due(counters):
+    from cloud.oee import check_maintenance
 
+    api, m, hours_id, cycles_id = counters, counters.m, counters.hours_id, counters.cycles_id
+    db = api.app.state.db
     # two runs of the job: one anomaly, at the moment the 2nd run hour was reached
     for _ in range(2):
         await check_maintenance(db, at("11:00"))
-    [(first_id, ts, code, machine)] = await maintenance_anomalies()
+    [(first_id, ts, code, machine)] = await maintenance_anomalies(api)
     assert (ts, code, machine) == (at("08:00"), "filter", m)
-    assert await due_id(hours_id) == first_id and await due_id(cycles_id) is None
+    assert await due_id(api, hours_id) == first_id and await due_id(api, cycles_id) is None
     # 200 more shots at 08:00 -> 150 cycles (4 cavities): due with that record
-    await ingest(api, [good(4, "08:00", 400, 200)])
+    await ingest(api, [imm_shots(4, "08:00", 400, 200)])
     for _ in range(2):
         await check_maintenance(db, at("11:00"))
-    found = await maintenance_anomalies()
+    found = await maintenance_anomalies(api)
     assert [(a[1], a[2]) for a in found] == [(at("08:00"), "filter"),
                                              (at("08:00"), "mold service")]
 
-    # reset over the API (now = wall clock): audited, due cleared, counting from now
+
+@sqlite_only
+async def test_a_reset_counts_from_then_and_every_counter_change_is_audited(counters):
+    """Both counters due (``both_due``). A reset over the API (now = wall clock) is
+    audited, clears the due anomaly and counts from now; one pinned at 08:30 counts 0.5 h
+    until 09:00, and from 10:00 the 2 h are reached at 11:30: a new anomaly."""
+    from cloud.oee import check_maintenance
+    from cloud.oee.maintenance import reset_counter
+
+    api, m, hours_id, cycles_id = counters, counters.m, counters.hours_id, counters.cycles_id
+    db = api.app.state.db
+    await both_due(api)
+    first_id = (await maintenance_anomalies(api))[0][0]
     res = await api.post(f"/api/v1/maintenance-counters/{hours_id}/reset", headers=api.viewer)
     assert res.status_code == 403
     res = await api.post(f"/api/v1/maintenance-counters/{hours_id}/reset")
@@ -604,18 +710,16 @@ async def test_maintenance_counters(api, cloud_db_url):
     assert (actor, action, detail["value"], detail["due_anomaly_id"],
             detail["previous_since_ts"]) == ("pat", "maintenance.reset", 3 * 60 * MIN,
                                              first_id, at("00:00"))
-    # reset at 08:30 (pinned): 0.5 h run until 09:00, not due; running again from 10:00,
-    # 2 h are reached at 11:30 -> a new anomaly for the new period
     async with db.sessions() as s, s.begin():
         await reset_counter(s, "pat", hours_id, at("08:30"))
     await check_maintenance(db, at("11:00"))
-    assert len(await maintenance_anomalies()) == 2
-    await ingest(api, [state(5, "10:00", "running")])
+    assert len(await maintenance_anomalies(api)) == 2
+    await ingest(api, [imm_state(5, "10:00", "running")])
     await check_maintenance(db, at("12:00"))
     await check_maintenance(db, at("12:00"))
-    found = await maintenance_anomalies()
+    found = await maintenance_anomalies(api)
     assert [(a[1], a[2]) for a in found][2:] == [(at("11:30"), "filter")]
-    assert await due_id(hours_id) == found[2][0]
+    assert await due_id(api, hours_id) == found[2][0]
 
     listed = (await api.get("/api/v1/maintenance-counters",
                             params={"machine_id": m}, headers=api.viewer)).json()["items"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.production_api import api_fixture, make_plant  # noqa: F401
+from tests.fixtures.plant import make_plant
 
 pytestmark = pytest.mark.needs_service("postgresql")
 

@@ -18,6 +18,7 @@ from protocols.errors import DriverTimeout, IllegalAddress
 from protocols.modbus import ModbusRtuDriver
 from protocols.model import Span
 from protocols.sim import SimulatedPlant, demo_points
+from tests.fixtures.waiting import wait_for_async
 from tests.services import require_binary
 
 pytestmark = pytest.mark.needs_service("socat")
@@ -30,14 +31,13 @@ async def pty_pair(tmp_path: Path) -> AsyncIterator[tuple[str, str]]:
     proc = await asyncio.create_subprocess_exec(
         socat, f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    for _ in range(200):
-        if os.path.exists(a) and os.path.exists(b):
-            break
-        await asyncio.sleep(0.05)
-    else:
+    try:
+        await wait_for_async(lambda: {p: os.path.exists(p) for p in (a, b)},
+                             "socat creating the pty pair", until=lambda made: all(made.values()))
+    except AssertionError:
         proc.kill()
         await proc.wait()
-        pytest.fail("socat did not create the pty pair")
+        raise
     try:
         yield a, b
     finally:

@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy import select
 
 from cloud.core.models import AuditEntry
-from tests.integration.production_api import api_fixture  # noqa: F401
 
 pytestmark = pytest.mark.parametrize("cloud_db_url", ["sqlite"], indirect=True)
 

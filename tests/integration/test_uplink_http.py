@@ -16,13 +16,13 @@ from buffer.records import Record, decode_batch
 from buffer.uplink import HttpUplink, UplinkAuthError, UplinkUnavailable
 from edge.forwarder import Forwarder
 from tests.faults.proxy import FaultProxy
+from tests.fixtures.waiting import wait_for_async
 from tests.integration.uplink_helpers import (
     GATEWAY,
     CountingTransport,
     fill,
     open_outbox,
     running_cloud,
-    wait_for,
 )
 
 
@@ -94,7 +94,7 @@ async def test_5xx_retries_with_backoff_then_drains(tmp_path: Path) -> None:
             fw = forwarder(outbox, up, max_records=200)
             task = asyncio.create_task(fw.run())
             try:
-                await wait_for(lambda: fw.stats().last_ack_seq == seqs[-1], what="drained")
+                await wait_for_async(fw.stats, "drained", until=lambda s: s.last_ack_seq == seqs[-1])
             finally:
                 task.cancel()
         assert cloud.seqs() == seqs
@@ -112,7 +112,7 @@ async def test_401_stops_without_spinning_until_resumed(tmp_path: Path) -> None:
             fw = forwarder(outbox, up)
             task = asyncio.create_task(fw.run())
             try:
-                await wait_for(lambda: fw.state == "auth_failed", what="auth_failed")
+                await wait_for_async(lambda: fw.state, "auth_failed", until=lambda st: st == "auth_failed")
                 await asyncio.sleep(0.5)  # many backoff periods: it must not have retried
                 assert transport.requests == 1
                 s = fw.stats()
@@ -121,7 +121,7 @@ async def test_401_stops_without_spinning_until_resumed(tmp_path: Path) -> None:
                 assert (await outbox.stats()).backlog == 300
                 tf.write_text(cloud.token)
                 fw.resume()
-                await wait_for(lambda: fw.stats().last_ack_seq == seqs[-1], what="drained")
+                await wait_for_async(fw.stats, "drained", until=lambda s: s.last_ack_seq == seqs[-1])
             finally:
                 task.cancel()
         assert cloud.seqs() == seqs
@@ -143,7 +143,7 @@ async def test_413_halves_the_batch(tmp_path: Path) -> None:
             fw = forwarder(outbox, up, max_records=1_000, max_bytes=8 << 20)
             task = asyncio.create_task(fw.run())
             try:
-                await wait_for(lambda: fw.stats().last_ack_seq == seqs[-1], what="drained")
+                await wait_for_async(fw.stats, "drained", until=lambda s: s.last_ack_seq == seqs[-1])
             finally:
                 task.cancel()
         assert cloud.seqs() == seqs
@@ -270,7 +270,7 @@ async def test_403_stops_like_401_and_says_so(tmp_path: Path) -> None:
             with capture_logs() as logs:
                 task = asyncio.create_task(fw.run())
                 try:
-                    await wait_for(lambda: fw.state == "auth_failed", what="auth_failed")
+                    await wait_for_async(lambda: fw.state, "auth_failed", until=lambda st: st == "auth_failed")
                     await asyncio.sleep(0.5)  # many backoff periods: it must not have retried
                     assert transport.requests == 1 and fw.state == "auth_failed"
                     s = fw.stats()
@@ -281,7 +281,7 @@ async def test_403_stops_like_401_and_says_so(tmp_path: Path) -> None:
                     assert (await outbox.stats()).backlog == 300
                     tf.write_text(cloud.token)
                     fw.resume()
-                    await wait_for(lambda: fw.stats().last_ack_seq == seqs[-1], what="drained")
+                    await wait_for_async(fw.stats, "drained", until=lambda s: s.last_ack_seq == seqs[-1])
                 finally:
                     task.cancel()
         [event] = [e for e in logs if e["event"] == "uplink_auth_failed"]

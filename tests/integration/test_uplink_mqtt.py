@@ -14,7 +14,8 @@ from buffer.uplink import MqttUplink, UplinkUnavailable
 from cloud.ingest import run_mqtt_ingest
 from edge.forwarder import Forwarder
 from tests.fixtures.mosquitto import Mosquitto
-from tests.integration.uplink_helpers import GATEWAY, fill, make_cloud_db, open_outbox, wait_for
+from tests.fixtures.waiting import wait_for_async
+from tests.integration.uplink_helpers import GATEWAY, fill, make_cloud_db, open_outbox
 
 pytestmark = pytest.mark.needs_service("mosquitto")
 
@@ -90,11 +91,11 @@ async def test_broker_restart_mid_drain(tmp_path: Path, mosquitto: Mosquitto,
             fw = forwarder(outbox, up, max_records=100)
             task = asyncio.create_task(fw.run())
             try:
-                await wait_for(lambda: (fw.stats().last_ack_seq or 0) >= 2_000,
-                               what="drain under way")
+                await wait_for_async(fw.stats, "drain under way",
+                                     until=lambda s: (s.last_ack_seq or 0) >= 2_000)
                 await asyncio.to_thread(mosquitto.restart, kill=kill)
-                await wait_for(lambda: fw.stats().last_ack_seq == seqs[-1], timeout=180,
-                               what="drain complete after the broker restart")
+                await wait_for_async(fw.stats, "drain complete after the broker restart",
+                                     until=lambda s: s.last_ack_seq == seqs[-1], timeout=180)
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -142,7 +143,8 @@ async def test_bad_credentials_stop_until_resume_and_acl_allows_own_topics(
                 fw = forwarder(outbox, up, max_records=100)
                 task = asyncio.create_task(fw.run())
                 try:
-                    await wait_for(lambda: fw.state == "auth_failed", what="auth_failed")
+                    await wait_for_async(lambda: fw.state, "auth_failed",
+                                         until=lambda state: state == "auth_failed")
                     await asyncio.sleep(0.5)
                     s = fw.stats()
                     assert s.state == "auth_failed" and s.errors == {"auth": 1}
@@ -150,7 +152,8 @@ async def test_bad_credentials_stop_until_resume_and_acl_allows_own_topics(
                     assert up.connections == 0
                     token.write_text("psg_right\n")
                     fw.resume()
-                    await wait_for(lambda: fw.stats().last_ack_seq == seqs[-1], what="drained")
+                    await wait_for_async(fw.stats, "drained",
+                                         until=lambda s: s.last_ack_seq == seqs[-1])
                 finally:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
@@ -171,7 +174,8 @@ async def test_consumer_down_then_up_gets_the_queued_batches(tmp_path: Path,
         async with uplink(mosquitto, max_in_flight=20, confirm_timeout=60) as up:
             fw = forwarder(outbox, up, max_records=100)
             drain = asyncio.create_task(fw.drain())
-            await wait_for(lambda: fw.stats().batches_sent == 10, what="all published")
+            await wait_for_async(fw.stats, "all published",
+                                 until=lambda s: s.batches_sent == 10)
             assert (await outbox.stats()).backlog == 1_000  # nothing confirmed yet
             async with ingest(mosquitto, db_url):
                 assert await asyncio.wait_for(drain, 60) == seqs[-1]
@@ -219,7 +223,8 @@ async def test_in_flight_window_bounds_what_is_published(tmp_path: Path,
                 drain = asyncio.create_task(fw.drain())
                 try:
                     # blocked on the oldest batch's confirmation, four out
-                    await wait_for(lambda: waits and len(seen) >= 4, what="window full")
+                    await wait_for_async(lambda: (list(waits), list(seen)), "window full",
+                                         until=lambda ws: ws[0] and len(ws[1]) >= 4)
                     await asyncio.sleep(0.5)  # it stays blocked: nothing more goes out
                     assert waits == [(1, 100)]
                     assert seen == [(1, 100), (101, 200), (201, 300), (301, 400)]

@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgpack
 import openpyxl
 import pytest
 
-from buffer.records import WIRE_VERSION
 from tests.fixtures.cloud import ADMIN_HEADERS, add_admin, migrate_sync
-from tests.integration.web_plant import PASSWORD, Plant, count, ingest, now_ms, rec, seed_plant
+from tests.fixtures.plant import PASSWORD, WebPlant, now_ms, seed_plant
 
 pytestmark = pytest.mark.xdist_group("web_pages")
 PAGES = ["/", "/?wall=1", "/board/tiles", "/work-orders", "/work-orders/WO-1001",
@@ -33,7 +31,7 @@ EXTERNAL = re.compile(r"""(?:src|href|action)\s*=\s*["']?\s*(?:https?:)?//|url\(
 
 
 @pytest.fixture(scope="module")
-def web_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Plant]]:
+def web_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, WebPlant]]:
     """A migrated SQLite cloud with the test plant, built once for the module."""
     from cloud.app import create_app
     from cloud.auth import create_gateway
@@ -42,7 +40,7 @@ def web_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Plan
     url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('web') / 'cloud.db'}"
     migrate_sync(url)
 
-    async def build() -> Plant:
+    async def build() -> WebPlant:
         await add_admin(url)
         async with Database(url) as db:
             token = await create_gateway(db, "gw-hall1")
@@ -57,7 +55,7 @@ def web_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Plan
 
 
 class Web(httpx.AsyncClient):
-    plant: Plant
+    plant: WebPlant
 
     async def page(self, path: str, **kw: Any) -> str:
         res = await self.get(path, **kw)
@@ -76,7 +74,7 @@ class Web(httpx.AsyncClient):
 
 
 @pytest.fixture
-async def web(web_db: tuple[str, Plant]) -> AsyncIterator[Any]:
+async def web(web_db: tuple[str, WebPlant]) -> AsyncIterator[Any]:
     """A client factory: ``await web(user, accept_language=...)`` is logged in as user."""
     from cloud.app import create_app
 
@@ -341,29 +339,18 @@ async def test_provisional_banner_while_a_gateway_catches_up(web: Any, web_db: A
         gid = (await s.execute(text("SELECT id FROM gateways ORDER BY created DESC LIMIT 1"))
                ).scalar()
     pat = await web("pat")
-    late = Plant(str(gid), token)
+    late = WebPlant(str(gid), token)
     old = now_ms() - 40 * 60_000
-    body = msgpack.packb({"v": WIRE_VERSION, "gateway": gid, "records": [
-        rec(late, "press-9", "state", {"state": "running"}, old),
-        count(late, "press-9", 5, old + 1000)]}, use_bin_type=True)
-    res = await pat.post("/api/v1/ingest", content=body, headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/msgpack",
-        "Accept": "application/json", "X-Plantsync-Sent-At": str(now_ms())})
-    assert res.status_code == 200, res.text
+    await late.ingest(pat, [late.rec("press-9", "state", {"state": "running"}, old),
+                            late.count("press-9", 5, old + 1000)], sent_at=now_ms())
     html = await pat.page("/work-orders")
     assert 'id="provisional"' in html and str(gid) in html
     assert "Catching up" in await pat.page("/completeness")
-    await ingest(pat, late, [count(late, "press-9", 1, now_ms())])
+    await late.ingest(pat, [late.count("press-9", 1, now_ms())])
     assert str(gid) not in await pat.page("/work-orders")
 
     async def with_backlog(backlog: int) -> None:   # live records, but a queue behind them
-        body = msgpack.packb({"v": WIRE_VERSION, "gateway": gid, "backlog": backlog,
-                              "records": [count(late, "press-9", 1, now_ms())]},
-                             use_bin_type=True)
-        res = await pat.post("/api/v1/ingest", content=body, headers={
-            "Authorization": f"Bearer {token}", "Content-Type": "application/msgpack",
-            "Accept": "application/json"})
-        assert res.status_code == 200, res.text
+        await late.ingest(pat, [late.count("press-9", 1, now_ms())], backlog=backlog)
 
     await with_backlog(5001)              # 5000 still queued behind this batch
     assert str(gid) in await pat.page("/work-orders")
@@ -424,7 +411,7 @@ def test_package_files() -> None:
 
 async def test_an_admin_registers_a_device_as_a_machine(web: Any) -> None:
     ada = await web("ada")
-    await ingest(ada, ada.plant, [count(ada.plant, "lathe-5", 2, now_ms())])
+    await ada.plant.ingest(ada, [ada.plant.count("lathe-5", 2, now_ms())])
     pat = await web("pat")
     res = await pat.act("/machines", {"gateway_id": ada.plant.gateway, "device": "lathe-5",
                                       "name": "Lathe 5"})
@@ -439,40 +426,85 @@ async def test_an_admin_registers_a_device_as_a_machine(web: Any) -> None:
 
 # -- the user's own page: API tokens (SQLite and PostgreSQL) ------------------------------
 
-async def test_account_page_creates_shows_once_and_revokes_api_tokens(cloud_client: Any
-                                                                      ) -> None:
+class Account:
+    """``cloud_client`` logged in (a session cookie) as viewer ``vic2``; ``csrf`` is the
+    account page's form token. Users ``vic2`` (viewer) and ``pat2`` (planner) exist."""
+
+    def __init__(self, client: Any, csrf: dict[str, str]) -> None:
+        self.c, self.csrf = client, csrf
+
+    async def tokens_audit(self) -> list[dict[str, Any]]:
+        """The audit entries of vic2's API tokens, newest first."""
+        res = await self.c.get("/api/v1/audit", headers=ADMIN_HEADERS,
+                               params={"entity": "api_token", "actor": "vic2"})
+        return list(res.json()["items"])
+
+    async def create_token(self, name: str) -> tuple[str, int]:
+        """Create a token through the page: (the token shown once, its id)."""
+        res = await self.c.post("/account/tokens", data={**self.csrf, "name": name})
+        assert res.status_code == 201, res.text[:500]
+        token = re.findall(r"psu_[A-Za-z0-9_-]{40,}", res.text)[0]
+        html = (await self.c.get("/account")).text
+        found = re.search(r'action="/account/tokens/(\d+)/revoke"', html)
+        assert found, html
+        return token, int(found.group(1))
+
+
+@pytest.fixture
+async def account(cloud_client: Any) -> Account:
     c = cloud_client
     c.headers.pop("Authorization", None)
     for name, role in (("vic2", "viewer"), ("pat2", "planner")):
         res = await c.post("/api/v1/users", headers=ADMIN_HEADERS,
                            json={"name": name, "role": role, "password": PASSWORD})
         assert res.status_code == 201, res.text
-    anon = await c.get("/account")
-    assert anon.status_code == 303 and anon.headers["location"].startswith("/login")
     res = await c.post("/login", data={"name": "vic2", "password": PASSWORD, "next": "/"})
     assert res.status_code == 303, res.text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', (await c.get("/account")).text)
+    assert csrf
+    return Account(c, {"csrf_token": csrf.group(1)})
 
+
+async def test_the_account_page_needs_a_login(cloud_client: Any) -> None:
+    c = cloud_client
+    c.headers.pop("Authorization", None)
+    anon = await c.get("/account")
+    assert anon.status_code == 303 and anon.headers["location"].startswith("/login")
+
+
+async def test_the_account_page_shows_the_user_and_no_tokens_yet(account: Account) -> None:
+    c = account.c
     html = (await c.get("/account", headers={"Accept-Language": "en"})).text
     assert 'href="/account"' in html  # reachable from the header
     assert "My account" in html and "vic2" in html and "Viewer" in html
     assert "No API tokens yet." in html
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', html)
     assert csrf
-    token_field = {"csrf_token": csrf.group(1)}
 
-    async def my_tokens() -> list[dict[str, Any]]:
-        res = await c.get("/api/v1/audit", headers=ADMIN_HEADERS,
-                          params={"entity": "api_token", "actor": "vic2"})
-        return list(res.json()["items"])
 
-    # refused without the session's token, with another site's Origin, or with none
+async def test_token_forms_need_the_sessions_csrf_token_and_no_foreign_origin(
+        account: Account) -> None:
+    """Creating and revoking are refused without the session's token, with another
+    site's Origin, or with none; a refused revoke leaves the token working."""
+    c, token_field, my_tokens = account.c, account.csrf, account.tokens_audit
     res = await c.post("/account/tokens", data={"name": "x"})
     assert res.status_code == 403 and "security token" in res.text
     res = await c.post("/account/tokens", data={**token_field, "name": "x"},
                        headers={"Origin": "http://evil.example"})
     assert res.status_code == 403
     assert await my_tokens() == []
+    token, token_id = await account.create_token("ERP export")
+    res = await c.post(f"/account/tokens/{token_id}/revoke", data={})
+    assert res.status_code == 403
+    res = await c.post(f"/account/tokens/{token_id}/revoke", data=token_field,
+                       headers={"Origin": "http://evil.example"})
+    assert res.status_code == 403
+    assert (await c.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+            ).status_code == 200
 
+
+async def test_a_new_token_is_shown_once_and_works(account: Account) -> None:
+    c, token_field = account.c, account.csrf
     res = await c.post("/account/tokens", data={**token_field, "name": "ERP export"})
     assert res.status_code == 201, res.text[:500]
     assert res.headers["cache-control"] == "no-store"
@@ -481,19 +513,14 @@ async def test_account_page_creates_shows_once_and_revokes_api_tokens(cloud_clie
     token = shown[0]
     me = await c.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
     assert me.status_code == 200 and me.json()["name"] == "vic2"
-
     html = (await c.get("/account")).text  # listed, never shown again
     assert token not in html and "ERP export" in html and "Active" in html
-    token_id = int(re.search(r'action="/account/tokens/(\d+)/revoke"', html).group(1))
     assert (await c.get("/api/v1/me/tokens")).json()["items"][0]["last_used_at"] is not None
 
-    res = await c.post(f"/account/tokens/{token_id}/revoke", data={})
-    assert res.status_code == 403
-    res = await c.post(f"/account/tokens/{token_id}/revoke", data=token_field,
-                       headers={"Origin": "http://evil.example"})
-    assert res.status_code == 403
-    assert (await c.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
-            ).status_code == 200
+
+async def test_revoking_a_token_ends_it_and_is_audited(account: Account) -> None:
+    c, token_field, my_tokens = account.c, account.csrf, account.tokens_audit
+    token, token_id = await account.create_token("ERP export")
     res = await c.post(f"/account/tokens/{token_id}/revoke", data=token_field)
     assert res.status_code == 303 and res.headers["location"] == "/account"
     html = (await c.get("/account")).text
@@ -503,7 +530,9 @@ async def test_account_page_creates_shows_once_and_revokes_api_tokens(cloud_clie
     assert (res.status_code, res.json()["error"]) == (401, "revoked_token")
     assert [e["action"] for e in await my_tokens()] == ["api_token.revoke", "api_token.create"]
 
-    # another person's token is not theirs to revoke
+
+async def test_another_persons_token_is_not_theirs_to_revoke(account: Account) -> None:
+    c, token_field = account.c, account.csrf
     other = httpx.AsyncClient(transport=httpx.ASGITransport(app=c.app), base_url="http://cloud")
     async with other:
         assert (await other.post("/login", data={"name": "pat2", "password": PASSWORD,
@@ -515,7 +544,13 @@ async def test_account_page_creates_shows_once_and_revokes_api_tokens(cloud_clie
     res = await c.get("/api/v1/me", headers={"Authorization": f"Bearer {pat_token['token']}"})
     assert res.status_code == 200
 
-    # the page in Chinese
+
+async def test_the_account_page_in_chinese(account: Account) -> None:
+    """With a revoked token listed (its "revoked on" date shows)."""
+    c, token_field = account.c, account.csrf
+    _, token_id = await account.create_token("ERP export")
+    res = await c.post(f"/account/tokens/{token_id}/revoke", data=token_field)
+    assert res.status_code == 303, res.text
     res = await c.post("/locale", data={**token_field, "locale": "zh-CN", "next": "/account"})
     assert res.status_code == 303
     html = (await c.get("/account")).text

@@ -11,18 +11,16 @@ from sqlalchemy import select, update
 
 from cloud.core.models import AuditEntry, WoOperation, WorkOrder
 from cloud.production import on_operation_progress
-from tests.integration.production_api import api_fixture, make_plant  # noqa: F401
+from tests.fixtures.plant import add_work_order, make_plant
 
 pytestmark = pytest.mark.needs_service("postgresql")
 ACTIONS = ("release", "cancel", "complete", "close")
 
 
 async def new_order(api: Any, number: str = "WO-1", **extra: Any) -> dict[str, Any]:
-    res = await api.post("/api/v1/work-orders", json={
-        "number": number, "product": "P-100", "quantity": 100, "customer": "ACME",
-        "due": "2026-12-01T08:00:00Z", **extra})
-    assert res.status_code == 201, res.text
-    return res.json()
+    """A draft order of 100 P-100 for ACME, due 2026-12-01."""
+    return await add_work_order(api, number, "P-100", 100, customer="ACME",
+                                due="2026-12-01T08:00:00Z", **extra)
 
 
 async def act(api: Any, number: str, action: str, **kw: Any) -> Any:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from cloud.app import create_app
 from cloud.auth import create_gateway
 from cloud.core.db import Database
 from cloud.core.migrate import upgrade
+from tests.fixtures.waiting import wait_for_async
 from tests.services import free_port
 
 GATEWAY = "gw-test"
@@ -62,21 +62,12 @@ async def running_cloud(tmp_path: Path, *, max_body_bytes: int = 8 << 20,
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
                                            access_log=False, lifespan="on"))
     task = asyncio.create_task(server.serve())
-    await wait_for(lambda: server.started, what="uvicorn start")
+    await wait_for_async(lambda: server.started, "uvicorn serving the cloud app")
     try:
         yield Cloud(f"http://127.0.0.1:{port}", url, db_file, token, gateway)
     finally:
         server.should_exit = True
         await task
-
-
-async def wait_for(cond: Callable[[], Any], *, timeout: float = 60.0, what: str = "") -> None:
-    """Poll ``cond`` until true (a generous deadline, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or cond}")
-        await asyncio.sleep(0.02)
 
 
 def state_record(i: int, pad: int = 0) -> Record:

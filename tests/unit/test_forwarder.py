@@ -19,6 +19,7 @@ from buffer.uplink import (
     UplinkUnavailable,
 )
 from edge.forwarder import Forwarder
+from tests.fixtures.waiting import wait_for_async
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,10 @@ def fw(outbox: MemOutbox, up: Uplink, **kw: Any) -> Forwarder:
     return Forwarder(outbox, up, gateway="gw-1", **kw)
 
 
+def _empty(rows: list[Any]) -> bool:
+    return not rows
+
+
 async def test_backoff_is_full_jitter_capped_and_reset_by_success(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The Forwarder waits with buffer.backoff.Backoff (the pollers' one): each wait after an
@@ -109,13 +114,11 @@ async def test_backoff_is_full_jitter_capped_and_reset_by_success(
     # asyncio.sleep is only the Forwarder's back-off wait here (its idle wait is wait_for)
     monkeypatch.setattr("edge.forwarder.asyncio.sleep", recorded)
     task = asyncio.create_task(f.run())
-    while out.rows:
-        await real_sleep(0)
+    await wait_for_async(lambda: out.rows, "the first rows sent", until=_empty, interval=0)
     row = MemOutbox(1).rows[0]
     out.rows = [Row(4, row.ts, row.device, row.kind, row.body)]  # more work: two errors again
     f.notify()
-    while out.rows:
-        await real_sleep(0)
+    await wait_for_async(lambda: out.rows, "the new row sent", until=_empty, interval=0)
     task.cancel()
     assert len(sleeps) == 14
     bounds = [min(8.0, 0.5 * 2 ** n) for n in range(12)] + [0.5, 1.0]
@@ -156,8 +159,7 @@ async def test_413_halves_until_it_fits_and_nothing_is_skipped() -> None:
     up = Scripted([too_large, too_large, too_large])
     f = fw(out, up, max_records=100)
     task = asyncio.create_task(f.run())
-    while out.rows:
-        await asyncio.sleep(0.005)
+    await wait_for_async(lambda: out.rows, "everything sent", until=_empty, interval=0.005)
     task.cancel()
     assert [len(b) for b in up.sent[:2]] == [12, 12]  # 100 -> 50 -> 25 -> 12
     assert sorted(s for b in up.sent for s in b) == list(range(1, 101))
@@ -169,13 +171,12 @@ async def test_auth_error_waits_for_resume() -> None:
     up = Scripted([UplinkAuthError("401")])
     f = fw(out, up)
     task = asyncio.create_task(f.run())
-    while f.state != "auth_failed":
-        await asyncio.sleep(0.005)
+    await wait_for_async(lambda: f.state, "auth_failed", until=lambda s: s == "auth_failed",
+                         interval=0.005)
     await asyncio.sleep(0.05)
     assert up.sent == [] and len(out.rows) == 5 and up.reloads == 0
     f.resume()
-    while out.rows:
-        await asyncio.sleep(0.005)
+    await wait_for_async(lambda: out.rows, "everything sent", until=_empty, interval=0.005)
     task.cancel()
     assert up.reloads == 1 and f.stats().errors == {"auth": 1}
 
@@ -185,12 +186,32 @@ async def test_errors_back_off_and_count_then_recover() -> None:
     up = Scripted([UplinkUnavailable("503"), UplinkUnavailable("503"), UplinkRejected("400")])
     f = fw(out, up)
     task = asyncio.create_task(f.run())
-    while out.rows:
-        await asyncio.sleep(0.005)
+    await wait_for_async(lambda: out.rows, "everything sent", until=_empty, interval=0.005)
     task.cancel()
     s = f.stats()
     assert s.errors == {"unavailable": 2, "rejected": 1} and s.consecutive_failures == 0
     assert s.last_ack_seq == 5
+
+
+async def test_the_first_acknowledged_batch_ends_the_failure_run_mid_pass() -> None:
+    """After two failures the cloud takes the first batch of a three-batch backlog: while
+    the second one is sent, the Forwarder no longer counts consecutive failures (the link
+    works), though the pass through the backlog has not ended."""
+    out = MemOutbox(30)
+    failures_seen: list[int] = []
+
+    def second_batch(seqs: list[int]) -> int:
+        failures_seen.append(f.stats().consecutive_failures)
+        return seqs[-1]
+
+    up = Scripted([UplinkUnavailable("503"), UplinkUnavailable("503"), lambda s: s[-1],
+                   second_batch])
+    f = fw(out, up, max_records=10)
+    task = asyncio.create_task(f.run())
+    await wait_for_async(lambda: out.rows, "everything sent", until=_empty, interval=0.005)
+    task.cancel()
+    assert failures_seen == [0]
+    assert f.stats().errors == {"unavailable": 2} and f.stats().consecutive_failures == 0
 
 
 class Pipelined(Scripted):
