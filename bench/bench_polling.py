@@ -12,7 +12,8 @@ import time
 from collections.abc import Callable
 
 from protocols.address import tag_extent
-from protocols.driver import Endpoint, make_driver
+from protocols.driver import Endpoint
+from protocols.drivers import make_driver
 from protocols.model import DataType, ModbusAddress, PlanLimits, ReadPlan, Request, Span, TagSpec
 from protocols.plan import plan_reads
 from protocols.read import read_plan

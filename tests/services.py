@@ -26,6 +26,9 @@ PACKAGES = {
     "pg_ctlcluster": "postgresql",
     "initdb": "postgresql",
     "systemd-analyze": "systemd",
+    "mosquitto_passwd": "mosquitto",
+    "strace": "strace",
+    "fc-list": "fontconfig",
 }
 
 

@@ -47,26 +47,13 @@ def artifacts_dir() -> Path:
 
 
 def require_cjk_font() -> None:
-    """A font with simplified Chinese glyphs (else Chinese renders as boxes): installed
-    from Debian when missing; fails the test when that is impossible."""
+    """A font with simplified Chinese glyphs (else Chinese renders as boxes). Installed by
+    ``make system-deps`` before the tests; a test never installs it: it fails, saying so."""
     fc_list = require_binary("fc-list", "fontconfig")
     found = subprocess.run([fc_list, ":lang=zh"], capture_output=True, text=True, check=False)
-    if found.stdout.strip():
-        return
-    if os.geteuid() != 0:
-        pytest.fail(f"no Chinese font: run `sudo apt-get install -y {CJK_FONT_PACKAGE}`",
-                    pytrace=False)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    res = subprocess.run(["apt-get", "install", "-y", "-qq", CJK_FONT_PACKAGE], env=env,
-                         capture_output=True, text=True, timeout=600, check=False)
-    if res.returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True,
-                       timeout=300, check=False)
-        res = subprocess.run(["apt-get", "install", "-y", "-qq", CJK_FONT_PACKAGE], env=env,
-                             capture_output=True, text=True, timeout=600, check=False)
-    if res.returncode != 0:
-        pytest.fail(f"apt-get install {CJK_FONT_PACKAGE} failed:\n{res.stderr[-2000:]}",
-                    pytrace=False)
+    if not found.stdout.strip():
+        pytest.fail(f"no Chinese font: run `make system-deps` (or as root `apt-get install -y "
+                    f"{CJK_FONT_PACKAGE}`) before the tests", pytrace=False)
 
 
 @dataclass

@@ -26,7 +26,6 @@ from cloud.core.models import (
     SEVERITIES,
 )
 from cloud.notify.config import EVENTS
-from tests.integration.production_api import api_fixture  # noqa: F401
 from tests.services import free_port
 
 pytestmark = pytest.mark.needs_service("postgresql")

@@ -15,7 +15,6 @@ import pytest
 from cloud.api.routes import oee as oee_routes
 from cloud.api.routes import settings as settings_routes
 from cloud.core import clock
-from tests.integration.production_api import api_fixture  # noqa: F401
 
 pytestmark = pytest.mark.parametrize("cloud_db_url", ["sqlite"], indirect=True)
 

@@ -30,8 +30,8 @@ from cloud.api.routes import audit, dispatch, gateways, inventory, production, u
 from cloud.auth import create_gateway, revoke_gateway
 from cloud.core import clock as cloud_clock
 from cloud.web import reports
-from tests.fixtures.cloud import batch_bytes, count_record, record
-from tests.integration.production_api import api_fixture, make_plant  # noqa: F401
+from tests.fixtures.ingest import batch_bytes, count_record, record
+from tests.fixtures.plant import make_plant
 
 pytestmark = pytest.mark.needs_service("postgresql")
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")

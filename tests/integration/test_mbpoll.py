@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from protocols.codec import decode
-from protocols.driver import make_driver
+from protocols.drivers import make_driver
 from protocols.model import Span
 from protocols.sim import SimulatedPlant
 from tests.fixtures.plc import ROOT, endpoint_of, simulate_process

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocols.driver import make_driver
+from protocols.drivers import make_driver
 from protocols.errors import IllegalAddress
 from protocols.model import Protocol, ReadPlan, Span, TagReading
 from protocols.plan import plan_reads
