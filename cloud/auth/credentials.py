@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.core import clock
 from cloud.core.clock import iso
-from cloud.core.errors import DomainError
+from cloud.core.errors import DomainError, Forbidden, TooManyRequests, Unauthorized
 from cloud.core.models import ApiToken, Gateway, Session, User
 
 TOKEN_PREFIX: Final = "psg_"      # gateway tokens
@@ -78,20 +78,37 @@ class Actor:
 
 
 class AuthError(DomainError):
-    """The request is not authorized: ``status`` 401 (who are you?), 403 (not you),
-    429 (too many failed logins; ``headers`` carry Retry-After). ``reason`` is the answer's
-    ``code``. A 401 says ``WWW-Authenticate: Bearer``. A gateway stops retrying on 401/403,
-    so they are used for exactly these causes."""
+    """Root of the refusals of who is calling; ``reason`` (the answer's ``code``) says
+    why. A gateway stops retrying on 401/403, so they are used for exactly these causes::
 
-    def __init__(self, status: int, reason: str, detail: str,
+        AuthError
+        ├── NotAuthenticated   401 who are you? (says ``WWW-Authenticate: Bearer``)
+        ├── NotAllowed         403 not you (role, or another gateway's data)
+        └── TooManyAttempts    429 too many failed logins (``Retry-After``)
+    """
+
+    def __init__(self, reason: str, detail: str,
                  headers: dict[str, str] | None = None) -> None:
-        challenge = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
-        super().__init__(detail, code=reason, headers={**challenge, **(headers or {})})
-        self.status = status
+        super().__init__(detail, code=reason, headers=headers)
 
     @property
     def reason(self) -> str:
         return self.code
+
+
+class NotAuthenticated(AuthError, Unauthorized):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotAllowed(AuthError, Forbidden):
+    pass
+
+
+class TooManyAttempts(AuthError, TooManyRequests):
+    def __init__(self, retry_after_s: int, detail: str) -> None:
+        super().__init__("too_many_attempts", detail,
+                         headers={"Retry-After": str(retry_after_s)})
 
 
 def new_token() -> str:
@@ -109,22 +126,22 @@ def hash_token(token: str) -> str:
 
 
 def bearer_token(authorization: str | None) -> str:
-    """The token of an ``Authorization: Bearer ...`` header. Raises AuthError(401)."""
+    """The token of an ``Authorization: Bearer ...`` header. Raises NotAuthenticated (401)."""
     if not authorization:
-        raise AuthError(401, "missing_token", "not logged in: log in (POST /api/v1/login) "
-                        "or send `Authorization: Bearer <token>` (an API token from "
-                        "`plantsync-cloud admin create-token USER`, or a gateway's token)")
+        raise NotAuthenticated("missing_token", "not logged in: log in (POST /api/v1/login) "
+                               "or send `Authorization: Bearer <token>` (an API token from "
+                               "`plantsync-cloud admin create-token USER`, or a gateway's token)")
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
-        raise AuthError(401, "bad_authorization", "Authorization must be `Bearer <token>`")
+        raise NotAuthenticated("bad_authorization", "Authorization must be `Bearer <token>`")
     return token
 
 
 async def authenticate(session: AsyncSession, authorization: str | None,
                        session_cookie: str | None = None) -> Actor:
     """The caller behind an ``Authorization`` header, else a session cookie.
-    Raises AuthError(401) for missing, unknown, expired or revoked credentials and for
+    Raises NotAuthenticated (401) for missing, unknown, expired or revoked credentials and for
     a disabled user. A present but bad header never falls back to the cookie."""
     if authorization is None and session_cookie:
         return await _from_session(session, session_cookie)
@@ -137,9 +154,9 @@ async def authenticate(session: AsyncSession, authorization: str | None,
         )).first()
         if gw is not None:
             if gw.revoked_at is not None:
-                raise AuthError(401, "revoked_token",
-                                f"the token of gateway {gw.id!r} was revoked at "
-                                f"{iso(gw.revoked_at)}; ask for a new one")
+                raise NotAuthenticated("revoked_token",
+                                       f"the token of gateway {gw.id!r} was revoked at "
+                                       f"{iso(gw.revoked_at)}; ask for a new one")
             return Actor(f"gateway:{gw.id}", "gateway", "gateway", gateway_id=gw.id)
     row = (await session.execute(
         select(ApiToken.id, ApiToken.revoked_at, ApiToken.last_used_at, User.id.label("uid"),
@@ -147,12 +164,12 @@ async def authenticate(session: AsyncSession, authorization: str | None,
         .join(User, User.id == ApiToken.user_id).where(ApiToken.token_hash == digest)
     )).first()
     if row is None:
-        raise AuthError(401, "unknown_token", "this token belongs to no gateway or user")
+        raise NotAuthenticated("unknown_token", "this token belongs to no gateway or user")
     if row.revoked_at is not None:
-        raise AuthError(401, "revoked_token", f"this API token of {row.name!r} was revoked "
-                        f"at {iso(row.revoked_at)}")
+        raise NotAuthenticated("revoked_token", f"this API token of {row.name!r} was revoked "
+                               f"at {iso(row.revoked_at)}")
     if row.disabled_at is not None:
-        raise AuthError(401, "user_disabled", f"user {row.name!r} is disabled")
+        raise NotAuthenticated("user_disabled", f"user {row.name!r} is disabled")
     if row.last_used_at is None or now - row.last_used_at > TOKEN_TOUCH_EVERY:
         await session.execute(update(ApiToken).where(ApiToken.id == row.id)
                               .values(last_used_at=now))
@@ -168,9 +185,9 @@ async def _from_session(session: AsyncSession, secret: str) -> Actor:
         .join(User, User.id == Session.user_id).where(Session.id == hash_token(secret))
     )).first()
     if row is None or row.expires_at <= now:
-        raise AuthError(401, "session_expired", "the session has ended; log in again")
+        raise NotAuthenticated("session_expired", "the session has ended; log in again")
     if row.disabled_at is not None:
-        raise AuthError(401, "user_disabled", f"user {row.name!r} is disabled")
+        raise NotAuthenticated("user_disabled", f"user {row.name!r} is disabled")
     slid = min(row.created + SESSION_ABSOLUTE, now + SESSION_IDLE)
     if slid - row.expires_at > SESSION_TOUCH_EVERY:
         await session.execute(update(Session).where(Session.id == row.id)
@@ -180,33 +197,33 @@ async def _from_session(session: AsyncSession, secret: str) -> Actor:
 
 
 def check_role(actor: Actor, role: str, *, allow_gateway: bool = False) -> None:
-    """Raise AuthError(403) unless ``actor`` may act as ``role`` (see ``require``)."""
+    """Raise NotAllowed (403) unless ``actor`` may act as ``role`` (see ``require``)."""
     if role == "gateway":
         require_gateway(actor)
         return
     if actor.kind == "gateway":
         if allow_gateway:
             return
-        raise AuthError(403, "gateway_not_allowed",
-                        "a gateway token may only ingest and read its own gateway's status "
-                        "and counters")
+        raise NotAllowed("gateway_not_allowed",
+                         "a gateway token may only ingest and read its own gateway's status "
+                         "and counters")
     if not actor.has_role(role):
-        raise AuthError(403, "forbidden", f"this needs the {role} role; {actor.name!r} is "
-                        f"{actor.role}")
+        raise NotAllowed("forbidden", f"this needs the {role} role; {actor.name!r} is "
+                         f"{actor.role}")
 
 
 def require_gateway(actor: Actor) -> str:
-    """The gateway id of a caller that must be a gateway (ingest). Raises AuthError(403)."""
+    """The gateway id of a caller that must be a gateway (ingest). Raises NotAllowed (403)."""
     if actor.gateway_id is None:
-        raise AuthError(403, "not_a_gateway", "only a gateway token may ingest records")
+        raise NotAllowed("not_a_gateway", "only a gateway token may ingest records")
     return actor.gateway_id
 
 
 def require_read(actor: Actor, gateway_id: str) -> None:
-    """Raise AuthError(403) unless ``actor`` may read ``gateway_id``."""
+    """Raise NotAllowed (403) unless ``actor`` may read ``gateway_id``."""
     if not actor.may_read_gateway(gateway_id):
-        raise AuthError(403, "other_gateway",
-                        f"the token of gateway {actor.gateway_id!r} may read only "
-                        f"that gateway, not {gateway_id!r}")
+        raise NotAllowed("other_gateway",
+                         f"the token of gateway {actor.gateway_id!r} may read only "
+                         f"that gateway, not {gateway_id!r}")
 
 

@@ -47,7 +47,8 @@ from cloud.auth.credentials import (
     SESSION_ABSOLUTE,
     SESSION_IDLE,
     Actor,
-    AuthError,
+    NotAuthenticated,
+    TooManyAttempts,
     hash_token,
     new_api_token,
 )
@@ -261,7 +262,7 @@ class Login:
 
 async def login(session: AsyncSession, name: str, password: str, address: str) -> Login:
     """Check a login and open a browser session. Commits (the attempt is recorded even
-    when refused). Raises AuthError 429 (rate limit; Retry-After), 401 bad_credentials
+    when refused). Raises TooManyAttempts 429 (rate limit; Retry-After), NotAuthenticated 401 bad_credentials
     (unknown name and wrong password alike) or 401 user_disabled."""
     now = clock.now()
     name = name[:64]
@@ -269,17 +270,16 @@ async def login(session: AsyncSession, name: str, password: str, address: str) -
     retry_after = await _blocked_for(session, name, address, now)
     if retry_after is not None:
         await _failed(session, name, address, now, "rate_limited")
-        raise AuthError(429, "too_many_attempts",
-                        f"too many failed logins for {name!r} or from {address}; try again "
-                        f"in {retry_after} s", headers={"Retry-After": str(retry_after)})
+        raise TooManyAttempts(retry_after, f"too many failed logins for {name!r} or from "
+                              f"{address}; try again in {retry_after} s")
     user = (await session.execute(select(User).where(User.name == name))).scalar_one_or_none()
     if not _verify(user.password_hash if user is not None else None, password):
         await _failed(session, name, address, now, "bad_credentials")
-        raise AuthError(401, "bad_credentials", "wrong user name or password")
+        raise NotAuthenticated("bad_credentials", "wrong user name or password")
     assert user is not None and user.password_hash is not None
     if user.disabled_at is not None:
         await _failed(session, name, address, now, "user_disabled")
-        raise AuthError(401, "user_disabled", f"user {name!r} is disabled; ask an admin")
+        raise NotAuthenticated("user_disabled", f"user {name!r} is disabled; ask an admin")
     if password_hasher.check_needs_rehash(user.password_hash):
         user.password_hash = password_hasher.hash(password)
     session.add(LoginAttempt(name=name, address=address, ts=now, ok=True))

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from cloud.api.deps import Db, Limit, Offset, Planner
 from cloud.api.paging import paged
 from cloud.api.schemas import Out, Page, Timestamp
-from cloud.auth import AuthError
+from cloud.auth import NotAllowed
 from cloud.core.errors import Invalid
 from cloud.core.models import AuditEntry
 
@@ -70,8 +70,8 @@ async def list_audit(
                            f"({until.isoformat()})", "since")
     admin = actor.has_role("admin")
     if entity in PEOPLE_ENTITIES and not admin:
-        raise AuthError(403, "forbidden", f"audit entries of {entity} need the admin role; "
-                        f"{actor.name!r} is {actor.role}")
+        raise NotAllowed("forbidden", f"audit entries of {entity} need the admin role; "
+                         f"{actor.name!r} is {actor.role}")
     stmt = select(AuditEntry)
     if not admin:
         stmt = stmt.where(AuditEntry.entity.not_in(PEOPLE_ENTITIES))

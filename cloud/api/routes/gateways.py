@@ -38,7 +38,7 @@ from cloud import ingest
 from cloud.api.deps import Limit, Offset, Read, Viewer, caller
 from cloud.api.paging import page_of_list
 from cloud.api.schemas import EpochMs, Out, Page, Timestamp
-from cloud.auth import AuthError, require_gateway, require_read
+from cloud.auth import NotAllowed, require_gateway, require_read
 from cloud.core import clock
 from cloud.core.errors import BadRequest, Invalid, NotFound, TooLarge, UnsupportedMedia
 from cloud.core.headers import weighted
@@ -203,9 +203,9 @@ async def post_ingest(request: Request) -> Response:
             raise BadRequest(str(exc), code="bad_msgpack") from exc
         raise Invalid(str(exc), exc.field, code="bad_record") from exc
     if batch.gateway != gateway_id:
-        raise AuthError(403, "other_gateway",
-                        f"this token belongs to gateway {gateway_id!r} but the batch "
-                        f"says {batch.gateway!r}; nothing was stored")
+        raise NotAllowed("other_gateway",
+                         f"this token belongs to gateway {gateway_id!r} but the batch "
+                         f"says {batch.gateway!r}; nothing was stored")
     sent_at = _sent_at(request.headers.get(SENT_AT_HEADER))
     result = await ingest.ingest_batch(request.app.state.db, gateway_id, batch,
                                        received_ms=received_ms, sent_at_ms=sent_at,
