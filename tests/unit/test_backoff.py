@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 
-from buffer.backoff import Backoff
+from buffer.backoff import Backoff, delay_for
 from edge.backoff import Breaker
 
 
@@ -83,3 +83,21 @@ def test_open_delay_never_below_min_open_whatever_the_draw() -> None:
             br.allow(now + 1e9 if br.state == "open" else now)
             br.failure(now)
             assert br.open_until - now >= 1.0
+
+
+def test_delay_for_is_the_stateless_form_full_or_equal_jitter() -> None:
+    """The outbox's schedule (stateless, by attempt count) and a loop's Backoff draw from
+    the same bounds: attempt 0 from the upper half, later ones from [0, ceiling] (full) or
+    [ceiling/2, ceiling] (equal), the ceiling doubling to the cap."""
+    rng = random.Random(3)
+    for attempt, ceiling in [(0, 10), (1, 20), (2, 40), (5, 300), (40, 300)]:
+        for _ in range(50):
+            full = delay_for(attempt, 10, 300, rng=rng)
+            equal = delay_for(attempt, 10, 300, jitter="equal", rng=rng)
+            assert 0 <= full <= ceiling and ceiling / 2 <= equal <= ceiling
+            if attempt == 0:
+                assert full >= ceiling / 2
+    b = Backoff(base=10, cap=300, jitter="equal", rng=random.Random(3))
+    for _ in range(10):
+        ceiling = b.ceiling
+        assert ceiling / 2 <= b.next_delay() <= ceiling
