@@ -30,6 +30,8 @@ async def test_a_body_that_does_not_match_its_schema_names_the_field(cloud_clien
                                   json={"number": "WO-1", "product": "P", "quantity": "many"})
     assert res.status_code == 422
     assert res.json()["error"] == "invalid_request" and res.json()["field"] == "quantity"
+    res = await cloud_client.get("/api/v1/gateways?limit=0", headers=ADMIN_HEADERS)
+    assert res.status_code == 422 and res.json()["field"] == "limit", res.text
     res = await cloud_client.post("/api/v1/work-orders", headers={
         **ADMIN_HEADERS, "Content-Type": "application/json"}, content=b'{"number": "WO-')
     assert res.status_code == 422 and res.json()["error"] == "invalid_request"

@@ -8,12 +8,14 @@ viewers read, only admins write, and every change is audited.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import structlog
 from sqlalchemy import select
 
-from cloud.core.models import AuditEntry
+from cloud.core.models import AuditEntry, cloud_settings
 
 pytestmark = pytest.mark.parametrize("cloud_db_url", ["sqlite"], indirect=True)
 
@@ -46,3 +48,18 @@ async def test_one_route_for_every_settings_key(api: Any) -> None:
         rows = (await s.execute(select(AuditEntry.action, AuditEntry.entity_id)
                                 .where(AuditEntry.entity == "settings"))).all()
     assert [tuple(r) for r in rows] == [("settings.put", "notifications")]
+
+
+async def test_a_stored_value_the_model_no_longer_accepts_falls_back_to_its_default(
+        api: Any) -> None:
+    """An override stored by an older version that today's model refuses is left out (the
+    default applies, the rest of the override stays) and logged, instead of breaking every
+    reader of the key."""
+    async with api.app.state.db.sessions() as s, s.begin():
+        await s.execute(cloud_settings.insert().values(
+            key="oee", value={"micro_stop_s": -5, "state_map": {"setup": "running"}},
+            updated=datetime.now(UTC), updated_by="an older version"))
+    with structlog.testing.capture_logs() as logs:
+        doc = (await api.get("/api/v1/settings/oee", headers=api.viewer)).json()
+    assert doc == {"micro_stop_s": 120, "state_map": {"setup": "running"}}
+    assert [e["key"] for e in logs if e["event"] == "settings_invalid_stored"] == ["oee"]
