@@ -17,7 +17,9 @@ gateway), ``modbus-rtu`` (``serial_port``, ``unit``, ``baudrate``, ``parity``,
 
 Faults (``Fault.kind``), per device:
 
-- ``reset``      counter registers restart at 0 (PLC reboot); ``tag`` limits it to one
+- ``reset``      counter registers restart at 0 (PLC reboot); ``tag`` limits it to one.
+                 The machine stands still for ``reboot_s`` wall seconds (a rebooting PLC
+                 runs nothing), so a poller sees the zero before production resumes
 - ``wrap``       counter registers jump to ``max - margin`` of their type, then roll over
 - ``disconnect`` stop serving for ``seconds`` (TCP/S7: the listener and its connections
                  close; RTU: the unit stops answering)
@@ -91,6 +93,7 @@ class Fault:
     count: int = 1
     tag: str | None = None       # reset / wrap: only this counter (default: all)
     margin: int = 3              # wrap: how far below the type's maximum
+    reboot_s: float = 1.0        # reset: wall seconds the machine stands still
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -102,13 +105,14 @@ class Fault:
     def from_json(cls, doc: dict[str, Any]) -> Fault:
         """From a control-channel request (``fault`` names the kind)."""
         fields = {k: doc[k] for k in ("seconds", "delay_s", "area", "db", "start", "count",
-                                      "tag", "margin") if k in doc}
+                                      "tag", "margin", "reboot_s") if k in doc}
         return cls(kind=str(doc.get("fault") or doc.get("kind")), **fields)
 
 
 @dataclass
 class _Faults:
     down_until: float = 0.0
+    reboot_until: float = 0.0    # reset: the real-time clock holds this machine still
     slow_until: float = 0.0      # 0 with delay set: until cleared
     delay_s: float = 0.0
     illegal: list[tuple[str, int, int, int]] = field(default_factory=list)
@@ -215,6 +219,7 @@ class DeviceSim:
             for p in counters:
                 total = int(self.machine.value_of(p))
                 self.counter_offsets[p.name] = -total
+            f.reboot_until = now + fault.reboot_s
         elif fault.kind == "wrap":
             for p in counters:
                 total = int(self.machine.value_of(p))
@@ -528,7 +533,11 @@ class SimulatedPlant:
         while True:
             await asyncio.sleep(0.2)
             now = loop.time()
-            self.step((now - last) * self.speed)
+            wall = time.monotonic()
+            for dev in self.devices.values():
+                if wall >= dev.faults.reboot_until:
+                    dev.machine.step((now - last) * self.speed)
+                    dev.refresh()
             last = now
 
     # ------------------------------------------------------------------ control
