@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from cloud import anomalies, notify, oee
 from cloud.api import DEFAULT_MAX_BODY, install_api
@@ -54,7 +55,10 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
             log.info("cloud_started", db=db.engine.url.render_as_string(hide_password=True))
             yield
 
-    app = FastAPI(title="plantsync cloud", version=_version(), lifespan=lifespan)
+    # /docs and /redoc with their scripts served from the package (fastapi-offline): a
+    # plant network has no internet, and CDNs are unreliable from mainland China.
+    app = FastAPIOffline(title="plantsync cloud", version=_version(), lifespan=lifespan,
+                         static_url="/static-docs")
     app.state.db = db
     app.state.max_body_bytes = max_body_bytes
     # attribution, the machine timeline, anomalies; callers may add more

@@ -9,7 +9,9 @@ CSV/XLSX exports: cloud/web/exports.py.
 
 Pages: ``/`` plant board (``?wall=1`` for a wall screen), ``/work-orders`` and
 ``/work-orders/{number}``, ``/anomalies``, ``/oee``, ``/inventory``, ``/completeness``,
-``/login``, ``/account`` (the user's own page and API tokens; cloud/web/account.py).
+``/login``, ``/account`` (the user's own page and API tokens; cloud/web/account.py),
+``/settings`` (the plant's time zone; cloud/web/settings.py). Every page says which time
+zone its times are in.
 Every table exports with ``?export=csv|xlsx`` (``&table=`` on pages with several), with
 the page's filters.
 """
@@ -23,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from cloud.web import account, actions, analysis, pages
+from cloud.web import account, actions, analysis, pages, settings
 from cloud.web.context import LoginRequired, WebError, open_page, render
 from cloud.web.i18n import N_
 
@@ -38,6 +40,7 @@ def install_web(app: FastAPI) -> None:
     app.include_router(analysis.router)
     app.include_router(actions.router)
     app.include_router(account.router)
+    app.include_router(settings.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.exception_handler(LoginRequired)

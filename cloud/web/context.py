@@ -27,7 +27,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, unquote, urlencode, urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from babel.support import Translations
 from fastapi import Request
@@ -35,11 +35,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.auth import SESSION_COOKIE, Actor, AuthError, authenticate
-from cloud.core import clock
-from cloud.core.models import shift_calendars, users
+from cloud.core import clock, plant
+from cloud.core.models import users
 from cloud.core.quantities import from_micro
 from cloud.ingest import gateway_freshness
 from cloud.web import i18n, labels
@@ -48,7 +47,6 @@ from cloud.web.i18n import LANG_COOKIE, pick_locale
 
 TEMPLATES: Final = Path(__file__).resolve().parent / "templates"
 FLASH_COOKIE: Final = "plantsync_flash"
-TZ_ENV: Final = "PLANTSYNC_TIMEZONE"
 REFRESH_ENV: Final = "PLANTSYNC_WEB_REFRESH_S"
 
 
@@ -147,24 +145,6 @@ def environment(locale: str) -> Environment:
     return env
 
 
-@cache
-def _tz(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
-
-
-async def display_tz(session: AsyncSession) -> ZoneInfo:
-    """The plant's time zone: $PLANTSYNC_TIMEZONE, else the ``default`` shift calendar's,
-    else UTC."""
-    if os.environ.get(TZ_ENV):
-        return _tz(os.environ[TZ_ENV])
-    name = (await session.execute(select(shift_calendars.c.timezone)
-                                  .where(shift_calendars.c.name == "default"))).scalar()
-    return _tz(name or "UTC")
-
-
 def refresh_s() -> int:
     try:
         return max(1, int(os.environ.get(REFRESH_ENV, "10")))
@@ -201,6 +181,11 @@ class Page:
 
     def dt(self, value: Any) -> str:
         return i18n.fmt_dt(value, self.tz)
+
+    @property
+    def zone(self) -> str:
+        """The plant's zone as pages print it: ``Asia/Shanghai (UTC+08:00)``."""
+        return f"{self.tz.key} ({plant.utc_offset(self.tz)})"
 
     def dur(self, ms: float | None) -> str:
         return i18n.fmt_duration(ms, self.t)
@@ -291,7 +276,7 @@ async def open_page(request: Request, *, login: bool = True) -> Page:
     locale = pick_locale(user.locale if user else None, request.cookies.get(LANG_COOKIE),
                          request.headers.get("accept-language"))
     async with request.app.state.db.sessions() as session:
-        tz = await display_tz(session)
+        tz = await plant.timezone(session)
         page = Page(request, user, locale, tz, flash=read_flash(request))
         if user is not None:
             page.provisional = [g for g in await gateway_freshness(session, page.now_ms)

@@ -1,6 +1,6 @@
 """Cloud settings over HTTP, one pair of routes per settings key (cloud/core/settings.py),
-each described in the OpenAPI document by its key's model (anomalies, notifications, oee:
-the model lives with its domain):
+each described in the OpenAPI document by its key's model (anomalies, notifications, oee,
+plant: the model lives with its domain; plant's in cloud/core/plant.py):
 
 - ``GET /api/v1/settings`` (viewer): the keys there are
 - ``GET /api/v1/settings/<key>`` (viewer): the settings in effect (defaults with the
@@ -24,7 +24,7 @@ from fastapi import APIRouter, Body
 from cloud import anomalies, notify, oee
 from cloud.api.deps import Admin, Db, Viewer
 from cloud.api.schemas import Out, documented_body
-from cloud.core import settings
+from cloud.core import plant, settings
 from cloud.core.errors import NotFound
 
 router = APIRouter(prefix="/api/v1/settings", tags=["settings"])
@@ -68,6 +68,18 @@ async def get_notification_settings(_: Viewer, session: Db) -> dict[str, Any]:
 async def put_notification_settings(actor: Admin, session: Db,
                                     value: Override) -> dict[str, Any]:
     return await settings.put(session, notify.SETTINGS_KEY, value, by=actor)
+
+
+@router.get("/plant", response_model=plant.PlantSettings)
+async def get_plant_settings(_: Viewer, session: Db) -> dict[str, Any]:
+    """The plant's own settings (its time zone; null: the server's default), in effect."""
+    return await settings.get(session, plant.SETTINGS_KEY)
+
+
+@router.put("/plant", response_model=plant.PlantSettings, description=PUT_DOC,
+            openapi_extra=documented_body(plant.PlantSettings, partial=True))
+async def put_plant_settings(actor: Admin, session: Db, value: Override) -> dict[str, Any]:
+    return await settings.put(session, plant.SETTINGS_KEY, value, by=actor)
 
 
 @router.get("/oee", response_model=oee.OeeSettings)
