@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,8 +109,8 @@ async def probe_cloud(client: httpx.AsyncClient, url: str, gateway_id: str,
     return False, f"did not confirm the token (GET {path}: {what})"
 
 
-async def browse_clouds(search_s: float, *, interfaces: Interfaces,  # noqa: ASYNC109
-                        service_type: str = CLOUD_SERVICE) -> AsyncIterator[tuple[str, str]]:
+async def browse_clouds(search_s: float, *, interfaces: Interfaces,
+                        service_type: str = CLOUD_SERVICE) -> AsyncGenerator[tuple[str, str]]:
     """(service name, URL) of each cloud resolved within ``search_s`` seconds, as each
     resolves (a cloud announcing itself during the search is included); once one has,
     the search ends after ``QUIET_S`` seconds without another."""

@@ -10,7 +10,6 @@ generated JSON Schema (config/schema/gateway.schema.json) and the examples in pr
 from __future__ import annotations
 
 from typing import Annotated, Literal
-
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
