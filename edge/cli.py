@@ -513,6 +513,16 @@ def render_status(doc: dict[str, Any], out: TextIO) -> None:
             if value:
                 print("restart required to apply: " + ", ".join(map(str, value)), file=out)
             continue
+        if key == "uplink" and isinstance(value, dict) and isinstance(value.get("cloud"), dict):
+            cloud = value["cloud"]
+            rest = {k: v for k, v in value.items() if k != "cloud"}
+            print(f"uplink: {_flat(rest, now_ms)}", file=out)
+            print(f"cloud: {cloud.get('url') or 'none chosen yet'} ({cloud.get('reason')})",
+                  file=out)
+            for r in cloud.get("refused") or []:
+                if isinstance(r, dict):
+                    print(f"  refused {r.get('url')}: {r.get('reason')}", file=out)
+            continue
         if key == "clock" and isinstance(value, dict):
             rest = {k: v for k, v in value.items() if k not in ("wall_ts", "last_jump_ms")}
             text = f"gateway time {_when(value.get('wall_ts'), now_ms).split(' (')[0]}"
