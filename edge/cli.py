@@ -26,6 +26,8 @@ from edge.config import (
     display_path,
     load_gateway,
     load_map,
+    load_runnable,
+    read_toml,
 )
 from protocols.model import ReadPlan, TagReading, TagSpec
 
@@ -44,28 +46,25 @@ class _Failed(Exception):
 
 
 def cmd_validate(args: argparse.Namespace, out: TextIO) -> int:
-    """Validate a gateway config or a map; OK summary on stdout, problems on stderr."""
-    import tomllib
+    """Validate a gateway config or a map; OK summary on stdout, problems on stderr.
 
+    A gateway config is checked as ``run`` checks it (``load_runnable``: the file, its
+    maps, then this machine's token file and data dir), so validate refuses exactly what
+    run would; ``--file-only`` skips the machine (checking a config written elsewhere)."""
     path = Path(args.path)
     shown = display_path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError([Problem(shown, "", "file not found")]) from None
-    except tomllib.TOMLDecodeError:
-        raw = None  # load_map reports the syntax error with line and column
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Problem(shown, "", f"cannot read file: {exc}")]) from None
-    kind = detect_kind(raw) if raw is not None else "map"
-    if raw is not None and kind is None:
+    raw, problems = read_toml(path, shown)
+    if raw is None:
+        raise ConfigError(problems)
+    kind = detect_kind(raw)
+    if kind is None:
         raise ConfigError([Problem(
             shown, "", "neither a gateway config ([gateway], [[devices]]) nor a map "
             "(model, [tags.*])", 'a map starts with model = "..." and [tags.name] tables')])
     if kind == "gateway":
-        if raw is not None and args.protocol:
+        if args.protocol:
             log.warning("protocol_ignored", reason="a gateway config names each device's protocol")
-        gw = load_gateway(path)
+        gw = load_gateway(path) if args.file_only else load_runnable(path)
         tags = sum(len(m.specs) for m in gw.maps.values())
         print(f"OK {shown}: gateway {gw.config.gateway.id}, {len(gw.devices)} devices, "
               f"{len(gw.maps)} maps, {tags} tags", file=out)
@@ -358,14 +357,32 @@ def cmd_simulate(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
-    """Run the daemon (edge.daemon) after validating its config (errors on stderr)."""
-    load_gateway(args.config)
+    """Run the daemon (edge.daemon) after the checks ``validate`` makes (errors on
+    stderr); a status port it cannot listen on is a config problem like those."""
+    from edge.daemon import run
+    from edge.status import StatusListenError
+
+    loaded = load_runnable(args.config)
     try:
-        from edge.daemon import run
-    except ImportError:
-        return cmd_not_yet(args, out)
-    code: int = run(args.config)
+        code: int = run(args.config)
+    except StatusListenError as exc:
+        raise ConfigError([_listen_problem(loaded, exc)]) from None
     return code
+
+
+def _listen_problem(loaded: LoadedGateway, exc: Any) -> Problem:
+    listen = loaded.config.gateway.status_listen
+    host, _, port = listen.rpartition(":")
+    if exc.in_use:
+        return Problem(display_path(loaded.path), "gateway.status_listen",
+                       f"port {port} of {listen} is already in use (another plantsync-edge "
+                       "with this config, or another program)",
+                       f"stop it, or set a free port, e.g. status_listen = "
+                       f"\"{host or '127.0.0.1'}:{int(port) + 1}\"")
+    return Problem(display_path(loaded.path), "gateway.status_listen",
+                   f"cannot listen on {listen} ({exc.reason})",
+                   'use an address of this machine, e.g. status_listen = "127.0.0.1:8470" '
+                   'or "0.0.0.0:8470"')
 
 
 def _status_url(args: argparse.Namespace) -> str:
@@ -496,6 +513,16 @@ def render_status(doc: dict[str, Any], out: TextIO) -> None:
             if value:
                 print("restart required to apply: " + ", ".join(map(str, value)), file=out)
             continue
+        if key == "uplink" and isinstance(value, dict) and isinstance(value.get("cloud"), dict):
+            cloud = value["cloud"]
+            rest = {k: v for k, v in value.items() if k != "cloud"}
+            print(f"uplink: {_flat(rest, now_ms)}", file=out)
+            print(f"cloud: {cloud.get('url') or 'none chosen yet'} ({cloud.get('reason')})",
+                  file=out)
+            for r in cloud.get("refused") or []:
+                if isinstance(r, dict):
+                    print(f"  refused {r.get('url')}: {r.get('reason')}", file=out)
+            continue
         if key == "clock" and isinstance(value, dict):
             rest = {k: v for k, v in value.items() if k not in ("wall_ts", "last_jump_ms")}
             text = f"gateway time {_when(value.get('wall_ts'), now_ms).split(' (')[0]}"
@@ -507,10 +534,6 @@ def render_status(doc: dict[str, Any], out: TextIO) -> None:
             continue
         print(f"{key}: {_when(value, now_ms) if _is_time_key(key) else _flat(value, now_ms)}",
               file=out)
-
-
-def cmd_not_yet(args: argparse.Namespace, out: TextIO) -> int:
-    raise _Failed("not yet implemented (the gateway daemon comes with a later issue)")
 
 
 # --------------------------------------------------------------------------- main
@@ -527,6 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="gateway.toml or a map file")
     p.add_argument("--protocol", choices=["modbus", "modbus-tcp", "modbus-rtu", "s7"],
                    help="validate a map for this protocol (default: what its addresses imply)")
+    p.add_argument("--file-only", action="store_true",
+                   help="a gateway config: check the file and its maps only, not this "
+                   "machine's token file and data dir (which run needs)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("import-csv", help="turn a vendor CSV register list into a map")

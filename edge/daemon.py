@@ -35,7 +35,7 @@ from buffer.backoff import Backoff
 from buffer.records import Record, RecordError
 from buffer.store import BufferCorrupt, BufferWriteError, Cycle, OutboxError
 from edge.backoff import Breaker
-from edge.config import ConfigError, GatewayConfig, LoadedDevice, LoadedGateway, load_gateway
+from edge.config import ConfigError, GatewayConfig, LoadedDevice, LoadedGateway, load_runnable
 from edge.derive import Derived, DeviceDeriver, TagRule
 from edge.logs import RepeatCounter
 from edge.sdnotify import Notifier, watchdog_interval, watchdog_loop
@@ -672,7 +672,7 @@ class Daemon:
         logged as such and the old value keeps running."""
         self.notifier.reloading()
         try:
-            new = load_gateway(self.loaded.path)
+            new = load_runnable(self.loaded.path)   # what validate checks, machine too
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload_rejected", problem=str(problem))
@@ -799,6 +799,8 @@ class Daemon:
                        "queue": f"{w.queue.qsize()}/{w.queue.maxsize}" if w else None,
                        "stalled_s": round(w.stalled_for(), 1) if w else 0.0},
             "uplink": uplink,
+            "pollers": {"buses": len(self._pollers),   # /healthz: is any poll loop running
+                        "running": sum(1 for _, t in self._pollers if not t.done())},
             "clock": {"wall_ts": now_ms(), "jumps": self.clock_jumps,
                       "last_jump_ms": self.last_clock_jump_ms},
         }
@@ -808,7 +810,7 @@ def run(config_path: str, *, status_port: int | None = None) -> int:
     """Entry point of ``plantsync-edge run``: 0 on a clean stop, 1 when the config is bad
     or a fatal fault ended the daemon (systemd's Restart=on-failure restarts it)."""
     try:
-        loaded = load_gateway(config_path)
+        loaded = load_runnable(config_path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, flush=True)

@@ -3,13 +3,27 @@
 A deliberately tiny HTTP/1.1 server on asyncio (the edge install carries no web framework):
 ``GET /status`` (JSON), ``GET /metrics`` (Prometheus text format 0.0.4), ``GET /healthz``.
 It listens on 127.0.0.1 by default; it only reads a snapshot, so it can never slow a poll.
+
+``/healthz`` answers from the same snapshot (``health``): 200 ``{"status": "ok"}``, or
+503 ``{"status": "unhealthy", "problems": [{"check": ..., "reason": ...}]}`` when
+
+- ``buffer``: the last write to the buffer failed (disk full, unwritable file), or
+  pollers have waited ``STALL_S`` on a write that does not finish;
+- ``uplink``: the cloud refused the token or the uplink cannot be set up, or the uplink
+  is not delivering and the oldest unsent record is older than ``UPLINK_LATE_S``;
+- ``pollers``: the daemon has device poll loops and none is running.
+
+A device that does not answer is not the daemon's ill health (its breaker handles it;
+``/status`` shows it). A port already in use raises ``StatusListenError`` on entering.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,6 +33,58 @@ log = structlog.get_logger(__name__)
 
 Snapshot = Mapping[str, Any]
 _MAX_REQUEST = 8192
+
+STALL_S = 30.0          # pollers waiting this long on a write that does not finish
+UPLINK_LATE_S = 900.0   # the oldest unsent record this old while the uplink fails
+_UPLINK_BROKEN = ("auth_failed", "error")   # retrying cannot mend these
+_UPLINK_WORKING = ("idle", "draining", "off")
+
+
+class StatusListenError(Exception):
+    """The status endpoint cannot listen on ``host:port`` (in use, not an address of this
+    machine); ``reason`` is the system's word for why."""
+
+    def __init__(self, host: str, port: int, reason: str, *, in_use: bool = False) -> None:
+        self.host, self.port, self.reason, self.in_use = host, port, reason, in_use
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
+
+
+def health(snap: Snapshot, *, stall_s: float | None = None,
+           uplink_late_s: float | None = None) -> list[dict[str, str]]:
+    """What is wrong with the daemon, from its status snapshot: one ``{"check", "reason"}``
+    per problem (see the module docstring); empty when healthy. The limits default to
+    the module's ``STALL_S`` and ``UPLINK_LATE_S`` as they are when called."""
+    stall_limit = STALL_S if stall_s is None else stall_s
+    late_limit = UPLINK_LATE_S if uplink_late_s is None else uplink_late_s
+    out: list[dict[str, str]] = []
+    buf: Mapping[str, Any] = snap.get("buffer") or {}
+    stalled = _number(buf.get("stalled_s"))
+    if buf.get("write_error"):
+        out.append({"check": "buffer", "reason": f"cannot store records: {buf['write_error']}"})
+    elif stalled >= stall_limit:
+        out.append({"check": "buffer", "reason": f"pollers have waited {stalled:g} s for a "
+                    f"buffer write that does not finish (limit {stall_limit:g} s)"})
+    up: Mapping[str, Any] = snap.get("uplink") or {}
+    state = up.get("state")
+    why = up.get("last_error") or up.get("error")
+    oldest = _number(buf.get("oldest_age_s"))
+    if state in _UPLINK_BROKEN:
+        out.append({"check": "uplink", "reason": f"uplink {state}" + (f": {why}" if why else "")})
+    elif state not in _UPLINK_WORKING and _number(buf.get("backlog")) > 0 \
+            and oldest >= late_limit:
+        out.append({"check": "uplink", "reason": (
+            f"uplink {state} and the oldest unsent record is {oldest:g} s old (limit "
+            f"{late_limit:g} s)" + (f": {why}" if why else ""))})
+    pollers: Mapping[str, Any] = snap.get("pollers") or {}
+    if _number(pollers.get("buses")) > 0 and _number(pollers.get("running")) == 0:
+        out.append({"check": "pollers", "reason": "no device poll loop is running"})
+    return out
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value)
 
 
 class StatusServer:
@@ -32,7 +98,12 @@ class StatusServer:
         self._server: asyncio.Server | None = None
 
     async def __aenter__(self) -> StatusServer:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        except OSError as exc:  # in use, not this machine's address, a name unresolved
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise StatusListenError(self.host, self.port, reason,
+                                    in_use=exc.errno == errno.EADDRINUSE) from exc
         sock = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
         return self
@@ -65,7 +136,11 @@ class StatusServer:
                 await _respond(writer, 200, "text/plain; version=0.0.4", body,
                                head_only=method == "HEAD")
             elif target == "/healthz":
-                await _respond(writer, 200, "text/plain", b"ok\n")
+                problems = health(self._snapshot())
+                doc = {"status": "unhealthy", "problems": problems} if problems \
+                    else {"status": "ok"}
+                await _respond(writer, 503 if problems else 200, "application/json",
+                               json.dumps(doc).encode() + b"\n", head_only=method == "HEAD")
             else:
                 await _respond(writer, 404, "text/plain", b"not found: try /status or /metrics\n")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
@@ -81,7 +156,8 @@ class StatusServer:
 
 async def _respond(writer: asyncio.StreamWriter, code: int, ctype: str, body: bytes,
                    head_only: bool = False) -> None:
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}[code]
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+              503: "Service Unavailable"}[code]
     writer.write(
         f"HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
         "Connection: close\r\n\r\n".encode("latin-1") + (b"" if head_only else body))

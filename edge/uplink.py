@@ -26,6 +26,7 @@ from buffer.discovery import (
 )
 from buffer.uplink import HttpUplink, MqttUplink, Uplink, UplinkError
 from edge.config import LoadedGateway
+from edge.discovery import CloudChoice, choose_cloud
 from edge.forwarder import Forwarder
 
 log = structlog.get_logger(__name__)
@@ -150,6 +151,7 @@ class ForwarderHandle:
     def __init__(self) -> None:
         self.forwarder: Forwarder | None = None
         self.error: str | None = None
+        self.cloud = CloudChoice()   # which cloud and why (edge.discovery)
 
     @property
     def state(self) -> str:
@@ -167,9 +169,9 @@ class ForwarderHandle:
 
     def snapshot(self) -> dict[str, Any]:
         if self.forwarder is None:
-            return {"state": self.state, "error": self.error}
+            return {"state": self.state, "error": self.error, "cloud": self.cloud.snapshot()}
         s = self.forwarder.stats()
-        return {"state": s.state, "acked_seq": s.last_ack_seq,
+        return {"state": s.state, "cloud": self.cloud.snapshot(), "acked_seq": s.last_ack_seq,
                 "last_ack_ts": int(s.last_ack_at * 1000) if s.last_ack_at else None,
                 "records_acked": s.records_acked, "batches_sent": s.batches_sent,
                 "errors": s.errors, "last_error": s.last_error, "retry_in_s": s.retry_in_s,
@@ -183,8 +185,8 @@ async def start_uplink(loaded: LoadedGateway, outbox: Any, stack: contextlib.Asy
 
     async def sync() -> None:
         try:
-            url = await resolve_cloud_url(loaded.config.cloud.url,
-                                          interfaces=zeroconf_interfaces(loaded))
+            url = await choose_cloud(loaded, handle.cloud,
+                                     interfaces=zeroconf_interfaces(loaded))
             uplink = make_uplink(loaded, url)
         except ValueError as exc:
             handle.error = str(exc)

@@ -6,6 +6,7 @@ is collected and reported as one line ``FILE: KEY.PATH: what is wrong (example o
 Public surface::
 
     load_gateway(path) -> LoadedGateway       raises ConfigError
+    load_runnable(path) -> LoadedGateway      load_gateway + this machine can run it
     load_map(path, protocol=None) -> LoadedMap raises ConfigError
     compile_map(map, protocol, file=...) -> tuple[TagSpec, ...]  raises ConfigError
     ConfigError(problems), Problem(file, key_path, message, hint)
@@ -22,7 +23,9 @@ The modules, each importing only those above it (import from this package, not f
 - ``map_models``: MapConfig and TagConfig; ``gateway_models``: GatewayConfig and its
   sections, DeviceConfig, and the limits the buffer and the cloud set;
 - ``map_checks``: a map's checks beyond its shape, compile_map, infer_protocol;
-- ``loading``: load_map, load_gateway (with the device checks), the Loaded* results.
+- ``loading``: load_map, load_gateway (with the device checks), the Loaded* results;
+- ``runnable``: load_runnable, run_problems: what ``validate`` and ``run`` both check of
+  this machine once the file is valid (the token file, the data dir).
 
 ``toml_key``, ``toml_value`` and ``validate_raw_map`` are here for edge.csv_import, which
 writes register maps and checks them before it does.
@@ -53,7 +56,8 @@ from edge.config.loading import (
 from edge.config.map_checks import compile_map, infer_protocol, parse_map_text, validate_raw_map
 from edge.config.map_models import MapConfig, TagConfig
 from edge.config.problems import ConfigError, Problem, display_path
-from edge.config.toml import toml_key, toml_value
+from edge.config.runnable import load_runnable, run_problems
+from edge.config.toml import read_toml, toml_key, toml_value
 
 __all__ = [
     "MAX_DEVICE_NAME",
@@ -78,8 +82,11 @@ __all__ = [
     "infer_protocol",
     "load_gateway",
     "load_map",
+    "load_runnable",
     "parse_map_text",
     "protocol_family",
+    "read_toml",
+    "run_problems",
     "toml_key",
     "toml_value",
     "validate_raw_map",

@@ -10,8 +10,9 @@ generated JSON Schema (config/schema/gateway.schema.json) and the examples in pr
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from edge.config.shape import STRICT
 from protocols.driver import Endpoint
@@ -89,6 +90,14 @@ class GatewaySection(BaseModel):
         examples=[["192.168.10.5"], []],
     )
 
+    @field_validator("status_listen")
+    @classmethod
+    def _port_in_range(cls, value: str) -> str:
+        port = int(value.rpartition(":")[2])
+        if port > 65535:
+            raise ValueError(f"port {port} of {value!r} is beyond 65535")
+        return value
+
 
 class MqttConfig(BaseModel):
     """The MQTT uplink (when cloud.transport = "mqtt")."""
@@ -97,6 +106,23 @@ class MqttConfig(BaseModel):
 
     broker: str = Field(
         description="Broker URL.", examples=["mqtt://broker.example.com:1883"])
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        # What buffer.records.parse_broker_url (the MQTT uplink) accepts, written out so
+        # that validate does not load the uplinks; tests/unit/test_config_runnable.py
+        # checks they agree.
+        try:
+            parts = urlsplit(value)
+            ok = parts.scheme in ("mqtt", "mqtts") and bool(parts.hostname)
+            parts.port  # noqa: B018 (raises ValueError for a port beyond 65535)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{value!r} is not a broker URL (mqtt://host:1883 or "
+                             "mqtts://host:8883)")
+        return value
     confirm_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=15.0,
         description=("Seconds to wait for the cloud's confirmation (plantsync/v1/<gateway>/acks) "
@@ -115,6 +141,24 @@ class CloudConfig(BaseModel):
         description='"auto" (find the cloud by zeroconf) or its base URL.',
         examples=["auto", "https://mes.example.com"],
     )
+
+    @field_validator("url")
+    @classmethod
+    def _http_or_auto(cls, value: str) -> str:
+        # The uplinks speak HTTP(S) only; an ftp:// or a bare host would pass here and be
+        # refused by the running daemon, so it is refused here, where validate sees it.
+        if value == "auto":
+            return value
+        try:
+            parts = urlsplit(value)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            parts.port  # noqa: B018 (raises ValueError for a port beyond 65535)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{value!r} is not an http(s) URL: the gateway sends over "
+                             'http:// or https:// (or finds the cloud itself with "auto")')
+        return value
     token_file: str = Field(
         description="File holding this gateway's bearer token.",
         examples=["/etc/plantsync/token"],

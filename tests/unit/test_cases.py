@@ -1,9 +1,10 @@
 """Golden cases for register maps and gateway configs: ``tests/cases/<name>/``.
 
 A case holds ``map.toml`` (validated for the protocol its addresses imply) or
-``gateway.toml`` (with its maps beside it), and either ``expected.err`` (the exact
-lines ``plantsync-edge validate`` prints, paths relative to the case folder) or
-``expected.json`` (the compiled tag specs and the read plan).
+``gateway.toml`` (with its maps beside it; checked as ``validate`` and ``run`` check it,
+token file and data dir included, relative to the case folder), and either
+``expected.err`` (the exact lines ``plantsync-edge validate`` prints, paths relative to
+the case folder) or ``expected.json`` (the compiled tag specs and the read plan).
 
 Regenerate after an intended change: ``PLANTSYNC_UPDATE_GOLDEN=1 pytest tests/unit/test_cases.py``
 and review the diff.
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from edge.config import ConfigError, LoadedMap, load_gateway, load_map
+from edge.config import ConfigError, LoadedMap, load_map, load_runnable
 from protocols.model import TagSpec
 from protocols.plan import plan_reads
 
@@ -51,7 +52,7 @@ def _outcome(case: Path) -> tuple[str, str]:
     """(kind, text): ("err", the problem lines) or ("json", the compiled document)."""
     try:
         if (case / "gateway.toml").exists():
-            gw = load_gateway("gateway.toml")
+            gw = load_runnable("gateway.toml")
             doc: dict[str, Any] = {"devices": {d.name: _compiled(d.map) for d in gw.devices}}
         else:
             doc = _compiled(load_map("map.toml"))

@@ -46,11 +46,78 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 # ------------------------------------------------------------------ validate
 
-def test_validate_example_gateway(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "validate", str(EXAMPLE))
+def _example_here(tmp_path: Path, **replace: str) -> Path:
+    """The example config in ``tmp_path`` with its token file (``token``) and data dir
+    there, so that this machine can run it; ``replace`` old=new lines of the file."""
+    text = EXAMPLE.read_text().replace('token_file = "/tmp/plantsync-demo/token"',
+                                       'token_file = "token"')
+    text = text.replace('data_dir = "/tmp/plantsync-demo"', 'data_dir = "data"')
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    (tmp_path / "maps").symlink_to(EXAMPLE.parent / "maps")
+    (tmp_path / "token").write_text("t0ken\n")
+    (tmp_path / "gateway.toml").write_text(text)
+    return tmp_path / "gateway.toml"
+
+
+def test_validate_example_gateway(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # The shipped example names a token in /tmp that a test machine does not have, so it
+    # is validated where it has one (and as a file only below).
+    code, out, err = run(capsys, "validate", str(_example_here(tmp_path)))
     assert code == 0, err
     assert out.startswith("OK ") and "4 devices" in out and out.count("\n") == 1
     assert err == ""
+
+
+def test_validate_file_only_skips_this_machine(capsys: pytest.CaptureFixture[str],
+                                               tmp_path: Path) -> None:
+    config = _example_here(tmp_path)
+    (tmp_path / "token").unlink()
+    code, _, err = run(capsys, "validate", str(config))
+    assert code == 1 and "cloud.token_file: cannot read" in err
+    code, out, err = run(capsys, "validate", "--file-only", str(config))
+    assert code == 0 and out.startswith("OK ") and err == "", err
+
+
+@pytest.mark.parametrize(("old", "new", "key"), [
+    ('token_file = "token"', 'token_file = "missing-token"', "cloud.token_file"),
+    ('data_dir = "data"', 'data_dir = "token"', "gateway.data_dir"),
+    ('url = "http://127.0.0.1:8000"', 'url = "ftp://127.0.0.1:8000"', "cloud.url"),
+    ('port = 5020', "port = " + "[" * 5000 + "]" * 5000, ""),
+], ids=["token-missing", "data-dir-a-file", "ftp-url", "nesting-too-deep"])
+def test_validate_refuses_what_run_refuses_in_the_same_words(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, old: str, new: str,
+        key: str) -> None:
+    config = str(_example_here(tmp_path, **{old: new}))
+    code, out, validate_err = run(capsys, "validate", config)
+    assert code == 1 and out == ""
+    code, out, run_err = run(capsys, "run", "--config", config)
+    assert code == 1 and out == ""
+    assert run_err == validate_err
+    assert validate_err.count("\n") == 1 and "Traceback" not in validate_err
+    assert validate_err.startswith(f"{config}: {key}: " if key else f"{config}: ")
+    if not key:
+        assert "nesting too deep" in validate_err
+
+
+def test_run_with_the_status_port_in_use_is_a_config_problem(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = str(_example_here(tmp_path, **{
+            'status_listen = "127.0.0.1:8470"': f'status_listen = "127.0.0.1:{port}"',
+            'zeroconf_interfaces = ["127.0.0.1"]': "zeroconf_interfaces = []"}))
+        code, _, err = run(capsys, "run", "--config", config)
+    assert code == 1
+    lines = [line for line in err.splitlines() if "status_listen" in line]
+    assert lines == [f"{config}: gateway.status_listen: port {port} of 127.0.0.1:{port} is "
+                     "already in use (another plantsync-edge with this config, or another "
+                     f"program) (stop it, or set a free port, e.g. status_listen = "
+                     f'"127.0.0.1:{port + 1}")'], err
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "config" / "maps").glob("*.toml")),

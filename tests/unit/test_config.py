@@ -308,3 +308,24 @@ def test_config_limits_match_the_buffer_and_cloud() -> None:
 
     assert (MAX_GATEWAY_ID, MAX_DEVICE_NAME) == (RECORD_GATEWAY, RECORD_DEVICE)
     assert MIN_BUFFER_MB * 2**20 == MIN_MAX_BYTES
+
+
+@pytest.mark.parametrize("url", ["mqtt://b:1883", "mqtts://b", "tcp://b:1883", "mqtt://",
+                                 "mqtt://b:99999", "b:1883"])
+def test_broker_urls_refused_as_the_mqtt_uplink_refuses_them(url: str) -> None:
+    from pydantic import ValidationError
+
+    from buffer.records import parse_broker_url
+    from edge.config import MqttConfig
+
+    try:
+        parse_broker_url(url)
+        uplink_ok = True
+    except ValueError:
+        uplink_ok = False
+    try:
+        MqttConfig(broker=url)
+        config_ok = True
+    except ValidationError:
+        config_ok = False
+    assert config_ok == uplink_ok
