@@ -62,7 +62,17 @@ Record time is compared with the cloud's clock through the gateway's clock skew
 from __future__ import annotations
 
 from cloud.anomalies.applier import apply_anomalies
-from cloud.anomalies.lifecycle import acknowledge, assign, close, create_manual, reopen, resolve
+from cloud.anomalies.lifecycle import (
+    BULK_ACTIONS,
+    MAX_BULK,
+    acknowledge,
+    act_in_bulk,
+    assign,
+    close,
+    create_manual,
+    reopen,
+    resolve,
+)
 from cloud.anomalies.queries import (
     anomalies_for_work_order,
     anomaly_stats,
@@ -75,9 +85,12 @@ from cloud.anomalies.rules import SETTINGS_KEY, AnomalySettings
 from cloud.anomalies.sweep import sweep
 
 __all__ = [
+    "BULK_ACTIONS",
+    "MAX_BULK",
     "SETTINGS_KEY",
     "AnomalySettings",
     "acknowledge",
+    "act_in_bulk",
     "anomalies_for_work_order",
     "anomaly_stats",
     "apply_anomalies",
