@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.anomalies.rules import ACTIONS, STATUS_RANK, UNRESOLVED
+from cloud.anomalies.rules import ACTIONS, STATUS_RANK, SYSTEM, UNRESOLVED
 from cloud.core import anomaly_text, clock
 from cloud.core.errors import Invalid, NotFound
 from cloud.core.models import (
@@ -171,12 +171,13 @@ async def anomaly_stats(session: AsyncSession, *, since_ts: int,
     (not yet resolved: open or acknowledged) and ``unacknowledged`` (status open);
     ``closure_rate`` (resolved or closed / total) and ``repeat_rate`` (with repeat_of /
     total), fractions 0..1 or None when total is 0; ``mean_response_s`` and
-    ``mean_closure_s`` over those that have one (None if none); ``by_kind``,
+    ``mean_closure_s`` over those that have one (None if none; one that closed itself
+    without a person's resolution has no closure time); ``by_kind``,
     ``by_severity``, ``by_status`` counts."""
     a = anomalies.c
     rows = (await session.execute(
         select(a.kind, a.severity, a.status, a.repeat_of, a.created, a.acknowledged_at,
-               a.resolved_at, a.closed_at)
+               a.resolved_at, a.closed_at, a.closed_by, a.resolved_by)
         .where(a.ts >= since_ts, a.ts < until_ts))).all()
     total = len(rows)
     by: dict[str, dict[str, int]] = {"kind": defaultdict(int), "severity": defaultdict(int),
@@ -188,6 +189,8 @@ async def anomaly_stats(session: AsyncSession, *, since_ts: int,
         by["status"][r.status] += 1
         if r.acknowledged_at is not None:
             responses.append((r.acknowledged_at - r.created).total_seconds())
+        if r.closed_by == SYSTEM and r.resolved_by is None:
+            continue  # closed itself (its cause cleared): not a person's closure time
         if (r.closed_at or r.resolved_at) is not None:
             closures.append(((r.closed_at or r.resolved_at) - r.created).total_seconds())
     done = by["status"]["resolved"] + by["status"]["closed"]

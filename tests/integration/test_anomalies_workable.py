@@ -139,7 +139,7 @@ async def test_bulk_acknowledge_and_close_answer_per_id(m1: Any) -> None:
                                                         "title": f"no operator {n}"})
         ids.append(res.json()["id"])
     url = "/api/v1/anomalies/bulk"
-    res = await api.post(url, json={"action": "acknowledge", "ids": ids[:2] + [999_999]})
+    res = await api.post(url, json={"action": "acknowledge", "ids": [*ids[:2], 999_999]})
     assert res.status_code == 200, res.text
     doc = res.json()
     assert (doc["done"], doc["failed"]) == (2, 1)
