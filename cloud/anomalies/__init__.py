@@ -9,12 +9,13 @@ Where each part lives (the design of each is in its module's docstring):
   quality hold, the ``opened`` notification) and clearing;
 - ``applier``: ``apply_anomalies``, the ingest applier (alarms, limits, stops and offline
   episodes that a batch ends, scrap rate);
+- ``limits``: alarms and limit excursions from records (the minimum duration, folding);
 - ``episodes``: stop and offline episodes, raised when they end (applier) or while they
   go on (sweep);
 - ``sweep``: the periodic job (offline machines and silent gateways, ongoing stops, stock
   below safety, escalation);
-- ``lifecycle``: acknowledge, resolve, close, reopen, assign, and a person's report
-  (``create_manual``);
+- ``lifecycle``: acknowledge, resolve, close, reopen, assign, in bulk (``act_in_bulk``),
+  and a person's report (``create_manual``);
 - ``queries``: what the API and the web read (lists, one anomaly with its history,
   figures, counts by machine, by work order).
 
@@ -25,7 +26,14 @@ What raises an anomaly (times are the records' own epoch ms unless said otherwis
   alarm anomaly of that code. An alarm raised again while its anomaly is still uncleared
   and within the repeat window (a gateway restart re-reads an active alarm) adds nothing.
 - ``limit`` (process deviation): a ``limit`` record with ``active`` true; ``code`` is the
-  tag; cleared like alarms.
+  tag; raised only once the excursion has lasted ``limit_min_duration_s`` (at its start's
+  time; ``limits.py``), cleared like alarms.
+- Repeats of an alarm or a limit on the same machine within ``fold_window_s`` of its
+  anomaly's last occurrence fold into it (``occurrences``, ``last_seen_ts``) instead of a
+  new anomaly (``limits.py``).
+- Closing itself: an anomaly whose cause clears (``cleared_ts`` set) is closed by
+  ``system`` when ``auto_close[kind]`` (default: alarm, limit, offline), its history
+  saying "closed automatically: cause cleared" (``raising.auto_close``).
 - ``stop``: the machine's state is not ``running`` for longer than ``stop_after_s`` while
   an order is dispatched on it. Measured from the later of the stop's start and the
   start of the first dispatch overlapping it (the time the order waited), and the
@@ -52,6 +60,10 @@ Records of devices no machine is registered for still raise (``machine_id`` NULL
 gateway and device). Only alarm, limit, state, link and scrap count records are looked at,
 so a batch of samples costs one list comprehension.
 
+Titles are stored as message codes with parameters (``title_code``, ``title_params``;
+cloud/core/anomaly_text.py) beside the English ``title``, and read in the reader's
+language (``locale`` of the queries).
+
 Notifications: ``opened`` when raised, ``escalated``, ``resolved`` (``cloud.notify.enqueue``,
 in the same transaction).
 
@@ -62,7 +74,17 @@ Record time is compared with the cloud's clock through the gateway's clock skew
 from __future__ import annotations
 
 from cloud.anomalies.applier import apply_anomalies
-from cloud.anomalies.lifecycle import acknowledge, assign, close, create_manual, reopen, resolve
+from cloud.anomalies.lifecycle import (
+    BULK_ACTIONS,
+    MAX_BULK,
+    acknowledge,
+    act_in_bulk,
+    assign,
+    close,
+    create_manual,
+    reopen,
+    resolve,
+)
 from cloud.anomalies.queries import (
     anomalies_for_work_order,
     anomaly_stats,
@@ -75,9 +97,12 @@ from cloud.anomalies.rules import SETTINGS_KEY, AnomalySettings
 from cloud.anomalies.sweep import sweep
 
 __all__ = [
+    "BULK_ACTIONS",
+    "MAX_BULK",
     "SETTINGS_KEY",
     "AnomalySettings",
     "acknowledge",
+    "act_in_bulk",
     "anomalies_for_work_order",
     "anomaly_stats",
     "apply_anomalies",

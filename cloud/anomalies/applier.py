@@ -14,9 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from buffer.records import Record
 from cloud.anomalies.episodes import link_history, offline_start, raise_offline, raise_stop
-from cloud.anomalies.raising import clear_latest, previous_anomaly, raise_full
+from cloud.anomalies.limits import alarm_record, limit_record, pending, raise_due
+from cloud.anomalies.raising import raise_full
 from cloud.anomalies.rules import RUNNING, SETTINGS_KEY
-from cloud.core import settings
+from cloud.core import anomaly_text, settings
 from cloud.core.models import anomalies, attributions, machine_events, machines
 
 _LOOKED_AT: Final = frozenset({"alarm", "limit", "state", "link", "count"})
@@ -34,7 +35,10 @@ async def apply_anomalies(session: AsyncSession, gateway_id: str,
     transaction; raises on database errors (the batch rolls back, the gateway retries)."""
     recs = [r for r in new_records if r.kind in _LOOKED_AT]
     recs = [r for r in recs if r.kind != "count" or _scrap(r)]
-    if not recs:
+    if not recs:  # samples and counts: only excursions going on may now be due
+        if new_records and await pending(session, gateway_id):
+            await raise_due(session, await settings.get(session, SETTINGS_KEY), gateway_id,
+                            _latest(new_records))
         return
     conf = await settings.get(session, SETTINGS_KEY)
     known = {row.device: row for row in (await session.execute(
@@ -46,8 +50,10 @@ async def apply_anomalies(session: AsyncSession, gateway_id: str,
         subject = {"machine_id": m.id if m else None, "gateway_id": gateway_id,
                    "device": r.device}
         label = m.name if m else f"{gateway_id}/{r.device}"
-        if r.kind in ("alarm", "limit"):
-            await _alarm_or_limit(session, conf, gateway_id, r, subject, label)
+        if r.kind == "alarm":
+            await alarm_record(session, conf, gateway_id, r, subject, label)
+        elif r.kind == "limit":
+            await limit_record(session, conf, gateway_id, r, subject, label)
         else:
             by_kind[r.kind][r.device].append(r)
     # a stop matters only while an order is dispatched: registered machines only
@@ -60,31 +66,16 @@ async def apply_anomalies(session: AsyncSession, gateway_id: str,
                              m.name if m else f"{gateway_id}/{device}", recs_)
     if by_kind["count"]:
         await _scrap_rate(session, conf, gateway_id, known, by_kind["count"])
+    # excursions going on that the batch's own records show have lasted long enough
+    await raise_due(session, conf, gateway_id, _latest(new_records))
 
 
-async def _alarm_or_limit(session: AsyncSession, conf: dict[str, Any], gateway_id: str,
-                          r: Record, subject: dict[str, Any], label: str) -> None:
-    body = r.body
-    code = str(body["code"]) if r.kind == "alarm" else str(body["tag"])
-    if not body["active"]:
-        await clear_latest(session, kind=r.kind, code=code[:64], gateway_id=gateway_id,
-                           device=r.device, ts=r.ts)
-        return
-    before = await previous_anomaly(session, int(conf["repeat_window_s"]) * 1000, kind=r.kind,
-                                    ts=r.ts, code=code[:64], material_id=None, **subject)
-    if before is not None and before.cleared_ts is None:
-        return  # still active: raised again (a restarted gateway re-reads it)
-    if r.kind == "alarm":
-        title = f"{label}: alarm {code} {body.get('text') or ''}".strip()
-        detail = {"code": body["code"], "text": body.get("text"), "seq": r.seq}
-    else:
-        title = (f"{label}: {code} = {body['value']} outside "
-                 f"[{body.get('lo')}, {body.get('hi')}]")
-        detail = {"tag": code, "value": body["value"], "lo": body.get("lo"),
-                  "hi": body.get("hi"), "seq": r.seq}
-    await raise_full(session, kind=r.kind, ts=r.ts, title=title, code=code, detail=detail,
-                     source_key=f"{r.kind}:{gateway_id}:{r.seq}", conf=conf,
-                     repeat_of=None if before is None else int(before.id), **subject)
+def _latest(new_records: Sequence[Record]) -> dict[str | None, int]:
+    """Each device's latest record time in the batch."""
+    until: dict[str | None, int] = {}
+    for r in new_records:
+        until[r.device] = max(until.get(r.device, r.ts), r.ts)
+    return until
 
 
 async def _stops_ended(session: AsyncSession, conf: dict[str, Any], gateway_id: str,
@@ -201,10 +192,12 @@ async def _scrap_rate(session: AsyncSession, conf: dict[str, Any], gateway_id: s
                     .order_by(a.ts.desc()).limit(1))).scalar()
             if last is not None and last > t - window:
                 continue
+            params = {"machine": label, "rate": round(scrap / total, 4),
+                      "window": window // 60_000, "scrap": scrap, "total": total}
             new = await raise_full(
                 session, kind="scrap_rate", ts=t, code=None,
-                title=f"{label}: scrap rate {scrap / total:.0%} over {window // 60_000} min "
-                      f"({scrap} of {total})",
+                title=anomaly_text.title("scrap_rate", params, "en", label),
+                title_code="scrap_rate", title_params=params,
                 detail={"scrap": scrap, "total": total, "rate": round(scrap / total, 4),
                         "window_s": window // 1000, "threshold": threshold},
                 machine_id=m.id if m else None, gateway_id=gateway_id, device=device,

@@ -19,6 +19,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.anomalies.raising import clear_key, raise_full
+from cloud.core import anomaly_text
 from cloud.core.models import dispatches, records
 
 
@@ -44,15 +45,16 @@ async def raise_stop(session: AsyncSession, conf: dict[str, Any], gateway_id: st
     if since is None or until - since <= int(conf["stop_after_s"]) * 1000:
         return
     key = f"stop:{gateway_id}:{device}:{start}"
-    minutes = round((until - since) / 60_000)
+    params = {"machine": label, "state": state, "minutes": round((until - since) / 60_000)}
+    code = "stop" if cleared_ts else "stop.ongoing"
     new = await raise_full(
-        session, kind="stop", ts=since, title=f"{label}: stopped ({state}) "
-        f"{'for' if cleared_ts else 'for over'} {minutes} min while dispatched", code=None,
-        detail={"state": state, "stop_start_ts": start, "dispatched_from_ts": since,
-                "seen_until_ts": until}, machine_id=machine_id, gateway_id=gateway_id,
-        device=device, source_key=key, cleared_ts=cleared_ts, conf=conf, now=now)
+        session, kind="stop", ts=since, title=anomaly_text.title(code, params, "en", label),
+        code=None, detail={"state": state, "stop_start_ts": start, "dispatched_from_ts": since,
+                           "seen_until_ts": until}, machine_id=machine_id,
+        gateway_id=gateway_id, device=device, source_key=key, cleared_ts=cleared_ts,
+        conf=conf, now=now, title_code=code, title_params=params)
     if new is None and cleared_ts is not None:
-        await clear_key(session, key, cleared_ts)
+        await clear_key(session, key, cleared_ts, conf)
 
 
 async def link_history(session: AsyncSession, gateway_id: str, device: str,
@@ -97,13 +99,14 @@ async def raise_offline(session: AsyncSession, conf: dict[str, Any], gateway_id:
     silent) that began at ``start``; with ``cleared_ts`` (it ended), clear it when it was
     raised before (by the sweep)."""
     key = f"offline:{gateway_id}:{device or ''}:{code}:{start}"
-    minutes = round((until - start) / 60_000)
-    what = "gateway silent" if code == "gateway" else "offline"
+    params = {"machine": label, "minutes": round((until - start) / 60_000)}
+    title_code = (("gateway_silent" if code == "gateway" else "offline")
+                  + ("" if cleared_ts else ".ongoing"))
     new = await raise_full(
         session, kind="offline", ts=start, code=code,
-        title=f"{label}: {what} {'for' if cleared_ts else 'for over'} {minutes} min",
+        title=anomaly_text.title(title_code, params, "en", label),
         detail={"since_ts": start, "seen_until_ts": until}, machine_id=machine_id,
         gateway_id=gateway_id, device=device, source_key=key, cleared_ts=cleared_ts,
-        conf=conf, now=now)
+        conf=conf, now=now, title_code=title_code, title_params=params)
     if new is None and cleared_ts is not None:
-        await clear_key(session, key, cleared_ts)
+        await clear_key(session, key, cleared_ts, conf)

@@ -8,7 +8,18 @@ time is then the resolution time); ``close`` resolved -> closed; ``reopen`` reso
 closed -> acknowledged; ``assign`` in any state but closed. Anything else raises
 ``StateConflict`` (409) with the allowed actions. Response time = acknowledged - created;
 closure time = closed (else resolved) - created (the cloud's clock, when people act).
-Resolving releases a quality hold (raising.py) and notifies (``resolved``).
+Resolving releases a quality hold (raising.py) and notifies (``resolved``). An anomaly
+whose cause cleared may close itself (``auto_close``, raising.py; audited
+``anomaly.auto_close`` by ``system``).
+
+In bulk (``act_in_bulk``)
+-------------------------
+``acknowledge`` or ``close`` a list of anomalies in the caller's transaction, each on its
+own: the answer says per id whether it was done (``ok``, the new ``status``) or why not
+(``error``, ``detail``: the same refusal one action would get), so one anomaly acted on
+meanwhile by someone else does not undo the others. ``close`` takes an anomaly not yet
+resolved through ``resolve`` first when a cause and an action are given (the same two
+for all), else refuses it (``invalid_state``).
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from cloud.anomalies.rules import ACTIONS, UNRESOLVED
 from cloud.auth import Actor
 from cloud.core import clock
 from cloud.core.audit import actor_name, audit
-from cloud.core.errors import Invalid, NotFound, StateConflict
+from cloud.core.errors import DomainError, Invalid, NotFound, StateConflict
 from cloud.core.fields import text, whole
 from cloud.core.models import MANUAL_ANOMALY_KINDS, SEVERITIES, anomalies, machines, materials, work_orders
 from cloud.notify import enqueue
@@ -167,3 +178,49 @@ async def create_manual(session: AsyncSession, actor: Actor | str, kind: str, ti
                 {"kind": kind, "title": title_t, "severity": severity,
                  "machine_id": machine_id, "work_order": work_order, "material": material})
     return await get_anomaly(session, new_id)
+
+
+BULK_ACTIONS = ("acknowledge", "close")
+MAX_BULK = 500
+
+
+async def act_in_bulk(session: AsyncSession, actor: Actor | str, action: str,
+                      anomaly_ids: Sequence[int], *, assignee: str | None = None,
+                      cause: str | None = None, action_taken: str | None = None,
+                      now: datetime | None = None) -> dict[str, Any]:
+    """``acknowledge`` or ``close`` each of ``anomaly_ids`` (at most ``MAX_BULK``, each
+    once, in the order given); see the module docstring. Returns ``{"results": [{"id",
+    "ok", "status", "error", "detail"}], "done": n, "failed": n}``. Raises Invalid for an
+    unknown action, no ids or too many, or a cause without an action (or the reverse)."""
+    if action not in BULK_ACTIONS:
+        raise Invalid(f"action {action!r} is not one of {', '.join(BULK_ACTIONS)}", "action")
+    ids = list(dict.fromkeys(int(i) for i in anomaly_ids))
+    if not ids:
+        raise Invalid("ids: choose at least one anomaly", "ids")
+    if len(ids) > MAX_BULK:
+        raise Invalid(f"ids: at most {MAX_BULK} anomalies at once", "ids")
+    cause = text(cause, "cause", max_len=1000, required=False)
+    action_taken = text(action_taken, "action", max_len=1000, required=False)
+    if bool(cause) != bool(action_taken):
+        raise Invalid("give both the cause and the action taken, or neither",
+                      "cause" if not cause else "action")
+    when = now or clock.now()
+    results: list[dict[str, Any]] = []
+    for anomaly_id in ids:
+        try:
+            if action == "acknowledge":
+                doc = await acknowledge(session, actor, anomaly_id, assignee, now=when)
+            else:
+                status = (await session.execute(select(anomalies.c.status).where(
+                    anomalies.c.id == anomaly_id))).scalar()
+                if status in UNRESOLVED and cause and action_taken:
+                    await resolve(session, actor, anomaly_id, cause, action_taken, now=when)
+                doc = await close(session, actor, anomaly_id, now=when)
+        except DomainError as exc:
+            results.append({"id": anomaly_id, "ok": False, "status": None,
+                            "error": exc.code, "detail": exc.detail})
+            continue
+        results.append({"id": anomaly_id, "ok": True, "status": doc["status"],
+                        "error": None, "detail": None})
+    done = sum(1 for r in results if r["ok"])
+    return {"results": results, "done": done, "failed": len(results) - done}

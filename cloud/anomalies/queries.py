@@ -3,7 +3,9 @@ with its history, figures over a period, unresolved counts per machine, the anom
 work order. Each anomaly is a JSON-ready dict (``_item``): cloud times ISO
 (``cloud.core.clock.iso``), ``ts``/``cleared_ts`` epoch ms, ``response_s``/``closure_s``/
 ``age_s`` seconds or None, ``allowed_actions``, ``links`` (work order, step, operation,
-customer)."""
+customer). ``title`` is in the reader's ``locale`` (zh-CN or en; cloud/core/anomaly_text.py)
+from ``title_code`` and ``title_params`` (both also given), the stored English title when
+there is no code; history entries carry ``text``, the sentence in that locale."""
 
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.anomalies.rules import ACTIONS, STATUS_RANK, UNRESOLVED
-from cloud.core import clock
+from cloud.anomalies.rules import ACTIONS, STATUS_RANK, SYSTEM, UNRESOLVED
+from cloud.core import anomaly_text, clock
 from cloud.core.errors import Invalid, NotFound
 from cloud.core.models import (
     ANOMALY_KINDS,
@@ -35,10 +37,16 @@ def _seconds(later: datetime | None, earlier: datetime) -> float | None:
     return None if later is None else round((later - earlier).total_seconds(), 3)
 
 
-def _item(r: Any, links: list[dict[str, Any]], now_ms: int) -> dict[str, Any]:
+def _item(r: Any, links: list[dict[str, Any]], now_ms: int, locale: str) -> dict[str, Any]:
     closure = r.closed_at or r.resolved_at
     return {"id": r.id, "kind": r.kind, "code": r.code, "severity": r.severity,
-            "status": r.status, "title": r.title, "detail": r.detail,
+            "status": r.status,
+            "title": anomaly_text.title(r.title_code, r.title_params, locale, r.title),
+            "title_code": r.title_code if r.title_code in anomaly_text.TITLES else None,
+            "title_params": r.title_params if r.title_code in anomaly_text.TITLES else None,
+            "occurrences": int(r.occurrences or 1),
+            "last_seen_ts": r.ts if r.last_seen_ts is None else r.last_seen_ts,
+            "detail": r.detail,
             "machine_id": r.machine_id, "machine": r.machine, "material": r.material,
             "gateway_id": r.gateway_id, "device": r.device, "ts": r.ts,
             "cleared_ts": r.cleared_ts, "created": clock.iso(r.created), "created_by": r.created_by,
@@ -81,10 +89,10 @@ async def _links_of(session: AsyncSession, ids: Sequence[int]) -> dict[int, list
 
 
 async def _items(session: AsyncSession, rows: Sequence[Any],
-                 now_ms: int | None) -> list[dict[str, Any]]:
+                 now_ms: int | None, locale: str = "en") -> list[dict[str, Any]]:
     links = await _links_of(session, [r.id for r in rows])
     now_ms = clock.to_ms(clock.now()) if now_ms is None else now_ms
-    return [_item(r, links[r.id], now_ms) for r in rows]
+    return [_item(r, links[r.id], now_ms, locale) for r in rows]
 
 
 def _statuses(status: str | Sequence[str] | None) -> list[str]:
@@ -103,7 +111,7 @@ async def list_anomalies(session: AsyncSession, *, status: str | Sequence[str] |
                          kind: str | None = None, machine_id: int | None = None,
                          since_ts: int | None = None, until_ts: int | None = None,
                          open_first: bool = True, limit: int = 100, offset: int = 0,
-                         now_ms: int | None = None) -> dict[str, Any]:
+                         now_ms: int | None = None, locale: str = "en") -> dict[str, Any]:
     """``{"items": [...], "total": n}``: anomalies with ``since_ts <= ts < until_ts``,
     filtered by status (one, a list, or comma-separated), kind and machine; with
     ``open_first`` ordered open, acknowledged, resolved, closed, then newest ``ts``
@@ -134,23 +142,26 @@ async def list_anomalies(session: AsyncSession, *, status: str | Sequence[str] |
         order.insert(0, rank)
     rows = (await session.execute(_select().where(*cond).order_by(*order)
                                   .limit(limit).offset(offset))).all()
-    return {"items": await _items(session, rows, now_ms), "total": int(total)}
+    return {"items": await _items(session, rows, now_ms, locale), "total": int(total)}
 
 
 async def get_anomaly(session: AsyncSession, anomaly_id: int, *,
-                      now_ms: int | None = None) -> dict[str, Any]:
+                      now_ms: int | None = None, locale: str = "en") -> dict[str, Any]:
     """One anomaly as in ``list_anomalies``, plus ``history``: its audit trail (who did
-    what, with notes), oldest first. Raises NotFound."""
+    what, with notes; ``text`` the sentence in ``locale``), oldest first. Raises
+    NotFound."""
     row = (await session.execute(_select().where(anomalies.c.id == anomaly_id))).first()
     if row is None:
         raise NotFound(f"anomaly {anomaly_id} unknown")
-    doc = (await _items(session, [row], now_ms))[0]
+    doc = (await _items(session, [row], now_ms, locale))[0]
     trail = (await session.execute(
         select(AuditEntry.ts, AuditEntry.actor, AuditEntry.action, AuditEntry.detail)
         .where(AuditEntry.entity == "anomaly", AuditEntry.entity_id == str(anomaly_id))
         .order_by(AuditEntry.id))).all()
     doc["history"] = [{"at": clock.iso(t.ts), "actor": t.actor, "action": t.action,
-                       "detail": t.detail} for t in trail]
+                       "detail": t.detail,
+                       "text": anomaly_text.history_text(t.action, t.actor, t.detail, locale)}
+                      for t in trail]
     return doc
 
 
@@ -160,12 +171,13 @@ async def anomaly_stats(session: AsyncSession, *, since_ts: int,
     (not yet resolved: open or acknowledged) and ``unacknowledged`` (status open);
     ``closure_rate`` (resolved or closed / total) and ``repeat_rate`` (with repeat_of /
     total), fractions 0..1 or None when total is 0; ``mean_response_s`` and
-    ``mean_closure_s`` over those that have one (None if none); ``by_kind``,
+    ``mean_closure_s`` over those that have one (None if none; one that closed itself
+    without a person's resolution has no closure time); ``by_kind``,
     ``by_severity``, ``by_status`` counts."""
     a = anomalies.c
     rows = (await session.execute(
         select(a.kind, a.severity, a.status, a.repeat_of, a.created, a.acknowledged_at,
-               a.resolved_at, a.closed_at)
+               a.resolved_at, a.closed_at, a.closed_by, a.resolved_by)
         .where(a.ts >= since_ts, a.ts < until_ts))).all()
     total = len(rows)
     by: dict[str, dict[str, int]] = {"kind": defaultdict(int), "severity": defaultdict(int),
@@ -177,6 +189,8 @@ async def anomaly_stats(session: AsyncSession, *, since_ts: int,
         by["status"][r.status] += 1
         if r.acknowledged_at is not None:
             responses.append((r.acknowledged_at - r.created).total_seconds())
+        if r.closed_by == SYSTEM and r.resolved_by is None:
+            continue  # closed itself (its cause cleared): not a person's closure time
         if (r.closed_at or r.resolved_at) is not None:
             closures.append(((r.closed_at or r.resolved_at) - r.created).total_seconds())
     done = by["status"]["resolved"] + by["status"]["closed"]
@@ -205,8 +219,8 @@ async def open_anomalies_by_machine(session: AsyncSession) -> dict[int, int]:
     return {int(m): int(n) for m, n in rows}
 
 
-async def anomalies_for_work_order(session: AsyncSession,
-                                   work_order_id: int) -> list[dict[str, Any]]:
+async def anomalies_for_work_order(session: AsyncSession, work_order_id: int, *,
+                                   locale: str = "en") -> list[dict[str, Any]]:
     """The anomalies linked to a work order (items as in ``list_anomalies``), newest
     ``ts`` first."""
     ids = select(anomaly_links.c.anomaly_id).where(
@@ -214,4 +228,4 @@ async def anomalies_for_work_order(session: AsyncSession,
     rows = (await session.execute(_select().where(anomalies.c.id.in_(ids))
                                   .order_by(anomalies.c.ts.desc(), anomalies.c.id.desc())
                                   )).all()
-    return await _items(session, rows, None)
+    return await _items(session, rows, None, locale)

@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import Integer, and_, func, literal, or_, select, update
+from sqlalchemy import Integer, and_, case, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -70,16 +70,20 @@ async def raise_anomaly(session: AsyncSession, *, kind: str, ts: int, title: str
                         detail: dict[str, Any] | None = None, machine_id: int | None = None,
                         material_id: int | None = None, gateway_id: str | None = None,
                         device: str | None = None, source_key: str | None = None,
-                        created_by: str = SYSTEM) -> int | None:
+                        created_by: str = SYSTEM, title_code: str | None = None,
+                        title_params: dict[str, Any] | None = None) -> int | None:
     """Raise an anomaly in the caller's transaction: severity from the rules when None,
     links, repeat detection, the quality hold, and the ``opened`` notification. Returns
     its id, or None when ``source_key`` was raised before (idempotent on both backends,
     also between concurrent transactions). Raises Invalid (422) for an unknown kind or
-    severity."""
+    severity. ``title`` is the English text; with ``title_code`` (a code of
+    ``cloud.core.anomaly_text.TITLES``) and its ``title_params`` the pages, the API and
+    the notifications show it in the reader's language."""
     return await raise_full(session, kind=kind, ts=ts, title=title, severity=severity,
                             code=code, detail=detail, machine_id=machine_id,
                             material_id=material_id, gateway_id=gateway_id, device=device,
-                            source_key=source_key, created_by=created_by)
+                            source_key=source_key, created_by=created_by,
+                            title_code=title_code, title_params=title_params)
 
 
 async def raise_full(session: AsyncSession, *, kind: str, ts: int, title: str,
@@ -89,11 +93,14 @@ async def raise_full(session: AsyncSession, *, kind: str, ts: int, title: str,
                      device: str | None = None, source_key: str | None = None,
                      created_by: str = SYSTEM, cleared_ts: int | None = None,
                      work_order_id: int | None = None, conf: dict[str, Any] | None = None,
-                     now: datetime | None = None, repeat_of: Any = _UNSET) -> int | None:
+                     now: datetime | None = None, repeat_of: Any = _UNSET,
+                     title_code: str | None = None,
+                     title_params: dict[str, Any] | None = None) -> int | None:
     """``raise_anomaly`` with what the package's own raisers also know: ``cleared_ts``
     (an episode that already ended), the work order a person named, the settings already
     read (``conf``), the time (``now``, default the clock) and the repeat already looked up
-    (``repeat_of``, default: look it up)."""
+    (``repeat_of``, default: look it up). Raised already cleared (``cleared_ts``), it
+    closes itself at once when its kind does (``auto_close``)."""
     if kind not in ANOMALY_KINDS:
         raise Invalid(f"kind {kind!r} is not one of {', '.join(ANOMALY_KINDS)}", "kind")
     if conf is None:
@@ -118,7 +125,8 @@ async def raise_full(session: AsyncSession, *, kind: str, ts: int, title: str,
         detail=detail or {}, machine_id=machine_id, material_id=material_id,
         gateway_id=gateway_id, device=device, ts=ts, cleared_ts=cleared_ts,
         source_key=source_key, created=now or clock.now(), created_by=created_by[:96],
-        escalation_level=0, repeat_of=repeat_of)
+        escalation_level=0, repeat_of=repeat_of, title_code=title_code,
+        title_params=title_params, occurrences=1, last_seen_ts=ts)
     if source_key is not None:
         stmt = stmt.on_conflict_do_nothing(index_elements=["source_key"])
     new_id = (await session.execute(stmt.returning(anomalies.c.id))).scalar_one_or_none()
@@ -140,6 +148,8 @@ async def raise_full(session: AsyncSession, *, kind: str, ts: int, title: str,
     if kind == "quality" and severity == "critical" and conf["hold_on_severe_quality"]:
         await _hold(session, new_id, links, created_by)
     await enqueue(session, new_id, event="opened")
+    if cleared_ts is not None:
+        await auto_close(session, conf, [int(new_id)], now)
     log.info("anomaly_raised", anomaly_id=new_id, kind=kind, code=code, severity=severity,
              machine_id=machine_id, repeat_of=repeat_of)
     return int(new_id)
@@ -274,17 +284,116 @@ async def release_hold(session: AsyncSession, actor: Actor | str, anomaly_id: in
 
 
 async def clear_latest(session: AsyncSession, *, kind: str, code: str | None, gateway_id: str,
-                       device: str, ts: int) -> None:
+                       device: str, ts: int, conf: dict[str, Any] | None = None) -> None:
     """Set ``cleared_ts`` on the latest uncleared anomaly of this device, kind and code
-    raised at or before ``ts`` (one statement)."""
+    raised at or before ``ts`` (one statement); with ``conf``, close it when its kind
+    closes itself (``auto_close``)."""
     a = anomalies.c
     latest = (select(a.id).where(a.kind == kind, a.code == code, a.gateway_id == gateway_id,
                                  a.device == device, a.cleared_ts.is_(None), a.ts <= ts)
               .order_by(a.ts.desc(), a.id.desc()).limit(1).scalar_subquery())
-    await session.execute(update(anomalies).where(a.id == latest).values(cleared_ts=ts))
+    ids = (await session.execute(update(anomalies).where(a.id == latest)
+                                 .values(cleared_ts=ts).returning(a.id))).scalars().all()
+    if conf is not None:
+        await auto_close(session, conf, ids)
 
 
-async def clear_key(session: AsyncSession, source_key: str, ts: int) -> None:
-    await session.execute(update(anomalies).where(anomalies.c.source_key == source_key,
-                                                  anomalies.c.cleared_ts.is_(None))
-                          .values(cleared_ts=ts))
+async def clear_key(session: AsyncSession, source_key: str, ts: int,
+                    conf: dict[str, Any] | None = None) -> None:
+    """Set ``cleared_ts`` on the anomaly raised under ``source_key`` (if not yet cleared);
+    with ``conf``, close it when its kind closes itself."""
+    ids = (await session.execute(
+        update(anomalies).where(anomalies.c.source_key == source_key,
+                                anomalies.c.cleared_ts.is_(None))
+        .values(cleared_ts=ts).returning(anomalies.c.id))).scalars().all()
+    if conf is not None:
+        await auto_close(session, conf, ids)
+
+
+async def clear_ids(session: AsyncSession, conf: dict[str, Any], ids: Sequence[int],
+                    ts: int, now: datetime | None = None) -> None:
+    """Set ``cleared_ts`` on these anomalies (those not yet cleared), then close those whose
+    kind closes itself."""
+    if not ids:
+        return
+    done = (await session.execute(
+        update(anomalies).where(anomalies.c.id.in_(list(ids)), anomalies.c.cleared_ts.is_(None))
+        .values(cleared_ts=ts).returning(anomalies.c.id))).scalars().all()
+    await auto_close(session, conf, done, now)
+
+
+async def auto_close(session: AsyncSession, conf: dict[str, Any], ids: Sequence[int],
+                     now: datetime | None = None) -> list[int]:
+    """Close the cleared anomalies among ``ids`` whose kind closes itself
+    (``auto_close``) and that are not closed yet: closed by ``system``, audited
+    ``anomaly.auto_close`` (history: "closed automatically: cause cleared"). Returns
+    the ids closed."""
+    kinds = [k for k, on in (conf.get("auto_close") or {}).items() if on]
+    if not ids or not kinds:
+        return []
+    a = anomalies.c
+    when = now or clock.now()
+    closed = [int(i) for i in (await session.execute(
+        update(anomalies).where(a.id.in_(list(ids)), a.kind.in_(kinds),
+                                a.cleared_ts.is_not(None), a.status != "closed")
+        .values(status="closed", closed_at=when, closed_by=SYSTEM)
+        .returning(a.id))).scalars().all()]
+    for anomaly_id in sorted(closed):
+        await audit(session, SYSTEM, "anomaly.auto_close", "anomaly", anomaly_id,
+                    {"reason": "cause_cleared"})
+    if closed:
+        log.info("anomalies_auto_closed", anomaly_ids=sorted(closed))
+    return closed
+
+
+async def fold_target(session: AsyncSession, conf: dict[str, Any], *, kind: str, ts: int,
+                      code: str | None, machine_id: int | None, gateway_id: str | None,
+                      device: str | None) -> Any:
+    """The anomaly a new occurrence at ``ts`` folds into: the latest of the same kind,
+    machine (else gateway/device) and code that began at or before ``ts`` and last
+    occurred within ``fold_window_s`` before it, unless a person closed it. (id,
+    cleared_ts, status, occurrences) or None."""
+    window = int(float(conf.get("fold_window_s") or 0) * 1000)
+    if window <= 0:
+        return None
+    a = anomalies.c
+    same_code = a.code == code if code is not None else a.code.is_(None)
+    if machine_id is not None:
+        subject = [a.machine_id == machine_id]
+    elif gateway_id is not None and device is not None:
+        subject = [a.machine_id.is_(None), a.gateway_id == gateway_id, a.device == device]
+    else:
+        return None
+    last = func.coalesce(a.last_seen_ts, a.ts)
+    return (await session.execute(
+        select(a.id, a.cleared_ts, a.status, a.occurrences)
+        .where(a.kind == kind, *subject, same_code, a.ts <= ts, last >= ts - window,
+               or_(a.status != "closed", a.closed_by == SYSTEM))
+        .order_by(a.ts.desc(), a.id.desc()).limit(1))).first()
+
+
+async def fold(session: AsyncSession, target: Any, ts: int, cleared_ts: int | None,
+               conf: dict[str, Any], now: datetime | None = None) -> int:
+    """Count one more occurrence (beginning at ``ts``) on the anomaly ``target``
+    (``fold_target``): ``occurrences`` + 1, ``last_seen_ts``, ``cleared_ts`` (None: going
+    on). One that had closed itself opens again (acknowledged if it was), audited
+    ``anomaly.recur``; one still going on is cleared and may close itself again."""
+    a = anomalies.c
+    values: dict[str, Any] = {"occurrences": a.occurrences + 1,
+                              "last_seen_ts": func.max(ts, func.coalesce(a.last_seen_ts, a.ts))
+                              if session.bind.dialect.name == "sqlite" else
+                              func.greatest(ts, func.coalesce(a.last_seen_ts, a.ts)),
+                              "cleared_ts": cleared_ts}
+    reopen = target.status == "closed" and cleared_ts is None
+    if reopen:
+        values.update(status=case((a.acknowledged_at.is_(None), "open"),
+                                  else_="acknowledged"),
+                      closed_at=None, closed_by=None)
+    await session.execute(update(anomalies).where(a.id == target.id).values(**values))
+    if reopen:
+        await audit(session, SYSTEM, "anomaly.recur", "anomaly", int(target.id),
+                    {"occurrences": int(target.occurrences) + 1})
+    elif cleared_ts is not None:
+        await auto_close(session, conf, [int(target.id)], now)
+    log.info("anomaly_folded", anomaly_id=target.id, occurrences=int(target.occurrences) + 1)
+    return int(target.id)

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloud.core import settings
-from cloud.core.models import ANOMALY_STATUSES, SEVERITIES
+from cloud.core.models import ANOMALY_KINDS, ANOMALY_STATUSES, SEVERITIES
 
 SETTINGS_KEY: Final = "anomalies"
 #: who raises what the cloud itself detects (``created_by``, the audit's actor)
@@ -34,6 +34,12 @@ ACTIONS: Final[dict[str, tuple[str, ...]]] = {
     "resolved": ("close", "reopen", "assign"),
     "closed": ("reopen",),
 }
+
+#: kinds that close themselves when their cause clears, by default: a machine's alarm, a
+#: limit excursion, an offline episode. A stop while an order waited, stock below safety
+#: (the planner orders), quality and a person's reports are closed by a person.
+AUTO_CLOSE: Final[dict[str, bool]] = {"alarm": True, "limit": True, "offline": True,
+                                      "stock_low": False, "stop": False}
 
 
 # -- the settings -----------------------------------------------------------------------
@@ -98,6 +104,30 @@ class AnomalySettings(settings.SettingsModel):
         "the kind's); null removes an override")
     hold_on_severe_quality: bool = Field(True, description="a critical quality anomaly "
                                          "puts its operations on hold")
+    limit_min_duration_s: Seconds = Field(60, description="a limit excursion becomes an "
+                                          "anomaly only once it has lasted this long "
+                                          "(0: at once)")
+    fold_window_s: Seconds = Field(1800, description="an alarm or limit excursion that "
+                                   "begins again on the same machine within this long of "
+                                   "its anomaly's last occurrence is counted on that "
+                                   "anomaly (occurrences) instead of raising a new one "
+                                   "(0: never fold)")
+    auto_close: dict[str, bool] = Field(
+        default_factory=lambda: dict(AUTO_CLOSE), description="kind -> an anomaly of this "
+        "kind closes itself when its cause clears (history: closed automatically); kinds "
+        "not named never do")
+    tag_units: dict[str, str] = Field(
+        default_factory=dict, description="limit tag -> unit shown in titles (the register "
+        "map's unit, e.g. degC, bar); a tag named like *temp* without one is shown in °C")
+
+    @field_validator("auto_close")
+    @classmethod
+    def _known_kinds(cls, value: dict[str, bool]) -> dict[str, bool]:
+        unknown = sorted(set(value) - set(ANOMALY_KINDS))
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not an anomaly kind "
+                             f"({', '.join(ANOMALY_KINDS)})")
+        return {**AUTO_CLOSE, **value}
 
     @field_validator("escalate_after_s", mode="before")
     @classmethod

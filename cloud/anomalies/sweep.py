@@ -24,9 +24,10 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.anomalies.episodes import dispatched_from, link_history, offline_start, raise_offline, raise_stop
-from cloud.anomalies.raising import raise_full
+from cloud.anomalies.limits import raise_due
+from cloud.anomalies.raising import clear_ids, raise_full
 from cloud.anomalies.rules import RUNNING, SETTINGS_KEY, SYSTEM
-from cloud.core import clock, settings
+from cloud.core import anomaly_text, clock, settings
 from cloud.core.audit import audit
 from cloud.core.db import Database
 from cloud.core.models import (
@@ -34,6 +35,7 @@ from cloud.core.models import (
     anomalies,
     dispatches,
     gateways,
+    limit_excursions,
     machine_events,
     machines,
     materials,
@@ -67,7 +69,8 @@ async def sweep(db: Database, now_ms: int) -> None:
     async with db.sessions() as s:
         conf = await settings.get(s, SETTINGS_KEY)
     first: Exception | None = None
-    for part in (_sweep_offline, _sweep_stops, _sweep_stock, _sweep_escalation):
+    for part in (_sweep_offline, _sweep_stops, _sweep_limits, _sweep_stock,
+                 _sweep_escalation):
         try:
             await part(db, conf, now_ms)
         except Exception as exc:  # the other parts still run
@@ -129,9 +132,7 @@ async def _sweep_offline(db: Database, conf: dict[str, Any], now_ms: int) -> Non
                                 clock.from_ms(now_ms))
         for anomaly_id, gw in heard:  # back: cleared when the gateway was heard again
             back_ts = clock.to_ms(gw.last_seen) - int(gw.clock_skew_ms or 0)
-            await s.execute(update(anomalies).where(anomalies.c.id == anomaly_id,
-                                                    anomalies.c.cleared_ts.is_(None))
-                            .values(cleared_ts=back_ts))
+            await clear_ids(s, conf, [anomaly_id], back_ts, clock.from_ms(now_ms))
 
 
 async def _sweep_stops(db: Database, conf: dict[str, Any], now_ms: int) -> None:
@@ -178,6 +179,24 @@ async def _sweep_stops(db: Database, conf: dict[str, Any], now_ms: int) -> None:
                              state, gw_now, None, clock.from_ms(now_ms))
 
 
+async def _sweep_limits(db: Database, conf: dict[str, Any], now_ms: int) -> None:
+    """Limit excursions going on that have lasted ``limit_min_duration_s`` on their
+    gateway's clock (limits.py)."""
+    x, g = limit_excursions.c, gateways.c
+    async with db.sessions() as s:
+        rows = (await s.execute(
+            select(x.gateway_id, g.clock_skew_ms).distinct()
+            .select_from(limit_excursions.join(gateways, g.id == x.gateway_id))
+            .where(x.anomaly_id.is_(None), g.revoked_at.is_(None)))).all()
+    if not rows:
+        return
+    async with db.sessions() as s, s.begin():
+        await _write_lock(s)
+        for r in rows:
+            await raise_due(s, conf, r.gateway_id, {None: now_ms - int(r.clock_skew_ms or 0)},
+                            clock.from_ms(now_ms))
+
+
 async def _sweep_stock(db: Database, conf: dict[str, Any], now_ms: int) -> None:
     every = int(conf["stock_check_every_s"]) * 1000
     last = _STOCK_CHECKED.get(db)
@@ -203,18 +222,18 @@ async def _sweep_stock(db: Database, conf: dict[str, Any], now_ms: int) -> None:
             episode = 1 + int((await s.execute(
                 select(func.count()).select_from(anomalies)
                 .where(a.kind == "stock_low", a.material_id == mid))).scalar_one())
+            params = {"material": code, "balance": float(from_micro(doc["balance_u"]) or 0),
+                      "safety": float(from_micro(doc["safety_stock_u"]) or 0),
+                      "unit": doc["unit"]}
             await raise_full(
                 s, kind="stock_low", ts=now_ms, code=None,
-                title=f"{code} below safety stock: {from_micro(doc['balance_u'])} < "
-                      f"{from_micro(doc['safety_stock_u'])} {doc['unit']}",
+                title=anomaly_text.title("stock_low", params, "en", code),
+                title_code="stock_low", title_params=params,
                 detail={k: doc[k] for k in ("balance_u", "safety_stock_u",
                                             "safety_stock_source", "days_of_cover", "unit")},
                 material_id=mid, source_key=f"stock_low:{code}:{episode}", conf=conf,
                 now=clock.from_ms(now_ms))
-        if recovered:
-            await s.execute(update(anomalies).where(a.id.in_(recovered),
-                                                    a.cleared_ts.is_(None))
-                            .values(cleared_ts=now_ms))
+        await clear_ids(s, conf, recovered, now_ms, clock.from_ms(now_ms))
 
 
 async def _sweep_escalation(db: Database, conf: dict[str, Any], now_ms: int) -> None:

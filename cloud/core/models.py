@@ -632,6 +632,38 @@ class Anomaly(Base):
                                                   nullable=True)
     # operations this anomaly put on hold (a severe quality anomaly), so resolving can say so
     held_operations: Mapped[list[int] | None] = mapped_column(JsonBody, nullable=True)
+    # the title as a message code with parameters (cloud/core/anomaly_text.py), rendered in
+    # the reader's language; ``title`` stays the English rendering (rows from before: only it)
+    title_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    title_params: Mapped[dict[str, Any] | None] = mapped_column(JsonBody, nullable=True)
+    # repeats of the same alarm or limit folded into this anomaly (fold_window_s): how many
+    # times it happened in all, and when it last began (record time; NULL: only at ``ts``)
+    occurrences: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    last_seen_ts: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class LimitExcursion(Base):
+    """A limit excursion still going on (a ``limit`` record with ``active`` true whose clearing
+    record has not arrived), keyed by that record. It becomes an anomaly only once it has
+    lasted ``limit_min_duration_s`` (``anomaly_id``); the row is deleted when it clears
+    (cloud/anomalies/limits.py)."""
+
+    __tablename__ = "limit_excursions"
+    __table_args__ = (
+        Index("ix_limit_excursions_gateway_id_device_tag", "gateway_id", "device", "tag"),
+    )
+
+    gateway_id: Mapped[str] = mapped_column(String(64), ForeignKey("gateways.id"),
+                                            primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    device: Mapped[str] = mapped_column(String(128))
+    tag: Mapped[str] = mapped_column(String(64))
+    start_ts: Mapped[int] = mapped_column(BigInteger)
+    value: Mapped[float] = mapped_column(Float)
+    lo: Mapped[float | None] = mapped_column(Float, nullable=True)
+    hi: Mapped[float | None] = mapped_column(Float, nullable=True)
+    anomaly_id: Mapped[int | None] = mapped_column(Integer, ForeignKey("anomalies.id"),
+                                                   nullable=True)
 
 
 class AnomalyLink(Base):
@@ -780,6 +812,7 @@ class MaintenanceCounter(Base):
 
 machine_events = _table(MachineEvent)
 anomalies = _table(Anomaly)
+limit_excursions = _table(LimitExcursion)
 anomaly_links = _table(AnomalyLink)
 cloud_settings = _table(CloudSetting)
 notification_channels = _table(NotificationChannel)

@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.core import clock, settings
+from cloud.core import anomaly_text, clock, settings
 from cloud.core.models import anomalies, anomaly_links, machines, materials, wo_operations, work_orders
 from cloud.notify.config import SETTINGS_KEY, SEVERITY_RANK
 
@@ -63,6 +63,13 @@ class AnomalyView:
     machine: str | None        # the machine's name, else the material, else gateway/device
     ts: int                    # epoch ms
     links: tuple[LinkView, ...] = ()
+    # the title as a message code (cloud/core/anomaly_text.py), rendered per channel locale
+    title_code: str | None = None
+    title_params: dict[str, Any] | None = None
+
+    def title_in(self, locale: str) -> str:
+        """The title in ``locale`` (the stored English title when it has no code)."""
+        return anomaly_text.title(self.title_code, self.title_params, locale, self.title)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +182,8 @@ def _link_text(link: LinkView, locale: str) -> str:
 
 
 def _anomaly_line(a: AnomalyView, msg: Message, locale: str) -> str:
-    line = (f"#{a.id} {_local_time(a.ts, msg.timezone)} [{_t(locale, a.severity)}] {a.title}"
+    line = (f"#{a.id} {_local_time(a.ts, msg.timezone)} [{_t(locale, a.severity)}] "
+            f"{a.title_in(locale)}"
             f" · {_status_label(locale, a.status)}")
     if a.links:
         sep = ";" if locale == "zh-CN" else "; "
@@ -288,7 +296,8 @@ async def load_message(session: AsyncSession, event: str, anomaly_ids: Sequence[
     conf = conf if conf is not None else await settings.get(session, SETTINGS_KEY)
     a = anomalies.c
     rows = (await session.execute(
-        select(a.id, a.kind, a.code, a.severity, a.status, a.title, a.ts, a.gateway_id,
+        select(a.id, a.kind, a.code, a.severity, a.status, a.title, a.title_code,
+               a.title_params, a.ts, a.gateway_id,
                a.device, machines.c.name.label("machine"), materials.c.code.label("mcode"),
                materials.c.name.label("mname"))
         .select_from(anomalies.outerjoin(machines, machines.c.id == a.machine_id)
@@ -315,6 +324,7 @@ async def load_message(session: AsyncSession, event: str, anomaly_ids: Sequence[
         where = r["machine"] or (f"{r['mcode']} {r['mname']}" if r["mcode"] else None) or (
             "/".join(x for x in (r["gateway_id"], r["device"]) if x) or None)
         views.append(AnomalyView(r["id"], r["kind"], r["code"], r["severity"], r["status"],
-                                 r["title"], where, r["ts"], tuple(links.get(r["id"], ()))))
+                                 r["title"], where, r["ts"], tuple(links.get(r["id"], ())),
+                                 r["title_code"], r["title_params"]))
     return Message(event, tuple(views), suppressed, notification_id,
                    str(conf.get("cloud_url") or ""), str(conf.get("timezone") or "UTC"))

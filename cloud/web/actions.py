@@ -215,6 +215,32 @@ async def stop_reason(request: Request) -> Response:
     return await _act(request, "/oee", N_("Stop reason saved."), run)
 
 
+@router.post("/anomalies/bulk")
+async def anomaly_bulk(request: Request) -> Response:
+    """The ticked anomalies of the page acknowledged or closed at once (each on its own:
+    the message says how many were done and how many were refused)."""
+    form = await request.form()
+    action = str(form.get("action") or "")
+    if action not in anomalies.BULK_ACTIONS:
+        raise WebError(404, N_("No such action."), action)
+    ids = [int(str(v)) for v in form.getlist("ids") if str(v).strip().isdigit()]
+    user = await require_action(request, form)
+    target = safe_next(str(form.get("next") or "/anomalies"))
+    try:
+        async with request.app.state.db.sessions() as session, session.begin():
+            result = await anomalies.act_in_bulk(
+                session, user.actor, action, ids,
+                cause=str(form.get("cause") or "").strip() or None,
+                action_taken=str(form.get("action_taken") or "").strip() or None)
+    except SERVICE_ERRORS as exc:
+        return redirect_with_flash(target, "error", N_("Not done:"), str(exc))
+    page_cache(request.app).clear()
+    return redirect_with_flash(
+        target, "ok" if not result["failed"] else "error",
+        N_("Anomalies: %(done)s done, %(failed)s not (already done, or closing needs a "
+           "cause and an action taken)."), done=result["done"], failed=result["failed"])
+
+
 @router.post("/anomalies/{anomaly_id}/{action}")
 async def anomaly_action(anomaly_id: int, action: str, request: Request) -> Response:
     if action not in ("acknowledge", "resolve", "close"):

@@ -1,8 +1,10 @@
 """The pages built on the anomalies/OEE engine (cloud/anomalies/, cloud/oee/):
 
 - ``/anomalies``: open first, with affected orders and customers, age, response and
-  closure times; closure and repeat rate over the period; acknowledge / resolve / close
-  for planners. Filters: status, kind, machine, period (``days``).
+  closure times, how often it happened (folded repeats); closure and repeat rate over
+  the period; acknowledge / resolve / close for planners, one by one or the ticked ones
+  at once (``POST /anomalies/bulk``). Titles and history in the reader's language.
+  Filters: status, kind, machine, period (``days``).
 - ``/oee``: OEE with availability, performance and quality per machine, shift, day, order
   or product (``group``) over a period (``from``/``to`` dates in the plant's time zone,
   at most ``MAX_DAYS``); the downtime Pareto by reason; the daily trend; a machine's stops
@@ -82,15 +84,20 @@ async def anomalies_page(request: Request) -> Response:
                                        machine_id=machine_id,
                                        since_ts=None if statuses == ["open", "acknowledged"]
                                        else since, open_first=True, limit=limit,
-                                       offset=offset, now_ms=page.now_ms)
+                                       offset=offset, now_ms=page.now_ms,
+                                       locale=page.locale)
         stats = await a.anomaly_stats(session, since_ts=since, until_ts=page.now_ms + 1)
         machines = await reports.machine_list(session)
         one = None
         if (aid := int_param(request, "id", 0)) and not fmt:
             try:
-                one = await a.get_anomaly(session, aid, now_ms=page.now_ms)
+                one = await a.get_anomaly(session, aid, now_ms=page.now_ms,
+                                          locale=page.locale)
             except NotFound:
                 one = None
+    if one is not None:  # history times shown like every other time (the plant's zone)
+        for h in one["history"]:
+            h["at_ms"] = clock.to_ms(datetime.fromisoformat(h["at"].replace("Z", "+00:00")))
     items = found["items"]
     if fmt:
         rows = [{**r, "severity": page.tr(labels.SEVERITY.get(r["severity"], r["severity"])),

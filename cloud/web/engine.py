@@ -35,7 +35,7 @@ async def open_anomalies(session: AsyncSession) -> dict[int, int]:
 
 async def order_timeline(session: AsyncSession, work_order_id: int,
                          history: list[dict[str, Any]], machine_ids: list[int],
-                         now_ms: int) -> list[dict[str, Any]]:
+                         now_ms: int, locale: str = "en") -> list[dict[str, Any]]:
     """Dispatches, stops on the order's machines while it ran there, and its anomalies,
     newest first: {ts, end_ts, kind, label (msgid), machine, text, ...}."""
     events: list[dict[str, Any]] = []
@@ -57,7 +57,8 @@ async def order_timeline(session: AsyncSession, work_order_id: int,
                                "machine": names.get(h["machine_id"]),
                                "machine_id": h["machine_id"], "stop": st,
                                "text": st.get("reason") or st.get("state") or ""})
-    for an in await anomalies.anomalies_for_work_order(session, work_order_id):
+    for an in await anomalies.anomalies_for_work_order(session, work_order_id,
+                                                       locale=locale):
         events.append({"ts": an.get("ts"), "end_ts": an.get("cleared_ts"),
                        "kind": "anomaly", "label": N_("Anomaly"),
                        "machine": an.get("machine"), "machine_id": an.get("machine_id"),

@@ -219,7 +219,7 @@ async def _order_detail(request: Request, page: Page, number: str) -> dict[str, 
                       if u["machine_id"] is not None] if wo.status in ("released",
                                                                         "in_progress") else []
         timeline = await engine.order_timeline(session, wo.id, history, machine_ids,
-                                               page.now_ms)
+                                               page.now_ms, page.locale)
     good = max(ops, key=lambda o: o["step"])["good"] if ops else 0
     due = order_due_status(wo, good, clock.now())
     return {"wo": wo, "product": product, "ops": ops, "history": history, "hourly": hourly,

@@ -85,8 +85,9 @@ async def test_every_route_names_its_answer_schema(api: Any) -> None:
                 name = ref.rsplit("/", 1)[1]
                 assert name in schemas and schemas[name].get("properties"), name
                 seen.append((method, route.path, name))
-    assert len(seen) == 17, seen
+    assert len(seen) == 18, seen                  # 18: POST /api/v1/anomalies/bulk (issue 13)
     names = {(m, p): n for m, p, n in seen}
+    assert names["POST", "/api/v1/anomalies/bulk"] == "BulkOut"
     assert names["GET", "/api/v1/anomalies"] == "Page_AnomalyOut_"
     assert names["GET", "/api/v1/anomalies/{anomaly_id}"] == "AnomalyDetailOut"
     assert names["GET", "/api/v1/notifications"] == "Page_NotificationOut_"

@@ -559,3 +559,39 @@ async def test_the_account_page_in_chinese(account: Account) -> None:
         assert word in html, word
     res = await c.post("/account/tokens", data={**token_field, "name": "脚本"})
     assert res.status_code == 201 and "请立即复制：令牌只显示这一次。" in res.text
+
+
+async def test_ticked_anomalies_acknowledged_and_closed_at_once_in_chinese(web: Any) -> None:
+    """The bulk form (CSRF like every form): acknowledge two ticked anomalies, then close
+    them with a cause and an action; the Chinese page shows titles and history as
+    sentences, never action keys or escaped names."""
+    from cloud.anomalies import create_manual
+
+    async with web.app.state.db.sessions() as s, s.begin():
+        ids = [(await create_manual(s, "pat", "operator", f"缺人 {n}"))["id"] for n in (1, 2)]
+    pat = await web("pat", accept_language="zh-CN")
+    await set_locale(pat, "zh-CN")                  # another test may have chosen English
+    form = {"ids": [str(i) for i in ids], "next": "/anomalies"}
+    res = await pat.act("/anomalies/bulk", {**form, "action": "acknowledge"}, "/anomalies")
+    assert res.status_code == 303
+    html = await pat.page("/anomalies")
+    assert "异常:2 条已完成,0 条未完成" in html
+    for i in ids:
+        assert re.search(rf'data-anomaly="{i}".*?已响应', html, re.S)
+    res = await pat.act("/anomalies/bulk", {**form, "action": "close", "cause": "换班",
+                                            "action_taken": "补人"}, "/anomalies")
+    assert res.status_code == 303
+    one = await pat.page(f"/anomalies?status=closed&id={ids[0]}")
+    assert "异常:2 条已完成" in one
+    history = re.search(r'<ol class="a-history">(.*?)</ol>', one, re.S)
+    assert history and "pat 已响应" in history.group(1) and "pat 已关闭" in history.group(1)
+    assert "anomaly." not in one and not re.search(r"\\u[0-9a-f]{4}", one)
+    vic = await web("vic")
+    token = await vic.csrf("/anomalies")
+    res = await vic.post("/anomalies/bulk", data={"csrf_token": token, "action": "close",
+                                                  "ids": [str(ids[0])]})
+    assert res.status_code == 403
+    res = await pat.post("/anomalies/bulk", data={"action": "acknowledge",
+                                                  "ids": [str(ids[0])]})
+    assert res.status_code == 403                                   # no CSRF token
+    await set_locale(pat, "en")

@@ -13,6 +13,18 @@
 - ``POST /api/v1/anomalies/{id}/acknowledge`` {assignee?, note?},
   ``/resolve`` {cause, action}, ``/close`` {}, ``/reopen`` {note?}, ``/assign`` {assignee}
   (planner)
+- ``POST /api/v1/anomalies/bulk`` {action: acknowledge|close, ids: [..] (1..500),
+  assignee?, cause?, action_taken?} -> 200 ``BulkOut`` (planner). Per id, not
+  all-or-nothing: each anomaly is acted on by itself and ``results`` says per id ``ok``
+  (with the new ``status``) or the refusal one action would get (``error``, ``detail``,
+  e.g. ``invalid_state`` for one already acknowledged, ``not_found``); ``done`` and
+  ``failed`` count them. ``close`` with a cause and an action taken resolves the ones
+  not yet resolved first. The request itself is refused (422) only when malformed.
+
+Language: ``title`` and each history entry's ``text`` are in the caller's
+``Accept-Language`` (zh-CN or en, default en); ``title_code`` and ``title_params`` are the
+stored message (cloud/core/anomaly_text.py; null for a person's own title and for rows
+from before codes, whose ``title`` is the stored English text).
 - thresholds and severity rules: ``/api/v1/settings/anomalies`` (cloud/api/routes/settings.py)
 
 Access: every person reads; planners and admins act; gateway tokens get 403. Errors
@@ -24,13 +36,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
 from pydantic import BaseModel, Field
 
 from cloud import anomalies as an
 from cloud.api.deps import MAX_LIMIT, Db, Planner, Viewer
 from cloud.api.schemas import EpochMs, Out, Page, Timestamp
-from cloud.core import clock
+from cloud.core import anomaly_text, clock
 from cloud.core.clock import DAY_MS
 
 router = APIRouter(prefix="/api/v1", tags=["anomalies"])
@@ -67,7 +79,13 @@ class AnomalyOut(Out):
     code: str | None = Field(description="alarm code or limit tag")
     severity: Severity
     status: AnomalyStatus
-    title: str
+    title: str = Field(description="in the caller's Accept-Language (zh-CN or en)")
+    title_code: str | None = Field(description="the title's message code (null: the title "
+                                   "is a person's own or from before codes)")
+    title_params: dict[str, Any] | None = Field(description="the message's parameters")
+    occurrences: int = Field(description="times it happened: repeats within the fold "
+                             "window are counted here instead of new anomalies")
+    last_seen_ts: EpochMs = Field(description="when it last began (the record's time)")
     detail: dict[str, Any] = Field(description="what was measured (depends on the kind)")
     machine_id: int | None
     machine: str | None = Field(description="the machine's name")
@@ -106,6 +124,7 @@ class HistoryEntryOut(Out):
     actor: str
     action: str = Field(description="e.g. anomaly.acknowledge, anomaly.escalate")
     detail: dict[str, Any] = Field(description="what was given (assignee, note, cause, ...)")
+    text: str = Field(description="the entry as a sentence in the caller's language")
 
 
 class AnomalyDetailOut(AnomalyOut):
@@ -133,7 +152,35 @@ class AnomalyStatsOut(Out):
     by_status: dict[str, int]
 
 
+class BulkResultOut(Out):
+    """What happened to one anomaly of a bulk action."""
+
+    id: int
+    ok: bool
+    status: AnomalyStatus | None = Field(description="its status after (null: refused)")
+    error: str | None = Field(description="the refusal's code, e.g. invalid_state")
+    detail: str | None
+
+
+class BulkOut(Out):
+    """A bulk action's result per anomaly (in the order given)."""
+
+    results: list[BulkResultOut]
+    done: int
+    failed: int
+
+
 # -- requests ---------------------------------------------------------------------------
+
+
+class BulkIn(BaseModel):
+    action: Literal["acknowledge", "close"]
+    ids: list[int] = Field(min_length=1, max_length=an.MAX_BULK)
+    assignee: str | None = Field(None, description="acknowledge: who handles them")
+    cause: str | None = Field(None, description="close: resolve those not yet resolved "
+                              "with this cause (with action_taken)")
+    action_taken: str | None = None
+
 
 class ManualIn(BaseModel):
     kind: str = Field(description="material, operator or quality")
@@ -165,9 +212,12 @@ class NoteIn(BaseModel):
     note: str | None = None
 
 
+AcceptLanguage = Annotated[str | None, Header(description="zh-CN or en (default en)")]
+
+
 @router.get("/anomalies")
 async def list_anomalies(
-        _: Viewer, session: Db,
+        _: Viewer, session: Db, accept_language: AcceptLanguage = None,
         status: Annotated[list[str] | None, Query(
             description="repeatable or comma-separated: open, acknowledged, resolved, "
                         "closed")] = None,
@@ -178,7 +228,8 @@ async def list_anomalies(
     """Anomalies, not yet closed first (open, acknowledged, resolved), then newest."""
     page = await an.list_anomalies(session, status=status, kind=kind, machine_id=machine_id,
                                    since_ts=since_ts, until_ts=until_ts,
-                                   open_first=open_first, limit=limit, offset=offset)
+                                   open_first=open_first, limit=limit, offset=offset,
+                                   locale=anomaly_text.locale_of(accept_language))
     return Page[AnomalyOut].model_validate({**page, "limit": limit, "offset": offset})
 
 
@@ -194,9 +245,19 @@ async def stats(_: Viewer, session: Db, since_ts: int | None = None,
 
 
 @router.get("/anomalies/{anomaly_id}")
-async def get_anomaly(anomaly_id: int, _: Viewer, session: Db) -> AnomalyDetailOut:
+async def get_anomaly(anomaly_id: int, _: Viewer, session: Db,
+                      accept_language: AcceptLanguage = None) -> AnomalyDetailOut:
     """One anomaly with its links and history."""
-    return AnomalyDetailOut.model_validate(await an.get_anomaly(session, anomaly_id))
+    return AnomalyDetailOut.model_validate(await an.get_anomaly(
+        session, anomaly_id, locale=anomaly_text.locale_of(accept_language)))
+
+
+@router.post("/anomalies/bulk")
+async def bulk(body: BulkIn, actor: Planner, session: Db) -> BulkOut:
+    """Acknowledge or close many anomalies; the result per id (not all-or-nothing)."""
+    return BulkOut.model_validate(await an.act_in_bulk(
+        session, actor, body.action, body.ids, assignee=body.assignee, cause=body.cause,
+        action_taken=body.action_taken))
 
 
 @router.post("/anomalies", status_code=201)
