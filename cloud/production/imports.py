@@ -1,18 +1,42 @@
 """CSV and XLSX import of materials, BOMs, routings and work orders (plants keep these in
 Excel).
 
-``import_table(session, actor, kind, data, *, tz=UTC) -> ImportResult``; ``kind`` is one
-of ``KINDS``. The file is XLSX (first sheet; recognised by its content, not its name) or
-CSV in UTF-8 (with or without BOM) or GBK/GB18030 (what Excel saves on a Chinese
-Windows), separated by comma, semicolon or tab (whichever the header line uses most).
-The first row is the header; English or Chinese column names (``HEADERS``; case, spaces,
-``_``/``-`` and a bracketed unit like ``(天)`` are ignored). Rows are numbered as the
-spreadsheet shows them: the header is row 1. Empty rows are skipped.
+``import_file(db, actor, kind, data, *, tz=UTC) -> ImportResult`` (the API and the CLI);
+``import_table(session, ...)`` does the same inside a transaction the caller holds.
+``kind`` is one of ``KINDS``. The file is XLSX (first sheet; recognised by its content,
+not its name) or CSV in UTF-8 (with or without BOM) or GBK/GB18030 (what Excel saves on a
+Chinese Windows), separated by comma, semicolon or tab (whichever the header line uses
+most). The first row is the header; English or Chinese column names (``HEADERS``; case,
+spaces, ``_``/``-`` and a bracketed unit like ``(天)`` are ignored). Rows are numbered as
+the spreadsheet shows them: the header is row 1. Empty rows are skipped.
 
-All or nothing: every row is checked first (every problem reported, ``row 7: material
-code 'M-42' unknown``), and only a file without problems is applied, inside the caller's
-transaction, through cloud.production (so it is audited like any planner action). A
-problem found while applying is reported with its row and the caller rolls back.
+Limits (a file is a user's input and may be hostile): at most ``MAX_DATA_ROWS`` data
+rows, ``MAX_COLUMNS`` columns, ``MAX_CELL_CHARS`` characters in a cell and, for XLSX,
+``MAX_UNPACKED_BYTES`` unpacked. Beyond one, ``ImportTooLarge`` (413
+``import_too_large``, ``limit`` names which); a file that cannot be read as CSV
+(``UnreadableTable``, 400) or XLSX (``TableImportError``, 422). The file is read as a
+stream and refused at the first row past a limit: an XLSX sheet's declared
+``<dimension>`` is ignored (a 1.6 KB sheet can declare A1:XFD1048576, and openpyxl would
+pad every row to it), its zip directory is checked before anything is unpacked, and what
+is unpacked is counted while reading, because the directory can lie. Reading and
+checking run in a worker thread, so the event loop keeps serving (ingest, pages) while a
+large file is parsed.
+
+All or nothing, in one short write transaction: ``import_file`` reads and parses the file
+before taking any lock; then, in one transaction, it looks up every code the file names
+(a few ``IN (...)`` queries, not one per row), checks every row (every problem reported,
+``row 7: material code 'M-42' unknown``) and, only for a file without problems, writes:
+new materials, products and work orders (and their audit entries) as bulk inserts
+(``executemany``), changed materials as one bulk update; BOMs and routings (one version
+per product) and changed work orders through cloud.production, so their rules and audit
+apply as for a planner's action. Any problem while writing rolls the whole transaction
+back. Why one transaction rather than chunks: chunked commits would let ingest in between
+chunks but need a staging table or compensation to stay all-or-nothing; with bulk
+statements a file at the row limit (100,000 rows) writes in a few seconds, which is well
+inside the time an ingest waits for SQLite's write lock (the WriteGate, cloud/core/db.py),
+so one transaction bounded by ``MAX_DATA_ROWS`` keeps both promises. The caller's
+transaction (``import_table``) holds the lock for the parse as well; the API and CLI use
+``import_file``.
 
 Per kind (``*`` required):
 
@@ -34,36 +58,54 @@ unknown product code is an error.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, tzinfo
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final
+from types import TracebackType
+from typing import IO, Any, Final
 
 from openpyxl import load_workbook
-from sqlalchemy import select
+from openpyxl.utils import get_column_letter
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.auth import Actor
-from cloud.core.errors import DomainError, Invalid
-from cloud.core.models import Machine, Material, Product, WorkOrder
-from cloud.core.quantities import to_micro
-from cloud.production.master import (
-    BomLineIn,
-    RoutingOpIn,
-    create_bom,
-    create_routing,
-    upsert_material,
-    upsert_product,
+from cloud.core import clock
+from cloud.core.audit import actor_name
+from cloud.core.db import Database
+from cloud.core.errors import BadRequest, DomainError, Invalid, TooLarge
+from cloud.core.models import (
+    Machine,
+    Material,
+    Product,
+    WorkOrder,
+    audit_log,
+    materials,
+    products,
+    work_orders,
 )
-from cloud.production.orders import create_work_order, update_work_order
+from cloud.core.quantities import from_micro, to_micro
+from cloud.production.master import BomLineIn, RoutingOpIn, create_bom, create_routing
+from cloud.production.orders import update_work_order
 
 KINDS: Final = ("materials", "boms", "routings", "work-orders")
 MAX_ERRORS: Final = 100
+MAX_DATA_ROWS: Final = 100_000
+MAX_COLUMNS: Final = 64
+MAX_CELL_CHARS: Final = 32_767           # Excel's own limit for one cell
+MAX_UNPACKED_BYTES: Final = 64 * 1024 * 1024
+MAX_ZIP_MEMBERS: Final = 1_000
+INT32_MAX: Final = 2**31 - 1             # Integer columns (PostgreSQL int4)
+INT64_MAX: Final = 2**63 - 1             # BigInteger columns
+_IN_CHUNK: Final = 1_000                 # codes per IN (...) lookup
+_MIB: Final = 1024 * 1024
+
 
 # canonical field -> accepted header names (normalised by _norm)
 HEADERS: Final[dict[str, tuple[str, ...]]] = {
@@ -125,6 +167,24 @@ class TableImportError(Invalid):
         self.errors = shown
 
 
+class ImportTooLarge(TooLarge):
+    """The file is beyond one of the import's limits (413 ``import_too_large``):
+    ``limit`` names which (``rows``, ``columns``, ``cell_chars``, ``unpacked_bytes``,
+    ``zip_members``) and ``max`` its value. Nothing was imported."""
+
+    code = "import_too_large"
+
+    def __init__(self, detail: str, limit: str, maximum: int) -> None:
+        super().__init__(f"nothing imported; {detail}", "file", limit=limit, max=maximum)
+
+
+class UnreadableTable(BadRequest):
+    """The CSV file cannot be read (400 ``unreadable_file``), e.g. a field longer than the
+    CSV reader's own limit. Nothing was imported."""
+
+    code = "unreadable_file"
+
+
 @dataclass
 class ImportResult:
     kind: str
@@ -157,11 +217,12 @@ def _norm(header: str) -> str:
 
 def read_rows(data: bytes, kind: str) -> list[Row]:
     """The file's data rows, keyed by canonical field. Raises TableImportError for a file
-    that is not CSV/XLSX, a missing required column or an unknown/duplicate column."""
+    that is not CSV/XLSX, a missing required column or an unknown/duplicate column;
+    ImportTooLarge past a limit; UnreadableTable for CSV the reader refuses. Blocking
+    (it parses the whole file): call it in a worker thread (``read_table``)."""
     if kind not in FIELDS:
-        raise Invalid(f"import kind {kind!r} unknown; one of {', '.join(KINDS)}",
-                                "kind")
-    table = _xlsx(data) if data[:4] == b"PK\x03\x04" else _csv(data)
+        raise Invalid(f"import kind {kind!r} unknown; one of {', '.join(KINDS)}", "kind")
+    table = _bounded(_xlsx(data) if data[:4] == b"PK\x03\x04" else _csv(data))
     try:
         header = next(table)
     except StopIteration:
@@ -197,6 +258,42 @@ def read_rows(data: bytes, kind: str) -> list[Row]:
     return rows
 
 
+async def read_table(data: bytes, kind: str) -> list[Row]:
+    """``read_rows`` in a worker thread: parsing a large file must not stall the event
+    loop (ingest and the pages share it)."""
+    return await asyncio.to_thread(read_rows, data, kind)
+
+
+def _bounded(table: Iterator[list[Any]]) -> Iterator[list[Any]]:
+    """``table``'s rows, refused at the first one past a limit (rows, columns, cell
+    size). Each row is a list of cell values (XLSX: already converted by _xlsx_value)."""
+    for number, cells in enumerate(table, start=1):
+        if number > MAX_DATA_ROWS + 1:
+            raise ImportTooLarge(
+                f"the file has more than {MAX_DATA_ROWS:,} data rows (row {number:,} is "
+                f"used); split it into files of at most {MAX_DATA_ROWS:,} rows",
+                "rows", MAX_DATA_ROWS)
+        if len(cells) > MAX_COLUMNS:
+            for i in range(MAX_COLUMNS, len(cells)):
+                if not _blank(cells[i]):
+                    raise ImportTooLarge(
+                        f"row {number:,} has a value in column {get_column_letter(i + 1)} "
+                        f"({i + 1:,}); at most {MAX_COLUMNS} columns may be used",
+                        "columns", MAX_COLUMNS)
+            cells = cells[:MAX_COLUMNS]
+        for i, value in enumerate(cells):
+            if isinstance(value, str) and len(value) > MAX_CELL_CHARS:
+                raise ImportTooLarge(
+                    f"row {number:,}, column {get_column_letter(i + 1)}: a cell of "
+                    f"{len(value):,} characters; at most {MAX_CELL_CHARS:,} per cell",
+                    "cell_chars", MAX_CELL_CHARS)
+        yield cells
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def _cell(value: Any) -> Any:
     if value is None:
         return None
@@ -220,17 +317,130 @@ def _csv(data: bytes) -> Iterator[list[Any]]:
         raise TableImportError(["the file is neither XLSX nor CSV in UTF-8 or GBK"])
     first = text.split("\n", 1)[0]
     delimiter = max((",", ";", "\t"), key=first.count)
-    return iter(list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)))
+    return _csv_rows(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+
+
+def _csv_rows(reader: Any) -> Iterator[list[Any]]:
+    """The reader's rows; its errors (a field over the csv module's limit of 131,072
+    characters, a stray quote in strict mode) as a 400 naming the line, not a 500."""
+    while True:
+        try:
+            cells: list[Any] = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            line = reader.line_num
+            if "field larger than field limit" in str(exc):
+                raise UnreadableTable(
+                    f"nothing imported; line {line:,}: a field is longer than "
+                    f"{csv.field_size_limit():,} characters, the CSV reader's limit (a cell "
+                    f"may hold at most {MAX_CELL_CHARS:,})", "file") from None
+            raise UnreadableTable(f"nothing imported; line {line:,} is not valid CSV: {exc}",
+                                  "file") from None
+        yield cells
+
+
+# XLSX: openpyxl in read-only mode, which streams a sheet's XML row by row. Three things it
+# does not guard against, handled here: the zip directory's sizes (checked before opening),
+# the bytes actually inflated (counted, since a directory can lie), and the sheet's declared
+# dimension (ignored: a row is only as wide as its last cell, rows only as many as exist).
+
+class _Meter:
+    """Bytes left to inflate; ImportTooLarge once they run out."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def take(self, size: int) -> None:
+        self.left -= size
+        if self.left < 0:
+            raise ImportTooLarge(
+                f"the XLSX file unpacks to more than {MAX_UNPACKED_BYTES // _MIB} MiB "
+                "(counted while reading; its zip directory claims less); at most "
+                f"{MAX_UNPACKED_BYTES // _MIB} MiB unpacked may be imported",
+                "unpacked_bytes", MAX_UNPACKED_BYTES)
+
+
+class _MeteredStream:
+    """A zip member opened for reading, whose inflated bytes count against a meter."""
+
+    def __init__(self, raw: IO[bytes], meter: _Meter) -> None:
+        self._raw, self._meter = raw, meter
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._meter.take(len(data))
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> _MeteredStream:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None
+                 ) -> None:
+        self.close()
+
+
+class _MeteredArchive:
+    """The workbook's zip archive with every member opened through the meter (openpyxl's
+    read-only worksheets open ``workbook._archive`` each time their rows are read)."""
+
+    def __init__(self, archive: zipfile.ZipFile, meter: _Meter) -> None:
+        self._archive, self._meter = archive, meter
+
+    def open(self, name: str, mode: str = "r") -> _MeteredStream:
+        return _MeteredStream(self._archive.open(name, mode), self._meter)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._archive, name)
+
+
+def _zip_checked(data: bytes) -> _Meter:
+    """Refuse a zip whose directory names too many members or too many unpacked bytes,
+    before anything is inflated; the meter for what is then read."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as exc:
+        raise TableImportError([f"the file looks like XLSX but cannot be read: {exc}"]) from exc
+    if len(members) > MAX_ZIP_MEMBERS:
+        raise ImportTooLarge(f"the XLSX file has {len(members):,} parts; at most "
+                             f"{MAX_ZIP_MEMBERS:,}", "zip_members", MAX_ZIP_MEMBERS)
+    unpacked = sum(m.file_size for m in members)
+    if unpacked > MAX_UNPACKED_BYTES:
+        raise ImportTooLarge(
+            f"the XLSX file unpacks to {unpacked / _MIB:,.0f} MiB; at most "
+            f"{MAX_UNPACKED_BYTES // _MIB} MiB unpacked may be imported (split it, or save "
+            "it as CSV)", "unpacked_bytes", MAX_UNPACKED_BYTES)
+    return _Meter(MAX_UNPACKED_BYTES)
+
+
+_XLSX_BROKEN: Final = (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError,
+                       SyntaxError, TypeError, AttributeError, IndexError)
 
 
 def _xlsx(data: bytes) -> Iterator[list[Any]]:
+    meter = _zip_checked(data)
     try:
         book = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
+    except _XLSX_BROKEN as exc:
         raise TableImportError([f"the file looks like XLSX but cannot be read: {exc}"]) from exc
+    return _xlsx_rows(book, meter)
+
+
+def _xlsx_rows(book: Any, meter: _Meter) -> Iterator[list[Any]]:
+    book._archive = _MeteredArchive(book._archive, meter)
     try:
+        if not book.worksheets:
+            raise TableImportError(["the XLSX file has no sheet"])
         sheet = book.worksheets[0]
-        return iter([[_xlsx_value(c) for c in r] for r in sheet.iter_rows()])
+        sheet.reset_dimensions()
+        for cells in sheet.iter_rows():
+            yield [_xlsx_value(c) for c in cells]
+    except _XLSX_BROKEN as exc:  # a broken part, a CRC error at a lying size, bad XML
+        raise TableImportError([f"the file looks like XLSX but cannot be read: {exc}"]) from exc
     finally:
         book.close()
 
@@ -262,22 +472,30 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def _whole(value: Any, what: str, minimum: int = 0) -> int:
+def _whole(value: Any, what: str, minimum: int = 0, maximum: int = INT32_MAX) -> int:
     try:
         dec = Decimal(_str(value).replace(",", ""))
-        if dec != dec.to_integral_value():
+        if not dec.is_finite() or dec != dec.to_integral_value():
             raise InvalidOperation
     except InvalidOperation:
         raise _Bad(f"{what} {value!r} is not a whole number") from None
     if dec < minimum:
         raise _Bad(f"{what} {value!r} is below {minimum}")
+    if dec > maximum:  # compared as a Decimal: int('1e999999999') would take forever
+        raise _Bad(f"{what} {value!r} is above {maximum:,}")
     return int(dec)
 
 
 def _micro(value: Any, what: str) -> int:
     try:
-        return to_micro(value if isinstance(value, int | float | Decimal)
-                             else _str(value).replace(",", ""), what=what)
+        dec = Decimal(repr(value)) if isinstance(value, float) else Decimal(
+            _str(value).replace(",", "").strip())
+    except InvalidOperation:
+        raise _Bad(f"{what} {value!r} is not a number") from None
+    if dec.is_finite() and abs(dec) > INT64_MAX // 1_000_000:
+        raise _Bad(f"{what} {value!r} is above {INT64_MAX // 1_000_000:,}")
+    try:
+        return to_micro(dec, what=what)
     except Invalid as exc:
         raise _Bad(str(exc)) from None
 
@@ -322,28 +540,107 @@ def _due(value: Any, tz: tzinfo) -> datetime:
     return stamp.astimezone(UTC)
 
 
+
+
 # -- importing ------------------------------------------------------------------------
+
+async def import_file(db: Database, actor: Actor | str, kind: str, data: bytes, *,
+                      tz: tzinfo = UTC) -> ImportResult:
+    """Import ``data`` (CSV or XLSX) as ``kind``: parsed in a worker thread before any
+    lock is taken, then checked and written in one write transaction of its own (module
+    docstring). Raises TableImportError with every row-numbered problem, ImportTooLarge,
+    UnreadableTable or another DomainError; then nothing was written."""
+    rows = await read_table(data, kind)
+    async with db.sessions() as session, session.begin():
+        return await _import_rows(session, actor, kind, rows, tz)
+
 
 async def import_table(session: AsyncSession, actor: Actor | str, kind: str, data: bytes, *,
                        tz: tzinfo = UTC) -> ImportResult:
-    """Import ``data`` (CSV or XLSX) as ``kind`` in the caller's transaction. Raises
-    TableImportError with every row-numbered problem; then nothing may be committed
-    (the caller rolls back: a problem found while applying leaves partial writes)."""
-    rows = read_rows(data, kind)
+    """Import ``data`` (CSV or XLSX) as ``kind`` in the caller's transaction. Raises as
+    ``import_file``; after an error nothing may be committed (the caller rolls back: a
+    problem found while writing leaves partial writes)."""
+    rows = await read_table(data, kind)
+    return await _import_rows(session, actor, kind, rows, tz)
+
+
+async def _import_rows(session: AsyncSession, actor: Actor | str, kind: str,
+                       rows: list[Row], tz: tzinfo) -> ImportResult:
     if not rows:
         raise TableImportError(["the file has a header but no rows"])
-    importer = _IMPORTERS[kind]
-    return await importer(session, actor, rows, tz)
+    refs = await _References.load(session, kind, rows)
+    # Checking 100,000 rows is pure Python over the prefetched references: a thread keeps
+    # the event loop serving meanwhile.
+    plan = await asyncio.to_thread(_CHECKS[kind], rows, refs, tz)
+    return await _WRITERS[kind](session, actor, plan, refs, len(rows))
+
+
+@dataclass(frozen=True, slots=True)
+class _Order:
+    id: int
+    product: str
+    quantity: int
+    due: datetime | None
+    customer: str | None
+    priority: int
+    completion_mode: str
+    status: str
+
+
+@dataclass
+class _References:
+    """What the file's rows refer to, looked up once in a few ``IN (...)`` queries."""
+
+    products: dict[str, int] = field(default_factory=dict)           # code -> id
+    materials: dict[str, tuple[int, str, str, int, int | None]] = field(default_factory=dict)
+    orders: dict[str, _Order] = field(default_factory=dict)          # number -> existing
+    machines: list[Machine] = field(default_factory=list)
+
+    @classmethod
+    async def load(cls, session: AsyncSession, kind: str, rows: list[Row]) -> _References:
+        refs = cls()
+        product_codes = _codes(rows, "product")
+        for code, pid in await _in(session, select(Product.code, Product.id), Product.code,
+                                   product_codes):
+            refs.products[code] = pid
+        material_codes = _codes(rows, "code" if kind == "materials" else "material")
+        for mat in await _in(session, select(Material.code, Material.id, Material.name,
+                                             Material.unit, Material.lead_time_days,
+                                             Material.safety_stock_manual_u),
+                             Material.code, material_codes):
+            refs.materials[mat[0]] = (mat[1], mat[2], mat[3], mat[4], mat[5])
+        if kind == "work-orders":
+            for o in await _in(session, select(
+                    WorkOrder.number, WorkOrder.id, Product.code, WorkOrder.quantity,
+                    WorkOrder.due, WorkOrder.customer, WorkOrder.priority,
+                    WorkOrder.completion_mode, WorkOrder.status)
+                    .join(Product, Product.id == WorkOrder.product_id),
+                    WorkOrder.number, _codes(rows, "number")):
+                refs.orders[o[0]] = _Order(*o[1:])
+        if kind == "routings":
+            refs.machines = list((await session.scalars(select(Machine))).all())
+        return refs
+
+
+def _codes(rows: list[Row], name: str) -> set[str]:
+    return {_str(v).strip() for row in rows if (v := row.values.get(name)) is not None}
+
+
+async def _in(session: AsyncSession, stmt: Any, column: Any, keys: Iterable[str]
+              ) -> list[Any]:
+    ordered = sorted(keys)
+    found: list[Any] = []
+    for i in range(0, len(ordered), _IN_CHUNK):
+        found += (await session.execute(stmt.where(column.in_(ordered[i:i + _IN_CHUNK])))).all()
+    return found
 
 
 class _Checker:
-    """Collects row-numbered problems; references are looked up once per code."""
+    """Collects row-numbered problems; references come from the prefetched ``refs``."""
 
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+    def __init__(self, refs: _References) -> None:
+        self.refs = refs
         self.errors: list[str] = []
-        self._materials: dict[str, bool] = {}
-        self._products: dict[str, bool] = {}
 
     def bad(self, row: Row, message: str) -> None:
         self.errors.append(f"row {row.number}: {message}")
@@ -370,20 +667,11 @@ class _Checker:
             self.bad(row, f"{name} {text[:20]!r}... is longer than {max_len} characters")
         return text
 
-    async def material_known(self, code: str) -> bool:
-        if code not in self._materials:
-            self._materials[code] = await self.session.scalar(
-                select(Material.id).where(Material.code == code)) is not None
-        return self._materials[code]
-
-    async def product(self, row: Row) -> str | None:
+    def product(self, row: Row) -> str | None:
         code = self.text(row, "product", 64, required=True)
         if code is None:
             return None
-        if code not in self._products:
-            self._products[code] = await self.session.scalar(
-                select(Product.id).where(Product.code == code)) is not None
-        if not self._products[code] and row.values.get("product_name") is None:
+        if code not in self.refs.products and row.values.get("product_name") is None:
             self.bad(row, f"product code {code!r} unknown (add a product_name column to "
                      "create it)")
         return code
@@ -393,10 +681,39 @@ class _Checker:
             raise TableImportError(self.errors)
 
 
-async def _ensure_product(session: AsyncSession, actor: Actor | str, row: Row,
-                          code: str) -> None:
-    if await session.scalar(select(Product.id).where(Product.code == code)) is None:
-        await upsert_product(session, actor, code, _str(row.values["product_name"]))
+@dataclass
+class _Plan:
+    """What a checked file will write. ``items``: per kind (see its checker);
+    ``new_products``: code -> (name, first row) of the products it creates."""
+
+    items: list[Any]
+    new_products: dict[str, tuple[str, Row]] = field(default_factory=dict)
+
+
+def _new_product(chk: _Checker, plan: _Plan, row: Row, code: str | None) -> None:
+    if code is None or code in chk.refs.products or code in plan.new_products:
+        return
+    name = chk.text(row, "product_name", 255)
+    if name:
+        plan.new_products[code] = (name, row)
+
+
+async def _create_products(session: AsyncSession, actor: Actor | str, plan: _Plan,
+                           refs: _References) -> None:
+    """The plan's new products (unit pcs) in one insert, audited as upsert_product does."""
+    if not plan.new_products:
+        return
+    now, who = clock.now(), actor_name(actor)
+    await session.execute(insert(products), [
+        {"code": code, "name": name, "unit": "pcs"}
+        for code, (name, _) in plan.new_products.items()])
+    await session.execute(insert(audit_log), [
+        {"ts": now, "actor": who, "action": "product.create", "entity": "product",
+         "entity_id": code, "detail": {"name": name, "unit": "pcs"}}
+        for code, (name, _) in plan.new_products.items()])
+    for code, pid in await _in(session, select(Product.code, Product.id), Product.code,
+                               plan.new_products):
+        refs.products[code] = pid
 
 
 async def _apply(row: Row, step: Any) -> Any:
@@ -406,10 +723,11 @@ async def _apply(row: Row, step: Any) -> Any:
         raise TableImportError([f"row {row.number}: {exc}"]) from exc
 
 
-async def _import_materials(session: AsyncSession, actor: Actor | str, rows: list[Row],
-                            tz: tzinfo) -> ImportResult:
-    chk = _Checker(session)
-    parsed: list[tuple[Row, dict[str, Any]]] = []
+# materials ------------------------------------------------------------------------------
+
+def _check_materials(rows: list[Row], refs: _References, tz: tzinfo) -> _Plan:
+    chk = _Checker(refs)
+    items: list[tuple[Row, dict[str, Any]]] = []
     seen: dict[str, int] = {}
     for row in rows:
         code = chk.text(row, "code", 64, required=True)
@@ -417,71 +735,101 @@ async def _import_materials(session: AsyncSession, actor: Actor | str, rows: lis
             chk.bad(row, f"material code {code!r} repeats row {seen[code]}")
         elif code is not None:
             seen[code] = row.number
-        parsed.append((row, {
+        items.append((row, {
             "code": code, "name": chk.text(row, "name", 255, required=True),
             "unit": chk.text(row, "unit", 16, required=True),
             "lead_time_days": chk.get(row, "lead_time_days", _whole, 0),
             "safety_stock_manual_u": chk.get(row, "safety_stock", _micro)}))
     chk.fail_if_any()
-    result = ImportResult("materials", len(rows))
-    for row, values in parsed:
-        before = await session.scalar(select(Material).where(Material.code == values["code"]))
-        snapshot = None if before is None else (before.name, before.unit, before.lead_time_days,
-                                                before.safety_stock_manual_u)
-        await _apply(row, upsert_material(session, actor, **values))
-        if before is None:
-            result.created += 1
-        elif snapshot == (values["name"], values["unit"], values["lead_time_days"],
-                          values["safety_stock_manual_u"]):
+    return _Plan(items)
+
+
+async def _write_materials(session: AsyncSession, actor: Actor | str, plan: _Plan,
+                           refs: _References, total: int) -> ImportResult:
+    result = ImportResult("materials", total)
+    now, who = clock.now(), actor_name(actor)
+    new: list[dict[str, Any]] = []
+    changed: list[dict[str, Any]] = []
+    audits: list[dict[str, Any]] = []
+    for _, values in plan.items:
+        before = refs.materials.get(values["code"])
+        if before is not None and before[1:] == (
+                values["name"], values["unit"], values["lead_time_days"],
+                values["safety_stock_manual_u"]):
             result.unchanged += 1
+            continue
+        if before is None:
+            new.append(values)
+            result.created += 1
         else:
+            changed.append({"id": before[0], **values})
             result.updated += 1
+        detail = {k: v for k, v in values.items() if k != "code"}
+        audits.append({"ts": now, "actor": who,
+                       "action": "material.create" if before is None else "material.update",
+                       "entity": "material", "entity_id": values["code"],
+                       "detail": {**detail, "safety_stock_manual":
+                                  from_micro(values["safety_stock_manual_u"])}})
+    if new:
+        await session.execute(insert(materials), new)
+    if changed:
+        await session.execute(update(Material), changed)
+    if audits:
+        await session.execute(insert(audit_log), audits)
     return result
 
 
-async def _import_boms(session: AsyncSession, actor: Actor | str, rows: list[Row],
-                       tz: tzinfo) -> ImportResult:
-    chk = _Checker(session)
+# BOMs and routings -----------------------------------------------------------------------
+
+def _check_boms(rows: list[Row], refs: _References, tz: tzinfo) -> _Plan:
+    chk = _Checker(refs)
+    plan = _Plan([])
     groups: dict[tuple[str, int | None], list[tuple[Row, BomLineIn]]] = {}
     for row in rows:
-        product = await chk.product(row)
+        product = chk.product(row)
+        _new_product(chk, plan, row, product)
         material = chk.text(row, "material", 64, required=True)
-        if material is not None and not await chk.material_known(material):
+        if material is not None and material not in refs.materials:
             chk.bad(row, f"material code {material!r} unknown")
         qty = chk.get(row, "qty_per_unit", _micro)  # None: empty or already reported
         if qty == 0:
             chk.bad(row, "qty_per_unit must be above 0")
         line = BomLineIn(material or "", qty or 0,
-                              chk.get(row, "scrap_factor", _fraction, 0.0),
-                              chk.get(row, "backflush_scrap", _bool, False),
-                              chk.get(row, "step", _whole))
+                         chk.get(row, "scrap_factor", _fraction, 0.0),
+                         chk.get(row, "backflush_scrap", _bool, False),
+                         chk.get(row, "step", _whole))
         version = chk.get(row, "version", lambda v, w: _whole(v, w, 1))
         if product is not None:
             groups.setdefault((product, version), []).append((row, line))
     chk.fail_if_any()
-    result = ImportResult("boms", len(rows))
-    for (product, version), lines in groups.items():
-        first = lines[0][0]
-        await _ensure_product(session, actor, first, product)
-        bom = await _apply(first, create_bom(session, actor, product,
-                                                  [line for _, line in lines], version))
+    plan.items = list(groups.items())
+    return plan
+
+
+async def _write_boms(session: AsyncSession, actor: Actor | str, plan: _Plan,
+                      refs: _References, total: int) -> ImportResult:
+    await _create_products(session, actor, plan, refs)
+    result = ImportResult("boms", total)
+    for (product, version), lines in plan.items:
+        bom = await _apply(lines[0][0], create_bom(session, actor, product,
+                                                   [line for _, line in lines], version))
         result.created += 1
         result.versions.append({"product": product, "version": bom.version,
                                 "lines": len(lines)})
     return result
 
 
-async def _import_routings(session: AsyncSession, actor: Actor | str, rows: list[Row],
-                           tz: tzinfo) -> ImportResult:
-    chk = _Checker(session)
+def _check_routings(rows: list[Row], refs: _References, tz: tzinfo) -> _Plan:
+    chk = _Checker(refs)
+    plan = _Plan([])
     groups: dict[tuple[str, int | None], list[tuple[Row, RoutingOpIn]]] = {}
-    machines = (await session.scalars(select(Machine))).all()
     by_name: dict[str, list[Machine]] = {}
-    for m in machines:
+    for m in refs.machines:
         by_name.setdefault(m.name, []).append(m)
-    by_key = {f"{m.gateway_id}/{m.device}": m for m in machines}
+    by_key = {f"{m.gateway_id}/{m.device}": m for m in refs.machines}
     for row in rows:
-        product = await chk.product(row)
+        product = chk.product(row)
+        _new_product(chk, plan, row, product)
         step = chk.get(row, "step", _whole)
         machine_id = None
         ref = chk.text(row, "machine", 128)
@@ -500,12 +848,14 @@ async def _import_routings(session: AsyncSession, actor: Actor | str, rows: list
                 cycle_ms = round(micro / 1000) or None
                 if cycle_ms is None:
                     chk.bad(row, "ideal_cycle_s must be at least 0.001")
+                elif cycle_ms > INT32_MAX:
+                    chk.bad(row, f"ideal_cycle_s is above {INT32_MAX // 1000:,}")
         work_center = chk.text(row, "work_center", 64)
         if ref is None and work_center is None:
             chk.bad(row, f"step {step}: name a machine or a work_center for this operation")
         op = RoutingOpIn(step or 0, chk.text(row, "name", 128, required=True) or "",
-                              machine_id, work_center, cycle_ms,
-                              chk.get(row, "cavities", lambda v, w: _whole(v, w, 1), 1))
+                         machine_id, work_center, cycle_ms,
+                         chk.get(row, "cavities", lambda v, w: _whole(v, w, 1), 1))
         version = chk.get(row, "version", lambda v, w: _whole(v, w, 1))
         if product is not None and step is not None:
             group = groups.setdefault((product, version), [])
@@ -514,22 +864,31 @@ async def _import_routings(session: AsyncSession, actor: Actor | str, rows: list
                     chk.bad(row, f"step {step} of {product!r} repeats row {other.number}")
             group.append((row, op))
     chk.fail_if_any()
-    result = ImportResult("routings", len(rows))
-    for (product, version), ops in groups.items():
-        first = ops[0][0]
-        await _ensure_product(session, actor, first, product)
-        routing = await _apply(first, create_routing(session, actor, product,
-                                                          [op for _, op in ops], version))
+    plan.items = list(groups.items())
+    return plan
+
+
+async def _write_routings(session: AsyncSession, actor: Actor | str, plan: _Plan,
+                          refs: _References, total: int) -> ImportResult:
+    await _create_products(session, actor, plan, refs)
+    result = ImportResult("routings", total)
+    for (product, version), ops in plan.items:
+        routing = await _apply(ops[0][0], create_routing(session, actor, product,
+                                                         [op for _, op in ops], version))
         result.created += 1
         result.versions.append({"product": product, "version": routing.version,
                                 "operations": len(ops)})
     return result
 
 
-async def _import_work_orders(session: AsyncSession, actor: Actor | str, rows: list[Row],
-                              tz: tzinfo) -> ImportResult:
-    chk = _Checker(session)
-    parsed: list[tuple[Row, dict[str, Any]]] = []
+# work orders -------------------------------------------------------------------------------
+
+_MODES: Final = {"自动": "auto", "确认": "confirm", "手动": "confirm"}
+
+
+def _check_work_orders(rows: list[Row], refs: _References, tz: tzinfo) -> _Plan:
+    chk = _Checker(refs)
+    plan = _Plan([])
     seen: dict[str, int] = {}
     for row in rows:
         number = chk.text(row, "number", 64, required=True)
@@ -539,50 +898,78 @@ async def _import_work_orders(session: AsyncSession, actor: Actor | str, rows: l
             seen[number] = row.number
         mode = chk.text(row, "completion_mode", 16)
         if mode is not None:
-            mode = {"自动": "auto", "确认": "confirm", "手动": "confirm"}.get(mode, mode.lower())
+            mode = _MODES.get(mode, mode.lower())
             if mode not in ("auto", "confirm"):
                 chk.bad(row, f"completion_mode {mode!r} is not auto or confirm")
-        quantity = chk.get(row, "quantity", lambda v, w: _whole(v, w, 1))
-        parsed.append((row, {
-            "number": number, "product_code": await chk.product(row), "quantity": quantity,
+        product = chk.product(row)
+        _new_product(chk, plan, row, product)
+        plan.items.append((row, {
+            "number": number, "product_code": product,
+            "quantity": chk.get(row, "quantity", lambda v, w: _whole(v, w, 1, INT64_MAX)),
             "due": chk.get(row, "due", lambda v, w: _due(v, tz)),
             "customer": chk.text(row, "customer", 128),
-            "priority": chk.get(row, "priority", lambda v, w: _whole(v, w, -1_000_000), 0),
+            "priority": chk.get(row, "priority",
+                                lambda v, w: _whole(v, w, -1_000_000, 1_000_000), 0),
             "completion_mode": mode}))
     chk.fail_if_any()
-    result = ImportResult("work-orders", len(rows))
-    for row, v in parsed:
-        await _ensure_product(session, actor, row, v["product_code"])
-        existing = await session.scalar(select(WorkOrder).where(WorkOrder.number == v["number"]))
+    return plan
+
+
+def _order_changes(existing: _Order, v: dict[str, Any]) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if existing.product != v["product_code"]:
+        changes["product_code"] = v["product_code"]
+    if existing.quantity != v["quantity"]:
+        changes["quantity"] = v["quantity"]
+    if existing.due != v["due"]:
+        changes["due"] = v["due"]
+    if existing.customer != v["customer"]:
+        changes["customer"] = v["customer"]
+    if existing.priority != v["priority"]:
+        changes["priority"] = v["priority"]
+    if v["completion_mode"] and existing.completion_mode != v["completion_mode"]:
+        changes["completion_mode"] = v["completion_mode"]
+    return changes
+
+
+async def _write_work_orders(session: AsyncSession, actor: Actor | str, plan: _Plan,
+                             refs: _References, total: int) -> ImportResult:
+    await _create_products(session, actor, plan, refs)
+    result = ImportResult("work-orders", total)
+    now, who = clock.now(), actor_name(actor)
+    new: list[dict[str, Any]] = []
+    audits: list[dict[str, Any]] = []
+    for row, v in plan.items:
+        existing = refs.orders.get(v["number"])
         if existing is None:
-            await _apply(row, create_work_order(
-                session, actor, v["number"], v["product_code"], v["quantity"], due=v["due"],
-                customer=v["customer"], priority=v["priority"],
-                completion_mode=v["completion_mode"] or "auto"))
+            mode = v["completion_mode"] or "auto"
+            new.append({"number": v["number"], "product_id": refs.products[v["product_code"]],
+                        "quantity": v["quantity"], "due": v["due"], "customer": v["customer"],
+                        "priority": v["priority"], "status": "draft",
+                        "completion_mode": mode, "created": now, "updated": now})
+            audits.append({"ts": now, "actor": who, "action": "work_order.create",
+                           "entity": "work_order", "entity_id": v["number"],
+                           "detail": {"product": v["product_code"], "quantity": v["quantity"],
+                                      "due": clock.iso(v["due"]), "customer": v["customer"],
+                                      "priority": v["priority"], "completion_mode": mode}})
             result.created += 1
             continue
-        product = await session.get(Product, existing.product_id)
-        assert product is not None
-        changes: dict[str, Any] = {}
-        if product.code != v["product_code"]:
-            changes["product_code"] = v["product_code"]
-        if existing.quantity != v["quantity"]:
-            changes["quantity"] = v["quantity"]
-        if existing.due != v["due"]:
-            changes["due"] = v["due"]
-        if existing.customer != v["customer"]:
-            changes["customer"] = v["customer"]
-        if existing.priority != v["priority"]:
-            changes["priority"] = v["priority"]
-        if v["completion_mode"] and existing.completion_mode != v["completion_mode"]:
-            changes["completion_mode"] = v["completion_mode"]
+        changes = _order_changes(existing, v)
         if not changes:
             result.unchanged += 1
             continue
+        # An existing order changes through the order rules (state, completion mode).
         await _apply(row, update_work_order(session, actor, v["number"], **changes))
         result.updated += 1
+    if new:
+        await session.execute(insert(work_orders), new)
+        await session.execute(insert(audit_log), audits)
     return result
 
 
-_IMPORTERS: Final = {"materials": _import_materials, "boms": _import_boms,
-                     "routings": _import_routings, "work-orders": _import_work_orders}
+_Check = Callable[[list[Row], _References, tzinfo], _Plan]
+_CHECKS: Final[dict[str, _Check]] = {
+    "materials": _check_materials, "boms": _check_boms, "routings": _check_routings,
+    "work-orders": _check_work_orders}
+_WRITERS: Final = {"materials": _write_materials, "boms": _write_boms,
+                   "routings": _write_routings, "work-orders": _write_work_orders}
