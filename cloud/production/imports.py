@@ -12,13 +12,15 @@ the spreadsheet shows them: the header is row 1. Empty rows are skipped.
 
 Limits (a file is a user's input and may be hostile): at most ``MAX_DATA_ROWS`` data
 rows, ``MAX_COLUMNS`` columns, ``MAX_CELL_CHARS`` characters in a cell and, for XLSX,
-``MAX_UNPACKED_BYTES`` unpacked. Beyond one, ``ImportTooLarge`` (413
+``MAX_UNPACKED_BYTES`` unpacked, with at most ``MAX_ROW_CELLS`` cell elements in a row
+and ``MAX_SHEET_CELLS`` in the sheet. Beyond one, ``ImportTooLarge`` (413
 ``import_too_large``, ``limit`` names which); a file that cannot be read as CSV
 (``UnreadableTable``, 400) or XLSX (``TableImportError``, 422). The file is read as a
 stream and refused at the first row past a limit: an XLSX sheet's declared
 ``<dimension>`` is ignored (a 1.6 KB sheet can declare A1:XFD1048576, and openpyxl would
 pad every row to it), its zip directory is checked before anything is unpacked, and what
-is unpacked is counted while reading, because the directory can lie. Reading and
+is unpacked is counted while reading, because the directory can lie, and so are the
+sheet's cells (openpyxl holds a whole row in memory before handing it over). Reading and
 checking run in a worker thread, so the event loop keeps serving (ingest, pages) while a
 large file is parsed.
 
@@ -70,7 +72,7 @@ from decimal import Decimal, InvalidOperation
 from types import TracebackType
 from typing import IO, Any, Final
 
-from openpyxl import load_workbook
+from openpyxl.reader.excel import ExcelReader
 from openpyxl.utils import get_column_letter
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Dialect
@@ -102,6 +104,8 @@ MAX_DATA_ROWS: Final = 100_000
 MAX_COLUMNS: Final = 64
 MAX_CELL_CHARS: Final = 32_767           # Excel's own limit for one cell
 MAX_UNPACKED_BYTES: Final = 64 * 1024 * 1024
+MAX_ROW_CELLS: Final = 1_024             # cell elements in one XLSX row (blank ones too)
+MAX_SHEET_CELLS: Final = 4_000_000       # cell elements in the sheet
 MAX_ZIP_MEMBERS: Final = 1_000
 INT32_MAX: Final = 2**31 - 1             # Integer columns (PostgreSQL int4)
 INT64_MAX: Final = 2**63 - 1             # BigInteger columns
@@ -363,15 +367,58 @@ class _Meter:
                 "unpacked_bytes", MAX_UNPACKED_BYTES)
 
 
-class _MeteredStream:
-    """A zip member opened for reading, whose inflated bytes count against a meter."""
+class _CellCounter:
+    """Counts a sheet's cells in its XML as it is inflated, before openpyxl parses it:
+    openpyxl collects a whole ``<row>`` before handing it over, so one row of millions of
+    ``<c/>`` elements (a few hundred KB zipped) would take gigabytes and minutes. Cells
+    per row and in all are refused past ``MAX_ROW_CELLS`` / ``MAX_SHEET_CELLS``. A tag
+    split across two reads is carried over (from its ``<``); text cannot hold a ``<``
+    (XML escapes it), so every ``<c``/``<row`` found is an element."""
 
-    def __init__(self, raw: IO[bytes], meter: _Meter) -> None:
-        self._raw, self._meter = raw, meter
+    _TAG: Final = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?(row|c)[\s/>]")
+
+    def __init__(self) -> None:
+        self._carry = b""
+        self.in_row = 0
+        self.total = 0
+
+    def feed(self, data: bytes) -> None:
+        buf = self._carry + data
+        cut = buf.rfind(b"<")
+        if cut < 0 or len(buf) - cut > 64:   # no tag can still be open
+            cut = len(buf)
+        self._carry = buf[cut:]
+        for match in self._TAG.finditer(buf, 0, cut + 0):
+            if match.end() > cut:
+                break
+            if match.group(1) == b"row":
+                self.in_row = 0
+                continue
+            self.in_row += 1
+            self.total += 1
+            if self.in_row > MAX_ROW_CELLS:
+                raise ImportTooLarge(
+                    f"a row of the sheet has more than {MAX_ROW_CELLS:,} cells; at most "
+                    f"{MAX_COLUMNS} columns are imported", "columns", MAX_COLUMNS)
+            if self.total > MAX_SHEET_CELLS:
+                raise ImportTooLarge(
+                    f"the sheet has more than {MAX_SHEET_CELLS:,} cells; at most "
+                    f"{MAX_DATA_ROWS:,} rows of {MAX_COLUMNS} columns are imported",
+                    "cells", MAX_SHEET_CELLS)
+
+
+class _MeteredStream:
+    """A zip member opened for reading, whose inflated bytes count against a meter (and,
+    for a worksheet, whose cells are counted)."""
+
+    def __init__(self, raw: IO[bytes], meter: _Meter, cells: _CellCounter | None) -> None:
+        self._raw, self._meter, self._cells = raw, meter, cells
 
     def read(self, size: int = -1) -> bytes:
         data = self._raw.read(size)
         self._meter.take(len(data))
+        if self._cells is not None:
+            self._cells.feed(data)
         return data
 
     def close(self) -> None:
@@ -386,14 +433,17 @@ class _MeteredStream:
 
 
 class _MeteredArchive:
-    """The workbook's zip archive with every member opened through the meter (openpyxl's
-    read-only worksheets open ``workbook._archive`` each time their rows are read)."""
+    """The workbook's zip archive with every member opened through the meter (openpyxl
+    opens its parts through it at load time, and its read-only worksheets each time their
+    rows are read)."""
 
     def __init__(self, archive: zipfile.ZipFile, meter: _Meter) -> None:
         self._archive, self._meter = archive, meter
 
     def open(self, name: str, mode: str = "r") -> _MeteredStream:
-        return _MeteredStream(self._archive.open(name, mode), self._meter)  # type: ignore[arg-type]
+        cells = _CellCounter() if name.startswith("xl/worksheets/") else None
+        return _MeteredStream(self._archive.open(name, mode),  # type: ignore[arg-type]
+                              self._meter, cells)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._archive, name)
@@ -426,14 +476,18 @@ _XLSX_BROKEN: Final = (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFErr
 def _xlsx(data: bytes) -> Iterator[list[Any]]:
     meter = _zip_checked(data)
     try:
-        book = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+        # load_workbook, with the archive metered before anything is read from it:
+        # openpyxl parses the sheet's head at load time (the whole sheet when it declares
+        # no dimension).
+        reader = ExcelReader(io.BytesIO(data), read_only=True, data_only=True)
+        reader.archive = _MeteredArchive(reader.archive, meter)
+        reader.read()
     except _XLSX_BROKEN as exc:
         raise TableImportError([f"the file looks like XLSX but cannot be read: {exc}"]) from exc
-    return _xlsx_rows(book, meter)
+    return _xlsx_rows(reader.wb)
 
 
-def _xlsx_rows(book: Any, meter: _Meter) -> Iterator[list[Any]]:
-    book._archive = _MeteredArchive(book._archive, meter)
+def _xlsx_rows(book: Any) -> Iterator[list[Any]]:
     try:
         if not book.worksheets:
             raise TableImportError(["the XLSX file has no sheet"])
