@@ -24,21 +24,24 @@ sheet's cells (openpyxl holds a whole row in memory before handing it over). Rea
 checking run in a worker thread, so the event loop keeps serving (ingest, pages) while a
 large file is parsed.
 
-All or nothing, in one short write transaction: ``import_file`` reads and parses the file
-before taking any lock; then, in one transaction, it looks up every code the file names
-(a few ``IN (...)`` queries, not one per row), checks every row (every problem reported,
-``row 7: material code 'M-42' unknown``) and, only for a file without problems, writes:
-new materials, products and work orders (and their audit entries) as bulk inserts
-(``executemany``), changed materials as one bulk update; BOMs and routings (one version
-per product) and changed work orders through cloud.production, so their rules and audit
-apply as for a planner's action. Any problem while writing rolls the whole transaction
-back. Why one transaction rather than chunks: chunked commits would let ingest in between
-chunks but need a staging table or compensation to stay all-or-nothing; with bulk
-statements a file at the row limit (100,000 rows) writes in a few seconds, which is well
-inside the time an ingest waits for SQLite's write lock (the WriteGate, cloud/core/db.py),
-so one transaction bounded by ``MAX_DATA_ROWS`` keeps both promises. The caller's
-transaction (``import_table``) holds the lock for the parse as well; the API and CLI use
-``import_file``.
+All or nothing, in one short write transaction. ``import_file`` takes no lock until the
+file is known to be good: it parses the file (worker thread), looks up every code the file
+names in a read snapshot (a few ``IN (...)`` queries, not one per row), checks every row
+(every problem reported, ``row 7: material code 'M-42' unknown``) and binds what it will
+write into statements (worker thread). Only then does it open one write transaction:
+new materials, products and work orders and their audit entries as bulk inserts
+(``executemany`` of rows already bound), changed materials as one bulk update; BOMs and
+routings (one version per product) and changed work orders through cloud.production, so
+their rules and audit apply as for a planner's action. Any problem while writing rolls
+the whole transaction back; a code the file creates that someone else created since the
+snapshot fails the unique index and is answered 409 (import again). Why one transaction
+rather than chunks: chunked commits would let ingest in between chunks but need a staging
+table or compensation to stay all-or-nothing; with the parsing, checking and binding done
+before the lock, a file at the row limit (100,000 rows) holds SQLite's write lock for a
+few seconds of ``executemany``, well inside the time an ingest waits for it (the
+WriteGate, cloud/core/db.py), so one transaction bounded by ``MAX_DATA_ROWS`` keeps both
+promises. ``import_table`` does the same inside a transaction the caller already holds
+(so its lock covers the parse too).
 
 Per kind (``*`` required):
 
@@ -72,6 +75,7 @@ from decimal import Decimal, InvalidOperation
 from types import TracebackType
 from typing import IO, Any, Final
 
+import structlog
 from openpyxl.reader.excel import ExcelReader
 from openpyxl.utils import get_column_letter
 from sqlalchemy import bindparam, insert, select, update
@@ -111,6 +115,8 @@ INT32_MAX: Final = 2**31 - 1             # Integer columns (PostgreSQL int4)
 INT64_MAX: Final = 2**63 - 1             # BigInteger columns
 _IN_CHUNK: Final = 1_000                 # codes per IN (...) lookup
 _MIB: Final = 1024 * 1024
+
+log = structlog.get_logger(__name__)
 
 
 # canonical field -> accepted header names (normalised by _norm)
@@ -617,13 +623,16 @@ async def import_file(db: Database, actor: Actor | str, kind: str, data: bytes, 
                                      db.engine.dialect)
     try:
         async with db.sessions() as session, session.begin():
-            return await writes.run(session, actor)
+            result = await writes.run(session, actor)
     except IntegrityError as exc:
         # A code or number this file creates was created by someone else between the
         # check and the write (the unique index refused it): the whole file rolled back.
         raise Conflict(f"nothing imported; a {kind} entry this file creates was created "
                        "meanwhile by another import or a planner; import the file again "
                        "to update it", "file") from exc
+    log.info("table_imported", kind=kind, rows=result.rows, created=result.created,
+             updated=result.updated, unchanged=result.unchanged)
+    return result
 
 
 async def import_table(session: AsyncSession, actor: Actor | str, kind: str, data: bytes, *,
