@@ -50,7 +50,7 @@ from cloud.core import Database, check_current, clock, head_revision, resolve_ur
 from cloud.core.errors import CloudError, DomainError
 from cloud.core.systemd import NotifyingServer
 from cloud.ingest import parse_broker_url, run_mqtt_ingest
-from cloud.production import TableImportError, import_table
+from cloud.production import TableImportError, import_file
 
 T = TypeVar("T")
 
@@ -307,8 +307,7 @@ async def _import_data(args: argparse.Namespace, data: bytes, zone: Any) -> int:
     url = await _prepare(args.db)
     async with Database(url) as db:
         try:
-            async with db.sessions() as session, session.begin():
-                result = await import_table(session, args.as_user, args.kind, data, tz=zone)
+            result = await import_file(db, args.as_user, args.kind, data, tz=zone)
         except TableImportError as exc:
             print(f"plantsync-cloud: error: {args.file}: nothing imported; "
                   f"{len(exc.errors)} problem(s):", file=sys.stderr)

@@ -16,7 +16,13 @@ from __future__ import annotations
 from cloud.production import dispatch
 from cloud.production.attribution import apply_counts
 from cloud.production.imports import KINDS as IMPORT_KINDS
-from cloud.production.imports import TableImportError, import_table
+from cloud.production.imports import (
+    ImportTooLarge,
+    TableImportError,
+    UnreadableTable,
+    import_file,
+    import_table,
+)
 from cloud.production.master import (
     BomLineIn,
     RoutingOpIn,
@@ -64,8 +70,10 @@ __all__ = [
     "WORK_ORDER_ACTIONS",
     "BomLineIn",
     "DueStatus",
+    "ImportTooLarge",
     "RoutingOpIn",
     "TableImportError",
+    "UnreadableTable",
     "WorkOrderFilter",
     "apply_counts",
     "cancel_work_order",
@@ -83,6 +91,7 @@ __all__ = [
     "get_material",
     "get_product",
     "get_work_order",
+    "import_file",
     "import_table",
     "list_work_orders",
     "on_operation_progress",

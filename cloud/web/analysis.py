@@ -26,7 +26,7 @@ from cloud.core.models import ANOMALY_KINDS, ANOMALY_STATUSES
 from cloud.web import charts, labels, reports
 from cloud.web.cache import page_cache
 from cloud.web.context import Page, export_format, int_param, limit_param, open_page, render
-from cloud.web.exports import MAX_ROWS, Column, export
+from cloud.web.exports import MAX_ROWS, PERCENT, TIME, Column, export
 from cloud.web.i18n import N_, fmt_pct
 
 router = APIRouter(include_in_schema=False)
@@ -50,7 +50,7 @@ ANOMALY_COLUMNS: Final = (
                                for lk in r["links"])),
     Column("customers", N_("Customers"),
            lambda r: ", ".join(sorted({lk["customer"] for lk in r["links"] if lk["customer"]}))),
-    Column("time", N_("Time")), Column("status", N_("Status")),
+    Column("time", N_("Time"), kind=TIME), Column("status", N_("Status")),
     Column("assignee", N_("Assignee")),
     Column("age_min", N_("Age (min)"), lambda r: _minutes(r["age_s"])),
     Column("response_min", N_("Response time (min)"), lambda r: _minutes(r["response_s"])),
@@ -156,10 +156,12 @@ OEE_COLUMNS: Final = (
     Column("run_h", N_("Run (h)"), lambda r: round(r["run_ms"] / 3.6e6, 2)),
     Column("downtime_h", N_("Downtime (h)"), lambda r: round(r["downtime_ms"] / 3.6e6, 2)),
     Column("good", N_("Good")), Column("scrap", N_("Scrap")),
-    Column("availability", N_("Availability"), lambda r: _round(r["availability"])),
-    Column("performance", N_("Performance"), lambda r: _round(r["performance"])),
-    Column("quality", N_("Quality"), lambda r: _round(r["quality"])),
-    Column("oee", N_("OEE"), lambda r: _round(r["oee"])),
+    Column("availability", N_("Availability"), lambda r: _round(r["availability"]),
+           kind=PERCENT),
+    Column("performance", N_("Performance"), lambda r: _round(r["performance"]),
+           kind=PERCENT),
+    Column("quality", N_("Quality"), lambda r: _round(r["quality"]), kind=PERCENT),
+    Column("oee", N_("OEE"), lambda r: _round(r["oee"]), kind=PERCENT),
 )
 PARETO_COLUMNS: Final = (
     Column("reason", N_("Reason")),
@@ -167,9 +169,11 @@ PARETO_COLUMNS: Final = (
     Column("count", N_("Stops")),
 )
 STOP_COLUMNS: Final = (
-    Column("machine", N_("Machine")), Column("start", N_("Start")), Column("end", N_("End")),
+    Column("machine", N_("Machine")), Column("start", N_("Start"), kind=TIME),
+    Column("end", N_("End"), kind=TIME),
     Column("duration_min", N_("Duration (min)"), lambda r: round(r["duration_ms"] / 60000, 1)),
-    Column("state", N_("State")), Column("reason", N_("Reason")), Column("note", N_("Note")),
+    Column("state", N_("State"), labels=labels.MACHINE_STATE), Column("reason", N_("Reason")),
+    Column("note", N_("Note")),
 )
 
 

@@ -34,7 +34,7 @@ from cloud.web.context import (
     safe_next,
     signed_micro,
 )
-from cloud.web.exports import MAX_ROWS, Column, export
+from cloud.web.exports import MAX_ROWS, NUMBER, PERCENT, TEXT, TIME, Column, export
 from cloud.web.i18n import LANG_COOKIE, LOCALES, N_
 
 router = APIRouter(include_in_schema=False)
@@ -125,14 +125,16 @@ def _local_midnight_ms(page: Page) -> int:
 
 BOARD_COLUMNS: Final = (
     Column("name", N_("Machine")), Column("work_center", N_("Work center")),
-    Column("state", N_("State")),
-    Column("work_order", N_("Work order"), lambda r: r["dispatch"] and r["dispatch"]["number"]),
+    Column("state", N_("State"), labels=labels.MACHINE_STATE),
+    Column("work_order", N_("Work order"), lambda r: r["dispatch"] and r["dispatch"]["number"],
+           kind=TEXT),
     Column("operation", N_("Operation"), lambda r: r["dispatch"] and r["dispatch"]["operation"]),
     Column("customer", N_("Customer"), lambda r: r["dispatch"] and r["dispatch"]["customer"]),
     Column("good", N_("Good"), lambda r: r["dispatch"] and r["dispatch"]["good"]),
     Column("quantity", N_("Quantity"), lambda r: r["dispatch"] and r["dispatch"]["quantity"]),
     Column("today_good", N_("Good today")), Column("today_scrap", N_("Scrap today")),
-    Column("oee", N_("OEE today"), lambda r: None if r["oee"] is None else round(r["oee"], 4)),
+    Column("oee", N_("OEE today"), lambda r: None if r["oee"] is None else round(r["oee"], 4),
+           kind=PERCENT),
     Column("anomalies", N_("Open anomalies")),
 )
 
@@ -157,12 +159,12 @@ async def board_tiles(request: Request) -> Response:
 # -- work orders ---------------------------------------------------------------------------
 
 ORDER_COLUMNS: Final = (
-    Column("number", N_("Work order")), Column("product", N_("Product")),
+    Column("number", N_("Work order"), kind=TEXT), Column("product", N_("Product"), kind=TEXT),
     Column("customer", N_("Customer")), Column("priority", N_("Priority")),
     Column("status", N_("Status")), Column("quantity", N_("Quantity")),
     Column("good", N_("Good")), Column("scrap", N_("Scrap")),
-    Column("progress", N_("Progress"), lambda r: round(r["progress"], 4)),
-    Column("due", N_("Due")), Column("due_status", N_("Due status")),
+    Column("progress", N_("Progress"), lambda r: round(r["progress"], 4), kind=PERCENT),
+    Column("due", N_("Due"), kind=TIME), Column("due_status", N_("Due status")),
 )
 
 
@@ -193,8 +195,7 @@ async def work_orders_page(request: Request) -> Response:
             r["status"] = page.tr(labels.ORDER_STATUS[r["status"]])
             r["due_status"] = page.tr(labels.DUE[r["due_status"]]) if r["due_status"] \
                 else None
-            r["due"] = page.dt(r["due"]) or None
-        return export(fmt, "work-orders", ORDER_COLUMNS, rows, page.t.gettext)
+        return export(fmt, "work-orders", ORDER_COLUMNS, rows, page.t.gettext, tz=page.tz)
     return render(page, "work_orders.html", rows=rows, total=total, limit=limit, offset=offset,
                   query=query, customers=customers, statuses=WORK_ORDER_STATUSES)
 
@@ -236,24 +237,28 @@ OP_COLUMNS: Final = (
 DISPATCH_COLUMNS: Final = (
     Column("id", N_("Dispatch")), Column("step", N_("Step")),
     Column("operation", N_("Operation")), Column("machine", N_("Machine")),
-    Column("start", N_("Start")), Column("end", N_("End")),
+    Column("start", N_("Start"), kind=TIME), Column("end", N_("End"), kind=TIME),
     Column("created_by", N_("By")),
 )
 MATERIAL_COLUMNS: Final = (
     Column("material", N_("Material code")), Column("name", N_("Material")),
     Column("unit", N_("Unit")),
-    Column("qty_per_unit", N_("Per piece"), lambda r: from_micro(r["qty_per_unit_u"])),
-    Column("planned", N_("BOM at counted quantity"), lambda r: from_micro(r["planned_u"])),
-    Column("consumed", N_("Consumed (ledger)"), lambda r: from_micro(r["consumed_u"])),
-    Column("difference", N_("Difference"), lambda r: signed_micro(r["difference_u"])),
+    Column("qty_per_unit", N_("Per piece"), lambda r: from_micro(r["qty_per_unit_u"]),
+           kind=NUMBER),
+    Column("planned", N_("BOM at counted quantity"), lambda r: from_micro(r["planned_u"]),
+           kind=NUMBER),
+    Column("consumed", N_("Consumed (ledger)"), lambda r: from_micro(r["consumed_u"]),
+           kind=NUMBER),
+    Column("difference", N_("Difference"), lambda r: signed_micro(r["difference_u"]),
+           kind=NUMBER),
 )
 UNASSIGNED_COLUMNS: Final = (
     Column("machine", N_("Machine")), Column("good", N_("Good")), Column("scrap", N_("Scrap")),
-    Column("from", N_("From")), Column("to", N_("To")),
+    Column("from", N_("From"), kind=TIME), Column("to", N_("To"), kind=TIME),
 )
 TIMELINE_COLUMNS: Final = (
-    Column("time", N_("Time")), Column("kind", N_("Event")), Column("machine", N_("Machine")),
-    Column("text", N_("Detail")),
+    Column("time", N_("Time"), kind=TIME), Column("kind", N_("Event")),
+    Column("machine", N_("Machine")), Column("text", N_("Detail")),
 )
 
 
@@ -308,17 +313,20 @@ async def work_order_operations(number: str, request: Request) -> Response:
 STOCK_COLUMNS: Final = (
     Column("material", N_("Material code")), Column("name", N_("Material")),
     Column("unit", N_("Unit")),
-    Column("balance", N_("On hand"), lambda r: from_micro(r["balance_u"])),
-    Column("safety", N_("Safety stock"), lambda r: from_micro(r["safety_stock_u"])),
+    Column("balance", N_("On hand"), lambda r: from_micro(r["balance_u"]), kind=NUMBER),
+    Column("safety", N_("Safety stock"), lambda r: from_micro(r["safety_stock_u"]),
+           kind=NUMBER),
     Column("source", N_("Safety stock from")),
-    Column("usage", N_("Daily usage (7 d)"), lambda r: from_micro(r["avg_daily_usage_7d_u"])),
-    Column("days_of_cover", N_("Days of cover")),
+    Column("usage", N_("Daily usage (7 d)"), lambda r: from_micro(r["avg_daily_usage_7d_u"]),
+           kind=NUMBER),
+    Column("days_of_cover", N_("Days of cover"), kind=NUMBER),
     Column("shortage", N_("Shortage")),
 )
 LEDGER_COLUMNS: Final = (
-    Column("id", N_("Move")), Column("time", N_("Time")), Column("material", N_("Material code")),
-    Column("kind", N_("Kind")), Column("qty", N_("Quantity"), lambda r: signed_micro(r["qty_u"])),
-    Column("work_order", N_("Work order")), Column("gateway_id", N_("Gateway")),
+    Column("id", N_("Move")), Column("time", N_("Time"), kind=TIME),
+    Column("material", N_("Material code"), kind=TEXT), Column("kind", N_("Kind")),
+    Column("qty", N_("Quantity"), lambda r: signed_micro(r["qty_u"]), kind=NUMBER),
+    Column("work_order", N_("Work order"), kind=TEXT), Column("gateway_id", N_("Gateway")),
     Column("seq", N_("Record seq")), Column("user", N_("By")), Column("note", N_("Note")),
 )
 
@@ -376,15 +384,17 @@ GATEWAY_COLUMNS: Final = (
     Column("records_stored", N_("Records received")), Column("last_seq", N_("Last seq")),
     Column("missing", N_("Missing")), Column("unexplained", N_("Missing, unexplained")),
     Column("completeness", N_("Completeness"),
-           lambda r: None if r["completeness"] is None else round(r["completeness"], 6)),
-    Column("last_seen", N_("Last seen")), Column("backlog", N_("Backlog at the gateway")),
+           lambda r: None if r["completeness"] is None else round(r["completeness"], 6),
+           kind=PERCENT),
+    Column("last_seen", N_("Last seen"), kind=TIME), Column("backlog", N_("Backlog at the gateway")),
     Column("lag", N_("Newest record lag (s)"),
                                                  lambda r: None if r["lag_ms"] is None
                                                  else r["lag_ms"] // 1000),
     Column("clock_skew_ms", N_("Clock skew (ms)")),
 )
 CLOCK_JUMP_COLUMNS: Final = (
-    Column("gateway", N_("Gateway")), Column("seq", N_("Record seq")), Column("time", N_("Time")),
+    Column("gateway", N_("Gateway")), Column("seq", N_("Record seq")),
+    Column("time", N_("Time"), kind=TIME),
     Column("jump_s", N_("Jump (s)")), Column("reason", N_("Why")),
 )
 GAP_COLUMNS: Final = (
@@ -458,9 +468,9 @@ async def completeness_page(request: Request) -> Response:
                      for g in gws if g["id"] == selected for j in g["clock_jumps"]]
             return export(fmt, f"clock-jumps-{selected}", CLOCK_JUMP_COLUMNS, jumps,
                           page.t.gettext)
-        rows = [{**g, "state": page.tr(labels.GATEWAY_STATE[g["state"]]),
-                 "last_seen": (g["last_seen"] or "")[:19].replace("T", " ")} for g in gws]
-        return export(fmt, "data-completeness", GATEWAY_COLUMNS, rows, page.t.gettext)
+        rows = [{**g, "state": page.tr(labels.GATEWAY_STATE[g["state"]])} for g in gws]
+        return export(fmt, "data-completeness", GATEWAY_COLUMNS, rows, page.t.gettext,
+                      tz=page.tz)
     limit = limit_param(request, 50)
     offset = int_param(request, "offset", 0)
     return render(page, "completeness.html", gateways=gws, selected=selected,

@@ -71,3 +71,5 @@ def test_cloud_unit_is_supervised_like_the_edge() -> None:
                  "StateDirectory=plantsync-cloud"):
         assert re.search(rf"^{line}$", text, re.M), line
     assert re.search(r"^WatchdogSec=\d+s$", text, re.M)
+    # A memory bound: a hostile upload must not take the host (issue 12, item 2).
+    assert re.search(r"^MemoryMax=\d+[KMG]$", text, re.M)

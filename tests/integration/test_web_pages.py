@@ -12,15 +12,18 @@ import io
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import httpx
 import openpyxl
 import pytest
 
+from cloud.core.models import WORK_ORDER_STATUSES
 from tests.fixtures.cloud import ADMIN_HEADERS, add_admin, migrate_sync
-from tests.fixtures.plant import PASSWORD, WebPlant, now_ms, seed_plant
+from tests.fixtures.plant import PASSWORD, WebPlant, add_work_order, now_ms, seed_plant
 
 pytestmark = pytest.mark.xdist_group("web_pages")
 PAGES = ["/", "/?wall=1", "/board/tiles", "/work-orders", "/work-orders/WO-1001",
@@ -595,3 +598,36 @@ async def test_ticked_anomalies_acknowledged_and_closed_at_once_in_chinese(web: 
                                                   "ids": [str(ids[0])]})
     assert res.status_code == 403                                   # no CSRF token
     await set_locale(pat, "en")
+
+async def test_exports_are_typed_translated_and_never_formulas(web: Any) -> None:
+    """Runs last in this module: it adds a work order to the shared plant."""
+    c = await web("pat")
+    number = '工单:7"x'
+    await add_work_order(c, number, "P-100", 1200, headers=ADMIN_HEADERS,
+                         customer='=HYPERLINK("http://evil.example")',
+                         due="2026-12-09T15:59:00Z")
+    text = (await c.get("/work-orders?export=csv&q=工单")).content.decode("utf-8-sig")
+    row = next(csv.DictReader(io.StringIO(text)))
+    assert row["Customer"] == '\'=HYPERLINK("http://evil.example")' and row["Quantity"] == "1200"
+    await set_locale(c, "zh-CN")
+    res = await c.get("/work-orders?export=xlsx&q=工单")
+    sheet = openpyxl.load_workbook(io.BytesIO(res.content)).active
+    header, cells = [cell.value for cell in sheet[1]], sheet[2]
+    assert header[0] == "工单"
+    assert (cells[0].data_type, cells[0].value) == ("s", number)
+    assert (cells[2].data_type, cells[2].value) == ("s", '=HYPERLINK("http://evil.example")')
+    assert cells[5].value == 1200 and cells[5].data_type == "n"
+    assert cells[8].number_format == "0.0%" and cells[8].value == 0
+    assert isinstance(cells[9].value, datetime) and cells[9].is_date
+    assert cells[4].value not in WORK_ORDER_STATUSES     # "draft" in the reader's language
+    res = await c.get(f"/work-orders/{quote(number, safe='')}?export=xlsx&table=operations")
+    assert res.status_code == 200, res.text[:300]
+    disposition = res.headers["content-disposition"]
+    assert unquote(disposition.split("filename*=UTF-8''")[1]) == f"{number}-operations.xlsx"
+    assert openpyxl.load_workbook(io.BytesIO(res.content)).sheetnames == ['工单_7"x-operations']
+    board = openpyxl.load_workbook(io.BytesIO((await c.get("/?export=xlsx")).content)).active
+    states = {r[2] for r in board.iter_rows(min_row=2, values_only=True)}
+    assert states and not states & {"running", "idle", "down", "offline", "unknown", "setup"}
+    res = await c.get('/completeness?export=csv&table=gaps&gateway=a"b')
+    assert res.status_code == 200 and 'filename="gaps-a_b.csv"' in res.headers[
+        "content-disposition"]

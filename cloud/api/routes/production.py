@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Annotated, Any, Final, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Query, Request, UploadFile
 from pydantic import BaseModel, Field
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -689,14 +689,16 @@ class ImportOut(Out):
 
 
 @router.post("/import/{kind}", tags=["import"], response_model_exclude_none=True)
-async def import_file(kind: str, actor: Planner, session: Db,
+async def import_file(kind: str, actor: Planner, request: Request,
                       file: Annotated[UploadFile, File(description="CSV or XLSX")],
                       tz: Annotated[str, Query(description="time zone of due dates "
                                                "without one, e.g. Asia/Shanghai")] = "UTC"
                       ) -> ImportOut:
     """Import materials, boms, routings or work-orders from CSV (UTF-8 or GBK; comma,
     semicolon or tab) or XLSX, with English or Chinese headers (cloud/production/imports.py). All
-    or nothing: 422 ``import_failed`` lists every row-numbered problem."""
+    or nothing: 422 ``import_failed`` lists every row-numbered problem; 413
+    ``import_too_large`` past a limit (``limit``: rows, columns, cell_chars,
+    unpacked_bytes; ``max``); 400 ``unreadable_file`` for CSV the reader refuses."""
     if kind not in prod.IMPORT_KINDS:
         raise NotFound(f"import kind {kind!r} unknown; one of {', '.join(prod.IMPORT_KINDS)}")
     try:
@@ -706,5 +708,6 @@ async def import_file(kind: str, actor: Planner, session: Db,
     data = await file.read(MAX_UPLOAD + 1)
     if len(data) > MAX_UPLOAD:
         raise Invalid(f"file over {MAX_UPLOAD // (1024 * 1024)} MiB", "file")
-    result = await prod.import_table(session, actor, kind, data, tz=zone)
+    # No request transaction (Db): the file is parsed before the write lock is taken.
+    result = await prod.import_file(request.app.state.db, actor, kind, data, tz=zone)
     return ImportOut.model_validate(result.as_dict())
