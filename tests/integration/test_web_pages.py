@@ -599,6 +599,7 @@ async def test_ticked_anomalies_acknowledged_and_closed_at_once_in_chinese(web: 
     assert res.status_code == 403                                   # no CSRF token
     await set_locale(pat, "en")
 
+
 async def test_exports_are_typed_translated_and_never_formulas(web: Any) -> None:
     """Runs last in this module: it adds a work order to the shared plant."""
     c = await web("pat")
