@@ -221,11 +221,9 @@ async def _follow_counts(session: AsyncSession, op: WoOperation, order: WorkOrde
                     and await is_last_operation(session, op)):
                 order.completed_at = crossing
     if order.started_at is not None and order.status != "cancelled":
-        starts = [s for s in (await session.execute(
-            select(WoOperation.started_at).where(
-                WoOperation.work_order_id == order.id,
-                WoOperation.started_at.is_not(None)))).scalars()]
-        earliest = min(starts, default=None)
+        earliest = await session.scalar(
+            select(func.min(WoOperation.started_at)).where(
+                WoOperation.work_order_id == order.id))
         if earliest is not None and earliest != order.started_at:
             order.started_at = earliest
 

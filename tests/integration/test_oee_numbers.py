@@ -4,7 +4,8 @@ machine's first record is no stop, and short alarm and setup stops are downtime 
 by their alarm's text.
 
 THE MORNING (2025-06-02 UTC, no calendar: 24/7; window 00:00-10:00). Machine M1 =
-gw-test/cnc-03, routing ideal cycle 60 s, 1 cavity; WO-N dispatched from 07:00.
+gw-test/cnc-03, routing ideal cycle 60 s, 1 cavity; WO-N (500 pieces) dispatched from
+07:00, over-produced (600).
 
     08:00     link online, running        first record: 00:00-08:00 is no data
     08:30     alarm state; alarm 1001 "Spindle overload" active
@@ -13,6 +14,7 @@ gw-test/cnc-03, routing ideal cycle 60 s, 1 cavity; WO-N dispatched from 07:00.
     09:00     setup, 09:01 running        60 s setup: downtime, reason "setup"
     09:30     idle, 09:30:30 running      30 s idle: a micro-stop (speed loss)
     09:59     +600 good                   ideal 600 min in 118.5 min of run time
+    10:00     off                         (after the window; the pages' day sees it)
 
 planned 120 min; downtime 1.5 min; run 118.5 min (0.5 micro); performance measured
 600 / 118.5 = 5.06 -> capped at 1 with the flag; OEE = 118.5 / 120.
@@ -20,13 +22,17 @@ planned 120 min; downtime 1.5 min; run 118.5 min (0.5 micro); performance measur
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.fixtures.ingest import ingest
 from tests.fixtures.plant import (
+    PASSWORD,
     add_machine,
     add_routing,
     add_work_order,
@@ -67,6 +73,7 @@ def morning() -> list[dict[str, Any]]:
         ("09:59", {"kind": "count", "body": {"tag": "c_good", "counts": "good",
                                              "delta": 600, "raw_before": 0,
                                              "raw_after": 600, "reset": False}}),
+        ("10:00", state("off")),
     ]
     return [{**rec, "seq": i + 1, "ts": at(hhmm), "device": "cnc-03"}
             for i, (hhmm, rec) in enumerate(script)]
@@ -78,7 +85,7 @@ async def test_morning_numbers(api):
     await put_product(api, "P-N")
     await add_routing(api, "P-N", [{"step": 10, "name": "mill", "machine_id": m1,
                                     "ideal_cycle_ms": 60_000, "cavities": 1}])
-    await add_work_order(api, "WO-N", "P-N", 5000)
+    await add_work_order(api, "WO-N", "P-N", 500)
     [op] = await release(api, "WO-N")
     await start_dispatch(api, m1, op, at("07:00"))
     await ingest(api, morning())
@@ -113,3 +120,24 @@ async def test_morning_numbers(api):
     assert stops == [(at("08:30"), "alarm", False, "Spindle overload"),
                      (at("09:00"), "setup", False, None),
                      (at("09:30"), "idle", True, None)]
+
+    # the page and its export say it beside the figure, in the reader's language
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api.app),
+                                 base_url="http://cloud",
+                                 headers={"Accept-Language": "zh-CN"}) as web:
+        res = await web.post("/login", data={"name": "vic", "password": PASSWORD,
+                                             "next": "/"})
+        assert res.status_code == 303, res.text
+        period = {"from": "2025-06-01", "to": "2025-06-02", "machine_id": m1}
+        page = (await web.get("/oee", params=period)).text
+        assert "100.0% <span class=\"data-flag\"" in page
+        assert "实测性能开动率 506%，按 100% 显示" in page and "Spindle overload" in page
+        res = await web.get("/oee", params={**period, "export": "csv"})
+        [line] = list(csv.DictReader(io.StringIO(res.text.lstrip("\ufeff"))))
+        assert line["性能开动率"] == "1.0"
+        assert line["数据质量"].startswith("实测性能开动率 506%")
+        # over-production: on the board, the order list and the order page, and the API
+        for path in ("/", "/work-orders", "/work-orders/WO-N"):
+            assert 'data-completion="over_produced">超产<' in (await web.get(path)).text, path
+    res = await api.get("/api/v1/work-orders/WO-N")
+    assert (res.json()["status"], res.json()["completion"]) == ("completed", "over_produced")
