@@ -11,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cloud import anomalies, oee
 from cloud.web.i18n import N_
 
-
 #: How far back an order's timeline shows the stops of a dispatch.
 STOPS_WINDOW_MS: Final = 92 * 86_400_000
 
