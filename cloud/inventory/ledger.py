@@ -16,7 +16,7 @@ shortages.
   unless ``materials.safety_stock_manual_u`` is set.
 - Days of cover = balance / the live rate, the average daily usage over the last
   7 days (None when nothing was used in 7 days: cover is unbounded); never negative:
-  no stock on hand (0 or less) covers 0 days.
+  a balance below 0 covers 0 days.
 - A negative balance is booked, not refused, when production consumed more than the
   books held (a backflush: the parts were made; the books were wrong). It shows as
   negative (``negative`` true) and is a shortage whatever the safety stock, so the
@@ -178,7 +178,7 @@ def _stock_doc(m: Row[Any], bal: int, used30: int, used7: int) -> dict[str, Any]
             "avg_daily_usage_30d_u": round(daily30), "avg_daily_usage_7d_u": round(daily7),
             "lead_time_days": m.lead_time_days, "safety_stock_u": safety,
             "safety_stock_source": source,
-            "days_of_cover": (0.0 if bal <= 0 else round(bal / daily7, 2) if daily7 > 0
+            "days_of_cover": (0.0 if bal < 0 else round(bal / daily7, 2) if daily7 > 0
                               else None),
             "negative": bal < 0,
             "below_safety_stock": bal < 0 or (safety > 0 and bal < safety)}

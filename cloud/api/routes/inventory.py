@@ -69,7 +69,7 @@ class StockOut(Out):
     safety_stock_u: int
     safety_stock_source: Literal["manual", "computed"]
     days_of_cover: float | None = Field(description="balance / 7-day usage rate, 0 when "
-                                        "nothing is on hand (never negative); null: "
+                                        "the balance is below 0 (never negative); null: "
                                         "nothing used in 7 days")
     negative: bool = Field(description="the balance is below 0: production consumed more "
                            "than the books held (a stock anomaly is raised)")
