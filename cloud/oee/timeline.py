@@ -26,7 +26,8 @@ from it, at query time.
 Device states map to the board's categories (``current_states``, ``stops``): running
 (running, run, producing, production, in_cycle, cycle); idle (idle, waiting, wait,
 ready, standby, stopped, stop, paused, hold, feed_hold, and any state not listed);
-setup (setup, changeover, tool_change, adjusting); down (alarm, fault, error, down, off,
+setup (setup, changeover, tool_change, adjusting, mold change / mold_change, as the map
+library's molding machines say); down (alarm, fault, error, down, off,
 emergency, estop, e_stop, breakdown, maintenance); offline (link offline, or never heard
 from). The setting ``oee.state_map`` ({"auto": "running"}) adds to or overrides this.
 
@@ -65,7 +66,8 @@ DEFAULT_STATE_MAP: Final[dict[str, str]] = {
                     "running"),
     **dict.fromkeys(("idle", "waiting", "wait", "ready", "standby", "stopped", "stop",
                      "paused", "hold", "feed_hold"), "idle"),
-    **dict.fromkeys(("setup", "changeover", "tool_change", "adjusting"), "setup"),
+    **dict.fromkeys(("setup", "changeover", "tool_change", "adjusting", "mold change",
+                     "mold_change", "mould change", "mould_change"), "setup"),
     **dict.fromkeys(("alarm", "fault", "error", "down", "off", "emergency", "estop",
                      "e_stop", "breakdown", "maintenance"), "down"),
     "offline": "offline",

@@ -20,7 +20,7 @@ MACHINE_STATE: Final = {
     "running": N_("Running"), "idle": N_("Idle"), "setup": N_("Setup"), "down": N_("Down"),
     "offline": N_("Offline"), "unknown": N_("No data"),
     # device state names of the map library (config/maps) that are not board states
-    "alarm": N_("Alarm"), "off": N_("Switched off"),
+    "alarm": N_("Alarm"), "off": N_("Switched off"), "mold change": N_("Mold change"),
 }
 MOVE_KIND: Final = {
     "receipt": N_("Receipt"), "issue": N_("Issue"), "backflush": N_("Backflush"),
