@@ -206,14 +206,17 @@ async def _follow_counts(session: AsyncSession, op: WoOperation, order: WorkOrde
     late batch or a re-attribution (dispatch edit) moves which count is the first, or
     which reached the quantity, so started_at and a count-derived completed_at are read
     again from the operation's own attributions (never kept from an earlier arrival,
-    never another operation's count)."""
-    first = await _first_count_at(session, op.id)
+    never another operation's count). ``first_ts``: the earliest count that just joined
+    (None: counts may have left too)."""
     early = _ms_to_dt(first_ts)
-    if first is None and early is not None:
-        first = early
-    if first is not None and op.started_at is not None and first != op.started_at:
-        op.started_at = first
-    if op.status == "completed" and op.completed_by == SYSTEM:
+    # counts that only joined after a time cannot move it: an on-time batch costs no
+    # read-back (``first_ts`` None: counts may have left, so read it again)
+    if op.started_at is not None and (early is None or early < op.started_at):
+        first = await _first_count_at(session, op.id) or early
+        if first is not None and first != op.started_at:
+            op.started_at = first
+    if (op.status == "completed" and op.completed_by == SYSTEM
+            and (early is None or op.completed_at is None or early <= op.completed_at)):
         crossing = await _crossing_at(session, op.id, order.quantity)
         if crossing is not None and crossing != op.completed_at:
             op.completed_at = crossing
