@@ -15,8 +15,14 @@ shortages.
 - Safety stock = average daily usage over the last 30 days x lead_time_days x 1.5,
   unless ``materials.safety_stock_manual_u`` is set.
 - Days of cover = balance / the live rate, the average daily usage over the last
-  7 days (None when nothing was used in 7 days: cover is unbounded).
-- Shortage: balance below safety stock (a safety stock of 0 never signals).
+  7 days (None when nothing was used in 7 days: cover is unbounded); never negative:
+  a balance below 0 covers 0 days.
+- A negative balance is booked, not refused, when production consumed more than the
+  books held (a backflush: the parts were made; the books were wrong). It shows as
+  negative (``negative`` true) and is a shortage whatever the safety stock, so the
+  anomalies sweep raises its stock anomaly (``stock_low``) and keeps it open until a
+  receipt or a count puts the balance back.
+- Shortage: balance below safety stock (a safety stock of 0 never signals), or below 0.
 """
 
 from __future__ import annotations
@@ -172,8 +178,10 @@ def _stock_doc(m: Row[Any], bal: int, used30: int, used7: int) -> dict[str, Any]
             "avg_daily_usage_30d_u": round(daily30), "avg_daily_usage_7d_u": round(daily7),
             "lead_time_days": m.lead_time_days, "safety_stock_u": safety,
             "safety_stock_source": source,
-            "days_of_cover": round(bal / daily7, 2) if daily7 > 0 else None,
-            "below_safety_stock": safety > 0 and bal < safety}
+            "days_of_cover": (0.0 if bal < 0 else round(bal / daily7, 2) if daily7 > 0
+                              else None),
+            "negative": bal < 0,
+            "below_safety_stock": bal < 0 or (safety > 0 and bal < safety)}
 
 
 async def stock(session: AsyncSession, code: str, *, now: int | None = None) -> dict[str, Any]:

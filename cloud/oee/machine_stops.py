@@ -37,7 +37,9 @@ async def stops(session: AsyncSession, *, machine_id: int, start_ms: int, end_ms
     end_ts (None: still stopped), duration_ms (to now when still stopped), state (the one
     it began with), category, states {state: ms}, micro, planned_ms (its part in planned
     time, i.e. downtime or micro-stop time in reports), reason (assigned, else
-    ``offline`` for a stop that began offline, else None), note."""
+    ``offline`` for a stop that began offline, else None), note, cause (the alarm that
+    stopped it, else None; see cloud/oee/timeline.py). Nothing before the machine's
+    first record is a stop."""
     check_window(start_ms, end_ms)
     m = await machine_row(session, machine_id)
     cfg = await load_settings(session)
@@ -62,8 +64,10 @@ async def stops(session: AsyncSession, *, machine_id: int, start_ms: int, end_ms
         reason = st.reason or ("offline" if st.state == "offline" else None)
         out.append({"start_ts": st.start, "end_ts": end, "duration_ms": until - st.start,
                     "state": st.state, "category": category(st.state, cfg.state_map),
-                    "states": dict(by_state), "micro": (until - st.start) < cfg.micro_stop_ms,
+                    "states": dict(by_state),
+                    "micro": st.micro and (until - st.start) < cfg.micro_stop_ms,
                     "planned_ms": planned, "reason": reason, "note": st.note,
+                    "cause": st.cause,
                     "reason_set": st.reason is not None})
     return out
 

@@ -24,7 +24,12 @@ cloud/oee/timeline.py):
 - **performance** = ideal_ms / run_ms. Pieces that are unassigned or whose operation has
   no ideal cycle have no ideal time: they are left out of ideal_ms (so performance
   understates) and reported as **unrated_pieces**; they still count in quality. It is
-  not clamped: above 1 means the ideal cycle is set slower than the machine really runs.
+  capped at 1: above 1 the pieces took less time than the routing says they can (its
+  ideal cycle or cavities are wrong, or the counts are), which is a data-quality flag,
+  not a performance: the row's **quality_flags** then holds ``{"code":
+  "performance_over_100", "performance_measured", "ideal_ms_per_piece",
+  "measured_ms_per_piece"}`` (run time per rated piece), and speed_loss_ms is 0. So
+  oee never exceeds 1.
 - **quality** = good / (good + scrap).
 - **oee** = availability x performance x quality. Ratios are None when undefined
   (availability: no planned time; performance: no run time, or only unrated pieces;
@@ -59,6 +64,7 @@ from cloud.core.errors import Invalid
 from cloud.core.models import dispatches, products, wo_operations, work_orders
 from cloud.oee.calendars import Planned, calendars_for, planned_intervals
 from cloud.oee.timeline import (
+    category,
     check_window,
     first_seen,
     load_settings,
@@ -246,8 +252,10 @@ async def _accumulate(session: AsyncSession, *, start_ms: int, end_ms: int,
                 if stop.micro:
                     pending.append((acc_key, "micro", overlap, None))
                 else:
+                    cause = (stop.cause if category(seg.status, cfg.state_map) == "down"
+                             else None)
                     pending.append((acc_key, "down", overlap,
-                                    (seg.status, stop.reason or seg.status,
+                                    (seg.status, stop.reason or cause or seg.status,
                                      (m.id, stop.start))))
         op_ids |= {s.op for s in slices if s.op is not None}
         if with_counts:
@@ -308,11 +316,24 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if den > 0 else None
 
 
+#: The quality flag of a group whose ideal time exceeds its run time.
+PERFORMANCE_OVER_100: Final = "performance_over_100"
+
+
 def _row(key: tuple[Any, ...], acc: _Acc) -> dict[str, Any]:
     availability = _ratio(acc.run, acc.planned)
     rated = acc.good + acc.scrap - acc.unrated
-    performance = (None if acc.run <= 0 or (rated == 0 and acc.unrated > 0)
-                   else acc.ideal / acc.run)
+    measured = (None if acc.run <= 0 or (rated == 0 and acc.unrated > 0)
+                else acc.ideal / acc.run)
+    flags: list[dict[str, Any]] = []
+    performance = measured
+    if measured is not None and measured > 1.0:
+        # the pieces took less time than the routing says they can: its ideal cycle
+        # (or cavities) is wrong, or the counts are. Capped, and said beside the figure.
+        performance = 1.0
+        flags.append({"code": PERFORMANCE_OVER_100, "performance_measured": measured,
+                      "ideal_ms_per_piece": round(acc.ideal / rated) if rated else None,
+                      "measured_ms_per_piece": round(acc.run / rated) if rated else None})
     quality = _ratio(acc.good, acc.good + acc.scrap)
     oee: float | None
     if availability is None:
@@ -328,9 +349,10 @@ def _row(key: tuple[Any, ...], acc: _Acc) -> dict[str, Any]:
             "ideal_ms": round(acc.ideal), "good": acc.good, "scrap": acc.scrap,
             "unrated_pieces": acc.unrated, "availability": availability,
             "performance": performance, "quality": quality, "oee": oee,
+            "quality_flags": flags,
             "losses": {"downtime_by_state": dict(sorted(acc.by_state.items())),
                        "downtime_by_reason": dict(sorted(acc.by_reason.items())),
-                       "speed_loss_ms": round(acc.run - acc.ideal),
+                       "speed_loss_ms": max(0, round(acc.run - acc.ideal)),
                        "scrap_loss_ms": round(acc.scrap_ideal)}}
 
 

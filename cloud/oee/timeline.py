@@ -12,14 +12,22 @@ from it, at query time.
   idle then alarm; it is keyed by the ts it began, which is where a reason is stored).
   A stop shorter than ``micro_stop_s`` (setting, default 120 s) is a **micro-stop**; the
   rest are **downtime**. The length that decides is the stop's whole length on the
-  timeline, not only its part inside planned time (or inside a report's window).
+  timeline, not only its part inside planned time (or inside a report's window). A stop
+  with a state in the categories down or setup (``ALWAYS_DOWNTIME``: the machine itself
+  said it was in alarm or being set up) is downtime however short.
+- A stop's **cause**: the text (else ``alarm <code>``) of the first active ``alarm``
+  record of the device from ``ALARM_LEAD_MS`` before the stop began to its end (None:
+  no alarm). Reports name downtime in a ``down`` state by the assigned reason, else this
+  cause, else the state.
 - Before a machine was first heard from (``first_seen``: its first state or link
-  record) there is no data, which is not downtime.
+  record) there is no data, which is not downtime and not a stop: the timeline begins
+  at the first event it knows of.
 
 Device states map to the board's categories (``current_states``, ``stops``): running
 (running, run, producing, production, in_cycle, cycle); idle (idle, waiting, wait,
 ready, standby, stopped, stop, paused, hold, feed_hold, and any state not listed);
-setup (setup, changeover, tool_change, adjusting); down (alarm, fault, error, down, off,
+setup (setup, changeover, tool_change, adjusting, mold change / mold_change, as the map
+library's molding machines say); down (alarm, fault, error, down, off,
 emergency, estop, e_stop, breakdown, maintenance); offline (link offline, or never heard
 from). The setting ``oee.state_map`` ({"auto": "running"}) adds to or overrides this.
 
@@ -40,13 +48,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.core import settings
 from cloud.core.errors import Invalid, NotFound
-from cloud.core.models import machine_events, machines, stop_reasons
+from cloud.core.models import machine_events, machines, records, stop_reasons
 from cloud.oee.events import Event, events
 
 SETTINGS_KEY: Final = "oee"
 
 CATEGORIES: Final = ("running", "idle", "setup", "down", "offline")
 Category = Literal["running", "idle", "setup", "down", "offline"]
+#: A stop with a state in these categories is downtime however short: the machine said
+#: it was in alarm or being set up (``oee.state_map`` can move a state out of them).
+ALWAYS_DOWNTIME: Final = frozenset(("down", "setup"))
 #: The longest window a report or a stop list covers.
 MAX_WINDOW_MS: Final = 400 * 86_400_000
 
@@ -55,7 +66,8 @@ DEFAULT_STATE_MAP: Final[dict[str, str]] = {
                     "running"),
     **dict.fromkeys(("idle", "waiting", "wait", "ready", "standby", "stopped", "stop",
                      "paused", "hold", "feed_hold"), "idle"),
-    **dict.fromkeys(("setup", "changeover", "tool_change", "adjusting"), "setup"),
+    **dict.fromkeys(("setup", "changeover", "tool_change", "adjusting", "mold change",
+                     "mold_change", "mould change", "mould_change"), "setup"),
     **dict.fromkeys(("alarm", "fault", "error", "down", "off", "emergency", "estop",
                      "e_stop", "breakdown", "maintenance"), "down"),
     "offline": "offline",
@@ -93,6 +105,8 @@ class StopRules:
 
     micro_stop_ms: int
     state_map: dict[str, str]
+    #: a stop with a state in these categories is downtime however short
+    always_downtime: frozenset[str] = ALWAYS_DOWNTIME
 
 
 async def load_settings(session: AsyncSession) -> StopRules:
@@ -181,6 +195,7 @@ class Stop:
     micro: bool = False
     reason: str | None = None
     note: str | None = None
+    cause: str | None = None  # the alarm that stopped it (module docstring)
     segments: list[Segment] = field(default_factory=list)
 
     @property
@@ -234,7 +249,34 @@ async def machine_timeline(session: AsyncSession, machine_id: int, gateway_id: s
             stop = timeline.stops[idx] if idx >= 0 else None
             if stop is not None and ts < stop.end and stop.reason is None:
                 stop.reason, stop.note = reason, note
+        await _alarm_causes(session, gateway_id, device, timeline.stops)
     return timeline
+
+
+#: An alarm record up to this long before a stop began is its cause (the alarm tag and
+#: the state tag are polled apart, so either may come first).
+ALARM_LEAD_MS: Final = 10_000
+
+
+async def _alarm_causes(session: AsyncSession, gateway_id: str, device: str,
+                        stops: list[Stop]) -> None:
+    """Set each stop's ``cause`` from the device's active alarm records (one query)."""
+    r = records.c
+    lo, hi = stops[0].start - ALARM_LEAD_MS, stops[-1].end
+    alarms = sorted(((int(ts), body) for ts, body in (await session.execute(
+        select(r.ts, r.body).where(r.gateway_id == gateway_id, r.device == device,
+                                   r.kind == "alarm", r.ts >= lo, r.ts < hi))).tuples()
+                     if isinstance(body, dict) and body.get("active")),
+                    key=lambda a: a[0])
+    if not alarms:
+        return
+    times = [ts for ts, _ in alarms]
+    for stop in stops:
+        i = bisect.bisect_left(times, stop.start - ALARM_LEAD_MS)
+        if i < len(alarms) and alarms[i][0] < max(stop.end, stop.start + 1):
+            body = alarms[i][1]
+            text = body.get("text")
+            stop.cause = (str(text) if text else f"alarm {body.get('code')}")[:128]
 
 
 def _running_names(cfg: StopRules) -> list[str]:
@@ -258,7 +300,8 @@ def _build(evs: Sequence[Event], begin: int, end: int, cfg: StopRules) -> Timeli
     """Segments from ``min(begin, first event)`` to ``end`` and the stops among them."""
     state: str | None = None
     online: bool | None = None
-    t = min(begin, evs[0].ts) if evs else begin
+    # before the first event there is no data: not a stop (nor anything else)
+    t = evs[0].ts if evs else end
     raw: list[Segment] = []
 
     running: dict[str, bool] = {}
@@ -309,5 +352,7 @@ def _build(evs: Sequence[Event], begin: int, end: int, cfg: StopRules) -> Timeli
     if stops and stops[-1].end >= end:
         stops[-1].ended = False
     for st in stops:
-        st.micro = st.duration < cfg.micro_stop_ms
+        st.micro = st.duration < cfg.micro_stop_ms and not any(
+            category(seg.status, cfg.state_map) in cfg.always_downtime
+            for seg in st.segments)
     return Timeline(segments, stops)

@@ -340,6 +340,7 @@ async def reattribute(session: AsyncSession, machine_id: int, lo: int,
     balance: dict[int, int] = defaultdict(int)
     first: dict[int, int] = {}
     moved = 0
+    old_rows: list[Any] = []
     for a, b, d in segments:
         cond = [attributions.c.machine_id == machine_id, attributions.c.ts >= a]
         if b is not None:
@@ -356,6 +357,7 @@ async def reattribute(session: AsyncSession, machine_id: int, lo: int,
             .where(where).group_by(attributions.c.wo_operation_id))).all()
         if not old:
             continue
+        old_rows.extend(old)
         tot_g = tot_s = 0
         seg_first = min(int(r[4]) for r in old)
         for op, n, g, s, _ in old:
@@ -395,7 +397,11 @@ async def reattribute(session: AsyncSession, machine_id: int, lo: int,
         await session.execute(update(attributions).where(where).values(
             dispatch_id=d.id if d is not None else None,
             wo_operation_id=d.wo_operation_id if d is not None else None))
-    await apply_quantities(session, op_deltas, balance, first)
+    # an operation that also lost counts gets no first_ts: its times are read again
+    # whole (the count it lost may have been its first or its crossing)
+    lost = {op for op, n, _g, _s, _t in old_rows if op is not None}
+    await apply_quantities(session, op_deltas, balance,
+                           {op: t for op, t in first.items() if op not in lost})
     return {"moved": moved}
 
 

@@ -15,6 +15,8 @@ Work order states (docs/ARCHITECTURE.md, "Cloud model")::
 - ``due_status``: the due-date colour (on time / at risk / late) the pages, the exports
   and the API all show; ``order_due_status`` applies it to a work order row (good = the
   last operation's good pieces, the straight line starts at release, else creation).
+- ``completion_status``: made more than ordered (``over_produced``) or finished with
+  fewer (``short_closed``), shown beside the due colour, which says only *when*.
 
 Planner actions themselves (release, cancel, complete, close, stop, resume) are in
 cloud/production/orders.py; they check and transition through this module.
@@ -193,13 +195,40 @@ async def on_operation_progress(session: AsyncSession, wo_operation_id: int, *,
                          detail={"by_operation": op.step, "good": op.good,
                                  "quantity": order.quantity})
         result.transitions.append(("work order", "completed", "in_progress"))
-    early = _ms_to_dt(first_ts)
-    if early is not None and op.started_at is not None and early < op.started_at:
-        op.started_at = early  # a late count from before the start: as if on time
-    if early is not None and order.started_at is not None and early < order.started_at:
-        order.started_at = early
+    await _follow_counts(session, op, order, first_ts)
     await session.flush()
     return result
+
+
+async def _follow_counts(session: AsyncSession, op: WoOperation, order: WorkOrder,
+                         first_ts: int | None) -> None:
+    """The times as if every record had arrived on time, whenever the counts changed: a
+    late batch or a re-attribution (dispatch edit) moves which count is the first, or
+    which reached the quantity, so started_at and a count-derived completed_at are read
+    again from the operation's own attributions (never kept from an earlier arrival,
+    never another operation's count). ``first_ts``: the earliest count that just joined
+    (None: counts may have left too)."""
+    early = _ms_to_dt(first_ts)
+    # counts that only joined after a time cannot move it: an on-time batch costs no
+    # read-back (``first_ts`` None: counts may have left, so read it again)
+    if op.started_at is not None and (early is None or early < op.started_at):
+        first = await _first_count_at(session, op.id) or early
+        if first is not None and first != op.started_at:
+            op.started_at = first
+    if (op.status == "completed" and op.completed_by == SYSTEM
+            and (early is None or op.completed_at is None or early <= op.completed_at)):
+        crossing = await _crossing_at(session, op.id, order.quantity)
+        if crossing is not None and crossing != op.completed_at:
+            op.completed_at = crossing
+            if (order.status in DONE and order.completed_by == SYSTEM
+                    and await is_last_operation(session, op)):
+                order.completed_at = crossing
+    if order.started_at is not None and order.status != "cancelled":
+        earliest = await session.scalar(
+            select(func.min(WoOperation.started_at)).where(
+                WoOperation.work_order_id == order.id))
+        if earliest is not None and earliest != order.started_at:
+            order.started_at = earliest
 
 
 def _ms_to_dt(ts: int | None) -> datetime | None:
@@ -267,6 +296,28 @@ def due_status(*, status: str, due: datetime | None, quantity: int, good: int,
         if remaining - time_left > BEHIND_BY:
             return "at_risk"
     return "on_time"
+
+
+CompletionStatus = Literal["over_produced", "short_closed"]
+COMPLETION_STATUSES: Final = ("over_produced", "short_closed")
+
+
+def completion_status(*, status: str, quantity: int, good: int) -> CompletionStatus | None:
+    """What the due colour does not say: ``over_produced`` when more good pieces were made
+    than ordered (in any state: the machine kept running past the quantity),
+    ``short_closed`` when a completed or closed order has fewer good pieces than ordered
+    (a planner finished it short), else None. ``good``: the last operation's good
+    pieces, as for ``order_due_status``."""
+    if quantity > 0 and good > quantity:
+        return "over_produced"
+    if status in DONE and good < quantity:
+        return "short_closed"
+    return None
+
+
+def order_completion_status(order: WorkOrder, good: int) -> CompletionStatus | None:
+    """``completion_status`` of ``order`` given its last operation's good pieces."""
+    return completion_status(status=order.status, quantity=order.quantity, good=good)
 
 
 def order_due_status(order: WorkOrder, good: int, now: datetime) -> DueStatus | None:

@@ -162,6 +162,7 @@ OEE_COLUMNS: Final = (
            kind=PERCENT),
     Column("quality", N_("Quality"), lambda r: _round(r["quality"]), kind=PERCENT),
     Column("oee", N_("OEE"), lambda r: _round(r["oee"]), kind=PERCENT),
+    Column("data_quality", N_("Data quality")),
 )
 PARETO_COLUMNS: Final = (
     Column("reason", N_("Reason")),
@@ -222,15 +223,17 @@ async def oee_page(request: Request) -> Response:
     rows = [dict(r) for r in data["rows"]]
     pareto, trend, stops = data["pareto"], [dict(r) for r in data["trend"]], data["stops"]
     names = {m["id"]: m["name"] for m in machines}
-    for r in rows:
+    for r in (*rows, *trend):
         r["key"] = _key_text(r, group)
+        # a capped performance is said beside the figure, on the page and in exports
+        r["data_quality"] = reports.quality_flags_text(page._, r.get("quality_flags") or [])
     if fmt:
         if table == "pareto":
             return export(fmt, "downtime-pareto", PARETO_COLUMNS,
                           [{**p, "reason": _reason(page, p["reason"])} for p in pareto], page.tr)
         if table == "stops":
             out = [{**s, "machine": names.get(stop_machine, ""), "start": page.ts(s["start_ts"]),
-                    "end": page.ts(s["end_ts"]), "reason": s["reason"] or ""}
+                    "end": page.ts(s["end_ts"]), "reason": s["reason"] or s["cause"] or ""}
                    for s in stops[:MAX_ROWS]]
             return export(fmt, "stops", STOP_COLUMNS, out, page.tr)
         if table == "trend":

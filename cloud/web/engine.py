@@ -4,12 +4,15 @@ anomalies on an order's timeline."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud import anomalies, oee
 from cloud.web.i18n import N_
+
+#: How far back an order's timeline shows the stops of a dispatch.
+STOPS_WINDOW_MS: Final = 92 * 86_400_000
 
 
 async def machine_states(session: AsyncSession, now_ms: int) -> dict[int, dict[str, Any]]:
@@ -20,13 +23,16 @@ async def machine_states(session: AsyncSession, now_ms: int) -> dict[int, dict[s
 
 
 async def oee_today(session: AsyncSession, now_ms: int, midnight_ms: int,
-                    machine_ids: list[int]) -> dict[int, float | None]:
-    """Per machine: OEE from local midnight to now (0..1, None when undefined)."""
+                    machine_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Per machine, from local midnight to now: oee (0..1, None when undefined) and
+    quality_flags (cloud/oee/report.py: e.g. performance over 100 %, capped)."""
     if not machine_ids or now_ms <= midnight_ms:
         return {}
-    return {row["machine_id"]: row.get("oee") for row in await oee.oee_report(
-        session, start_ms=midnight_ms, end_ms=now_ms, group_by="machine",
-        machine_ids=machine_ids, now_ms=now_ms)}
+    return {row["machine_id"]: {"oee": row.get("oee"),
+                                "quality_flags": row.get("quality_flags") or []}
+            for row in await oee.oee_report(
+                session, start_ms=midnight_ms, end_ms=now_ms, group_by="machine",
+                machine_ids=machine_ids, now_ms=now_ms)}
 
 
 async def open_anomalies(session: AsyncSession) -> dict[int, int]:
@@ -47,9 +53,12 @@ async def order_timeline(session: AsyncSession, work_order_id: int,
     names = {h["machine_id"]: h["machine"] for h in history}
     for h in history[:20]:
         end = h["end_ts"] if h["end_ts"] is not None else now_ms
-        if end > h["start_ts"]:
+        # a dispatch left running for months: its last STOPS_WINDOW_MS (a stop list
+        # covers at most 400 days, and a page needs far less)
+        lo = max(h["start_ts"], end - STOPS_WINDOW_MS)
+        if end > lo:
             for st in await oee.stops(session, machine_id=h["machine_id"],
-                                      start_ms=h["start_ts"], end_ms=end, now_ms=now_ms):
+                                      start_ms=lo, end_ms=end, now_ms=now_ms):
                 if st["micro"]:
                     continue
                 events.append({"ts": st.get("start_ts"), "end_ts": st.get("end_ts"),

@@ -20,7 +20,7 @@ MACHINE_STATE: Final = {
     "running": N_("Running"), "idle": N_("Idle"), "setup": N_("Setup"), "down": N_("Down"),
     "offline": N_("Offline"), "unknown": N_("No data"),
     # device state names of the map library (config/maps) that are not board states
-    "alarm": N_("Alarm"), "off": N_("Switched off"),
+    "alarm": N_("Alarm"), "off": N_("Switched off"), "mold change": N_("Mold change"),
 }
 MOVE_KIND: Final = {
     "receipt": N_("Receipt"), "issue": N_("Issue"), "backflush": N_("Backflush"),
@@ -45,5 +45,12 @@ GATEWAY_STATE: Final = {
 GROUP_BY: Final = {"machine": N_("Machine"), "shift": N_("Shift"), "day": N_("Day"),
                    "order": N_("Work order"), "product": N_("Product")}
 ROLE: Final = {"admin": N_("Admin"), "planner": N_("Planner"), "viewer": N_("Viewer")}
+#: What the due colour does not say (cloud/production/status.py ``completion_status``).
+COMPLETION: Final = {"over_produced": N_("Over-produced"), "short_closed": N_("Closed short")}
+#: An OEE row's flag (cloud/oee/report.py): params measured (a percentage), ideal and
+#: actual (seconds per piece).
+PERFORMANCE_OVER_100: Final = N_(
+    "Performance measured %(measured)s, shown as 100%%: the routing's ideal cycle or "
+    "cavities are wrong (ideal %(ideal)s s per piece, measured %(actual)s s).")
 ORDER_ACTION: Final = {"release": N_("Release"), "complete": N_("Complete"), "close": N_("Close"),
                        "cancel": N_("Cancel")}

@@ -18,7 +18,7 @@ from cloud.core.models import WORK_ORDER_STATUSES, machine_events, machines, pro
 from cloud.core.quantities import from_micro
 from cloud.ingest import gateway_freshness, gateway_status
 from cloud.production import dispatch as dispatch_service
-from cloud.production import get_work_order, order_due_status
+from cloud.production import get_work_order, order_completion_status, order_due_status
 from cloud.web import charts, engine, labels, reports
 from cloud.web.cache import page_cache
 from cloud.web.context import (
@@ -96,7 +96,11 @@ async def board_data(request: Request, page: Page) -> dict[str, Any]:
         state = x.get("state") or "unknown"
         good, scrap = today.get(m["id"], (0, 0))
         tiles.append({**m, "state": state, "since_ts": x.get("since_ts"),
-                      "code": x.get("code"), "oee": oee_of.get(m["id"]),
+                      "code": x.get("code"),
+                      "oee": (oee_of.get(m["id"]) or {}).get("oee"),
+                      # a capped performance, said beside the figure (and exported)
+                      "data_quality": reports.quality_flags_text(
+                          page._, (oee_of.get(m["id"]) or {}).get("quality_flags") or []),
                       "anomalies": alarms.get(m["id"], 0), "dispatch": d,
                       "progress": (min(1.0, d["good"] / d["quantity"]) if d and d["quantity"]
                                    else None),
@@ -133,8 +137,10 @@ BOARD_COLUMNS: Final = (
     Column("good", N_("Good"), lambda r: r["dispatch"] and r["dispatch"]["good"]),
     Column("quantity", N_("Quantity"), lambda r: r["dispatch"] and r["dispatch"]["quantity"]),
     Column("today_good", N_("Good today")), Column("today_scrap", N_("Scrap today")),
+    Column("completion", N_("Completion")),
     Column("oee", N_("OEE today"), lambda r: None if r["oee"] is None else round(r["oee"], 4),
            kind=PERCENT),
+    Column("data_quality", N_("Data quality")),
     Column("anomalies", N_("Open anomalies")),
 )
 
@@ -144,7 +150,11 @@ async def board(request: Request) -> Response:
     page = await open_page(request)
     data = await board_data(request, page)
     if fmt := export_format(request):
-        return export(fmt, "plant-board", BOARD_COLUMNS, data["tiles"], page.t.gettext)
+        rows = [{**t, "completion": reports.completion_text(
+                     page._, t["dispatch"] and t["dispatch"]["completion"]),
+                 }
+                for t in data["tiles"]]
+        return export(fmt, "plant-board", BOARD_COLUMNS, rows, page.t.gettext)
     wall = request.query_params.get("wall") == "1"
     return render(page, "board.html", wall=wall, refresh=refresh_s(), **data)
 
@@ -165,6 +175,7 @@ ORDER_COLUMNS: Final = (
     Column("good", N_("Good")), Column("scrap", N_("Scrap")),
     Column("progress", N_("Progress"), lambda r: round(r["progress"], 4), kind=PERCENT),
     Column("due", N_("Due"), kind=TIME), Column("due_status", N_("Due status")),
+    Column("completion", N_("Completion")),
 )
 
 
@@ -195,6 +206,7 @@ async def work_orders_page(request: Request) -> Response:
             r["status"] = page.tr(labels.ORDER_STATUS[r["status"]])
             r["due_status"] = page.tr(labels.DUE[r["due_status"]]) if r["due_status"] \
                 else None
+            r["completion"] = reports.completion_text(page._, r["completion"])
         return export(fmt, "work-orders", ORDER_COLUMNS, rows, page.t.gettext, tz=page.tz)
     return render(page, "work_orders.html", rows=rows, total=total, limit=limit, offset=offset,
                   query=query, customers=customers, statuses=WORK_ORDER_STATUSES)
@@ -225,7 +237,7 @@ async def _order_detail(request: Request, page: Page, number: str) -> dict[str, 
     due = order_due_status(wo, good, clock.now())
     return {"wo": wo, "product": product, "ops": ops, "history": history, "hourly": hourly,
             "materials": mats, "machines": ms, "unassigned": unassigned, "timeline": timeline,
-            "good": good, "due_status": due,
+            "good": good, "due_status": due, "completion": order_completion_status(wo, good),
             "progress": min(1.0, good / wo.quantity) if wo.quantity else 0.0}
 
 

@@ -3,13 +3,17 @@ and due-date status, an order's detail, stock, data completeness. Read-only; eve
 is bounded (a page, or ``limit`` for exports).
 
 The rules behind what the pages show live in the domain, so the REST API answers them
-too: the due-date colour is cloud/production/status.py ``due_status``, provisional data
-is cloud/ingest/status.py ``gateway_freshness``.
+too: the due-date colour is cloud/production/status.py ``due_status``, over-production
+and short-closing its ``completion_status``, an OEE figure's data-quality flags
+cloud/oee/report.py ``quality_flags``, provisional data is cloud/ingest/status.py
+``gateway_freshness``. ``completion_text`` and ``quality_flags_text`` word the last two
+for a page or an export cell, in the reader's language.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -30,10 +34,44 @@ from cloud.core.models import (
     wo_operations,
     work_orders,
 )
-from cloud.production import WorkOrderFilter, list_work_orders, order_due_status
+from cloud.production import (
+    WorkOrderFilter,
+    completion_status,
+    list_work_orders,
+    order_completion_status,
+    order_due_status,
+)
+from cloud.web import labels
+from cloud.web.i18n import fmt_pct
 
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 86_400_000
+
+#: ``_(msgid, **params)``: a page's translation function (cloud/web/context.py Page._).
+Gettext = Callable[..., str]
+
+
+def completion_text(_: Gettext, status: str | None) -> str | None:
+    """An order's completion status in words (None: nothing to say)."""
+    return _(labels.COMPLETION[status]) if status in labels.COMPLETION else None
+
+
+def quality_flags_text(_: Gettext, flags: Sequence[dict[str, Any]]) -> str | None:
+    """An OEE row's data-quality flags in words, one sentence each (None: no flag)."""
+    out = []
+    for f in flags:
+        if f.get("code") == "performance_over_100":
+            out.append(_(labels.PERFORMANCE_OVER_100,
+                         measured=fmt_pct(f.get("performance_measured"), 0) or "?",
+                         ideal=_seconds(f.get("ideal_ms_per_piece")),
+                         actual=_seconds(f.get("measured_ms_per_piece"))))
+        else:
+            out.append(str(f.get("code")))
+    return " ".join(out) or None
+
+
+def _seconds(ms: float | None) -> str:
+    return "?" if ms is None else f"{ms / 1000:.1f}"
 
 
 # -- machines ------------------------------------------------------------------------------
@@ -47,13 +85,15 @@ async def machine_list(session: AsyncSession) -> list[dict[str, Any]]:
 
 async def running_dispatches(session: AsyncSession,
                              machine_ids: list[int] | None = None) -> dict[int, dict[str, Any]]:
-    """The running dispatch (no end) of each machine: order, operation, progress."""
+    """The running dispatch (no end) of each machine: order, operation, progress, and
+    ``completion`` (over-produced: the operation made more than ordered; see
+    cloud/production/status.py ``completion_status``)."""
     q = (select(dispatches.c.id, dispatches.c.machine_id, dispatches.c.start_ts,
                 wo_operations.c.id.label("op_id"), wo_operations.c.step,
                 wo_operations.c.name.label("operation"), wo_operations.c.good,
                 wo_operations.c.scrap, wo_operations.c.status.label("op_status"),
                 work_orders.c.number, work_orders.c.quantity, work_orders.c.customer,
-                products.c.code.label("product"))
+                work_orders.c.status.label("order_status"), products.c.code.label("product"))
          .select_from(dispatches.join(wo_operations,
                                       wo_operations.c.id == dispatches.c.wo_operation_id)
                       .join(work_orders, work_orders.c.id == wo_operations.c.work_order_id)
@@ -61,7 +101,9 @@ async def running_dispatches(session: AsyncSession,
          .where(dispatches.c.end_ts.is_(None)).order_by(dispatches.c.start_ts))
     if machine_ids is not None:
         q = q.where(dispatches.c.machine_id.in_(machine_ids))
-    return {r.machine_id: dict(r._mapping) for r in (await session.execute(q)).all()}
+    return {r.machine_id: {**r._mapping, "completion": completion_status(
+                status=r.order_status, quantity=r.quantity, good=r.good)}
+            for r in (await session.execute(q)).all()}
 
 
 async def good_since(session: AsyncSession, since_ms: int) -> dict[int, tuple[int, int]]:
@@ -91,7 +133,8 @@ class OrderQuery:
 async def order_rows(session: AsyncSession, query: OrderQuery, *, limit: int, offset: int,
                      now: datetime) -> tuple[list[dict[str, Any]], int]:
     """A page of work orders (earliest due first) with good = the last operation's good
-    pieces, scrap over all operations, progress 0..1 and the due status."""
+    pieces, scrap over all operations, progress 0..1, the due status and the completion
+    status (over-produced, closed short)."""
     flt = query.to_filter()
     if query.due == "late" and not flt.status:
         flt = WorkOrderFilter(status=("draft", "released", "in_progress"),
@@ -110,7 +153,8 @@ async def order_rows(session: AsyncSession, query: OrderQuery, *, limit: int, of
             "progress": min(1.0, good / wo.quantity) if wo.quantity else 0.0,
             "status": wo.status, "customer": wo.customer, "priority": wo.priority,
             "due": wo.due, "released_at": wo.released_at, "completed_at": wo.completed_at,
-            "due_status": order_due_status(wo, good, now)})
+            "due_status": order_due_status(wo, good, now),
+            "completion": order_completion_status(wo, good)})
     if query.due in ("on_time", "at_risk"):
         out = [r for r in out if r["due_status"] == query.due]
     return out, total

@@ -148,6 +148,12 @@ async def test_due_status_over_the_api_is_the_webs(api: Any, clock: Clock) -> No
     assert {n: o["due_status"] for n, o in detail.items()} == web
     assert (listed["WO-ON"]["good"], detail["WO-ON"]["good"]) == (6, 6)
     assert detail["WO-CLOSED-LATE"]["status"] == "closed"
+    # closed with none of its pieces made: short, in the three places alike
+    completion = {r["number"]: r["completion"] for r in rows}
+    assert completion == {"WO-ON": None, "WO-RISK": None, "WO-LATE": None,
+                          "WO-CLOSED-LATE": "short_closed", "WO-NO-DUE": None}
+    assert {n: o["completion"] for n, o in listed.items()} == completion
+    assert {n: o["completion"] for n, o in detail.items()} == completion
 
 
 # -- gateways' freshness ------------------------------------------------------------------

@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 
 from cloud import inventory
 from cloud.core import clock as cloud_clock
+from cloud.core.jobs import run_jobs_once
 from cloud.core.models import AuditEntry, stock_moves
 from tests.fixtures.ingest import count_record, ingest
 from tests.fixtures.plant import (
@@ -397,3 +398,25 @@ async def test_bad_input_is_refused_naming_the_field_and_changes_nothing(plant):
     assert (await api.get("/api/v1/materials/RESIN/stock", headers=api.viewer)).status_code == 200
     assert (await api.get("/api/v1/materials/NOPE/stock")).status_code == 404
     assert await counts() == n
+
+
+async def test_a_backflush_below_zero_is_booked_negative_and_raises_a_stock_anomaly(plant):
+    """Nothing received: 30 good at -3 d backflush RESIN 15 kg and INSERT 60 anyway (the
+    parts were made). The balance shows -15 kg (negative), days of cover 0 (never
+    negative), the material is a shortage with a safety stock of 0, and the anomalies
+    sweep raises its stock anomaly. A receipt puts it back: no longer a shortage."""
+    api = plant
+    await ingest(api, [count_record(1, "c_good", 0, 30, ts=NOW - 3 * DAY)])
+    doc = (await api.get("/api/v1/materials/RESIN/stock")).json()
+    assert (doc["balance_u"], doc["negative"], doc["days_of_cover"],
+            doc["below_safety_stock"]) == (-15 * U, True, 0.0, True)
+    assert [d["material"] for d in (await api.get("/api/v1/stock/shortages")).json()[
+        "items"]] == ["INSERT", "RESIN"]
+    await run_jobs_once(api.app, NOW)
+    low = (await api.get("/api/v1/anomalies", params={"kind": "stock_low"})).json()["items"]
+    assert sorted(a["material"] for a in low) == ["INSERT", "RESIN"]
+    await booked(api, "receipts", material="RESIN", qty="100")
+    doc = (await api.get("/api/v1/materials/RESIN/stock")).json()
+    assert (doc["negative"], doc["below_safety_stock"]) == (False, False)
+    assert doc["days_of_cover"] > 0
+    await ledger_ok(api)

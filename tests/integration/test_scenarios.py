@@ -479,3 +479,43 @@ async def test_a_stock_count_holds_the_balance_until_it_commits(plant):
         assert res["balance_u"] == 100 * U and res["qty_u"] == 100 * U
     await backflush
     assert (await balances(db))["RESIN"] == 100 * U - 2 * 2_100_000
+
+
+async def test_completion_time_follows_late_data_and_dispatch_edits(plant):
+    """WOL (1000 pieces) runs on M in two dispatches, [11:00, 11:30) and from 11:30.
+    On time: 500 at 11:00 and 500 at 11:45 -> completed 11:45. A late batch holds 500
+    at 11:10: in ts order the 1000th piece is at 11:10 -> completed 11:10 (over-produced
+    1500/1000). The first dispatch is edited to end at 11:08: the 11:10 count leaves
+    (and joins WO2's dispatch [11:08, 11:30)) -> completed 11:45 again, never WO2's
+    count. Its start moved to 11:01: the 11:00 count leaves too -> 500, reopened,
+    started 11:45 (the first count it still has)."""
+    db = plant
+    day = int(datetime(2026, 11, 2, 11, tzinfo=UTC).timestamp() * 1000)
+    mn = 60_000
+    async with db.sessions() as s, s.begin():
+        await production.create_work_order(s, "t", "WOL", "P", 1000)
+        await production.release_work_order(s, "t", "WOL")
+        op = (await s.execute(select(wo_operations.c.id).join(work_orders).where(
+            work_orders.c.number == "WOL"))).scalar_one()
+        d_a = await dispatch.start(s, "planner", db.machine, op, day, day + 30 * mn)
+        await dispatch.start(s, "planner", db.machine, op, day + 30 * mn)
+    await ingest(db, "gw-a", [cnt(1, day, 500), cnt(3, day + 45 * mn, 500)])
+    assert await state(db, "WOL") == (1000, 0, "completed", "completed")
+    assert await times(db, "WOL") == (at(day), at(day + 45 * mn), at(day),
+                                      at(day + 45 * mn))
+    await ingest(db, "gw-a", [cnt(2, day + 10 * mn, 500)], received_ms=day + 2 * H)
+    assert await state(db, "WOL") == (1500, 0, "completed", "completed")
+    assert await times(db, "WOL") == (at(day), at(day + 10 * mn), at(day),
+                                      at(day + 10 * mn))
+    async with db.sessions() as s, s.begin():
+        await dispatch.edit(s, "planner", d_a, end_ts=day + 8 * mn)
+        await dispatch.start(s, "planner", db.machine, db.ops["WO2"], day + 8 * mn,
+                             day + 30 * mn)
+    assert await state(db, "WOL") == (1000, 0, "completed", "completed")
+    assert (await state(db, "WO2"))[0] == 500
+    assert await times(db, "WOL") == (at(day), at(day + 45 * mn), at(day),
+                                      at(day + 45 * mn))
+    async with db.sessions() as s, s.begin():
+        await dispatch.edit(s, "planner", d_a, start_ts=day + mn)
+    assert await state(db, "WOL") == (500, 0, "in_progress", "in_progress")
+    assert await times(db, "WOL") == (at(day + 45 * mn), None, at(day + 45 * mn), None)

@@ -68,9 +68,12 @@ class StockOut(Out):
     lead_time_days: int
     safety_stock_u: int
     safety_stock_source: Literal["manual", "computed"]
-    days_of_cover: float | None = Field(description="balance / 7-day usage rate; null: "
-                                                    "nothing used in 7 days")
-    below_safety_stock: bool
+    days_of_cover: float | None = Field(description="balance / 7-day usage rate, 0 when "
+                                        "the balance is below 0 (never negative); null: "
+                                        "nothing used in 7 days")
+    negative: bool = Field(description="the balance is below 0: production consumed more "
+                           "than the books held (a stock anomaly is raised)")
+    below_safety_stock: bool = Field(description="below safety stock, or below 0")
 
 
 class MoveOut(Out):

@@ -117,6 +117,18 @@ class Losses(Out):
     scrap_loss_ms: Ms = Field(description="ideal time of the scrap pieces")
 
 
+class QualityFlag(Out):
+    """A data-quality flag beside a report row's figures."""
+
+    code: str = Field(description="performance_over_100")
+    performance_measured: float | None = Field(
+        None, description="ideal_ms / run_ms before the cap")
+    ideal_ms_per_piece: int | None = Field(
+        None, description="the routing's ideal cycle / cavities, per rated piece")
+    measured_ms_per_piece: int | None = Field(
+        None, description="run time per rated piece")
+
+
 class OeeRow(Out):
     """One group of an OEE report. Only the key fields of the grouping are present:
     machine_id and machine (machine); shift; day; work_order, customer and product
@@ -144,6 +156,10 @@ class OeeRow(Out):
     performance: Ratio
     quality: Ratio
     oee: Ratio
+    quality_flags: list[QualityFlag] = Field(
+        default_factory=list, description="what makes a figure doubtful; "
+        "``performance_over_100``: the pieces took less time than the routing allows "
+        "(its ideal cycle or cavities are wrong), performance is capped at 1")
     losses: Losses
 
 
@@ -211,6 +227,8 @@ class StopOut(Out):
     reason: str | None
     note: str | None
     reason_set: bool
+    cause: str | None = Field(None, description="the alarm that stopped it (its text, "
+                              "else ``alarm <code>``); null: no alarm record")
 
 
 class MachineStops(Out):

@@ -453,6 +453,10 @@ class WorkOrderOut(Out):
     due_status: prod.DueStatus | None = Field(
         description="the due-date colour the pages show (cloud/production/status.py): "
                     "null without a due date or when cancelled")
+    completion: prod.CompletionStatus | None = Field(
+        None, description="what the due colour does not say (cloud/production/status.py): "
+        "over_produced (more good pieces than ordered), short_closed (completed or closed "
+        "with fewer); null otherwise")
     allowed_actions: list[str] = Field(description="what a planner may do in this status")
     created: Timestamp
     updated: Timestamp
@@ -511,6 +515,7 @@ def _order(wo: WorkOrder, product: str, ops: list[WoOperation]) -> WorkOrderOut:
         completion_mode=wo.completion_mode, bom_version=wo.bom_version,
         routing_version=wo.routing_version, good=good, scrap=sum(o.scrap for o in ops),
         due_status=prod.order_due_status(wo, good, clock.now()),
+        completion=prod.order_completion_status(wo, good),
         allowed_actions=list(prod.WORK_ORDER_ACTIONS[wo.status]),
         created=wo.created, updated=wo.updated, released_at=wo.released_at,
         started_at=wo.started_at, completed_at=wo.completed_at,
