@@ -123,6 +123,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -239,6 +240,17 @@ class BufferStats:
 
 
 @dataclass(frozen=True, slots=True)
+class Incarnation:
+    """Which numbering of this gateway's seqs the buffer's records belong to (sent with
+    every batch, ARCHITECTURE.md "Sync"): ``id`` is random, made when the numbering began;
+    ``since`` its first seq, 0 for a buffer from before incarnations (its numbering
+    continues what the cloud already knows)."""
+
+    id: str
+    since: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Sidecar:
     gateway: str
     reserved: int
@@ -295,6 +307,7 @@ class Outbox:
         self._over_quota = False
         self._over_quota_appends = 0
         self._last_error: str | None = None
+        self._incarnation = Incarnation("", 0)
         self._write_errors = 0
         self._failing_since_ok = 0
         self._acked_since_truncate = 0
@@ -393,6 +406,23 @@ class Outbox:
         """``PRAGMA integrity_check`` (full, O(size)): ``[]`` when ok, else the problems."""
         return await self._run(self._integrity_sync)
 
+    @property
+    def incarnation(self) -> Incarnation:
+        """The numbering the stored records belong to (sent with every batch)."""
+        return self._incarnation
+
+    async def rebase(self, cloud_last_seq: int, incarnation: str | None) -> bool:
+        """The cloud refused our numbering (``seq_conflict``: it already holds seqs through
+        ``cloud_last_seq`` of this gateway from an earlier buffer, and ours reuse them).
+        In one transaction: renumber every stored record above ``cloud_last_seq`` (oldest
+        first, order and content kept), write a ``gap`` record (reason ``buffer_lost``)
+        just below them, and start a new incarnation whose ``since`` is that gap's seq.
+        Returns False and changes nothing when ``incarnation`` is not the current one (a
+        late answer to a batch of an earlier numbering). Raises ``BufferWriteError``."""
+        if cloud_last_seq < 0:
+            raise ValueError(f"cloud_last_seq must be >= 0, got {cloud_last_seq}")
+        return await self._run(self._rebase_sync, cloud_last_seq, incarnation)
+
     # ---------------------------------------------------------------- on the DB thread
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
@@ -439,7 +469,7 @@ class Outbox:
         return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
     def _open_locked(self) -> None:
-        sidecar = _read_sidecar(_sidecar_path(self.path))
+        sidecar, sidecar_problem = _read_sidecar(_sidecar_path(self.path))
         if sidecar is not None and sidecar.gateway != self.gateway:
             raise BufferGatewayMismatch(
                 f"{_sidecar_path(self.path)}: belongs to gateway {sidecar.gateway!r} but this "
@@ -509,13 +539,37 @@ class Outbox:
                                            f"although seqs up to {sidecar.reserved} were "
                                            "reserved; unsent records lost, how many is unknown"})
                     log.error("buffer_lost", path=str(self.path), reserved=sidecar.reserved)
+                elif sidecar_problem is not None:
+                    # The sidecar is garbage and the database is gone: which seqs the cloud
+                    # saw is unknown here. Start a new numbering; the cloud refuses it with
+                    # a seq_conflict naming its highest seq and the Forwarder rebases above
+                    # it (rebase()), so nothing is acked as a duplicate of older records.
+                    base = 0
+                    gaps.append({"dropped": 0, "first_seq": None, "last_seq": None,
+                                 "reason": f"buffer_lost: {self.path.name} was missing or "
+                                           f"empty and its .seq sidecar unreadable "
+                                           f"({sidecar_problem}); unsent records lost, how "
+                                           "many is unknown"})
+                    log.error("buffer_lost", path=str(self.path), sidecar=sidecar_problem,
+                              detail="new seq numbering; the cloud says where to resume")
                 else:
                     base = 0
                 con.executemany(
                     "INSERT INTO meta(key, value) VALUES (?, ?)",
                     [("gateway", self.gateway), ("schema_version", SCHEMA_VERSION),
                      ("last_seq", base), ("acked_through", 0), ("dropped_samples_total", 0),
-                     ("created_ms", now)])
+                     ("created_ms", now), ("incarnation", secrets.token_hex(8)),
+                     ("incarnation_since", base + 1)])
+                meta = self._read_meta()
+            elif sidecar_problem is not None:
+                log.warning("buffer_sidecar_rewritten", path=str(_sidecar_path(self.path)),
+                            problem=sidecar_problem,
+                            detail="the database holds the last seq; the sidecar is rewritten")
+            if "incarnation" not in meta:
+                # A buffer from before incarnations: its numbering continues what the
+                # cloud knows (since 0), which the cloud accepts only as the first one.
+                con.executemany("INSERT INTO meta(key, value) VALUES (?, ?)",
+                                [("incarnation", secrets.token_hex(8)), ("incarnation_since", 0)])
                 meta = self._read_meta()
             last_seq = max(int(meta["last_seq"]), self._max_seq())
             if (not fresh and sidecar is not None and sidecar.synchronous == "NORMAL"
@@ -547,6 +601,7 @@ class Outbox:
         self._last_seq = last_seq
         self._acked_through = int(meta["acked_through"])
         self._dropped_total = int(meta["dropped_samples_total"])
+        self._incarnation = Incarnation(str(meta["incarnation"]), int(meta["incarnation_since"]))
         self._backlog = int(con.execute("SELECT count(*) FROM records").fetchone()[0])
         self._content_bytes()
         log.info("buffer_opened", path=str(self.path), gateway=self.gateway,
@@ -723,6 +778,63 @@ class Outbox:
             except sqlite3.Error as exc:
                 log.warning("buffer_checkpoint_failed", path=str(self.path), error=str(exc))
         return deleted
+
+    def _rebase_sync(self, cloud_last_seq: int, incarnation: str | None) -> bool:
+        if incarnation is not None and incarnation != self._incarnation.id:
+            log.info("buffer_rebase_stale", path=str(self.path), incarnation=incarnation,
+                     current=self._incarnation.id)
+            return False
+        con = self._db()
+        old = self._incarnation
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            row = con.execute("SELECT min(seq), max(seq), count(*) FROM records").fetchone()
+            first, count = (int(row[0]), int(row[2])) if row and row[0] is not None else (None, 0)
+            if first is None:
+                gap_seq, shift = max(cloud_last_seq, self._last_seq) + 1, 0
+            elif first > cloud_last_seq + 1:
+                gap_seq, shift = cloud_last_seq + 1, 0   # already above: only a new since
+            else:
+                gap_seq, shift = cloud_last_seq + 1, cloud_last_seq + 2 - first
+            if shift:
+                # Two steps: a one-step shift could hit a seq not yet moved (primary key).
+                con.execute("UPDATE records SET seq = -seq")
+                con.execute("UPDATE records SET seq = ? - seq", (shift,))
+            new_last = max(self._last_seq + shift, gap_seq)
+            gap = {"dropped": 0, "first_seq": None, "last_seq": None,
+                   "reason": f"buffer_lost: the cloud already held seqs through "
+                             f"{cloud_last_seq} of this gateway from an earlier buffer; this "
+                             f"buffer's {count} unsent records were renumbered from "
+                             f"{gap_seq + 1}; what the earlier buffer held unsent is lost, "
+                             "how many is unknown"}
+            con.execute(_INSERT, (gap_seq, _now_ms(), self.gateway, "gap", encode_body(gap)))
+            new = Incarnation(secrets.token_hex(8), gap_seq)
+            con.executemany("UPDATE meta SET value = ? WHERE key = ?",
+                            [(new_last, "last_seq"), (cloud_last_seq, "acked_through"),
+                             (new.id, "incarnation"), (new.since, "incarnation_since")])
+            if new_last > self._reserved:
+                self._write_sidecar(new_last + SEQ_RESERVE_STEP, None)
+                self._reserved = new_last + SEQ_RESERVE_STEP
+            con.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            self._after_failure()
+            raise self._write_error(exc, "renumbering records above the cloud's") from exc
+        except BaseException:
+            self._after_failure()
+            raise
+        self._last_seq = new_last
+        self._acked_through = cloud_last_seq
+        self._backlog = count + 1
+        self._incarnation = new
+        self._durable_through = 0   # NORMAL: the renumbered rows wait for a checkpoint
+        self._note_ok()
+        log.warning("buffer_rebased", path=str(self.path), reason="buffer_lost",
+                    cloud_last_seq=cloud_last_seq, gap_seq=gap_seq, renumbered=count,
+                    shift=shift, last_seq=new_last, old_incarnation=old.id,
+                    incarnation=new.id,
+                    detail="the cloud held seqs of an earlier buffer of this gateway; the "
+                           "records of that buffer it had not acked are lost")
+        return True
 
     def _stats_sync(self) -> BufferStats:
         try:
@@ -984,18 +1096,21 @@ def _sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + ".seq")
 
 
-def _read_sidecar(path: Path) -> _Sidecar | None:
+def _read_sidecar(path: Path) -> tuple[_Sidecar | None, str | None]:
+    """(the sidecar, None), (None, None) when there is none, or (None, what is wrong) when
+    it cannot be read (garbage, truncated, unreadable): logged at error here."""
     try:
         doc = json.loads(path.read_bytes())
         return _Sidecar(gateway=str(doc["gateway"]), reserved=int(doc["seq_reserved_through"]),
                         clean_close_seq=(None if doc.get("clean_close_seq") is None
                                          else int(doc["clean_close_seq"])),
-                        synchronous=str(doc.get("synchronous", "FULL")))
+                        synchronous=str(doc.get("synchronous", "FULL"))), None
     except FileNotFoundError:
-        return None
+        return None, None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.error("buffer_sidecar_unreadable", path=str(path), error=str(exc))
-        return None
+        problem = f"{type(exc).__name__}: {exc}"
+        log.error("buffer_sidecar_unreadable", path=str(path), error=problem)
+        return None, problem
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -44,7 +44,7 @@ from buffer.records import (
 from cloud.core import clock
 from cloud.core.db import Database, resolve_url
 from cloud.ingest.appliers import default_appliers
-from cloud.ingest.store import GatewayGone, ingest_batch
+from cloud.ingest.store import GatewayGone, SeqConflict, ingest_batch
 
 __all__ = ["parse_broker_url", "run_mqtt_ingest"]
 
@@ -177,6 +177,14 @@ async def _handle(client: mqtt.Client, db: Database, msg: _Message) -> None:
         except GatewayGone:
             log.error("mqtt_ingest_unknown_gateway", gateway=gateway,
                       fix="plantsync-cloud admin create-gateway, or remove it from the broker")
+            return
+        except SeqConflict as exc:
+            # The refusal the HTTP answer's 409 carries. Not retained (a stale refusal must
+            # not greet the next connection) and without first_seq/last_seq, so a gateway
+            # older than this answer reads it as unreadable and resends, never as a
+            # confirmation. store.py logged it.
+            client.publish(acks_topic(gateway), msgpack.packb(exc.to_json()), qos=1,
+                           retain=False)
             return
         except asyncio.CancelledError:
             raise
