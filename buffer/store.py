@@ -184,6 +184,12 @@ ACK_CHUNK_ROWS: Final = 5_000
 # it drops is sized in bytes (see _apply_quota), so small quotas drop only what they must.
 QUOTA_DROP_CHUNK_ROWS: Final = 2_000
 TRUNCATE_AFTER_ACKED_ROWS: Final = 50_000
+# The disk-full reserve (``.<name>.reserve``, outside buffer_max_mb): released when the disk
+# is full so that acks (deletes need WAL frames) and a start-up (-wal, -shm) can still write.
+RESERVE_BYTES: Final = 1 << 20
+# Remake a released reserve only once this much is free again, checked at most this often.
+_RESERVE_REMAKE_FREE: Final = 4 * RESERVE_BYTES
+_RESERVE_CHECK_S: Final = 5.0
 DEFAULT_PEEK_BYTES: Final = 1 << 20
 MIN_MAX_BYTES: Final = 2 * 2**20
 # Kept out of the content budget for the files beside the database: -shm (32 KiB for a WAL
@@ -237,6 +243,7 @@ class BufferStats:
     synchronous: str = "FULL"    # as the live connection reports it (PRAGMA synchronous)
     journal_size_limit: int = 0  # as the live connection reports it (the WAL's cap)
     durable_through: int = 0     # NORMAL: highest seq fsynced into the database file
+    disk_full: bool = False      # the last write failed for space, or the reserve is in use
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +315,9 @@ class Outbox:
         self._over_quota_appends = 0
         self._last_error: str | None = None
         self._incarnation = Incarnation("", 0)
+        self._reserve_held = False
+        self._reserve_checked = 0.0  # monotonic time of the last attempt to remake it
+        self._disk_full = False
         self._write_errors = 0
         self._failing_since_ok = 0
         self._acked_since_truncate = 0
@@ -440,7 +450,18 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _acquire_lock(self.path)
         try:
-            self._open_locked()
+            try:
+                self._open_locked()
+            except (OutboxError, sqlite3.Error, OSError) as exc:
+                # A full disk: -wal and -shm (and the sidecar) could not be written. Give the
+                # reserve back to the file system and try once more (run degraded).
+                if not (_space_problem(exc) and self._release_reserve("opening the buffer")):
+                    raise
+                if self._con is not None:
+                    self._con.close()
+                    self._con = None
+                self._open_locked()
+            self._ensure_reserve()
         except BaseException:
             if self._con is not None:
                 self._con.close()
@@ -587,12 +608,29 @@ class Outbox:
             reserved = max(last_seq + len(gaps), sidecar.reserved if sidecar else 0)
             # A fresh reservation before any seq of this run is committed; clean_close_seq
             # None marks the run as open until close() says otherwise.
-            self._write_sidecar(reserved + SEQ_RESERVE_STEP, None)
-            self._reserved = reserved + SEQ_RESERVE_STEP
+            try:
+                self._write_sidecar(reserved + SEQ_RESERVE_STEP, None)
+                self._reserved = reserved + SEQ_RESERVE_STEP
+            except OSError as exc:
+                if not (_space_problem(exc) and sidecar is not None
+                        and sidecar.reserved > last_seq + len(gaps)):
+                    raise
+                # A full disk, and the old reservation still covers what comes: run on it
+                # (degraded) rather than not at all; appends renew it once space is back.
+                self._reserved = sidecar.reserved
+                self._disk_full = True
+                self._failing_since_ok = 1   # the next good write says it recovered
+                self._last_error = (f"{_sidecar_path(self.path)}: not rewritten at start-up, "
+                                    f"the disk is full ({exc}); running on the old "
+                                    "reservation: free space on "
+                                    f"{self.path.parent}")
+                log.error("buffer_disk_full", path=str(self.path), error=self._last_error)
             for gap in gaps:
                 last_seq += 1
                 con.execute(_INSERT, (last_seq, now, self.gateway, "gap", encode_body(gap)))
-            con.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (last_seq,))
+            if last_seq != int(meta["last_seq"]):
+                # (only when it changed: on a full disk an open must not need a WAL frame)
+                con.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (last_seq,))
             con.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -743,6 +781,29 @@ class Outbox:
                 f"{self.path}: ack_through({seq}) but the last seq this buffer stored is "
                 f"{self._last_seq}: the cloud holds records this buffer never wrote "
                 "(another gateway's token, or a buffer reset without its .seq sidecar?)")
+        try:
+            deleted = self._ack_chunks(seq)
+        except BufferWriteError as exc:
+            # Deletes need WAL frames: on a full disk, hand the WAL's and the reserve's space
+            # back to the file system and delete again, so that what the cloud holds can be
+            # freed and the buffer does not stay wedged.
+            if not (self._disk_full and (self._checkpoint_truncate()
+                                         | self._release_reserve("deleting acked records"))):
+                raise
+            try:
+                deleted = self._ack_chunks(seq)
+            except BufferWriteError:
+                raise exc from None
+        self._acked_since_truncate += deleted
+        if self._acked_since_truncate >= TRUNCATE_AFTER_ACKED_ROWS or self._disk_full:
+            # Hand the WAL's disk back after a heavy drain (or on a full disk); autocheckpoint
+            # alone only truncates it to journal_size_limit.
+            self._acked_since_truncate = 0
+            self._checkpoint_truncate()
+        self._note_ok()
+        return deleted
+
+    def _ack_chunks(self, seq: int) -> int:
         con = self._db()
         deleted = 0
         try:
@@ -768,16 +829,59 @@ class Outbox:
         except BaseException:
             self._after_failure()
             raise
-        self._acked_since_truncate += deleted
-        if self._acked_since_truncate >= TRUNCATE_AFTER_ACKED_ROWS:
-            # Hand the WAL's disk back after a heavy drain; autocheckpoint alone only
-            # truncates it to journal_size_limit.
-            self._acked_since_truncate = 0
-            try:
-                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error as exc:
-                log.warning("buffer_checkpoint_failed", path=str(self.path), error=str(exc))
         return deleted
+
+    def _checkpoint_truncate(self) -> bool:
+        """``wal_checkpoint(TRUNCATE)``: True when the WAL was emptied (its space freed)."""
+        try:
+            busy, _, _ = self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("buffer_checkpoint_failed", path=str(self.path), error=str(exc))
+            return False
+        return bool(busy == 0)
+
+    def _release_reserve(self, doing: str) -> bool:
+        """Delete the reserve file (its space goes back to the file system). True when
+        there was one to release."""
+        self._disk_full = True
+        try:
+            _reserve_path(self.path).unlink()
+        except FileNotFoundError:
+            self._reserve_held = False
+            return False
+        except OSError as exc:
+            log.warning("buffer_reserve_release_failed", path=str(self.path), error=str(exc))
+            return False
+        self._reserve_held = False
+        log.warning("buffer_reserve_released", path=str(self.path), doing=doing,
+                    bytes=RESERVE_BYTES,
+                    detail="the disk is full; the reserve's space lets the buffer go on and "
+                           "free acked records; it is remade once space is back")
+        return True
+
+    def _ensure_reserve(self) -> None:
+        """Make the reserve file when it is missing and the disk has room for it."""
+        path = _reserve_path(self.path)
+        self._reserve_checked = time.monotonic()
+        if _size(path) >= RESERVE_BYTES:
+            self._reserve_held = True
+            return
+        try:
+            st = os.statvfs(self.path.parent)
+            if st.f_bavail * st.f_frsize < _RESERVE_REMAKE_FREE:
+                return
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            log.warning("buffer_reserve_not_made", path=str(path), error=str(exc))
+            return
+        self._reserve_held = True
 
     def _rebase_sync(self, cloud_last_seq: int, incarnation: str | None) -> bool:
         if incarnation is not None and incarnation != self._incarnation.id:
@@ -865,6 +969,7 @@ class Outbox:
             journal_size_limit=journal_limit,
             durable_through=(self._last_seq if self.synchronous == "FULL"
                              else self._durable_through),
+            disk_full=self._disk_full,
         )
 
     def _integrity_sync(self) -> list[str]:
@@ -989,6 +1094,8 @@ class Outbox:
                                  "reopen the outbox to move it aside")
         name = _errname(exc)
         cause = "a write error"
+        if _space_problem(exc):
+            self._disk_full = True
         if name.startswith("SQLITE_FULL") or (
                 isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG)):
             cause = "the disk is full"
@@ -1016,7 +1123,11 @@ class Outbox:
         return OutboxError(f"{self.path}: {doing} failed: {exc}")
 
     def _note_ok(self) -> None:
+        if not self._reserve_held and (time.monotonic() - self._reserve_checked
+                                       >= _RESERVE_CHECK_S):
+            self._ensure_reserve()
         if self._failing_since_ok:
+            self._disk_full = False
             log.warning("buffer_write_recovered", path=str(self.path),
                         failures=self._failing_since_ok)
             self._failing_since_ok = 0
@@ -1090,6 +1201,25 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except FileNotFoundError:
         return 0
+
+
+def _reserve_path(path: Path) -> Path:
+    # A dot name: not one of ``<name>*`` (the quota's files, what ``rm buffer.db*`` takes).
+    return path.with_name(f".{path.name}.reserve")
+
+
+def _space_problem(exc: BaseException | None) -> bool:
+    """The disk (or a file size limit) is full: SQLITE_FULL, a failed write, ENOSPC, EDQUOT,
+    EFBIG; also through ``__cause__``."""
+    while exc is not None:
+        name = _errname(exc)
+        if name.startswith(("SQLITE_FULL", "SQLITE_IOERR_WRITE", "SQLITE_IOERR_SHM",
+                            "SQLITE_IOERR_TRUNCATE")) or (
+                isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT,
+                                                           errno.EFBIG)):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def _sidecar_path(path: Path) -> Path:
@@ -1182,8 +1312,9 @@ def _acquire_lock(path: Path) -> int:
         os.close(fd)
         raise BufferLocked(f"{path}: already open in another process (pid {holder or '?'}); "
                            "run one gateway per data_dir") from exc
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    with contextlib.suppress(OSError):  # the pid is for messages; a full disk may refuse it
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
 
 
