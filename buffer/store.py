@@ -685,6 +685,8 @@ class Outbox:
         con = self._db()
         first = self._last_seq + 1
         last = self._last_seq + len(rows)
+        if self._disk_full and not self._reserve_held:
+            self._keep_room_for_acks()
         try:
             con.execute("BEGIN IMMEDIATE")
             if rows:
@@ -711,6 +713,10 @@ class Outbox:
         self._last_seq = new_last
         self._backlog += len(rows) + (new_last - last) - dropped
         self._dropped_total += dropped
+        if self._disk_full and not self._reserve_held:
+            # On the reserve: give the WAL's space back after each cycle (its pages are in
+            # the database now, in pages acks freed), so the next cycle and acks find room.
+            self._checkpoint_truncate()
         self._note_ok()
         return list(range(first, last + 1))
 
@@ -830,6 +836,27 @@ class Outbox:
             self._after_failure()
             raise
         return deleted
+
+    def _keep_room_for_acks(self) -> None:
+        """On a full disk running on the released reserve: refuse a cycle (nothing stored,
+        the poller retries it, the PLC counter keeps counting) while less than half the
+        reserve is free, so that deleting what the cloud acked can always write."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        if free >= RESERVE_BYTES // 2:
+            return
+        msg = (f"{self.path}: storing a poll cycle refused, the disk is full ({free} bytes "
+               f"free); the space left is kept for deleting the records the cloud acks: free "
+               f"space on {self.path.parent}")
+        self._last_error = msg
+        self._write_errors += 1
+        self._failing_since_ok += 1
+        if self._failing_since_ok == 1:
+            log.error("buffer_write_failed", path=str(self.path), error=msg)
+        raise BufferWriteError(msg)
 
     def _checkpoint_truncate(self) -> bool:
         """``wal_checkpoint(TRUNCATE)``: True when the WAL was emptied (its space freed)."""
@@ -1126,8 +1153,10 @@ class Outbox:
         if not self._reserve_held and (time.monotonic() - self._reserve_checked
                                        >= _RESERVE_CHECK_S):
             self._ensure_reserve()
-        if self._failing_since_ok:
+        if self._disk_full and self._reserve_held:
             self._disk_full = False
+            log.warning("buffer_disk_space_back", path=str(self.path))
+        if self._failing_since_ok:
             log.warning("buffer_write_recovered", path=str(self.path),
                         failures=self._failing_since_ok)
             self._failing_since_ok = 0
