@@ -104,6 +104,28 @@ deleted), logged at error, and a fresh buffer starts whose first record is a ``g
 reason ``buffer_corrupt: moved to <file>: ...``; ``dropped`` is 0 and ``first_seq``/
 ``last_seq`` are null because the number of unsent records in it is unknown.
 
+Incarnations and rebase (a lost buffer)
+---------------------------------------
+The buffer's numbering has an ``incarnation`` (``meta.incarnation``, random, made with the
+buffer; ``incarnation_since`` its first seq, 0 for a buffer from before incarnations) that
+the Forwarder sends with every batch. A buffer made without its sidecar (``rm
+buffer.db*``), or with a sidecar that cannot be read (logged ``buffer_sidecar_unreadable``
+and, without a database, ``buffer_lost`` with a ``gap`` record), cannot know which seqs the
+cloud holds; the cloud refuses its numbering (``seq_conflict`` with its highest seq) and
+``rebase(cloud_last_seq, incarnation)`` renumbers every stored record above it behind a
+``gap`` record (reason ``buffer_lost``) under a new incarnation, in one transaction.
+
+Disk full
+---------
+A 1 MiB reserve file ``.<name>.reserve`` (outside ``max_bytes``, not one of ``<name>*``) is
+made when there is room. When the disk is full: an ack whose deletes fail truncates the WAL
+and releases the reserve, then deletes again (so what the cloud holds can always be freed);
+an open that cannot create ``-wal``/``-shm`` releases it and opens again; an open that cannot
+rewrite the sidecar runs on the old reservation when it still covers the seqs to come. While
+on the released reserve (``stats().disk_full``), cycles are refused while less than half of
+it is free, and the WAL is truncated after each cycle. The reserve is remade (and
+``disk_full`` cleared) once 4 MiB are free again.
+
 Threading (why not aiosqlite's connection object)
 -------------------------------------------------
 The connection lives on one dedicated worker thread — the model aiosqlite uses — but each

@@ -10,7 +10,9 @@ the broker deliver it again (the (gateway, seq) dedupe makes that harmless). The
 consumer publishes ``{"acked_through", "first_seq", "last_seq"}`` (msgpack, QoS 1, retained)
 on ``plantsync/v1/<gateway>/acks``; the gateway deletes from its buffer by these batch
 confirmations, not by the broker's PUBACK (a broker killed with -9 loses what it had only
-in memory).
+in memory). A batch the ingest refuses with ``seq_conflict`` (a gateway that lost its
+buffer, cloud/ingest/store.py) gets the refusal's map instead, not retained and without
+``first_seq``/``last_seq``; the gateway rebases and resends.
 
 Trust: the gateway id comes from the topic. Over MQTT the broker's authentication vouches for
 it, so a production broker MUST restrict each gateway (username = gateway id, password = its
