@@ -273,7 +273,10 @@ async def test_a_seq_conflict_rebases_the_outbox_and_resends_above_the_cloud(
                       idle_interval=0.01)
         task = asyncio.create_task(f.run())
         try:
-            await wait_for_async(ob.stats, "drained", until=lambda st: st.backlog == 0)
+            async def backlog() -> int:
+                return (await ob.stats()).backlog
+
+            await wait_for_async(backlog, "drained", until=lambda n: n == 0)
         finally:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
