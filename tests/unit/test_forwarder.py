@@ -276,7 +276,10 @@ async def test_a_seq_conflict_rebases_the_outbox_and_resends_above_the_cloud(
             async def backlog() -> int:
                 return (await ob.stats()).backlog
 
-            await wait_for_async(backlog, "drained", until=lambda n: n == 0)
+            def drained(n: int) -> bool:
+                return n == 0
+
+            await wait_for_async(backlog, "drained", until=drained)
         finally:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
