@@ -59,7 +59,8 @@ INT64_MIN: Final = -(2**63)
 UINT64_MAX: Final = 2**64 - 1      # msgpack's largest integer (a uint64 counter's raw value)
 MAX_GATEWAY_ID: Final = 64         # gateways.id, records.gateway_id: String(64)
 MAX_DEVICE_NAME: Final = 128       # records.device: String(128)
-_TOP_FIELDS: Final = frozenset({"v", "gateway", "records", "backlog"})
+_TOP_FIELDS: Final = frozenset({"v", "gateway", "records", "backlog", "incarnation", "since"})
+MAX_INCARNATION: Final = 64        # gateways.incarnation: String(64)
 # Body integers that land in BIGINT columns; every other integer only has msgpack's range.
 _BIGINT_FIELDS: Final = {"count": ("delta",), "state": ("code",),
                          "gap": ("dropped", "first_seq", "last_seq")}
@@ -97,6 +98,12 @@ class Batch:
     # records the gateway held unacknowledged when it sent this batch (this batch
     # included); optional, so the cloud can tell a backlog still arriving from live data
     backlog: int | None = None
+    # which numbering of the gateway's seqs the records belong to (optional, added with the
+    # lost-buffer fix; ARCHITECTURE.md "Sync"): ``incarnation`` is a random id the buffer
+    # made when it began this numbering, ``since`` the first seq of it (0: a numbering that
+    # continues what the cloud already knows, from a buffer older than incarnations)
+    incarnation: str | None = None
+    since: int | None = None
 
 
 def encode_body(body: Mapping[str, Any]) -> bytes:
@@ -122,16 +129,21 @@ def encode_batch(gateway: str, records: Iterable[Record]) -> bytes:
 
 
 def encode_batch_raw(gateway: str, rows: Iterable[tuple[int, int, str, str, bytes]], *,
-                     backlog: int | None = None) -> bytes:
+                     backlog: int | None = None,
+                     incarnation: tuple[str, int] | None = None) -> bytes:
     """Like ``encode_batch`` from buffer rows ``(seq, ts, device, kind, body_msgpack)``
-    without decoding the stored bodies (the drain path). ``backlog``: see ``Batch``."""
+    without decoding the stored bodies (the drain path). ``backlog``: see ``Batch``;
+    ``incarnation``: ``(id, since)``, see ``Batch``."""
     packer = msgpack.Packer(use_bin_type=True)
     rows = list(rows)
-    parts = [packer.pack_map_header(3 if backlog is None else 4),
+    parts = [packer.pack_map_header(3 + (backlog is not None) + 2 * (incarnation is not None)),
              packer.pack("v"), packer.pack(WIRE_VERSION), packer.pack("gateway"),
              packer.pack(gateway)]
     if backlog is not None:
         parts += [packer.pack("backlog"), packer.pack(backlog)]
+    if incarnation is not None:
+        parts += [packer.pack("incarnation"), packer.pack(incarnation[0]),
+                  packer.pack("since"), packer.pack(incarnation[1])]
     parts += [packer.pack("records"), packer.pack_array_header(len(rows))]
     for seq, ts, device, kind, body in rows:
         parts.append(packer.pack_map_header(5))
@@ -180,7 +192,17 @@ def decode_batch(payload: bytes, *, max_records: int = MAX_BATCH_RECORDS) -> Bat
     backlog = doc.get("backlog")
     if backlog is not None and (type(backlog) is not int or not 0 <= backlog <= INT64_MAX):
         raise RecordError("backlog", f"must be an integer 0..{INT64_MAX}, got {backlog!r}")
-    return Batch(gateway=gateway, records=tuple(records), backlog=backlog)
+    incarnation = doc.get("incarnation")
+    since = doc.get("since")
+    if incarnation is not None:
+        incarnation = _name(incarnation, "incarnation", MAX_INCARNATION)
+        if type(since) is not int or not 0 <= since <= INT64_MAX:
+            raise RecordError("since", f"must be an integer 0..{INT64_MAX} with incarnation, "
+                                       f"got {since!r}")
+    elif since is not None:
+        raise RecordError("since", "only with incarnation")
+    return Batch(gateway=gateway, records=tuple(records), backlog=backlog,
+                 incarnation=incarnation, since=since)
 
 
 def validate_record(raw: Any, where: str = "record") -> Record:

@@ -104,6 +104,28 @@ deleted), logged at error, and a fresh buffer starts whose first record is a ``g
 reason ``buffer_corrupt: moved to <file>: ...``; ``dropped`` is 0 and ``first_seq``/
 ``last_seq`` are null because the number of unsent records in it is unknown.
 
+Incarnations and rebase (a lost buffer)
+---------------------------------------
+The buffer's numbering has an ``incarnation`` (``meta.incarnation``, random, made with the
+buffer; ``incarnation_since`` its first seq, 0 for a buffer from before incarnations) that
+the Forwarder sends with every batch. A buffer made without its sidecar (``rm
+buffer.db*``), or with a sidecar that cannot be read (logged ``buffer_sidecar_unreadable``
+and, without a database, ``buffer_lost`` with a ``gap`` record), cannot know which seqs the
+cloud holds; the cloud refuses its numbering (``seq_conflict`` with its highest seq) and
+``rebase(cloud_last_seq, incarnation)`` renumbers every stored record above it behind a
+``gap`` record (reason ``buffer_lost``) under a new incarnation, in one transaction.
+
+Disk full
+---------
+A 1 MiB reserve file ``.<name>.reserve`` (outside ``max_bytes``, not one of ``<name>*``) is
+made when there is room. When the disk is full: an ack whose deletes fail truncates the WAL
+and releases the reserve, then deletes again (so what the cloud holds can always be freed);
+an open that cannot create ``-wal``/``-shm`` releases it and opens again; an open that cannot
+rewrite the sidecar runs on the old reservation when it still covers the seqs to come. While
+on the released reserve (``stats().disk_full``), cycles are refused while less than half of
+it is free, and the WAL is truncated after each cycle. The reserve is remade (and
+``disk_full`` cleared) once 4 MiB are free again.
+
 Threading (why not aiosqlite's connection object)
 -------------------------------------------------
 The connection lives on one dedicated worker thread — the model aiosqlite uses — but each
@@ -123,6 +145,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -183,6 +206,12 @@ ACK_CHUNK_ROWS: Final = 5_000
 # it drops is sized in bytes (see _apply_quota), so small quotas drop only what they must.
 QUOTA_DROP_CHUNK_ROWS: Final = 2_000
 TRUNCATE_AFTER_ACKED_ROWS: Final = 50_000
+# The disk-full reserve (``.<name>.reserve``, outside buffer_max_mb): released when the disk
+# is full so that acks (deletes need WAL frames) and a start-up (-wal, -shm) can still write.
+RESERVE_BYTES: Final = 1 << 20
+# Remake a released reserve only once this much is free again, checked at most this often.
+_RESERVE_REMAKE_FREE: Final = 4 * RESERVE_BYTES
+_RESERVE_CHECK_S: Final = 5.0
 DEFAULT_PEEK_BYTES: Final = 1 << 20
 MIN_MAX_BYTES: Final = 2 * 2**20
 # Kept out of the content budget for the files beside the database: -shm (32 KiB for a WAL
@@ -236,6 +265,18 @@ class BufferStats:
     synchronous: str = "FULL"    # as the live connection reports it (PRAGMA synchronous)
     journal_size_limit: int = 0  # as the live connection reports it (the WAL's cap)
     durable_through: int = 0     # NORMAL: highest seq fsynced into the database file
+    disk_full: bool = False      # the last write failed for space, or the reserve is in use
+
+
+@dataclass(frozen=True, slots=True)
+class Incarnation:
+    """Which numbering of this gateway's seqs the buffer's records belong to (sent with
+    every batch, ARCHITECTURE.md "Sync"): ``id`` is random, made when the numbering began;
+    ``since`` its first seq, 0 for a buffer from before incarnations (its numbering
+    continues what the cloud already knows)."""
+
+    id: str
+    since: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +336,10 @@ class Outbox:
         self._over_quota = False
         self._over_quota_appends = 0
         self._last_error: str | None = None
+        self._incarnation = Incarnation("", 0)
+        self._reserve_held = False
+        self._reserve_checked = 0.0  # monotonic time of the last attempt to remake it
+        self._disk_full = False
         self._write_errors = 0
         self._failing_since_ok = 0
         self._acked_since_truncate = 0
@@ -393,6 +438,23 @@ class Outbox:
         """``PRAGMA integrity_check`` (full, O(size)): ``[]`` when ok, else the problems."""
         return await self._run(self._integrity_sync)
 
+    @property
+    def incarnation(self) -> Incarnation:
+        """The numbering the stored records belong to (sent with every batch)."""
+        return self._incarnation
+
+    async def rebase(self, cloud_last_seq: int, incarnation: str | None) -> bool:
+        """The cloud refused our numbering (``seq_conflict``: it already holds seqs through
+        ``cloud_last_seq`` of this gateway from an earlier buffer, and ours reuse them).
+        In one transaction: renumber every stored record above ``cloud_last_seq`` (oldest
+        first, order and content kept), write a ``gap`` record (reason ``buffer_lost``)
+        just below them, and start a new incarnation whose ``since`` is that gap's seq.
+        Returns False and changes nothing when ``incarnation`` is not the current one (a
+        late answer to a batch of an earlier numbering). Raises ``BufferWriteError``."""
+        if cloud_last_seq < 0:
+            raise ValueError(f"cloud_last_seq must be >= 0, got {cloud_last_seq}")
+        return await self._run(self._rebase_sync, cloud_last_seq, incarnation)
+
     # ---------------------------------------------------------------- on the DB thread
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
@@ -410,7 +472,18 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _acquire_lock(self.path)
         try:
-            self._open_locked()
+            try:
+                self._open_locked()
+            except (OutboxError, sqlite3.Error, OSError) as exc:
+                # A full disk: -wal and -shm (and the sidecar) could not be written. Give the
+                # reserve back to the file system and try once more (run degraded).
+                if not (_space_problem(exc) and self._release_reserve("opening the buffer")):
+                    raise
+                if self._con is not None:
+                    self._con.close()
+                    self._con = None
+                self._open_locked()
+            self._ensure_reserve()
         except BaseException:
             if self._con is not None:
                 self._con.close()
@@ -439,7 +512,7 @@ class Outbox:
         return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
     def _open_locked(self) -> None:
-        sidecar = _read_sidecar(_sidecar_path(self.path))
+        sidecar, sidecar_problem = _read_sidecar(_sidecar_path(self.path))
         if sidecar is not None and sidecar.gateway != self.gateway:
             raise BufferGatewayMismatch(
                 f"{_sidecar_path(self.path)}: belongs to gateway {sidecar.gateway!r} but this "
@@ -509,13 +582,37 @@ class Outbox:
                                            f"although seqs up to {sidecar.reserved} were "
                                            "reserved; unsent records lost, how many is unknown"})
                     log.error("buffer_lost", path=str(self.path), reserved=sidecar.reserved)
+                elif sidecar_problem is not None:
+                    # The sidecar is garbage and the database is gone: which seqs the cloud
+                    # saw is unknown here. Start a new numbering; the cloud refuses it with
+                    # a seq_conflict naming its highest seq and the Forwarder rebases above
+                    # it (rebase()), so nothing is acked as a duplicate of older records.
+                    base = 0
+                    gaps.append({"dropped": 0, "first_seq": None, "last_seq": None,
+                                 "reason": f"buffer_lost: {self.path.name} was missing or "
+                                           f"empty and its .seq sidecar unreadable "
+                                           f"({sidecar_problem}); unsent records lost, how "
+                                           "many is unknown"})
+                    log.error("buffer_lost", path=str(self.path), sidecar=sidecar_problem,
+                              detail="new seq numbering; the cloud says where to resume")
                 else:
                     base = 0
                 con.executemany(
                     "INSERT INTO meta(key, value) VALUES (?, ?)",
                     [("gateway", self.gateway), ("schema_version", SCHEMA_VERSION),
                      ("last_seq", base), ("acked_through", 0), ("dropped_samples_total", 0),
-                     ("created_ms", now)])
+                     ("created_ms", now), ("incarnation", secrets.token_hex(8)),
+                     ("incarnation_since", base + 1)])
+                meta = self._read_meta()
+            elif sidecar_problem is not None:
+                log.warning("buffer_sidecar_rewritten", path=str(_sidecar_path(self.path)),
+                            problem=sidecar_problem,
+                            detail="the database holds the last seq; the sidecar is rewritten")
+            if "incarnation" not in meta:
+                # A buffer from before incarnations: its numbering continues what the
+                # cloud knows (since 0), which the cloud accepts only as the first one.
+                con.executemany("INSERT INTO meta(key, value) VALUES (?, ?)",
+                                [("incarnation", secrets.token_hex(8)), ("incarnation_since", 0)])
                 meta = self._read_meta()
             last_seq = max(int(meta["last_seq"]), self._max_seq())
             if (not fresh and sidecar is not None and sidecar.synchronous == "NORMAL"
@@ -533,12 +630,29 @@ class Outbox:
             reserved = max(last_seq + len(gaps), sidecar.reserved if sidecar else 0)
             # A fresh reservation before any seq of this run is committed; clean_close_seq
             # None marks the run as open until close() says otherwise.
-            self._write_sidecar(reserved + SEQ_RESERVE_STEP, None)
-            self._reserved = reserved + SEQ_RESERVE_STEP
+            try:
+                self._write_sidecar(reserved + SEQ_RESERVE_STEP, None)
+                self._reserved = reserved + SEQ_RESERVE_STEP
+            except OSError as exc:
+                if not (_space_problem(exc) and sidecar is not None
+                        and sidecar.reserved > last_seq + len(gaps)):
+                    raise
+                # A full disk, and the old reservation still covers what comes: run on it
+                # (degraded) rather than not at all; appends renew it once space is back.
+                self._reserved = sidecar.reserved
+                self._disk_full = True
+                self._failing_since_ok = 1   # the next good write says it recovered
+                self._last_error = (f"{_sidecar_path(self.path)}: not rewritten at start-up, "
+                                    f"the disk is full ({exc}); running on the old "
+                                    "reservation: free space on "
+                                    f"{self.path.parent}")
+                log.error("buffer_disk_full", path=str(self.path), error=self._last_error)
             for gap in gaps:
                 last_seq += 1
                 con.execute(_INSERT, (last_seq, now, self.gateway, "gap", encode_body(gap)))
-            con.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (last_seq,))
+            if last_seq != int(meta["last_seq"]):
+                # (only when it changed: on a full disk an open must not need a WAL frame)
+                con.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (last_seq,))
             con.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -547,6 +661,7 @@ class Outbox:
         self._last_seq = last_seq
         self._acked_through = int(meta["acked_through"])
         self._dropped_total = int(meta["dropped_samples_total"])
+        self._incarnation = Incarnation(str(meta["incarnation"]), int(meta["incarnation_since"]))
         self._backlog = int(con.execute("SELECT count(*) FROM records").fetchone()[0])
         self._content_bytes()
         log.info("buffer_opened", path=str(self.path), gateway=self.gateway,
@@ -592,6 +707,8 @@ class Outbox:
         con = self._db()
         first = self._last_seq + 1
         last = self._last_seq + len(rows)
+        if self._disk_full and not self._reserve_held:
+            self._keep_room_for_acks()
         try:
             con.execute("BEGIN IMMEDIATE")
             if rows:
@@ -618,6 +735,10 @@ class Outbox:
         self._last_seq = new_last
         self._backlog += len(rows) + (new_last - last) - dropped
         self._dropped_total += dropped
+        if self._disk_full and not self._reserve_held:
+            # On the reserve: give the WAL's space back after each cycle (its pages are in
+            # the database now, in pages acks freed), so the next cycle and acks find room.
+            self._checkpoint_truncate()
         self._note_ok()
         return list(range(first, last + 1))
 
@@ -688,6 +809,29 @@ class Outbox:
                 f"{self.path}: ack_through({seq}) but the last seq this buffer stored is "
                 f"{self._last_seq}: the cloud holds records this buffer never wrote "
                 "(another gateway's token, or a buffer reset without its .seq sidecar?)")
+        try:
+            deleted = self._ack_chunks(seq)
+        except BufferWriteError as exc:
+            # Deletes need WAL frames: on a full disk, hand the WAL's and the reserve's space
+            # back to the file system and delete again, so that what the cloud holds can be
+            # freed and the buffer does not stay wedged.
+            if not (self._disk_full and (self._checkpoint_truncate()
+                                         | self._release_reserve("deleting acked records"))):
+                raise
+            try:
+                deleted = self._ack_chunks(seq)
+            except BufferWriteError:
+                raise exc from None
+        self._acked_since_truncate += deleted
+        if self._acked_since_truncate >= TRUNCATE_AFTER_ACKED_ROWS or self._disk_full:
+            # Hand the WAL's disk back after a heavy drain (or on a full disk); autocheckpoint
+            # alone only truncates it to journal_size_limit.
+            self._acked_since_truncate = 0
+            self._checkpoint_truncate()
+        self._note_ok()
+        return deleted
+
+    def _ack_chunks(self, seq: int) -> int:
         con = self._db()
         deleted = 0
         try:
@@ -713,16 +857,137 @@ class Outbox:
         except BaseException:
             self._after_failure()
             raise
-        self._acked_since_truncate += deleted
-        if self._acked_since_truncate >= TRUNCATE_AFTER_ACKED_ROWS:
-            # Hand the WAL's disk back after a heavy drain; autocheckpoint alone only
-            # truncates it to journal_size_limit.
-            self._acked_since_truncate = 0
-            try:
-                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error as exc:
-                log.warning("buffer_checkpoint_failed", path=str(self.path), error=str(exc))
         return deleted
+
+    def _keep_room_for_acks(self) -> None:
+        """On a full disk running on the released reserve: refuse a cycle (nothing stored,
+        the poller retries it, the PLC counter keeps counting) while less than half the
+        reserve is free, so that deleting what the cloud acked can always write."""
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        if free >= RESERVE_BYTES // 2:
+            return
+        msg = (f"{self.path}: storing a poll cycle refused, the disk is full ({free} bytes "
+               f"free); the space left is kept for deleting the records the cloud acks: free "
+               f"space on {self.path.parent}")
+        self._last_error = msg
+        self._write_errors += 1
+        self._failing_since_ok += 1
+        if self._failing_since_ok == 1:
+            log.error("buffer_write_failed", path=str(self.path), error=msg)
+        raise BufferWriteError(msg)
+
+    def _checkpoint_truncate(self) -> bool:
+        """``wal_checkpoint(TRUNCATE)``: True when the WAL was emptied (its space freed)."""
+        try:
+            busy, _, _ = self._db().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("buffer_checkpoint_failed", path=str(self.path), error=str(exc))
+            return False
+        return bool(busy == 0)
+
+    def _release_reserve(self, doing: str) -> bool:
+        """Delete the reserve file (its space goes back to the file system). True when
+        there was one to release."""
+        self._disk_full = True
+        try:
+            _reserve_path(self.path).unlink()
+        except FileNotFoundError:
+            self._reserve_held = False
+            return False
+        except OSError as exc:
+            log.warning("buffer_reserve_release_failed", path=str(self.path), error=str(exc))
+            return False
+        self._reserve_held = False
+        log.warning("buffer_reserve_released", path=str(self.path), doing=doing,
+                    bytes=RESERVE_BYTES,
+                    detail="the disk is full; the reserve's space lets the buffer go on and "
+                           "free acked records; it is remade once space is back")
+        return True
+
+    def _ensure_reserve(self) -> None:
+        """Make the reserve file when it is missing and the disk has room for it."""
+        path = _reserve_path(self.path)
+        self._reserve_checked = time.monotonic()
+        if _size(path) >= RESERVE_BYTES:
+            self._reserve_held = True
+            return
+        try:
+            st = os.statvfs(self.path.parent)
+            if st.f_bavail * st.f_frsize < _RESERVE_REMAKE_FREE:
+                return
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            log.warning("buffer_reserve_not_made", path=str(path), error=str(exc))
+            return
+        self._reserve_held = True
+
+    def _rebase_sync(self, cloud_last_seq: int, incarnation: str | None) -> bool:
+        if incarnation is not None and incarnation != self._incarnation.id:
+            log.info("buffer_rebase_stale", path=str(self.path), incarnation=incarnation,
+                     current=self._incarnation.id)
+            return False
+        con = self._db()
+        old = self._incarnation
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            row = con.execute("SELECT min(seq), max(seq), count(*) FROM records").fetchone()
+            first, count = (int(row[0]), int(row[2])) if row and row[0] is not None else (None, 0)
+            if first is None:
+                gap_seq, shift = max(cloud_last_seq, self._last_seq) + 1, 0
+            elif first > cloud_last_seq + 1:
+                gap_seq, shift = cloud_last_seq + 1, 0   # already above: only a new since
+            else:
+                gap_seq, shift = cloud_last_seq + 1, cloud_last_seq + 2 - first
+            if shift:
+                # Two steps: a one-step shift could hit a seq not yet moved (primary key).
+                con.execute("UPDATE records SET seq = -seq")
+                con.execute("UPDATE records SET seq = ? - seq", (shift,))
+            new_last = max(self._last_seq + shift, gap_seq)
+            gap = {"dropped": 0, "first_seq": None, "last_seq": None,
+                   "reason": f"buffer_lost: the cloud already held seqs through "
+                             f"{cloud_last_seq} of this gateway from an earlier buffer; this "
+                             f"buffer's {count} unsent records were renumbered from "
+                             f"{gap_seq + 1}; what the earlier buffer held unsent is lost, "
+                             "how many is unknown"}
+            con.execute(_INSERT, (gap_seq, _now_ms(), self.gateway, "gap", encode_body(gap)))
+            new = Incarnation(secrets.token_hex(8), gap_seq)
+            con.executemany("UPDATE meta SET value = ? WHERE key = ?",
+                            [(new_last, "last_seq"), (cloud_last_seq, "acked_through"),
+                             (new.id, "incarnation"), (new.since, "incarnation_since")])
+            if new_last > self._reserved:
+                self._write_sidecar(new_last + SEQ_RESERVE_STEP, None)
+                self._reserved = new_last + SEQ_RESERVE_STEP
+            con.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            self._after_failure()
+            raise self._write_error(exc, "renumbering records above the cloud's") from exc
+        except BaseException:
+            self._after_failure()
+            raise
+        self._last_seq = new_last
+        self._acked_through = cloud_last_seq
+        self._backlog = count + 1
+        self._incarnation = new
+        self._durable_through = 0   # NORMAL: the renumbered rows wait for a checkpoint
+        self._note_ok()
+        log.warning("buffer_rebased", path=str(self.path), reason="buffer_lost",
+                    cloud_last_seq=cloud_last_seq, gap_seq=gap_seq, renumbered=count,
+                    shift=shift, last_seq=new_last, old_incarnation=old.id,
+                    incarnation=new.id,
+                    detail="the cloud held seqs of an earlier buffer of this gateway; the "
+                           "records of that buffer it had not acked are lost")
+        return True
 
     def _stats_sync(self) -> BufferStats:
         try:
@@ -753,6 +1018,7 @@ class Outbox:
             journal_size_limit=journal_limit,
             durable_through=(self._last_seq if self.synchronous == "FULL"
                              else self._durable_through),
+            disk_full=self._disk_full,
         )
 
     def _integrity_sync(self) -> list[str]:
@@ -877,6 +1143,8 @@ class Outbox:
                                  "reopen the outbox to move it aside")
         name = _errname(exc)
         cause = "a write error"
+        if _space_problem(exc):
+            self._disk_full = True
         if name.startswith("SQLITE_FULL") or (
                 isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG)):
             cause = "the disk is full"
@@ -904,6 +1172,12 @@ class Outbox:
         return OutboxError(f"{self.path}: {doing} failed: {exc}")
 
     def _note_ok(self) -> None:
+        if not self._reserve_held and (time.monotonic() - self._reserve_checked
+                                       >= _RESERVE_CHECK_S):
+            self._ensure_reserve()
+        if self._disk_full and self._reserve_held:
+            self._disk_full = False
+            log.warning("buffer_disk_space_back", path=str(self.path))
         if self._failing_since_ok:
             log.warning("buffer_write_recovered", path=str(self.path),
                         failures=self._failing_since_ok)
@@ -980,22 +1254,44 @@ def _size(path: Path) -> int:
         return 0
 
 
+def _reserve_path(path: Path) -> Path:
+    # A dot name: not one of ``<name>*`` (the quota's files, what ``rm buffer.db*`` takes).
+    return path.with_name(f".{path.name}.reserve")
+
+
+def _space_problem(exc: BaseException | None) -> bool:
+    """The disk (or a file size limit) is full: SQLITE_FULL, a failed write, ENOSPC, EDQUOT,
+    EFBIG; also through ``__cause__``."""
+    while exc is not None:
+        name = _errname(exc)
+        if name.startswith(("SQLITE_FULL", "SQLITE_IOERR_WRITE", "SQLITE_IOERR_SHM",
+                            "SQLITE_IOERR_TRUNCATE")) or (
+                isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT,
+                                                           errno.EFBIG)):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 def _sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + ".seq")
 
 
-def _read_sidecar(path: Path) -> _Sidecar | None:
+def _read_sidecar(path: Path) -> tuple[_Sidecar | None, str | None]:
+    """(the sidecar, None), (None, None) when there is none, or (None, what is wrong) when
+    it cannot be read (garbage, truncated, unreadable): logged at error here."""
     try:
         doc = json.loads(path.read_bytes())
         return _Sidecar(gateway=str(doc["gateway"]), reserved=int(doc["seq_reserved_through"]),
                         clean_close_seq=(None if doc.get("clean_close_seq") is None
                                          else int(doc["clean_close_seq"])),
-                        synchronous=str(doc.get("synchronous", "FULL")))
+                        synchronous=str(doc.get("synchronous", "FULL"))), None
     except FileNotFoundError:
-        return None
+        return None, None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.error("buffer_sidecar_unreadable", path=str(path), error=str(exc))
-        return None
+        problem = f"{type(exc).__name__}: {exc}"
+        log.error("buffer_sidecar_unreadable", path=str(path), error=problem)
+        return None, problem
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -1067,8 +1363,9 @@ def _acquire_lock(path: Path) -> int:
         os.close(fd)
         raise BufferLocked(f"{path}: already open in another process (pid {holder or '?'}); "
                            "run one gateway per data_dir") from exc
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    with contextlib.suppress(OSError):  # the pid is for messages; a full disk may refuse it
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
 
 

@@ -7,6 +7,9 @@ Errors (translated where httpx and paho enter our code)::
     │                           retrying cannot help until the token changes
     ├── UplinkTooLarge          413: send fewer records
     ├── UplinkUnavailable       5xx, 408/429, network errors, timeouts, broker gone: retry
+    ├── UplinkSeqConflict       409 ``seq_conflict`` (or the same on the MQTT acks topic): the
+    │                           cloud holds these seqs from an earlier buffer; rebase above
+    │                           ``cloud_last_seq`` (``Outbox.rebase``) and resend
     └── UplinkRejected          another 4xx or an answer we cannot read: retry with backoff,
                                 logged as a bug (records are never dropped)
 
@@ -79,6 +82,31 @@ class UplinkUnavailable(UplinkError):
     """The far side is not reachable or not answering now (5xx, network, timeout). Retry."""
 
     kind = "unavailable"
+
+
+class UplinkSeqConflict(UplinkError):
+    """The cloud refused the batch: its seqs belong to a numbering (incarnation) the cloud
+    does not accept, because it already holds seqs through ``cloud_last_seq`` of this
+    gateway from an earlier buffer (a lost or replaced buffer), or a seq it holds came
+    with other content. ``incarnation`` is the one the refused batch carried."""
+
+    kind = "seq_conflict"
+
+    def __init__(self, message: str, *, cloud_last_seq: int, incarnation: str | None) -> None:
+        super().__init__(message)
+        self.cloud_last_seq = cloud_last_seq
+        self.incarnation = incarnation
+
+
+def _seq_conflict(doc: Any, where: str) -> UplinkSeqConflict | None:
+    """The conflict an answer or confirmation describes, or None when it is not one."""
+    if not isinstance(doc, dict) or doc.get("error") != "seq_conflict":
+        return None
+    top, inc = doc.get("cloud_last_seq"), doc.get("incarnation")
+    if type(top) is not int or top < 0 or not (inc is None or isinstance(inc, str)):
+        raise UplinkRejected(f"{where}: seq_conflict without cloud_last_seq (got {doc!r:.200})")
+    return UplinkSeqConflict(f"{where}: {doc.get('detail') or 'seq_conflict'}",
+                             cloud_last_seq=top, incarnation=inc)
 
 
 class UplinkRejected(UplinkError):
@@ -248,6 +276,14 @@ class HttpUplink(Uplink):
                                  "is too large")
         if status >= 500 or status in (408, 429):
             raise UplinkUnavailable(f"{self.ingest_url}: HTTP {status} ({detail})")
+        if status == 409:
+            try:
+                doc = json.loads(resp.content)
+            except (ValueError, RecursionError):
+                doc = None
+            conflict = _seq_conflict(doc, self.ingest_url)
+            if conflict is not None:
+                raise conflict
         if status != 200:
             raise UplinkRejected(f"{self.ingest_url}: HTTP {status} ({detail})")
         try:
@@ -281,6 +317,17 @@ class _AckWaiter:
     first: int
     last: int
     future: asyncio.Future[bool]
+
+
+def _unpack(payload: bytes) -> Any:
+    """msgpack or JSON, None when neither."""
+    try:
+        return msgpack.unpackb(payload, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        try:
+            return json.loads(payload)
+        except (ValueError, RecursionError):
+            return None
 
 
 def _parse_confirmation(payload: bytes, where: str) -> tuple[int, int]:
@@ -339,9 +386,9 @@ class MqttUplink(Uplink):
         self._waiters: list[_AckWaiter] = []
         # Batches the cloud confirmed (first, last); facts, so old ones stay valid.
         self._confirmed: deque[tuple[int, int]] = deque(maxlen=4096)
-        # A confirmation we could not read and nobody waited for: the next confirmed()
-        # raises it, unless a readable confirmation arrives first.
-        self._unreadable: UplinkRejected | None = None
+        # A confirmation we could not read (or a refusal) that nobody waited for: the next
+        # confirmed() raises it, unless a readable confirmation arrives first.
+        self._unreadable: UplinkRejected | UplinkSeqConflict | None = None
         self.connections = 0  # successful connects (status page: reconnects = this - 1)
 
     # -- lifecycle
@@ -457,6 +504,10 @@ class MqttUplink(Uplink):
 
     def _cloud_ack_cb(self, payload: bytes) -> None:
         try:
+            conflict = _seq_conflict(_unpack(payload), self.acks_topic)
+            if conflict is not None:
+                self._refused(conflict)
+                return
             first, last = _parse_confirmation(payload, self.acks_topic)
         except UplinkRejected as exc:
             log.warning("mqtt_bad_confirmation", topic=self.acks_topic, error=str(exc))
@@ -479,6 +530,19 @@ class MqttUplink(Uplink):
             else:
                 keep.append(w)
         self._waiters = keep
+
+    def _refused(self, conflict: UplinkSeqConflict) -> None:
+        """The cloud refused a batch's numbering: every waiter hears it (the Forwarder
+        rebases and resends from the oldest record), or the next to wait does."""
+        log.warning("mqtt_seq_conflict", topic=self.acks_topic, error=str(conflict),
+                    cloud_last_seq=conflict.cloud_last_seq)
+        # The numbering changes: confirmations heard so far may name seqs that are reused.
+        self._confirmed.clear()
+        waiting = [w for w in self._waiters if not w.future.done()]
+        for w in waiting:
+            w.future.set_exception(conflict)
+        self._waiters.clear()
+        self._unreadable = None if waiting else conflict
 
     # -- the interface
 

@@ -745,7 +745,8 @@ class Daemon:
                     "backlog": st.backlog, "first_seq": st.first_seq, "last_seq": st.last_seq,
                     "oldest_age_s": (max(0, now_ms() - st.oldest_ts) / 1000) if st.oldest_ts else 0,
                     "disk_bytes": st.disk_bytes, "dropped_samples": st.dropped_samples_total,
-                    "over_quota": st.over_quota, "last_error": st.last_error}
+                    "over_quota": st.over_quota, "last_error": st.last_error,
+                    "disk_full": st.disk_full}
             except Exception as exc:  # stats are best effort; the poll path is what matters
                 self._buffer_stats["last_error"] = str(exc)
             await asyncio.sleep(1.0)
@@ -779,6 +780,8 @@ class Daemon:
         up = getattr(self.forwarder, "state", "off") if self.forwarder is not None else "off"
         text = (f"{online}/{len(self.devices)} devices online, backlog "
                 f"{self._buffer_stats.get('backlog', '?')}, uplink {up}")
+        if self._buffer_stats.get("disk_full"):
+            text += ", disk full: buffer writes failing (free space in data_dir)"
         if self.restart_required:
             text += ", restart to apply " + " ".join(self.restart_required)
         return text

@@ -14,6 +14,13 @@ What each uplink error makes it do::
     UplinkTooLarge      halve the batch and try again at once
     UplinkUnavailable   back off and retry
     UplinkRejected      back off and retry, logged (records are never dropped)
+    UplinkSeqConflict   the cloud holds our seqs from an earlier buffer (a lost buffer):
+                        ``Outbox.rebase`` renumbers above the cloud's highest seq with a
+                        ``gap`` record, then resend at once (backing off only when it
+                        repeats: two gateways sharing one id would otherwise ping-pong)
+
+Every batch carries the Outbox's incarnation (``Outbox.incarnation``: the numbering its
+seqs belong to) when the Outbox has one, so the cloud can tell a new buffer from a replay.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from buffer.uplink import (
     UplinkAuthError,
     UplinkError,
     UplinkRejected,
+    UplinkSeqConflict,
     UplinkTooLarge,
 )
 
@@ -187,6 +195,19 @@ class Forwarder:
                 self._state = "auth_failed"
                 self._resume.clear()  # only a resume() from now on counts
                 continue
+            except UplinkSeqConflict as exc:
+                self._failed(exc)
+                try:
+                    rebased = await self._rebase(exc)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:  # the Outbox failing: back off and try again
+                    self._failed(err)
+                    await self._back_off()
+                    continue
+                if not rebased or self._stats.consecutive_failures > 2:
+                    await self._back_off()
+                continue
             except UplinkTooLarge as exc:
                 self._failed(exc)
                 if self._halved:
@@ -260,9 +281,10 @@ class Forwarder:
                 # what is still to come (in-memory counter, no query): the cloud marks its
                 # reports provisional while a gateway's backlog is arriving
                 backlog = (await self.outbox.stats()).backlog
+                inc = getattr(self.outbox, "incarnation", None)
                 payload = encode_batch_raw(
                     self.gateway, ((r.seq, r.ts, r.device, r.kind, r.body) for r in rows),
-                    backlog=backlog)
+                    backlog=backlog, incarnation=None if inc is None else (inc.id, inc.since))
                 try:
                     acked = await self.uplink.send(payload, last_seq=last)
                 except UplinkTooLarge:
@@ -279,6 +301,22 @@ class Forwarder:
                 self._grow_limit()
         finally:
             self._in_flight.clear()
+
+    async def _rebase(self, exc: UplinkSeqConflict) -> bool:
+        """Renumber the Outbox above the cloud's highest seq (True), or False when the
+        refusal was about an earlier numbering or the Outbox cannot rebase."""
+        rebase = getattr(self.outbox, "rebase", None)
+        if rebase is None:
+            return False
+        done = bool(await rebase(exc.cloud_last_seq, exc.incarnation))
+        if done:
+            # The old numbering's figures mean nothing for the new one.
+            self._stats.last_ack_seq = None
+            self._acked_floor = None
+            log.warning("uplink_seq_rebased", gateway=self.gateway,
+                        cloud_last_seq=exc.cloud_last_seq,
+                        detail="the cloud held seqs of an earlier buffer; resending above them")
+        return done
 
     async def _ack(self, acked: int, sent_through: int) -> int:
         """Ack the Outbox through what the cloud acknowledged, never past what was sent."""

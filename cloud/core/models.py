@@ -100,6 +100,10 @@ class Gateway(Base):
     # is still arriving.
     backlog: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     backlog_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The numbering (buffer incarnation) the gateway's records are stored under, from the
+    # batches' optional ``incarnation``; a batch of another numbering is refused unless it
+    # starts above last_seq (cloud/ingest/store.py). None: never told.
+    incarnation: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class StoredRecord(Base):

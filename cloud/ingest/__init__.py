@@ -12,12 +12,13 @@ from cloud.ingest.status import (
     gateway_freshness,
     gateway_status,
 )
-from cloud.ingest.store import Applier, GatewayGone, IngestResult, ingest_batch
+from cloud.ingest.store import Applier, GatewayGone, IngestResult, SeqConflict, ingest_batch
 
 __all__ = [
     "Applier",
     "GatewayGone",
     "IngestResult",
+    "SeqConflict",
     "default_appliers",
     "device_counters",
     "gateway_exists",

@@ -10,7 +10,9 @@ the broker deliver it again (the (gateway, seq) dedupe makes that harmless). The
 consumer publishes ``{"acked_through", "first_seq", "last_seq"}`` (msgpack, QoS 1, retained)
 on ``plantsync/v1/<gateway>/acks``; the gateway deletes from its buffer by these batch
 confirmations, not by the broker's PUBACK (a broker killed with -9 loses what it had only
-in memory).
+in memory). A batch the ingest refuses with ``seq_conflict`` (a gateway that lost its
+buffer, cloud/ingest/store.py) gets the refusal's map instead, not retained and without
+``first_seq``/``last_seq``; the gateway rebases and resends.
 
 Trust: the gateway id comes from the topic. Over MQTT the broker's authentication vouches for
 it, so a production broker MUST restrict each gateway (username = gateway id, password = its
@@ -44,7 +46,7 @@ from buffer.records import (
 from cloud.core import clock
 from cloud.core.db import Database, resolve_url
 from cloud.ingest.appliers import default_appliers
-from cloud.ingest.store import GatewayGone, ingest_batch
+from cloud.ingest.store import GatewayGone, SeqConflict, ingest_batch
 
 __all__ = ["parse_broker_url", "run_mqtt_ingest"]
 
@@ -177,6 +179,14 @@ async def _handle(client: mqtt.Client, db: Database, msg: _Message) -> None:
         except GatewayGone:
             log.error("mqtt_ingest_unknown_gateway", gateway=gateway,
                       fix="plantsync-cloud admin create-gateway, or remove it from the broker")
+            return
+        except SeqConflict as exc:
+            # The refusal the HTTP answer's 409 carries. Not retained (a stale refusal must
+            # not greet the next connection) and without first_seq/last_seq, so a gateway
+            # older than this answer reads it as unreadable and resends, never as a
+            # confirmation. store.py logged it.
+            client.publish(acks_topic(gateway), msgpack.packb(exc.to_json()), qos=1,
+                           retain=False)
             return
         except asyncio.CancelledError:
             raise

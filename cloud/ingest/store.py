@@ -14,7 +14,26 @@ An empty batch asks "where are we?" (a gateway after a restart or a sync error):
 answer is the highest seq below which every missing seq is explained, either by a
 ``gap`` record or by lying below the gateway's first stored record (cloud/ingest/status.py).
 
-Replays store nothing new and get the same answer.
+Replays store nothing new and get the same answer. A replay is a seq the cloud holds with
+the *same* content (ts, device, kind, body); a seq it holds with other content is a seq
+reused by a gateway that lost its buffer, and is never acked as a duplicate: the whole
+batch is refused, 409 ``seq_conflict`` (``SeqConflict``) with ``cloud_last_seq`` (the
+highest seq the cloud holds of that gateway), and nothing of it is stored.
+
+Incarnations (the lost-buffer fix, ARCHITECTURE.md "Sync"): a batch may carry the
+buffer's ``incarnation`` (a random id made when the buffer began its numbering) and
+``since`` (that numbering's first seq; 0 for a buffer older than incarnations, whose
+numbering continues what the cloud knows). The gateway row keeps the incarnation its
+records are stored under. A batch of another incarnation is accepted, and the row moves
+to it, only when its numbering starts above everything the cloud holds (``since >
+last_seq``: a buffer that resumed above the cloud after a rebase, or above its
+reservation) or, for a row that never heard of incarnations, when ``since`` is 0 (an
+upgraded gateway). Otherwise it is refused with ``seq_conflict``: the gateway renumbers its
+records above ``cloud_last_seq`` behind a ``gap`` record (reason ``buffer_lost``) under a new
+incarnation and resends, so each of its records is stored exactly once. Batches of a
+refused numbering still in flight (MQTT) are refused too, since their ``since`` can never
+pass ``last_seq`` again. Batches without an incarnation (older gateways) get the content
+check only.
 
 Clock skew (cloud minus gateway, ms): exact from the ``X-Plantsync-Sent-At`` header (the
 gateway's clock at send time; one-way latency is the error). Without it, estimated from
@@ -49,7 +68,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from buffer.records import Batch, Record
 from cloud.core.db import Database
-from cloud.core.errors import Unauthorized
+from cloud.core.errors import Conflict, Unauthorized
 from cloud.core.models import gateways, records
 from cloud.ingest.status import acked_frontier
 
@@ -79,6 +98,20 @@ class GatewayGone(Unauthorized):
         self.gateway_id = gateway_id
 
 
+class SeqConflict(Conflict):
+    """409 ``seq_conflict``: the batch's seqs belong to a numbering the cloud does not
+    accept (a gateway that lost its buffer), or a seq the cloud holds came with other
+    content. ``cloud_last_seq``: the highest seq the cloud holds of the gateway (resume
+    above it); ``incarnation``: the batch's. Nothing of the batch was stored."""
+
+    code = "seq_conflict"
+
+    def __init__(self, detail: str, *, cloud_last_seq: int, incarnation: str | None) -> None:
+        super().__init__(detail, cloud_last_seq=cloud_last_seq, incarnation=incarnation)
+        self.cloud_last_seq = cloud_last_seq
+        self.incarnation = incarnation
+
+
 async def ingest_batch(db: Database, gateway_id: str, batch: Batch, *, received_ms: int,
                        sent_at_ms: int | None = None,
                        appliers: Sequence[Applier] = ()) -> IngestResult:
@@ -86,8 +119,9 @@ async def ingest_batch(db: Database, gateway_id: str, batch: Batch, *, received_
     field is the caller's business) in one transaction and return the ack.
 
     Idempotent: a replay stores nothing and returns the same acked_through. Raises
-    GatewayGone when the gateway was revoked meanwhile; database errors propagate and
-    nothing is stored.
+    GatewayGone when the gateway was revoked meanwhile, SeqConflict when the batch reuses
+    seqs the cloud holds (see the module doc); database errors propagate and nothing is
+    stored.
     """
     recs = batch.records
     now = datetime.fromtimestamp(received_ms / 1000, UTC)
@@ -99,19 +133,27 @@ async def ingest_batch(db: Database, gateway_id: str, batch: Batch, *, received_
         row = (await session.execute(
             update(gateways).where(gateways.c.id == gateway_id, gateways.c.revoked_at.is_(None))
             .values(last_seen=now)
-            .returning(gateways.c.last_seq, gateways.c.clock_skew_ms, gateways.c.clock_skew_exact)
+            .returning(gateways.c.last_seq, gateways.c.clock_skew_ms, gateways.c.clock_skew_exact,
+                       gateways.c.incarnation, gateways.c.backlog)
         )).first()
         if row is None:
             raise GatewayGone(gateway_id)
         prev_last = int(row.last_seq)
+        values: dict[str, Any] = {}
+        if batch.incarnation is not None and batch.incarnation != row.incarnation:
+            _check_new_incarnation(gateway_id, batch, row.incarnation, prev_last, row.backlog)
+            values["incarnation"] = batch.incarnation
         new: list[Record] = []
         if recs:
             lo, hi = recs[0].seq, recs[-1].seq  # decode_batch guarantees increasing seqs
-            have = set((await session.execute(
-                select(records.c.seq).where(records.c.gateway_id == gateway_id,
-                                            records.c.seq.between(lo, hi))
-            )).scalars())
-            new = [r for r in recs if r.seq not in have]
+            held = {int(r.seq): r for r in (await session.execute(
+                select(records.c.seq, records.c.ts, records.c.device, records.c.kind,
+                       records.c.body)
+                .where(records.c.gateway_id == gateway_id, records.c.seq.between(lo, hi))
+            ))}
+            if held:
+                _check_replays(gateway_id, batch, held, prev_last)
+            new = [r for r in recs if r.seq not in held]
             if new:
                 await session.execute(_insert(db.dialect), [
                     {"gateway_id": gateway_id, "seq": r.seq, "ts": r.ts, "device": r.device,
@@ -136,8 +178,7 @@ async def ingest_batch(db: Database, gateway_id: str, batch: Batch, *, received_
         skew, exact = _skew(recs, received_ms, sent_at_ms)
         if skew is None:
             skew, exact = row.clock_skew_ms, row.clock_skew_exact
-        values: dict[str, Any] = {"last_seq": last_seq, "clock_skew_ms": skew,
-                                  "clock_skew_exact": exact}
+        values |= {"last_seq": last_seq, "clock_skew_ms": skew, "clock_skew_exact": exact}
         if batch.backlog is not None:   # what is still queued behind this batch
             values |= {"backlog": max(0, batch.backlog - len(recs)), "backlog_at": now}
         await session.execute(update(gateways).where(gateways.c.id == gateway_id).values(**values))
@@ -145,6 +186,64 @@ async def ingest_batch(db: Database, gateway_id: str, batch: Batch, *, received_
     log.debug("batch_stored", gateway=gateway_id, records=len(recs), new=len(new),
               acked_through=acked)
     return result
+
+
+def _check_new_incarnation(gateway_id: str, batch: Batch, stored: str | None,
+                           prev_last: int, prev_backlog: int | None) -> None:
+    """A batch of an incarnation the row does not have: accept it (return) or refuse it."""
+    since = batch.since or 0
+    recs = batch.records
+    starts_above = since > prev_last and (not recs or recs[0].seq >= since)
+    if starts_above or (stored is None and since == 0):
+        if stored is not None:
+            log.warning("gateway_new_incarnation", gateway=gateway_id, incarnation=batch.incarnation,
+                        previous=stored, since=since, cloud_last_seq=prev_last,
+                        detail="the gateway's buffer was replaced; it resumes above the cloud")
+        return
+    log.warning("ingest_seq_conflict", gateway=gateway_id, reason="buffer_lost",
+                incarnation=batch.incarnation, stored_incarnation=stored, since=since,
+                cloud_last_seq=prev_last,
+                first_seq=recs[0].seq if recs else None, last_seq=recs[-1].seq if recs else None,
+                previous_backlog=prev_backlog,
+                detail="a new buffer reuses seqs the cloud holds; refused, the gateway resumes "
+                       "above cloud_last_seq (previous_backlog: records its old buffer still "
+                       "held unsent at its last batch, now lost)")
+    raise SeqConflict(
+        f"gateway {gateway_id!r}: this buffer's numbering (incarnation {batch.incarnation!r}, "
+        f"from seq {since}) reuses seqs the cloud already holds through {prev_last}; resume "
+        "above cloud_last_seq; nothing was stored",
+        cloud_last_seq=prev_last, incarnation=batch.incarnation)
+
+
+def _check_replays(gateway_id: str, batch: Batch, held: dict[int, Any], prev_last: int) -> None:
+    """Every record of the batch the cloud holds must be the same record (a replay)."""
+    for r in batch.records:
+        old = held.get(r.seq)
+        if old is None or (old.ts == r.ts and old.device == r.device and old.kind == r.kind
+                           and _same(old.body, dict(r.body))):
+            continue
+        log.warning("ingest_seq_conflict", gateway=gateway_id, reason="seq_reused",
+                    seq=r.seq, incarnation=batch.incarnation, cloud_last_seq=prev_last,
+                    held={"ts": old.ts, "device": old.device, "kind": old.kind},
+                    sent={"ts": r.ts, "device": r.device, "kind": r.kind},
+                    detail="a seq the cloud holds came with other content; the batch is "
+                           "refused, not acked as a duplicate")
+        raise SeqConflict(
+            f"gateway {gateway_id!r}: seq {r.seq} is held with other content (a buffer that "
+            f"lost its records restarted its numbering?); the cloud holds seqs through "
+            f"{prev_last}; resume above cloud_last_seq; nothing was stored",
+            cloud_last_seq=prev_last, incarnation=batch.incarnation)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON values equal as stored: numbers by value (20 == 20.0), NaN equal to NaN."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    return bool(a == b) and isinstance(a, bool) == isinstance(b, bool)
 
 
 def _skew(recs: Sequence[Record], received_ms: int,

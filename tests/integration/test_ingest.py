@@ -292,3 +292,64 @@ def test_concurrent_gateways(cloud_server: CloudServer):
         assert status(cloud_server, gw)["records_stored"] == 2000
     assert "Traceback" not in cloud_server.log(), cloud_server.log()[-3000:]
 
+
+
+def _post_numbered(server: CloudServer, gw: GatewayCredentials, records: list[dict],
+                   incarnation: str, since: int) -> httpx.Response:
+    body = msgpack.packb({"v": 1, "gateway": gw.id, "records": records,
+                          "incarnation": incarnation, "since": since}, use_bin_type=True)
+    return httpx.post(f"{server.url}/api/v1/ingest", content=body, timeout=60,
+                      headers={**gw.headers, "Accept": "application/json"})
+
+
+def test_reused_seq_with_other_content_is_refused_not_acked(cloud_server: CloudServer):
+    # A gateway that lost its buffer (and sends no incarnation: an older gateway) restarts
+    # at seq 1: the cloud must not ack its new records as duplicates of the old ones.
+    gw = cloud_server.create_gateway()
+    assert post_batch(cloud_server.url, gw, [record(s) for s in range(1, 6)]).status_code == 200
+    reused = [record(s, ts=1_800_000_000_000 + s) for s in range(1, 4)]
+    res = post_batch(cloud_server.url, gw, reused)
+    assert res.status_code == 409, res.text
+    doc = res.json()
+    assert doc["error"] == "seq_conflict" and doc["cloud_last_seq"] == 5
+    # the same content again is still a harmless replay
+    again = post_batch(cloud_server.url, gw, [record(s) for s in range(1, 6)]).json()
+    assert again == {"acked_through": 5, "stored": 0, "duplicates": 5}
+    rows = status(cloud_server, gw)
+    assert rows["records_stored"] == 5 and rows["last_seq"] == 5
+
+
+def test_new_buffer_numbering_is_refused_until_it_resumes_above_the_cloud(
+        cloud_server: CloudServer):
+    gw = cloud_server.create_gateway()
+    # the first buffer (a fresh one: since 1) is adopted
+    res = _post_numbered(cloud_server, gw, [record(s) for s in range(1, 11)], "aaaa", 1)
+    assert res.json()["acked_through"] == 10
+    # the buffer is lost; the new one starts at 1 again, with records that happen to be
+    # equal to the old ones (content alone could not tell): refused, nothing stored
+    res = _post_numbered(cloud_server, gw, [record(s) for s in range(1, 4)], "bbbb", 1)
+    assert res.status_code == 409, res.text
+    assert res.json()["cloud_last_seq"] == 10 and res.json()["incarnation"] == "bbbb"
+    # a later batch of that numbering (MQTT in flight) that lies above the cloud: refused too
+    res = _post_numbered(cloud_server, gw, [record(s) for s in range(11, 13)], "bbbb", 1)
+    assert res.status_code == 409
+    # renumbered above the cloud's highest seq behind a gap record: accepted
+    gap = record(11, "gap", {"dropped": 0, "first_seq": None, "last_seq": None,
+                             "reason": "buffer_lost: test"})
+    res = _post_numbered(cloud_server, gw, [gap, *(record(s) for s in range(12, 15))],
+                         "cccc", 11)
+    assert res.status_code == 200 and res.json() == {"acked_through": 14, "stored": 4,
+                                                    "duplicates": 0}
+    # the refused numbering stays refused; the old one too
+    assert _post_numbered(cloud_server, gw, [record(1)], "bbbb", 1).status_code == 409
+    assert _post_numbered(cloud_server, gw, [record(15)], "aaaa", 1).status_code == 409
+    doc = status(cloud_server, gw)
+    assert doc["records_stored"] == 14 and doc["last_seq"] == 14 and doc["missing"] == 0
+
+
+def test_a_gateway_from_before_incarnations_is_adopted(cloud_server: CloudServer):
+    gw = cloud_server.create_gateway()
+    assert post_batch(cloud_server.url, gw, [record(s) for s in range(1, 6)]).status_code == 200
+    # upgraded: its buffer continues the known numbering (since 0)
+    res = _post_numbered(cloud_server, gw, [record(s) for s in range(4, 8)], "dddd", 0)
+    assert res.json() == {"acked_through": 7, "stored": 2, "duplicates": 2}

@@ -240,3 +240,54 @@ async def test_window_acks_only_the_confirmed_prefix() -> None:
     up = Pipelined()
     assert await fw(out, up, max_records=100).drain() == 1000
     assert out.acks == list(range(100, 1001, 100))  # in order, batch by batch
+
+
+async def test_a_seq_conflict_rebases_the_outbox_and_resends_above_the_cloud(
+        tmp_path: Any) -> None:
+    """A lost buffer: the cloud refuses the new numbering with its highest seq; the
+    Forwarder has the Outbox renumber above it (behind a gap record) and resends at once,
+    every batch carrying the Outbox's incarnation."""
+    from buffer import Cycle, Outbox, Record
+    from buffer.uplink import UplinkSeqConflict
+
+    class Cloud(Scripted):
+        def __init__(self) -> None:
+            super().__init__([])
+            self.batches: list[dict[str, Any]] = []
+
+        async def send(self, payload: bytes, *, last_seq: int) -> int:
+            doc = msgpack.unpackb(payload)
+            self.batches.append(doc)
+            if doc["since"] <= 90:
+                raise UplinkSeqConflict("seq_conflict", cloud_last_seq=90,
+                                        incarnation=doc["incarnation"])
+            self.last_acked_through = last_seq
+            return last_seq
+
+    async with Outbox(tmp_path / "b.db", gateway="gw-1", max_bytes=8 * 2**20) as ob:
+        await ob.append(Cycle([Record(0, 1_700_000_000_000, "cnc-03", "link",
+                                      {"online": True, "error": None})] * 3))
+        before = ob.incarnation
+        up = Cloud()
+        f = Forwarder(ob, up, gateway="gw-1", backoff_base=0.001, backoff_cap=0.002,
+                      idle_interval=0.01)
+        task = asyncio.create_task(f.run())
+        try:
+            async def backlog() -> int:
+                return (await ob.stats()).backlog
+
+            def drained(n: int) -> bool:
+                return n == 0
+
+            await wait_for_async(backlog, "drained", until=drained)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        refused, accepted = up.batches[0], up.batches[-1]
+        assert (refused["incarnation"], refused["since"]) == (before.id, 1)
+        assert [r["seq"] for r in refused["records"]] == [1, 2, 3]
+        assert (accepted["incarnation"], accepted["since"]) == (ob.incarnation.id, 91)
+        assert [(r["seq"], r["kind"]) for r in accepted["records"]] == [
+            (91, "gap"), (92, "link"), (93, "link"), (94, "link")]
+        assert f.stats().errors == {"seq_conflict": 1}

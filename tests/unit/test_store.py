@@ -319,6 +319,68 @@ async def test_a_deleted_buffer_restarts_above_every_seq_used(tmp_path: Path) ->
         assert (await ob.append(Cycle([count("d", 0, 1)])))[0] > rows[0].seq
 
 
+async def test_a_removed_buffer_and_garbage_sidecar_say_so_and_rebase_above_the_cloud(
+        tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    async with Outbox(path, gateway="gw-1", max_bytes=64 * MB) as ob:
+        await ob.append(Cycle([count("d", 0, 1)] * 5))
+        first = ob.incarnation
+        assert first.since == 1 and first.id
+    for f in tmp_path.glob("b.db*"):
+        f.unlink()
+    (tmp_path / "b.db.seq").write_bytes(b"\x00 not json")
+    with structlog.testing.capture_logs() as logs:
+        async with Outbox(path, gateway="gw-1", max_bytes=64 * MB) as ob:
+            assert ob.incarnation.id != first.id and ob.incarnation.since == 1
+            await ob.append(Cycle([count("d", 0, 7), sample("d", 1)], {("d", "part_count"): 7}))
+            rows = await ob.peek(max_records=10)
+            assert [r.kind for r in rows] == ["gap", "count", "sample"]
+            assert "sidecar unreadable" in bodies(rows)[0]["reason"]
+            # a late refusal of another numbering changes nothing
+            assert not await ob.rebase(40, "someone-else")
+            # the cloud holds seqs through 40 of an earlier buffer: renumber above it
+            assert await ob.rebase(40, ob.incarnation.id)
+            assert ob.incarnation.since == 41
+            rows = await ob.peek(max_records=10)
+            assert [(r.seq, r.kind) for r in rows] == [(41, "gap"), (42, "gap"), (43, "count"),
+                                                       (44, "sample")]
+            assert bodies(rows)[0]["reason"].startswith("buffer_lost: the cloud already held "
+                                                        "seqs through 40")
+            assert bodies(rows)[2]["raw_after"] == 7          # content and order kept
+            assert await ob.baselines() == {("d", "part_count"): 7}
+            st = await ob.stats()
+            assert (st.backlog, st.last_seq) == (4, 44)
+            assert await ob.append(Cycle([count("d", 7, 8)])) == [45]
+            await ob.ack_through(43)
+            assert [r.seq for r in await ob.peek(max_records=10)] == [44, 45]
+            inc = ob.incarnation
+    events = {e["event"]: e for e in logs}
+    assert events["buffer_sidecar_unreadable"]["log_level"] == "error"
+    assert events["buffer_lost"]["log_level"] == "error"
+    assert events["buffer_rebased"]["log_level"] == "warning"
+    # the new numbering survives a restart, and seqs go on above it
+    async with Outbox(path, gateway="gw-1", max_bytes=64 * MB) as ob:
+        assert ob.incarnation == inc
+        assert await ob.append(Cycle([count("d", 8, 9)])) == [46]
+
+
+async def test_a_buffer_from_before_incarnations_continues_its_numbering(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    async with Outbox(path, gateway="gw-1", max_bytes=64 * MB) as ob:
+        await ob.append(Cycle([count("d", 0, 1)] * 3))
+    con = sqlite3.connect(path)
+    con.execute("DELETE FROM meta WHERE key IN ('incarnation', 'incarnation_since')")
+    con.commit()
+    con.close()
+    async with Outbox(path, gateway="gw-1", max_bytes=64 * MB) as ob:
+        assert ob.incarnation.since == 0
+        rows = await ob.peek(max_records=10)
+        wire = decode_batch(encode_batch_raw(
+            "gw-1", [(r.seq, r.ts, r.device, r.kind, r.body) for r in rows],
+            incarnation=(ob.incarnation.id, ob.incarnation.since)))
+        assert (wire.incarnation, wire.since) == (ob.incarnation.id, 0)
+
+
 def test_schema_on_disk(tmp_path: Path) -> None:
     import asyncio
 
