@@ -213,11 +213,12 @@ async def authenticate(session: AsyncSession, authorization: str | None,
     )).first()
     if row is None:
         raise NotAuthenticated("unknown_token", "this token belongs to no gateway or user")
+    # disabled first: disabling also revokes, and "disabled" is what the user must hear
+    if row.disabled_at is not None:
+        raise NotAuthenticated("user_disabled", f"user {row.name!r} is disabled")
     if row.revoked_at is not None:
         raise NotAuthenticated("revoked_token", f"this API token of {row.name!r} was revoked "
                                f"at {iso(row.revoked_at)}")
-    if row.disabled_at is not None:
-        raise NotAuthenticated("user_disabled", f"user {row.name!r} is disabled")
     if row.last_used_at is None or now - row.last_used_at > TOKEN_TOUCH_EVERY:
         await session.execute(update(ApiToken).where(ApiToken.id == row.id)
                               .values(last_used_at=now))
