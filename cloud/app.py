@@ -15,10 +15,16 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI
-from fastapi_offline import FastAPIOffline
 
 from cloud import anomalies, notify, oee
-from cloud.api import DEFAULT_MAX_BODY, install_api
+from cloud.api import (
+    DEFAULT_MAX_BODY,
+    DOCS_OFF,
+    BodyLimit,
+    body_limits,
+    install_api,
+    install_docs,
+)
 from cloud.auth import prune_logins
 from cloud.core import Database, Job, job_runner, resolve_url
 from cloud.ingest import Applier, default_appliers
@@ -34,14 +40,16 @@ LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 
 def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_BODY,
                appliers: Sequence[Applier] = (), lifespan_hooks: Sequence[LifespanHook] = (),
-               run_jobs: bool = False) -> FastAPI:
+               run_jobs: bool = False, docs_require_login: bool = False) -> FastAPI:
     """The cloud API on the database at ``db_url`` (resolved like ``--db``; the schema
     must be migrated, see cloud/core/migrate.py). People log in or use API tokens
     (cloud/auth/); there is no built-in admin. ``appliers`` are added to the domain
     processing of ingest; ``lifespan_hooks`` are entered at start-up and left at shutdown
     (in reverse). ``run_jobs``: run the periodic jobs of ``app.state.jobs`` in this
     process; ``serve`` does, in-process test clients call ``run_jobs_once`` with a pinned
-    time instead."""
+    time instead. ``max_body_bytes`` caps an ingest batch; every other body has its
+    route's cap (cloud/api/limits.py). ``docs_require_login``: ``/docs``, ``/redoc`` and
+    ``/openapi.json`` only for a logged-in caller (cloud/api/docs.py); open by default."""
     db = Database(resolve_url(db_url).url)
 
     @asynccontextmanager
@@ -55,10 +63,7 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
             log.info("cloud_started", db=db.engine.url.render_as_string(hide_password=True))
             yield
 
-    # /docs and /redoc with their scripts served from the package (fastapi-offline): a
-    # plant network has no internet, and CDNs are unreliable from mainland China.
-    app = FastAPIOffline(title="plantsync cloud", version=_version(), lifespan=lifespan,
-                         static_url="/static-docs")
+    app = FastAPI(title="plantsync cloud", version=_version(), lifespan=lifespan, **DOCS_OFF)
     app.state.db = db
     app.state.max_body_bytes = max_body_bytes
     # attribution, the machine timeline, anomalies; callers may add more
@@ -68,7 +73,10 @@ def create_app(db_url: str | None = None, *, max_body_bytes: int = DEFAULT_MAX_B
                       Job("anomaly_sweep", anomalies.sweep, 15.0),
                       Job("notify", notify.deliver, 5.0)]
     install_api(app)
+    install_docs(app, require_login=docs_require_login)
     install_web(app)
+    # outermost: a body over its route's cap is refused before anything reads it
+    app.add_middleware(BodyLimit, rules=body_limits(max_body_bytes))
     return app
 
 

@@ -20,6 +20,7 @@ import getpass
 import ipaddress
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Coroutine, Sequence
@@ -102,6 +103,21 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.add_argument("--no-zeroconf", action="store_true",
                    help="do not advertise _plantsync._tcp.local. (gateways then need cloud.url)")
+    s.add_argument("--trusted-proxy", action="append", metavar="ADDR",
+                   default=_env_list("PLANTSYNC_TRUSTED_PROXIES"),
+                   help="a reverse proxy whose X-Forwarded-For/-Proto are believed (the "
+                        "client address of the login limits, https for the Secure cookie); "
+                        "an IP or network, repeatable; default $PLANTSYNC_TRUSTED_PROXIES "
+                        "(comma-separated), else none: the TCP peer is the client")
+    s.add_argument("--ssl-certfile", metavar="PEM", default=_env("PLANTSYNC_SSL_CERTFILE"),
+                   help="serve HTTPS with this certificate (chain); default "
+                        "$PLANTSYNC_SSL_CERTFILE, else plain HTTP")
+    s.add_argument("--ssl-keyfile", metavar="PEM", default=_env("PLANTSYNC_SSL_KEYFILE"),
+                   help="the certificate's private key; default $PLANTSYNC_SSL_KEYFILE")
+    s.add_argument("--docs", choices=["open", "login"],
+                   default=_env("PLANTSYNC_DOCS") or "open",
+                   help="/docs, /redoc and /openapi.json: open to anyone (default) or only "
+                        "after login; default $PLANTSYNC_DOCS")
 
     m = sub.add_parser("migrate", help="create or upgrade the database schema")
     m.add_argument("--db", help=db_help)
@@ -211,18 +227,53 @@ def _advertiser(host: str, port: int) -> Any:
     return hook
 
 
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def _env_list(name: str) -> list[str]:
+    return [part.strip() for part in (os.environ.get(name) or "").split(",") if part.strip()]
+
+
+def _tls_and_proxies(args: argparse.Namespace) -> dict[str, Any]:
+    """uvicorn's options for HTTPS and forwarded headers. uvicorn by default believes
+    X-Forwarded-For from 127.0.0.1, so anything on the host (or a proxy passing a
+    client's header through) could pick the address the login limit counts: we believe
+    forwarded headers only from ``--trusted-proxy``. Raises CloudError for a bad
+    address or a key without a certificate (and the reverse)."""
+    for proxy in args.trusted_proxy:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise CloudError(f"--trusted-proxy {proxy!r} is not an IP address or network "
+                             "(e.g. 127.0.0.1 or 10.0.0.0/8)") from None
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise CloudError("--ssl-certfile and --ssl-keyfile go together (HTTPS needs both)")
+    for option in ("ssl_certfile", "ssl_keyfile"):
+        path = getattr(args, option)
+        if path and not Path(path).is_file():
+            raise CloudError(f"--{option.replace('_', '-')} {path}: no such file")
+    return {"proxy_headers": bool(args.trusted_proxy),
+            "forwarded_allow_ips": list(args.trusted_proxy) or None,
+            "ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
+
+
 def _serve(args: argparse.Namespace) -> int:
+    network = _tls_and_proxies(args)
     url = _run(_prepare(args.db))
     hooks: list[Any] = []
     if not args.no_zeroconf:
         hooks.append(_advertiser(args.host, args.port))
     app = create_app(url, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-                     lifespan_hooks=hooks, run_jobs=True)
-    structlog.get_logger(__name__).info("serving", host=args.host, port=args.port)
+                     lifespan_hooks=hooks, run_jobs=True,
+                     docs_require_login=args.docs == "login")
+    structlog.get_logger(__name__).info(
+        "serving", host=args.host, port=args.port, https=bool(args.ssl_certfile),
+        trusted_proxies=args.trusted_proxy or None, docs=args.docs)
     # uvicorn.run, with a server that tells systemd READY/WATCHDOG/STOPPING (cloud/core/systemd.py)
     server = NotifyingServer(uvicorn.Config(
         app, host=args.host, port=args.port, log_config=None, log_level=args.log_level,
-        access_log=args.log_level == "debug"))
+        access_log=args.log_level == "debug", **network))
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     return 0 if server.started else 3   # 3: uvicorn's STARTUP_FAILURE

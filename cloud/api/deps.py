@@ -3,7 +3,9 @@ transaction, and the paging parameters. Route modules import these names; nothin
 in the API defines them again.
 
 - ``Viewer``, ``Planner``, ``Admin``: the authenticated caller with at least that role
-  (``require(role)``; gateway tokens get 403 unless a route allows them).
+  (``require(role)``; gateway tokens get 403 unless a route allows them). A caller by
+  session cookie who changes something (POST, PUT, PATCH, DELETE) must also send the
+  session's ``X-CSRF-Token`` or come from a page of this origin (``caller``).
 - ``Db``: one write transaction per request, committed *before* the answer is sent.
 - ``Read``: a read-only session (no write lock on SQLite), for reports.
 - ``Limit`` (1..500, default 50 where a route gives it) and ``Offset``.
@@ -17,7 +19,15 @@ from typing import Annotated, Final
 from fastapi import Depends, Query, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.auth import ROLES, SESSION_COOKIE, Actor, authenticate, check_role
+from cloud.auth import (
+    CSRF_HEADER,
+    ROLES,
+    SESSION_COOKIE,
+    Actor,
+    authenticate,
+    check_csrf,
+    check_role,
+)
 
 MAX_LIMIT: Final = 500
 
@@ -42,10 +52,16 @@ def require(role: str, *, allow_gateway: bool = False
 
 async def caller(request: Request) -> Actor:
     """Whoever sent ``request`` (API token, gateway token or session cookie). Raises
-    AuthError 401."""
+    AuthError 401; 403 ``csrf_failed`` for a state-changing request by session cookie
+    without the session's ``X-CSRF-Token`` from another site (``check_csrf``)."""
+    secret = request.cookies.get(SESSION_COOKIE)
     async with request.app.state.db.sessions() as session:
-        return await authenticate(session, request.headers.get("authorization"),
-                                  request.cookies.get(SESSION_COOKIE))
+        actor = await authenticate(session, request.headers.get("authorization"), secret)
+    if actor.kind == "user" and secret:
+        headers = request.headers
+        check_csrf(request.method, secret, headers.get(CSRF_HEADER), headers.get("origin"),
+                   headers.get("referer"), headers.get("host"))
+    return actor
 
 
 Viewer = Annotated[Actor, Depends(require("viewer"))]

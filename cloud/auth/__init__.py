@@ -7,6 +7,7 @@ passwords and logins, gateway tokens. Authorization decisions are ``check_role``
 from __future__ import annotations
 
 from cloud.auth.credentials import (
+    CSRF_HEADER,
     ROLES,
     SESSION_ABSOLUTE,
     SESSION_COOKIE,
@@ -16,7 +17,10 @@ from cloud.auth.credentials import (
     NotAuthenticated,
     TooManyAttempts,
     authenticate,
+    check_csrf,
     check_role,
+    csrf_token_for,
+    foreign_origin,
     hash_token,
     require_gateway,
     require_read,
@@ -41,6 +45,7 @@ from cloud.auth.users import (
     create_user,
     create_user_in,
     get_user,
+    list_api_tokens_in,
     login,
     logout,
     revoke_api_token_in,
@@ -52,6 +57,7 @@ from cloud.auth.users import (
 from cloud.auth.users import prune as prune_logins
 
 __all__ = [
+    "CSRF_HEADER",
     "MAX_FAILURES_PER_ADDRESS",
     "MAX_FAILURES_PER_NAME",
     "ROLES",
@@ -68,6 +74,7 @@ __all__ = [
     "UserError",
     "UserExists",
     "authenticate",
+    "check_csrf",
     "check_gateway_id",
     "check_password",
     "check_role",
@@ -77,8 +84,11 @@ __all__ = [
     "create_gateway",
     "create_user",
     "create_user_in",
+    "csrf_token_for",
+    "foreign_origin",
     "get_user",
     "hash_token",
+    "list_api_tokens_in",
     "login",
     "logout",
     "prune_logins",

@@ -14,6 +14,10 @@ Public names (other cloud modules use exactly these):
   ``role``; a gateway token gets 403 ``gateway_not_allowed`` unless ``allow_gateway``
   (then the route itself checks ``actor.may_read_gateway(id)`` / ``require_read``).
   The FastAPI dependency built on these is ``cloud.api.deps.require``.
+- ``check_csrf(...)``: a state-changing request by session cookie needs the session's
+  CSRF token (``csrf_token_for``; header ``X-CSRF-Token``, the forms' ``csrf_token``) or
+  an Origin/Referer of this host; bearer tokens are not sent by browsers on their own and
+  need neither.
 
 Tokens (gateway and API) are 256-bit random strings; we store only their SHA-256, as a
 unique lookup key. A slow password hash (argon2, cloud/auth/users.py) exists to make guessing
@@ -30,10 +34,12 @@ every ``SESSION_TOUCH_EVERY``, not on every request).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final, Literal
+from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -50,6 +56,9 @@ SESSION_IDLE: Final = timedelta(hours=12)
 SESSION_ABSOLUTE: Final = timedelta(days=7)
 SESSION_TOUCH_EVERY: Final = timedelta(minutes=5)
 TOKEN_TOUCH_EVERY: Final = timedelta(minutes=5)
+
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_HEADER: Final = "X-CSRF-Token"
 
 ROLES: Final = ("viewer", "planner", "admin")  # ascending power
 _RANK: Final = {role: i for i, role in enumerate(ROLES)}
@@ -125,6 +134,45 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def csrf_token_for(session_secret: str) -> str:
+    """The CSRF token of a browser session: derived from the cookie's secret (only a page
+    served to this browser can know it; it dies with the session; nothing is stored).
+    Forms send it as ``csrf_token``, scripts as the ``X-CSRF-Token`` header."""
+    return hashlib.sha256(b"plantsync-csrf\0" + session_secret.encode()).hexdigest()[:40]
+
+
+def foreign_origin(origin: str | None, referer: str | None, host: str | None) -> bool:
+    """Whether a browser says the request comes from a page of another origin: its
+    ``Origin`` (else ``Referer``) is ``null`` or names another host:port than ``host``.
+    False when it says nothing: browsers send ``Origin`` with every cross-site POST, PUT,
+    PATCH and DELETE, so a request without either is not a browser's (a script, curl)."""
+    source = origin or referer
+    if not source:
+        return False
+    if source == "null":
+        return True
+    return urlsplit(source).netloc != (host or "")
+
+
+def check_csrf(method: str, session_secret: str, csrf_header: str | None,
+               origin: str | None, referer: str | None, host: str | None) -> None:
+    """Refuse (NotAllowed 403 ``csrf_failed``) a state-changing request authenticated by
+    the session cookie, which a browser attaches on its own, unless it carries the
+    session's CSRF token (``X-CSRF-Token``) or comes from a page of this origin.
+    GET, HEAD and OPTIONS change nothing and pass."""
+    if method in SAFE_METHODS:
+        return
+    if csrf_header:
+        if not hmac.compare_digest(csrf_header, csrf_token_for(session_secret)):
+            raise NotAllowed("csrf_failed", "the X-CSRF-Token header does not belong to "
+                             "this session; reload the page")
+        return
+    if foreign_origin(origin, referer, host):
+        raise NotAllowed("csrf_failed", f"a request from another site ({origin or referer}) "
+                         "may not act with this browser's session; send the session's "
+                         "X-CSRF-Token header, or use an API token")
+
+
 def bearer_token(authorization: str | None) -> str:
     """The token of an ``Authorization: Bearer ...`` header. Raises NotAuthenticated (401)."""
     if not authorization:
@@ -165,11 +213,12 @@ async def authenticate(session: AsyncSession, authorization: str | None,
     )).first()
     if row is None:
         raise NotAuthenticated("unknown_token", "this token belongs to no gateway or user")
+    # disabled first: disabling also revokes, and "disabled" is what the user must hear
+    if row.disabled_at is not None:
+        raise NotAuthenticated("user_disabled", f"user {row.name!r} is disabled")
     if row.revoked_at is not None:
         raise NotAuthenticated("revoked_token", f"this API token of {row.name!r} was revoked "
                                f"at {iso(row.revoked_at)}")
-    if row.disabled_at is not None:
-        raise NotAuthenticated("user_disabled", f"user {row.name!r} is disabled")
     if row.last_used_at is None or now - row.last_used_at > TOKEN_TOUCH_EVERY:
         await session.execute(update(ApiToken).where(ApiToken.id == row.id)
                               .values(last_used_at=now))

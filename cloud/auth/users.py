@@ -17,23 +17,34 @@ Tests may set ``PLANTSYNC_ARGON2_PROFILE=cheapest`` before import (the test fixt
 do) -- never set it in production. A password is at least ``MIN_PASSWORD_LENGTH``
 characters. No user, and no password, is ever created implicitly.
 
-Logins are rate-limited: ``MAX_FAILURES_PER_NAME`` failed attempts for one user name
-since that name's last success, or ``MAX_FAILURES_PER_ADDRESS`` from one client address
-(not reset by a success: someone with a valid account must not be able to reset the
-counter while spraying other names; higher because a plant's browsers may share one
-NAT address), within ``LOGIN_WINDOW`` -> 429 with Retry-After. Every attempt (also the
-refused ones, which keep counting) is a ``login_attempts`` row; every failure and every
-user or token change is audited.
+Logins are rate-limited (``login``), so that guessing is slow and nobody can lock
+anyone else out: after ``MAX_FAILURES_PER_NAME`` failures for one user name *from one
+client address* since that pair's last success, that pair is locked for ``LOGIN_WINDOW``,
+doubling with each further failure (``lock_after``); the user logs in from any address
+that has not failed. One address is also limited to ``MAX_FAILURES_PER_ADDRESS`` failures
+within ``LOGIN_WINDOW`` whatever the names (spraying; not reset by a success; higher
+because a plant's browsers may share one NAT address). A refused attempt (429) is not a
+failure: it is audited but extends nothing. The address is the TCP peer unless the
+service trusts a proxy (``plantsync-cloud serve --trusted-proxy``). Every checked attempt
+is a ``login_attempts`` row; every failure and every user or token change is audited.
+
+A password reset or a disable revokes the user's API tokens (re-enabling does not bring
+them back); an admin lists and revokes anyone's with ``list_api_tokens_in`` /
+``revoke_api_token_in``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import re
 import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, cast
+from typing import Any, Final, ParamSpec, TypeVar, cast
 
 import structlog
 from argon2 import PasswordHasher
@@ -59,14 +70,19 @@ from cloud.core.errors import Duplicate, Invalid, NotFound
 from cloud.core.models import ApiToken, LoginAttempt, Session, User
 
 log = structlog.get_logger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 ARGON2_PROFILE_ENV: Final = "PLANTSYNC_ARGON2_PROFILE"
 MIN_PASSWORD_LENGTH: Final = 10
 LOCALES: Final = ("zh-CN", "en")
 USER_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 LOGIN_WINDOW: Final = timedelta(minutes=10)
-MAX_FAILURES_PER_NAME: Final = 5
-MAX_FAILURES_PER_ADDRESS: Final = 20
+MAX_FAILURES_PER_NAME: Final = 5        # per (name, address), then locked
+MAX_FAILURES_PER_ADDRESS: Final = 20    # per address within LOGIN_WINDOW, any names
+FAILURES_REMEMBERED: Final = timedelta(days=1)
+LOCK_MAX: Final = timedelta(days=1)
+LOGIN_LOCK_KEY: Final = 0x706C616E74  # PostgreSQL advisory lock of the login check
 
 
 class UserError(Invalid):
@@ -173,7 +189,7 @@ async def create_user_in(session: AsyncSession, name: str, role: str, password: 
     check_user_name(name)
     check_role_name(role)
     check_locale(locale)
-    password_hash = hash_password(password)
+    password_hash = await _in_hash_thread(hash_password, password)
     exists = (await session.execute(select(User.id).where(User.name == name))).first()
     if exists is not None:
         raise UserExists(f"user {name!r} already exists")
@@ -187,16 +203,20 @@ async def create_user_in(session: AsyncSession, name: str, role: str, password: 
 
 async def set_password_in(session: AsyncSession, name: str, password: str, *,
                           actor: Actor | str = "system") -> None:
-    password_hash = hash_password(password)
+    """Give ``name`` a new password: ends their sessions and revokes their API tokens
+    (whoever had the old password may have made some)."""
+    password_hash = await _in_hash_thread(hash_password, password)
     user = await get_user(session, name)
     user.password_hash = password_hash
     await session.execute(delete(Session).where(Session.user_id == user.id))
     await audit(session, actor, "user.set_password", "user", name, {})
+    await _revoke_all_tokens(session, user.id, "password_set", actor)
 
 
 async def update_user_in(session: AsyncSession, name: str, *, role: str | None = None,
                          disabled: bool | None = None, actor: Actor | str = "system") -> User:
-    """Change a user's role and/or disable (ends their sessions) or enable them.
+    """Change a user's role and/or disable (ends their sessions, revokes their API
+    tokens for good) or enable them.
     Refuses to leave no enabled admin. Raises UnknownUser, UserError."""
     user = await get_user(session, name)
     changes: dict[str, object] = {}
@@ -209,6 +229,7 @@ async def update_user_in(session: AsyncSession, name: str, *, role: str | None =
         user.disabled_at = clock.now() if disabled else None
         if disabled:
             await session.execute(delete(Session).where(Session.user_id == user.id))
+            await _revoke_all_tokens(session, user.id, "user_disabled", actor)
     if not changes:
         return user
     await session.flush()
@@ -252,6 +273,24 @@ async def revoke_api_token_in(session: AsyncSession, user_id: int, token_id: int
     return token.revoked_at
 
 
+async def list_api_tokens_in(session: AsyncSession, user: str) -> list[ApiToken]:
+    """``user``'s API tokens, oldest first (for an admin). Raises UnknownUser."""
+    row = await get_user(session, user)
+    return list((await session.execute(select(ApiToken).where(ApiToken.user_id == row.id)
+                                       .order_by(ApiToken.id))).scalars())
+
+
+async def _revoke_all_tokens(session: AsyncSession, user_id: int, reason: str,
+                             actor: Actor | str) -> None:
+    now = clock.now()
+    tokens = (await session.execute(select(ApiToken).where(
+        ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None)))).scalars().all()
+    for token in tokens:
+        token.revoked_at = now
+        await audit(session, actor, "api_token.revoke", "api_token", token.id,
+                    {"name": token.name, "reason": reason})
+
+
 # --- logins --------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -260,44 +299,97 @@ class Login:
     session_secret: str  # the cookie's value; only its hash is stored
 
 
-async def login(session: AsyncSession, name: str, password: str, address: str) -> Login:
-    """Check a login and open a browser session. Commits (the attempt is recorded even
-    when refused). Raises TooManyAttempts 429 (rate limit; Retry-After), NotAuthenticated 401 bad_credentials
-    (unknown name and wrong password alike) or 401 user_disabled."""
+async def login(db: Database, name: str, password: str, address: str) -> Login:
+    """Check a login and open a browser session. Raises TooManyAttempts 429 (rate limit;
+    Retry-After), NotAuthenticated 401 bad_credentials (unknown name and wrong password
+    alike) or 401 user_disabled.
+
+    Three short transactions, none held while the password hash runs (in a worker
+    thread, at most ``HASH_THREADS`` at once, so neither the event loop nor the
+    connection pool waits for argon2): *reserve* (the limit check and a failed attempt
+    row, atomically: see ``_serialize_logins``), *verify* (no connection), *record*
+    (the attempt becomes a success and a session is opened, or the failure is audited).
+    A refused (429) attempt runs no hash and is not a failure: it is audited only, so it
+    can neither extend a lock nor count towards one."""
     now = clock.now()
     name = name[:64]
     address = address[:64]
-    retry_after = await _blocked_for(session, name, address, now)
+    async with db.sessions() as session, session.begin():
+        await _serialize_logins(session)
+        retry_after = await _blocked_for(session, name, address, now)
+        if retry_after is not None:
+            await audit(session, f"login:{address}", "login.failed", "user", name,
+                        {"address": address, "reason": "rate_limited"})
+        else:
+            user = (await session.execute(
+                select(User.id, User.password_hash, User.disabled_at)
+                .where(User.name == name))).first()
+            # counted as a failure by every check from now on, until proven otherwise
+            attempt = LoginAttempt(name=name, address=address, ts=now, ok=False)
+            session.add(attempt)
+            await session.flush()
+            attempt_id = attempt.id
     if retry_after is not None:
-        await _failed(session, name, address, now, "rate_limited")
-        raise TooManyAttempts(retry_after, f"too many failed logins for {name!r} or from "
+        log.warning("login_failed", user=name, address=address, reason="rate_limited")
+        raise TooManyAttempts(retry_after, f"too many failed logins for {name!r} from "
                               f"{address}; try again in {retry_after} s")
-    user = (await session.execute(select(User).where(User.name == name))).scalar_one_or_none()
-    if not _verify(user.password_hash if user is not None else None, password):
-        await _failed(session, name, address, now, "bad_credentials")
-        raise NotAuthenticated("bad_credentials", "wrong user name or password")
-    assert user is not None and user.password_hash is not None
-    if user.disabled_at is not None:
-        await _failed(session, name, address, now, "user_disabled")
+    stored = user.password_hash if user is not None else None
+    ok = await _in_hash_thread(_verify, stored, password)
+    rehashed = (await _in_hash_thread(password_hasher.hash, password)
+                if ok and stored is not None and password_hasher.check_needs_rehash(stored)
+                else None)
+    async with db.sessions() as session, session.begin():
+        current = (await session.execute(select(User).where(User.name == name))
+                   ).scalar_one_or_none()
+        # the password may have been changed while we were hashing: the proof was for
+        # the old one
+        if not ok or current is None or current.password_hash != stored:
+            reason = "bad_credentials"
+        elif current.disabled_at is not None:
+            reason = "user_disabled"
+        else:
+            reason = ""
+        if reason:
+            await audit(session, f"login:{address}", "login.failed", "user", name,
+                        {"address": address, "reason": reason})
+        else:
+            assert current is not None
+            await session.execute(update(LoginAttempt).where(LoginAttempt.id == attempt_id)
+                                  .values(ok=True))
+            if rehashed is not None:
+                current.password_hash = rehashed
+            # housekeeping: this user's ended sessions
+            await session.execute(delete(Session).where(Session.user_id == current.id,
+                                                        Session.expires_at <= now))
+            secret = secrets.token_urlsafe(32)
+            session.add(Session(id=hash_token(secret), user_id=current.id, created=now,
+                                expires_at=min(now + SESSION_IDLE, now + SESSION_ABSOLUTE)))
+    if reason == "user_disabled":
+        log.warning("login_failed", user=name, address=address, reason=reason)
         raise NotAuthenticated("user_disabled", f"user {name!r} is disabled; ask an admin")
-    if password_hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = password_hasher.hash(password)
-    session.add(LoginAttempt(name=name, address=address, ts=now, ok=True))
-    # housekeeping: this user's ended sessions
-    await session.execute(delete(Session).where(Session.user_id == user.id,
-                                                Session.expires_at <= now))
-    secret = secrets.token_urlsafe(32)
-    session.add(Session(id=hash_token(secret), user_id=user.id, created=now,
-                        expires_at=min(now + SESSION_IDLE, now + SESSION_ABSOLUTE)))
-    await session.commit()
+    if reason:
+        log.warning("login_failed", user=name, address=address, reason=reason)
+        raise NotAuthenticated("bad_credentials", "wrong user name or password")
+    assert current is not None
     log.info("login", user=name, address=address)
-    return Login(user, secret)
+    return Login(current, secret)
 
 
 async def logout(session: AsyncSession, session_secret: str) -> None:
     """End the session of this cookie value (nothing if there is none). Commits."""
     await session.execute(delete(Session).where(Session.id == hash_token(session_secret)))
     await session.commit()
+
+
+# argon2 takes 64 MiB and tens of milliseconds per run: a few threads, not the event loop
+# and not anyio's 40-thread default pool (40 x 64 MiB), with the rest queued.
+HASH_THREADS: Final = 2
+_hash_pool = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="argon2")
+
+
+async def _in_hash_thread(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    return await asyncio.get_running_loop().run_in_executor(
+        _hash_pool, functools.partial(fn, *args, **kwargs))
 
 
 def _verify(password_hash: str | None, password: str) -> bool:
@@ -308,36 +400,61 @@ def _verify(password_hash: str | None, password: str) -> bool:
         return False
 
 
-async def _failed(session: AsyncSession, name: str, address: str, now: datetime,
-                  reason: str) -> None:
-    session.add(LoginAttempt(name=name, address=address, ts=now, ok=False))
-    await audit(session, f"login:{address}", "login.failed", "user", name,
-                {"address": address, "reason": reason})
-    await session.commit()
-    log.warning("login_failed", user=name, address=address, reason=reason)
+async def _serialize_logins(session: AsyncSession) -> None:
+    """Make this write transaction's check-and-reserve atomic with every other login's,
+    so N concurrent guesses cannot all pass the same check. SQLite: already so
+    (``session.begin()`` takes the write lock first, cloud/core/db.py). PostgreSQL: a
+    transaction-scoped advisory lock, held only for the reserve's few statements."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(select(func.pg_advisory_xact_lock(LOGIN_LOCK_KEY)))
+
+
+def lock_after(failures: int) -> timedelta | None:
+    """How long (name, address) is locked after its latest failure when it has
+    ``failures`` since its last success: none below ``MAX_FAILURES_PER_NAME``, then
+    ``LOGIN_WINDOW`` doubling with each further failure, at most ``LOCK_MAX``."""
+    if failures < MAX_FAILURES_PER_NAME:
+        return None
+    lock: timedelta = LOGIN_WINDOW * 2 ** min(failures - MAX_FAILURES_PER_NAME, 16)
+    return min(lock, LOCK_MAX)
 
 
 async def _blocked_for(session: AsyncSession, name: str, address: str,
                        now: datetime) -> int | None:
-    """Seconds until a login for ``name`` from ``address`` may be tried again, or None."""
-    since = now - LOGIN_WINDOW
-    last_ok = (await session.execute(select(func.max(LoginAttempt.ts)).where(
-        LoginAttempt.name == name, LoginAttempt.ok))).scalar_one()
-    name_since = max(since, last_ok) if last_ok is not None else since
+    """Seconds until a login for ``name`` from ``address`` may be tried again, or None.
+
+    Two locks, neither of which another address can set on a user: (name, address) after
+    ``MAX_FAILURES_PER_NAME`` failures since that pair's last success (within
+    ``FAILURES_REMEMBERED``), for ``lock_after(failures)``; and an address after
+    ``MAX_FAILURES_PER_ADDRESS`` failures for any names within ``LOGIN_WINDOW`` (spraying;
+    a success does not reset it)."""
     waits: list[datetime] = []
-    for column, value, start, limit in (
-            (LoginAttempt.name, name, name_since, MAX_FAILURES_PER_NAME),
-            (LoginAttempt.address, address, since, MAX_FAILURES_PER_ADDRESS)):
-        times = (await session.execute(
-            select(LoginAttempt.ts).where(column == value, LoginAttempt.ts > start,
-                                          LoginAttempt.ok.is_(False))
-            .order_by(LoginAttempt.ts.desc()).limit(limit))).scalars().all()
-        if len(times) >= limit:
-            # allowed again when the limit-th most recent failure leaves the window
-            waits.append(times[limit - 1] + LOGIN_WINDOW)
-    if not waits:
+    last_ok = (await session.execute(select(func.max(LoginAttempt.ts)).where(
+        LoginAttempt.name == name, LoginAttempt.address == address, LoginAttempt.ok))
+    ).scalar_one()
+    start = now - FAILURES_REMEMBERED
+    if last_ok is not None and last_ok > start:
+        start = last_ok
+    pair = (await session.execute(
+        select(LoginAttempt.ts).where(LoginAttempt.name == name,
+                                      LoginAttempt.address == address,
+                                      LoginAttempt.ts >= start, LoginAttempt.ok.is_(False))
+        .order_by(LoginAttempt.ts.desc()).limit(MAX_FAILURES_PER_NAME + 32))).scalars().all()
+    lock = lock_after(len(pair))
+    if lock is not None:
+        waits.append(pair[0] + lock)
+    sprayed = (await session.execute(
+        select(LoginAttempt.ts).where(LoginAttempt.address == address,
+                                      LoginAttempt.ts > now - LOGIN_WINDOW,
+                                      LoginAttempt.ok.is_(False))
+        .order_by(LoginAttempt.ts.desc()).limit(MAX_FAILURES_PER_ADDRESS))).scalars().all()
+    if len(sprayed) >= MAX_FAILURES_PER_ADDRESS:
+        # allowed again when the limit-th most recent failure leaves the window
+        waits.append(sprayed[-1] + LOGIN_WINDOW)
+    until = max(waits, default=now)
+    if until <= now:
         return None
-    return max(1, int((max(waits) - now).total_seconds()) + 1)
+    return max(1, int((until - now).total_seconds()) + 1)
 
 
 async def set_locale_in(session: AsyncSession, user_id: int, locale: str) -> None:

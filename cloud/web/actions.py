@@ -54,8 +54,7 @@ async def post_login(request: Request) -> Response:
                       error=N_("This form was sent from another site; refused."))
     address = request.client.host if request.client else "unknown"
     try:
-        async with request.app.state.db.sessions() as session:
-            result = await login(session, name[:64], password[:1024], address)
+        result = await login(request.app.state.db, name[:64], password[:1024], address)
     except AuthError as exc:
         message = (N_("Too many failed logins; wait a few minutes.") if exc.status == 429
                    else N_("User disabled; ask an admin.") if exc.reason == "user_disabled"

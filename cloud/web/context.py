@@ -4,10 +4,10 @@ Sessions are the cloud's (cloud/auth/credentials.py): the ``plantsync_session`` 
 login form here or by ``POST /api/v1/login``.
 
 CSRF: the session cookie is sent by the browser on its own, so every state-changing form
-carries a per-session token, ``csrf_token`` = SHA-256 of a fixed label and the cookie's
-secret (only a page served to this browser can know it; it dies with the session; nothing
-is stored). A POST whose token does not match is refused (403), and so is a POST whose
-``Origin`` (or, without one, ``Referer``) names another host. The cookie is SameSite=Lax
+carries a per-session token, ``csrf_token`` (``cloud.auth.csrf_token_for``: derived
+from the cookie's secret; the API takes the same token as ``X-CSRF-Token``,
+cloud/api/deps.py). A POST whose token does not match is refused (403), and so is a POST
+whose ``Origin`` (or, without one, ``Referer``) names another host. The cookie is SameSite=Lax
 (cross-site POSTs carry no cookie in current browsers), so the token is the second of
 three locks. The login form has no session yet: it relies on the Origin check.
 
@@ -18,7 +18,6 @@ the REST API calls, with the same role rule).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import os
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode
 from zoneinfo import ZoneInfo
 
 from babel.support import Translations
@@ -36,7 +35,14 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from sqlalchemy import select
 
-from cloud.auth import SESSION_COOKIE, Actor, AuthError, authenticate
+from cloud.auth import (
+    SESSION_COOKIE,
+    Actor,
+    AuthError,
+    authenticate,
+    csrf_token_for,
+    foreign_origin,
+)
 from cloud.core import clock, plant
 from cloud.core.models import users
 from cloud.core.quantities import from_micro
@@ -79,10 +85,6 @@ def signed_micro(value_u: int) -> str:
     return f"-{text}" if value_u < 0 else text
 
 
-def csrf_for(session_secret: str) -> str:
-    return hashlib.sha256(b"plantsync-csrf\0" + session_secret.encode()).hexdigest()[:40]
-
-
 async def current_user(request: Request) -> WebUser | None:
     """The person behind the session cookie, or None (no cookie, ended session)."""
     secret = request.cookies.get(SESSION_COOKIE)
@@ -95,17 +97,14 @@ async def current_user(request: Request) -> WebUser | None:
             return None
         locale = (await session.execute(select(users.c.locale)
                                         .where(users.c.id == actor.user_id))).scalar()
-    return WebUser(actor, locale, csrf_for(secret))
+    return WebUser(actor, locale, csrf_token_for(secret))
 
 
 def same_origin(request: Request) -> bool:
     """False when the browser says the form came from another host (Origin, else
     Referer); True when it says nothing (old clients, scripts)."""
-    source = request.headers.get("origin") or request.headers.get("referer")
-    if not source or source == "null":
-        return source != "null"
-    host = request.headers.get("host", "")
-    return urlsplit(source).netloc == host
+    return not foreign_origin(request.headers.get("origin"), request.headers.get("referer"),
+                              request.headers.get("host"))
 
 
 async def require_form(request: Request, form: Any) -> WebUser:

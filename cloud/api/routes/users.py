@@ -1,15 +1,22 @@
 """HTTP API for people: login, sessions, own API tokens and locale, user admin.
 
 - ``POST /api/v1/login`` {name, password} -> {name, role, locale}; sets the session
-  cookie (HttpOnly, SameSite=Lax, Secure on https). 401 ``bad_credentials``,
-  ``user_disabled``; 429 ``too_many_attempts`` with Retry-After (cloud/auth/users.py).
+  cookie (HttpOnly, SameSite=Lax, Secure on https, direct or through a trusted proxy).
+  401 ``bad_credentials``, ``user_disabled``; 429 ``too_many_attempts`` with Retry-After
+  (cloud/auth/users.py).
 - ``POST /api/v1/logout`` -> {logged_out: true}; ends the cookie's session (idempotent).
 - ``GET /api/v1/me`` -> {name, role, locale, kind}; ``PUT /api/v1/me/locale`` {locale}.
 - ``GET /api/v1/me/tokens?limit=&offset=``; ``POST /api/v1/me/tokens`` {name} -> 201
   {id, name, token} (the token is shown this once); ``DELETE /api/v1/me/tokens/{id}``.
 - admin: ``GET /api/v1/users?role=&limit=&offset=``, ``POST /api/v1/users`` {name, role,
   password, locale?} -> 201, ``PATCH /api/v1/users/{name}`` {role?, disabled?},
-  ``POST /api/v1/users/{name}/password`` {password} (ends that user's sessions).
+  ``POST /api/v1/users/{name}/password`` {password} (ends that user's sessions and
+  revokes their API tokens; so does disabling), ``GET /api/v1/users/{name}/tokens``,
+  ``DELETE /api/v1/users/{name}/tokens/{id}``.
+
+A browser session's state-changing requests need its CSRF token in ``X-CSRF-Token``
+(answered by ``POST /login`` and ``GET /me``) or a same-origin ``Origin``
+(cloud/api/deps.py); a login from a page of another site is refused (403 ``csrf_failed``).
 
 Lists answer ``{items, total, limit, offset}`` like every list of the API. Every answer is
 a named response model (``UserOut``, ``TokenOut``, ...); cloud times (``created``,
@@ -32,10 +39,14 @@ from cloud.api.deps import Admin, Db, Limit, Offset, Viewer
 from cloud.api.paging import paged
 from cloud.api.schemas import Out, Page, Timestamp
 from cloud.auth import (
+    CSRF_HEADER,
     SESSION_ABSOLUTE,
     SESSION_COOKIE,
+    NotAllowed,
     create_api_token_in,
     create_user_in,
+    csrf_token_for,
+    foreign_origin,
     get_user,
     login,
     logout,
@@ -152,10 +163,14 @@ def _db(request: Request) -> Database:
 
 @router.post("/login")
 async def post_login(body: LoginBody, request: Request, response: Response) -> LoginOut:
-    """Log in; sets the session cookie. Rate-limited per name and per client address."""
+    """Log in; sets the session cookie and answers its CSRF token in ``X-CSRF-Token``.
+    Rate-limited per (name, client address) and per client address."""
+    if foreign_origin(request.headers.get("origin"), request.headers.get("referer"),
+                      request.headers.get("host")):
+        raise NotAllowed("csrf_failed", "a login from a page of another site is refused")
     address = request.client.host if request.client else "unknown"
-    async with _db(request).sessions() as session:
-        result = await login(session, body.name, body.password, address)
+    result = await login(_db(request), body.name, body.password, address)
+    response.headers[CSRF_HEADER] = csrf_token_for(result.session_secret)
     response.set_cookie(SESSION_COOKIE, result.session_secret, httponly=True, samesite="lax",
                         secure=request.url.scheme == "https", path="/",
                         max_age=int(SESSION_ABSOLUTE.total_seconds()))
@@ -174,10 +189,14 @@ async def post_logout(request: Request, response: Response) -> LoggedOutOut:
 
 
 @router.get("/me")
-async def get_me(request: Request, actor: Viewer) -> MeOut:
-    """Who is calling."""
+async def get_me(request: Request, response: Response, actor: Viewer) -> MeOut:
+    """Who is calling; to a browser session also its CSRF token (``X-CSRF-Token``,
+    needed by its state-changing API requests)."""
     async with _db(request).sessions() as session:
         user = await get_user(session, actor.name)
+    secret = request.cookies.get(SESSION_COOKIE)
+    if actor.kind == "user" and secret:
+        response.headers[CSRF_HEADER] = csrf_token_for(secret)
     return MeOut(name=user.name, role=user.role, locale=user.locale, kind=actor.kind)
 
 
@@ -259,10 +278,32 @@ async def patch_user(name: str, body: UserPatchBody, request: Request, actor: Ad
         return _user_doc(user)
 
 
+@router.get("/users/{name}/tokens")
+async def get_user_tokens(name: str, _actor: Admin, session: Db, limit: Limit = 50,
+                          offset: Offset = 0) -> Page[TokenOut]:
+    """A user's API tokens, oldest first (never their secrets); 404 ``unknown_user``."""
+    user = await get_user(session, name)
+    stmt = select(ApiToken).where(ApiToken.user_id == user.id)
+    return Page[TokenOut].model_validate(
+        await paged(session, stmt, [ApiToken.id], limit, offset, token_doc))
+
+
+@router.delete("/users/{name}/tokens/{token_id}")
+async def delete_user_token(name: str, token_id: int, actor: Admin, session: Db
+                            ) -> RevokedTokenOut:
+    """Revoke one of a user's API tokens (idempotent); 404 ``unknown_user`` /
+    ``unknown_token``."""
+    user = await get_user(session, name)
+    when = await revoke_api_token_in(session, user.id, token_id, actor=actor)
+    if when is None:
+        raise NotFound(f"user {name!r} has no API token {token_id}", code="unknown_token")
+    return RevokedTokenOut(id=token_id, revoked_at=when)
+
+
 @router.post("/users/{name}/password")
 async def post_password(name: str, body: PasswordBody, request: Request,
                         actor: Admin) -> PasswordSetOut:
-    """Set a user's password (ends their sessions)."""
+    """Set a user's password (ends their sessions and revokes their API tokens)."""
     async with _db(request).sessions() as session, session.begin():
         await set_password_in(session, name, body.password, actor=actor)
     return PasswordSetOut(name=name, password_set=True)
