@@ -22,7 +22,7 @@ from urllib.parse import quote
 import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from cloud.api.deps import caller
@@ -66,7 +66,7 @@ def install_docs(app: FastAPI, *, require_login: bool) -> None:
             swagger_favicon_url=f"{ASSETS_URL}/favicon.png")
 
     @app.get(REDOC_URL, include_in_schema=False)
-    async def redoc(request: Request) -> HTMLResponse | Response:
+    async def redoc(request: Request) -> Response:
         return await refused(request, REDOC_URL) or get_redoc_html(
             openapi_url=OPENAPI_URL, title=f"{app.title} - API",
             redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
