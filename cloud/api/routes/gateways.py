@@ -41,6 +41,7 @@ from cloud.api.schemas import EpochMs, Out, Page, Timestamp
 from cloud.auth import NotAllowed, require_gateway, require_read
 from cloud.core import clock
 from cloud.core.errors import BadRequest, Invalid, NotFound, TooLarge, UnsupportedMedia
+from cloud.core.fields import EPOCH_MS_MAX
 from cloud.core.headers import weighted
 
 DEFAULT_MAX_BODY: Final = 8 * 1024 * 1024
@@ -271,13 +272,16 @@ async def _read_capped(request: Request, limit: int) -> bytes:
 
 
 def _sent_at(value: str | None) -> int | None:
+    """The header's epoch ms, 0..9999-12-31 (its skew is stored in a BigInteger column):
+    anything else is a 400, which a gateway does not retry, never a 500, which it would
+    retry forever."""
     if value is None:
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequest(f"{SENT_AT_HEADER} must be epoch milliseconds, got {value!r}",
-                         code="bad_header") from None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) > EPOCH_MS_MAX:
+        raise BadRequest(f"{SENT_AT_HEADER} must be epoch milliseconds 0..{EPOCH_MS_MAX}, "
+                         f"got {value[:40]!r}", code="bad_header", field=SENT_AT_HEADER)
+    return int(text)
 
 
 def _wants_json(accept: str) -> bool:
