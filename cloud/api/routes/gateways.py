@@ -29,9 +29,11 @@ from __future__ import annotations
 from typing import Final, Literal
 
 import msgpack
+import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ConfigDict, Field
+from starlette.requests import ClientDisconnect
 
 from buffer.records import RecordError, decode_batch
 from cloud import ingest
@@ -49,6 +51,7 @@ MSGPACK_TYPES: Final = frozenset({"application/msgpack", "application/x-msgpack"
 SENT_AT_HEADER: Final = "X-Plantsync-Sent-At"
 
 router = APIRouter(prefix="/api/v1", tags=["gateways"])
+log = structlog.get_logger(__name__)
 
 
 # -- answers --------------------------------------------------------------------------
@@ -263,11 +266,18 @@ async def _read_capped(request: Request, limit: int) -> bytes:
         raise too_big
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_big
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_big
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # A gateway stopped mid-upload (restart, network): not a server error. It sends
+        # the batch again; nothing was stored. The answer goes nowhere.
+        log.info("ingest_client_disconnected", path=request.url.path, received_bytes=size)
+        raise BadRequest("the client went away before the body was complete",
+                         code="client_disconnected") from None
     return b"".join(chunks)
 
 
