@@ -5,14 +5,14 @@ requests every run), and no answer may be a 5xx. Values at the edge of what the 
 allows (integers up to 2^63, long strings, odd characters in path parameters) are what
 found 500s before (issue 12, items 10 and 11).
 
-Operations that would end the admin's own session (logout, revoking its token, changing
+``POST /notification-channels/{id}/test`` is left out: it waits on a target outside the
+cloud. Operations that would end the admin's own session (logout, revoking its token, changing
 a user or a password) run last, so that a 401 they cause cannot hide a 5xx elsewhere.
 All 5xx answers are collected and reported together.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any, Final
 
 import hypothesis
@@ -28,7 +28,10 @@ pytestmark = [pytest.mark.slow]
 
 #: Generated requests per operation (and per backend): ~100 operations x 2 backends must
 #: stay within about a minute on two cores.
-EXAMPLES: Final = 6
+EXAMPLES: Final = 4
+#: Sends a message to the channel's own target (a URL or mail server outside the cloud,
+#: waited on up to the channel timeout): tested against real receivers in test_notify.py.
+SKIPPED: Final = ("POST /api/v1/notification-channels/{channel_id}/test",)
 LAST: Final = ("POST /api/v1/logout", "DELETE /api/v1/me/tokens/{token_id}",
                "PATCH /api/v1/users/{name}", "POST /api/v1/users/{name}/password")
 
@@ -38,16 +41,15 @@ def test_no_operation_answers_a_server_error(cloud_server: CloudServer) -> None:
     operations = []
     for result in schema.get_all_operations():
         assert isinstance(result, Ok), result
-        operations.append(result.ok())
+        if result.ok().label not in SKIPPED:
+            operations.append(result.ok())
     operations.sort(key=lambda op: op.label in LAST)
     assert len(operations) > 90
     failures: list[str] = []
     with requests.Session() as session:
         session.headers.update(cloud_server.admin_headers)
         for operation in operations:
-            started = time.monotonic()
             _explore(operation, session, cloud_server.url, failures)
-            print(f"{operation.label}: {time.monotonic() - started:.1f}s", flush=True)
     assert not failures, "\n".join(failures)
 
 

@@ -10,6 +10,8 @@
   (a ``Timestamp``), ``last_seq``, ``newest_ts`` (epoch ms), ``lag_ms``,
   ``clock_skew_ms``, ``backlog``. The page's own ``provisional`` says whether any
   gateway's is now, so whether every report may still change (on every page of the list).
+- ``GET /api/v1/ingest/dead-letters?limit=&offset=`` (viewer and up): batches the MQTT
+  consumer parked after its retries (cloud/ingest/dead_letters.py), newest first.
 - ``GET /api/v1/gateways/{id}``: the gateway's sync status (cloud/ingest/status.py).
 - ``GET /api/v1/gateways/{id}/devices/{device}/counters``: counter sums and continuity.
 
@@ -219,6 +221,30 @@ async def post_ingest(request: Request) -> Response:
     if _wants_json(request.headers.get("accept", "")):
         return JSONResponse(answer)
     return Response(msgpack.packb(answer), media_type="application/msgpack")
+
+
+class DeadLetterOut(Out):
+    """A batch the MQTT consumer could not store and parked (its payload stays in the
+    database)."""
+
+    id: int
+    gateway_id: str
+    first_seq: int
+    last_seq: int
+    records: int
+    error: str = Field(description="the last failure")
+    attempts: int = Field(description="tries to store it, resent batches included")
+    first_at: Timestamp
+    last_at: Timestamp
+
+
+@router.get("/ingest/dead-letters")
+async def dead_letters(_: Viewer, session: Read, limit: Limit = 50,
+                       offset: Offset = 0) -> Page[DeadLetterOut]:
+    """Batches the MQTT consumer parked after its retries, newest first."""
+    items, total = await ingest.list_dead_letters(session, limit=limit, offset=offset)
+    return Page[DeadLetterOut](items=[DeadLetterOut.model_validate(i) for i in items],
+                               total=total, limit=limit, offset=offset)
 
 
 @router.get("/gateways")

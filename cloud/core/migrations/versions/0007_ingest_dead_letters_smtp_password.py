@@ -1,4 +1,5 @@
-"""The SMTP password file is no longer a setting (issue 12, item 13): an admin could point
+"""Batches the MQTT consumer parked after its retries (``ingest_dead_letters``), and the
+SMTP password file is no longer a setting (issue 12, item 13): an admin could point
 it at any file. Stored ``notifications`` overrides lose ``smtp.password_file``, so that
 the rest of their ``smtp`` (host, port, user) still validates; the password now comes
 from the cloud's own configuration (cloud/notify/config.py).
@@ -26,6 +27,26 @@ _settings = sa.table('cloud_settings', sa.column('key', sa.String),
 
 
 def upgrade() -> None:
+    op.create_table(
+        'ingest_dead_letters',
+        sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column('gateway_id', sa.String(length=64), nullable=False),
+        sa.Column('first_seq', sa.BigInteger(), nullable=False),
+        sa.Column('last_seq', sa.BigInteger(), nullable=False),
+        sa.Column('records', sa.Integer(), nullable=False),
+        sa.Column('payload', sa.LargeBinary(), nullable=False),
+        sa.Column('error', sa.String(length=1000), nullable=False),
+        sa.Column('attempts', sa.Integer(), nullable=False),
+        sa.Column('first_at', sa.DateTime(timezone=True), nullable=False),
+        sa.Column('last_at', sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint('id', name=op.f('pk_ingest_dead_letters')),
+        sa.UniqueConstraint('gateway_id', 'first_seq', 'last_seq',
+                            name=op.f('uq_ingest_dead_letters_gateway_id_first_seq_last_seq')),
+    )
+    _drop_password_file()
+
+
+def _drop_password_file() -> None:
     bind = op.get_bind()
     row = bind.execute(sa.select(_settings.c.value)
                        .where(_settings.c.key == 'notifications')).first()
@@ -40,5 +61,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table('ingest_dead_letters')
     # The path is gone; the older version reads no password until one is set again.
     pass
