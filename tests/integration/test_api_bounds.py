@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from cloud.auth import create_api_token, create_user
 from cloud.core.db import Database
 from cloud.notify.config import SMTP_PASSWORD_FILE_ENV, SmtpPasswordUnreadable, smtp_password
 from tests.fixtures.cloud import ADMIN_HEADERS
-from tests.fixtures.ingest import post_ingest, record
+from tests.fixtures.ingest import batch_bytes, post_ingest, record
 
 BEYOND_INT32 = 2**31
 BEYOND_INT64 = 2**63
@@ -106,3 +107,32 @@ async def test_the_mail_server_is_admin_only_and_its_password_no_setting(
     with pytest.raises(SmtpPasswordUnreadable) as caught:
         smtp_password()
     assert str(tmp_path) not in str(caught.value)
+
+
+async def test_a_gateway_going_away_mid_upload_is_no_server_error(cloud_client: Any) -> None:
+    """A raw ASGI call whose body ends in ``http.disconnect``: logged at info, no traceback,
+    no ``request_failed``."""
+    body = batch_bytes("gw-test", [record(1)])
+    messages = [{"type": "http.request", "body": body[:10], "more_body": True},
+                {"type": "http.disconnect"}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/api/v1/ingest", "raw_path":
+             b"/api/v1/ingest", "query_string": b"", "root_path": "", "server": ("cloud", 80),
+             "client": ("127.0.0.1", 5000), "headers": [
+                 (b"authorization", f"Bearer {cloud_client.token}".encode()),
+                 (b"content-type", b"application/msgpack"),
+                 (b"content-length", str(len(body)).encode())]}
+    with structlog.testing.capture_logs() as logs:
+        await cloud_client.app(scope, receive, send)
+    events = {e["event"]: e for e in logs}
+    assert "request_failed" not in events, logs
+    assert events["ingest_client_disconnected"]["log_level"] == "info"
+    assert sent and sent[0]["status"] == 400
