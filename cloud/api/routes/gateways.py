@@ -31,11 +31,9 @@ from __future__ import annotations
 from typing import Final, Literal
 
 import msgpack
-import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ConfigDict, Field
-from starlette.requests import ClientDisconnect
 
 from buffer.records import RecordError, decode_batch
 from cloud import ingest
@@ -53,7 +51,6 @@ MSGPACK_TYPES: Final = frozenset({"application/msgpack", "application/x-msgpack"
 SENT_AT_HEADER: Final = "X-Plantsync-Sent-At"
 
 router = APIRouter(prefix="/api/v1", tags=["gateways"])
-log = structlog.get_logger(__name__)
 
 
 # -- answers --------------------------------------------------------------------------
@@ -292,18 +289,11 @@ async def _read_capped(request: Request, limit: int) -> bytes:
         raise too_big
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_big
-            chunks.append(chunk)
-    except ClientDisconnect:
-        # A gateway stopped mid-upload (restart, network): not a server error. It sends
-        # the batch again; nothing was stored. The answer goes nowhere.
-        log.info("ingest_client_disconnected", path=request.url.path, received_bytes=size)
-        raise BadRequest("the client went away before the body was complete",
-                         code="client_disconnected") from None
+    async for chunk in request.stream():  # ClientDisconnect: cloud/api/errors.py
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
     return b"".join(chunks)
 
 
