@@ -35,7 +35,7 @@ from cloud.anomalies.queries import get_anomaly
 from cloud.anomalies.raising import raise_full, release_hold
 from cloud.anomalies.rules import ACTIONS, UNRESOLVED
 from cloud.auth import Actor
-from cloud.core import clock
+from cloud.core import clock, fields
 from cloud.core.audit import actor_name, audit
 from cloud.core.errors import DomainError, Invalid, NotFound, StateConflict
 from cloud.core.fields import text, whole
@@ -168,7 +168,7 @@ async def create_manual(session: AsyncSession, actor: Actor | str, kind: str, ti
         if mat_id is None:
             raise Invalid(f"material: no material {material!r}", "material")
     when = now or clock.now()
-    ts = clock.to_ms(when) if ts is None else whole(ts, "ts")
+    ts = clock.to_ms(when) if ts is None else whole(ts, "ts", maximum=fields.EPOCH_MS_MAX)
     full = {**(detail or {}), **({"work_order": work_order} if work_order else {})}
     new_id = await raise_full(session, kind=kind, ts=ts, title=title_t, severity=severity,
                               detail=full, machine_id=machine_id, material_id=mat_id,

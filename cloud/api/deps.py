@@ -28,6 +28,7 @@ from cloud.auth import (
     check_csrf,
     check_role,
 )
+from cloud.core.fields import INT32_MAX
 
 MAX_LIMIT: Final = 500
 
@@ -68,7 +69,7 @@ Viewer = Annotated[Actor, Depends(require("viewer"))]
 Planner = Annotated[Actor, Depends(require("planner"))]
 Admin = Annotated[Actor, Depends(require("admin"))]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=INT32_MAX)]
 
 
 async def _transaction(request: Request) -> AsyncIterator[AsyncSession]:

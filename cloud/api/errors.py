@@ -8,6 +8,9 @@
   named by its field path.
 - Starlette's own HTTP errors (404 for an unknown path, 405) keep their status with
   ``{error, detail}``.
+- A client that goes away before its body is complete (``ClientDisconnect``: a gateway
+  restarting mid-upload) is no server error: logged at info as ``client_disconnected``,
+  without a traceback, and not answered (nobody is listening).
 - Anything else is a bug: logged with its traceback, answered 500
   ``{error: "internal_error", detail}`` (``CatchAll``). The request's transaction was
   rolled back, so nothing half-done is kept.
@@ -26,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud.core.errors import DomainError
@@ -81,6 +85,8 @@ class CatchAll:
 
         try:
             await self.app(scope, receive, watch)
+        except ClientDisconnect:
+            log.info("client_disconnected", method=scope.get("method"), path=scope.get("path"))
         except Exception as exc:
             log.exception("request_failed", method=scope.get("method"), path=scope.get("path"),
                           error=type(exc).__name__)

@@ -13,6 +13,14 @@ timestamp type, the list page, the error.
 - ``Page[T]``: ``{items, total, limit, offset}``, the answer of every list.
 - ``ErrorOut``: ``{error, detail, field?}`` (plus members some errors add), documented on
   every route as its 4xx/5xx answers.
+- The integers the API reads (path, query, body, form), bounded by the column they end up
+  in (defined in cloud/core/fields.py, so that the web's forms use them too): ``Int32``
+  (an ``Integer`` column: ids, versions, steps, days), ``NonNegInt32``, ``Int64`` /
+  ``NonNegInt64`` (``BigInteger``: quantities, seqs) and
+  ``EpochMsIn`` (a record time from 1970 to 9999). A value beyond answers 422
+  ``invalid_request`` naming the field, never a 500 from the database; ``/openapi.json``
+  shows the bounds as ``minimum``/``maximum``. ``SearchText``: a ``q`` of at most 200
+  characters.
 """
 
 from __future__ import annotations
@@ -20,9 +28,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
+from annotated_types import MaxLen
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from cloud.core.clock import iso
+from cloud.core.db import MAX_SEARCH_LEN
+from cloud.core.fields import EpochMsIn, Int32, Int64, NonNegInt32, NonNegInt64
 
 
 def _aware(value: Any) -> Any:
@@ -47,6 +58,12 @@ Timestamp = Annotated[
 ]
 EpochMs = Annotated[int, Field(description="epoch milliseconds (record time: the "
                                            "gateway's clock)")]
+
+#: A ``q`` search text (cloud/core/db.py ``like_pattern``).
+SearchText = Annotated[str, MaxLen(MAX_SEARCH_LEN)]
+
+__all__ = ["ERRORS", "EpochMs", "EpochMsIn", "ErrorOut", "Int32", "Int64", "NonNegInt32",
+           "NonNegInt64", "Out", "Page", "SearchText", "Timestamp", "documented_body"]
 
 T = TypeVar("T")
 

@@ -50,7 +50,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.util import await_only
 
-from cloud.core.errors import DatabaseUrlError
+from cloud.core.errors import DatabaseUrlError, Invalid
 
 log = structlog.get_logger(__name__)
 
@@ -308,8 +308,17 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def like_pattern(text: str) -> str:
+#: The longest search text: SQLite refuses a LIKE pattern over 50,000 bytes (a 500), and
+#: no name, code or number is this long (cloud/api/schemas.py ``SearchText``).
+MAX_SEARCH_LEN: Final = 200
+
+
+def like_pattern(text: str, *, what: str = "q") -> str:
     """A case-folded LIKE pattern matching ``text`` anywhere (escape char backslash):
-    ``column.like(like_pattern(q), escape="\\\\")`` on a lowered column."""
+    ``column.like(like_pattern(q), escape="\\\\")`` on a lowered column. Raises Invalid
+    (``field`` = ``what``) for a text over ``MAX_SEARCH_LEN`` characters."""
+    if len(text) > MAX_SEARCH_LEN:
+        raise Invalid(f"{what} is {len(text)} characters long: search for at most "
+                      f"{MAX_SEARCH_LEN}", what)
     escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -129,8 +130,30 @@ class StoredRecord(Base):
     received_at: Mapped[int] = mapped_column(BigInteger)
 
 
+class IngestDeadLetter(Base):
+    """A batch the MQTT consumer could not store after its retries (an applier raised on
+    it): parked here with its payload so the consumer goes on with every other gateway
+    (cloud/ingest/mqtt.py). One row per (gateway, first_seq, last_seq): the gateway sends
+    the unconfirmed batch again, which counts another attempt on the same row."""
+
+    __tablename__ = "ingest_dead_letters"
+    __table_args__ = (UniqueConstraint("gateway_id", "first_seq", "last_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    gateway_id: Mapped[str] = mapped_column(String(64))
+    first_seq: Mapped[int] = mapped_column(BigInteger)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    records: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    error: Mapped[str] = mapped_column(String(1000))
+    attempts: Mapped[int] = mapped_column(Integer)
+    first_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 gateways = _table(Gateway)
 records = _table(StoredRecord)
+ingest_dead_letters = _table(IngestDeadLetter)
 
 
 # -- people, their credentials, and the audit trail (cloud core issue) ----------------------

@@ -7,6 +7,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Final
 
 from cloud.core.errors import Invalid
+from cloud.core.fields import INT64_MAX
 
 MICRO: Final = 1_000_000
 
@@ -27,6 +28,8 @@ def to_micro(value: str | int | float | Decimal, *, what: str = "quantity") -> i
     micro = dec * MICRO
     if micro != micro.to_integral_value():
         raise Invalid(f"{what} {value!r} has more than 6 decimals", what)
+    if micro > INT64_MAX:  # the *_u columns are BigInteger
+        raise Invalid(f"{what} {value!r} is too large (at most {INT64_MAX // MICRO})", what)
     return int(micro)
 
 

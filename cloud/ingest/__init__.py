@@ -5,6 +5,7 @@ the cloud holds for each gateway (gaps, counters, whether its data is still arri
 from __future__ import annotations
 
 from cloud.ingest.appliers import default_appliers
+from cloud.ingest.dead_letters import list_dead_letters
 from cloud.ingest.mqtt import parse_broker_url, run_mqtt_ingest
 from cloud.ingest.status import (
     device_counters,
@@ -25,6 +26,7 @@ __all__ = [
     "gateway_freshness",
     "gateway_status",
     "ingest_batch",
+    "list_dead_letters",
     "parse_broker_url",
     "run_mqtt_ingest",
 ]

@@ -14,6 +14,14 @@ in memory). A batch the ingest refuses with ``seq_conflict`` (a gateway that los
 buffer, cloud/ingest/store.py) gets the refusal's map instead, not retained and without
 ``first_seq``/``last_seq``; the gateway rebases and resends.
 
+A poison batch (storing it raises on every try, e.g. an applier's bug) must not stall every
+gateway behind it: after ``MAX_ATTEMPTS`` tries it is parked in ``ingest_dead_letters``
+(cloud/ingest/dead_letters.py; the API's ``GET /api/v1/ingest/dead-letters`` and the
+completeness page show it), acknowledged to the broker, and the consumer goes on. It is
+not confirmed to the gateway, which keeps the records and sends them again (another
+attempt counted on the same row). Only when even parking fails (the database is down) does
+the consumer keep retrying the one message, as before.
+
 Trust: the gateway id comes from the topic. Over MQTT the broker's authentication vouches for
 it, so a production broker MUST restrict each gateway (username = gateway id, password = its
 token) to publishing on its own ``plantsync/v1/<id>/records`` and reading its own
@@ -37,6 +45,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from buffer.backoff import Backoff
 from buffer.records import (
     RECORDS_TOPIC_FILTER,
+    Batch,
     RecordError,
     acks_topic,
     decode_batch,
@@ -46,6 +55,7 @@ from buffer.records import (
 from cloud.core import clock
 from cloud.core.db import Database, resolve_url
 from cloud.ingest.appliers import default_appliers
+from cloud.ingest.dead_letters import park
 from cloud.ingest.store import GatewayGone, SeqConflict, ingest_batch
 
 __all__ = ["parse_broker_url", "run_mqtt_ingest"]
@@ -57,6 +67,10 @@ USERNAME_ENV = "PLANTSYNC_MQTT_USERNAME"
 PASSWORD_ENV = "PLANTSYNC_MQTT_PASSWORD"
 # the same domain processing as HTTP ingest: attribution, timeline, anomalies
 APPLIERS = default_appliers()
+#: Tries to store one batch before it is parked (the retry delays double from
+#: RETRY_BASE_S: about 7 s in all).
+MAX_ATTEMPTS = 5
+RETRY_BASE_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +184,8 @@ async def _handle(client: mqtt.Client, db: Database, msg: _Message) -> None:
         log.error("mqtt_ingest_gateway_mismatch", topic=msg.topic, batch_gateway=batch.gateway,
                   fix="the broker ACL must bind each gateway to its own topic")
         return
-    backoff = Backoff(base=0.5, cap=30.0)
+    backoff = Backoff(base=RETRY_BASE_S, cap=30.0)
+    attempts = 0
     while True:
         try:
             result = await ingest_batch(db, gateway, batch, received_ms=clock.now_ms(),
@@ -190,10 +205,15 @@ async def _handle(client: mqtt.Client, db: Database, msg: _Message) -> None:
             return
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the database: retry this message until it commits
+        except Exception as exc:  # the database or a bug: retry, then park the batch
+            attempts += 1
+            error = f"{type(exc).__name__}: {exc}"
+            if attempts >= MAX_ATTEMPTS and await _parked(db, batch, msg.payload, error,
+                                                          attempts):
+                return
             delay = backoff.next_delay()
-            log.error("mqtt_ingest_store_failed", gateway=gateway, error=str(exc),
-                      retry_in_s=round(delay, 2))
+            log.error("mqtt_ingest_store_failed", gateway=gateway, error=error,
+                      attempt=attempts, retry_in_s=round(delay, 2))
             await asyncio.sleep(delay)
     # The range says which batch was stored: a gateway with several batches in flight
     # must not infer the earlier ones from acked_through (see buffer/uplink.py).
@@ -202,3 +222,21 @@ async def _handle(client: mqtt.Client, db: Database, msg: _Message) -> None:
         confirmation |= {"first_seq": batch.records[0].seq, "last_seq": batch.records[-1].seq}
     client.publish(acks_topic(gateway), msgpack.packb(confirmation), qos=1,
                    retain=True)
+
+
+async def _parked(db: Database, batch: Batch, payload: bytes, error: str,
+                  attempts: int) -> bool:
+    """Park ``batch`` in the dead-letter table; False when that fails too (the database
+    is unreachable: the caller keeps retrying the message)."""
+    try:
+        await park(db, batch, payload, error, attempts)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.error("mqtt_ingest_park_failed", gateway=batch.gateway, error=str(exc))
+        return False
+    log.error("mqtt_ingest_parked", gateway=batch.gateway, attempts=attempts, error=error,
+              first_seq=batch.records[0].seq if batch.records else None,
+              last_seq=batch.records[-1].seq if batch.records else None,
+              fix="see GET /api/v1/ingest/dead-letters; the gateway sends it again")
+    return True

@@ -23,7 +23,7 @@ from cloud.notify.channels import (
     send_test,
     update_channel,
 )
-from cloud.notify.config import SETTINGS_KEY, NotificationSettings
+from cloud.notify.config import SETTINGS_KEY, NotificationSettings, settings_for_reader
 from cloud.notify.delivery import deliver, list_notifications, retry
 from cloud.notify.errors import NotifyError
 from cloud.notify.outbox import enqueue
@@ -41,5 +41,6 @@ __all__ = [
     "list_notifications",
     "retry",
     "send_test",
+    "settings_for_reader",
     "update_channel",
 ]

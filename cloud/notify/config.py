@@ -1,11 +1,23 @@
 """The ``notifications`` setting (``/api/v1/settings/notifications``, registered with
 cloud/core/settings.py: grouping window, retries and backoff, timeouts, the links and
 times in messages, message languages, the mail server) and the constants the parts of
-the package share."""
+the package share.
+
+The SMTP password is not a setting: settings are written over HTTP, and a path settable
+there let an admin read any file the service could (sent as ``AUTH PLAIN`` to a server
+of their choosing). It is the cloud's own configuration instead, like its database URL:
+the file ``$PLANTSYNC_SMTP_PASSWORD_FILE`` names (systemd: ``LoadCredential=`` and
+``%d/smtp_password``), else ``/etc/plantsync/secrets/smtp_password`` when it exists; no
+file, no ``AUTH``. ``smtp_password`` reads it when a mail is sent, so a new password needs
+no restart. The ``smtp`` settings (host, user) are admin-only to read
+(cloud/api/routes/settings.py).
+"""
 
 from __future__ import annotations
 
-from typing import Final, Literal
+import os
+from pathlib import Path
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,9 +43,38 @@ class MessageLocales(BaseModel):
     email: Locale = "zh-CN"
 
 
+SMTP_PASSWORD_FILE_ENV: Final = "PLANTSYNC_SMTP_PASSWORD_FILE"
+DEFAULT_SMTP_PASSWORD_FILE: Final = Path("/etc/plantsync/secrets/smtp_password")
+
+
+class SmtpPasswordUnreadable(Exception):
+    """The configured SMTP password file cannot be read (the message names the variable,
+    never the path: the answer may be shown to every user)."""
+
+
+def smtp_password() -> str | None:
+    """The SMTP password from the cloud's own configuration (see the module docstring),
+    stripped; None when none is configured. Raises SmtpPasswordUnreadable when
+    ``$PLANTSYNC_SMTP_PASSWORD_FILE`` is set but cannot be read."""
+    named = os.environ.get(SMTP_PASSWORD_FILE_ENV)
+    if not named:
+        if not DEFAULT_SMTP_PASSWORD_FILE.is_file():
+            return None
+        path = DEFAULT_SMTP_PASSWORD_FILE
+    else:
+        path = Path(named)
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise SmtpPasswordUnreadable(f"the SMTP password file (${SMTP_PASSWORD_FILE_ENV} or "
+                                     f"{DEFAULT_SMTP_PASSWORD_FILE}) cannot be read: "
+                                     f"{reason}") from None
+
+
 class SmtpSettings(BaseModel):
-    """The mail server of email channels. The password is read from ``password_file``
-    (kept out of the database and the API)."""
+    """The mail server of email channels. Its password is not here (see the module
+    docstring)."""
 
     # defaults by keyword: mypy then knows SmtpSettings() needs no argument (default_factory)
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -41,7 +82,6 @@ class SmtpSettings(BaseModel):
     host: str = Field(default="", description="empty: email channels cannot send")
     port: int = Field(default=25, ge=1, le=65535)
     user: str = ""
-    password_file: str = ""
     sender: str = Field(default="", alias="from", description="the From address")
     starttls: bool = False
     ssl: bool = False
@@ -66,3 +106,21 @@ class NotificationSettings(settings.SettingsModel):
 
 
 settings.register(SETTINGS_KEY, NotificationSettings)
+
+
+#: What a non-admin reads instead of the mail server's host and user.
+HIDDEN: Final = "(hidden)"
+
+
+def settings_for_reader(doc: dict[str, Any], *, admin: bool) -> dict[str, Any]:
+    """The notification settings ``doc`` as a reader may see them: the mail server's
+    host and user are admin-only (they say where mail goes and as whom); others read
+    ``(hidden)`` for a set value, ``""`` for an unset one, so they still see whether email
+    can be sent."""
+    if admin:
+        return doc
+    smtp = dict(doc.get("smtp") or {})
+    for name in ("host", "user"):
+        if smtp.get(name):
+            smtp[name] = HIDDEN
+    return {**doc, "smtp": smtp}

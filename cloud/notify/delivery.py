@@ -11,8 +11,8 @@ retries after the lease. Then it sends them and marks each sent, or schedules a 
 drawn from its upper half: jitter), or after ``max_attempts`` moves it to the dead-letter
 list (``status`` dead), from where a person can retry it (``retry``, audited).
 Success is a 2xx answer and, for DingTalk and WeCom (which answer 200 with an error
-code), ``errcode == 0``. The DingTalk signing secret, the SMTP password (read from
-``smtp.password_file``) and the credentials in robot URLs are never logged, stored in
+code), ``errcode == 0``. The DingTalk signing secret, the SMTP password (the cloud's
+own configuration, cloud/notify/config.py) and the credentials in robot URLs are never logged, stored in
 ``last_error`` nor returned by the API (``redact``).
 """
 
@@ -29,7 +29,6 @@ import ssl
 import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Final
 
 import httpx
@@ -43,7 +42,7 @@ from cloud.core import clock, settings
 from cloud.core.audit import audit
 from cloud.core.db import Database
 from cloud.core.models import NOTIFICATION_STATUSES, notification_channels, notifications
-from cloud.notify.config import LOCALES, SETTINGS_KEY
+from cloud.notify.config import LOCALES, SETTINGS_KEY, SmtpPasswordUnreadable, smtp_password
 from cloud.notify.errors import DeliveryFailed, NotifyError, NotRetryable, UnknownNotification
 from cloud.notify.messages import (
     Message,
@@ -190,14 +189,10 @@ async def _send_mail(channel: Channel, msg: Message, conf: dict[str, Any]) -> No
     recipients = parse_addresses(channel.target)
     sender = smtp.get("from") or "plantsync@localhost"
     mail = email_message(msg, locale_for(channel, conf), sender, recipients, channel.name)
-    password = None
-    if smtp.get("password_file"):
-        try:
-            password = (await asyncio.to_thread(Path(smtp["password_file"]).read_text,
-                                                encoding="utf-8")).strip()
-        except OSError as exc:
-            raise DeliveryFailed(f"smtp.password_file {smtp['password_file']}: "
-                                 f"{exc.strerror}") from None
+    try:
+        password = await asyncio.to_thread(smtp_password)
+    except SmtpPasswordUnreadable as exc:
+        raise DeliveryFailed(str(exc)) from None
     timeout = float(conf["timeout_s"])
 
     def go() -> None:

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.auth import Actor
-from cloud.core import clock
+from cloud.core import clock, fields
 from cloud.core.audit import audit
 from cloud.core.errors import Duplicate, Invalid, NotFound
 from cloud.core.fields import text, whole
@@ -47,7 +47,7 @@ async def get_material(session: AsyncSession, code: str) -> Material:
 async def upsert_product(session: AsyncSession, actor: Actor | str, code: str, name: str,
                          unit: str = "pcs") -> Product:
     """Create the product ``code`` or update its name and unit. Idempotent."""
-    code = text(code, "code", max_len=64) or ""
+    code = fields.code(code, "code", max_len=64)
     name = text(name, "name", max_len=255) or ""
     unit = text(unit, "unit", max_len=16) or ""
     row = await session.scalar(select(Product).where(Product.code == code))
@@ -70,7 +70,7 @@ async def upsert_material(session: AsyncSession, actor: Actor | str, code: str, 
                           safety_stock_manual_u: int | None = None) -> Material:
     """Create the material ``code`` or update it. ``safety_stock_manual_u`` None means
     "computed from usage". Idempotent."""
-    code = text(code, "code", max_len=64) or ""
+    code = fields.code(code, "code", max_len=64)
     name = text(name, "name", max_len=255) or ""
     unit = text(unit, "unit", max_len=16) or ""
     lead = whole(lead_time_days, "lead_time_days")

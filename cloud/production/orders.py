@@ -23,7 +23,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.auth import Actor
-from cloud.core import clock
+from cloud.core import clock, fields
 from cloud.core.audit import actor_name, audit
 from cloud.core.db import like_pattern
 from cloud.core.errors import Duplicate, Invalid, NotFound, StateConflict
@@ -79,9 +79,9 @@ async def create_work_order(session: AsyncSession, actor: Actor | str, number: s
                             customer: str | None = None, priority: int = 0,
                             completion_mode: str = "auto") -> WorkOrder:
     """A new work order in ``draft``. Duplicate if ``number`` is taken."""
-    number = text(number, "number", max_len=64) or ""
+    number = fields.code(number, "number", max_len=64)
     product = await get_product(session, product_code)
-    quantity = whole(quantity, "quantity", minimum=1)
+    quantity = whole(quantity, "quantity", minimum=1, maximum=fields.INT64_MAX)
     if await session.scalar(select(WorkOrder.id).where(WorkOrder.number == number)):
         raise Duplicate(f"work order {number!r} exists already")
     now = clock.now()
@@ -124,7 +124,8 @@ async def update_work_order(session: AsyncSession, actor: Actor | str, number: s
             order.product_id = (await get_product(session, product_code)).id
             changes["product"] = product_code
         if quantity is not None:
-            order.quantity = changes["quantity"] = whole(quantity, "quantity", minimum=1)
+            order.quantity = changes["quantity"] = whole(quantity, "quantity", minimum=1,
+                                                         maximum=fields.INT64_MAX)
     if due is not _UNSET:
         order.due = _due(due)
         changes["due"] = clock.iso(order.due)

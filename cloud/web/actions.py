@@ -24,6 +24,7 @@ from cloud.auth import (
     set_locale_in,
 )
 from cloud.core.errors import DomainError, Invalid
+from cloud.core.fields import EPOCH_MS_MAX, INT32_MAX, INT32_MIN, Int32, whole
 from cloud.production import dispatch
 from cloud.web.cache import page_cache
 from cloud.web.context import (
@@ -124,10 +125,14 @@ async def _act(request: Request, back: str, done: str, fn: Act, **params: Any) -
 
 
 def _form_int(form: Any, name: str) -> int:
-    try:
-        return int(str(form.get(name) or "").strip())
-    except ValueError:
-        raise Invalid(f"{name} must be a whole number", name) from None
+    """A whole number from the form, bounded by its column: a record time (``*_ts``) by
+    EPOCH_MS_MAX, an id by INT32_MAX (beyond, PostgreSQL refused the query: a 500).
+    Invalid otherwise, shown as a flash message."""
+    raw = str(form.get(name) or "").strip()
+    if not raw:
+        raise Invalid(f"{name} must be a whole number", name)
+    top = EPOCH_MS_MAX if name.endswith("_ts") else INT32_MAX
+    return whole(raw, name, minimum=0 if name.endswith("_ts") else INT32_MIN, maximum=top)
 
 
 def _opt_int(form: Any, name: str) -> int | None:
@@ -161,7 +166,7 @@ async def order_action(number: str, action: str, request: Request) -> Response:
 
 
 @router.post("/work-orders/{number}/operations/{step}/{action}")
-async def operation_action(number: str, step: int, action: str, request: Request) -> Response:
+async def operation_action(number: str, step: Int32, action: str, request: Request) -> Response:
     fns = {"hold": prod.stop_operation, "resume": prod.resume_operation,
            "complete": prod.complete_operation}
     if action not in fns:
@@ -174,14 +179,14 @@ async def operation_action(number: str, step: int, action: str, request: Request
 
 
 @router.post("/dispatches/{dispatch_id}/stop")
-async def stop_dispatch(dispatch_id: int, request: Request) -> Response:
+async def stop_dispatch(dispatch_id: Int32, request: Request) -> Response:
     async def run(session: AsyncSession, actor: Actor, _form: Any) -> None:
         await dispatch.stop(session, actor, dispatch_id)
     return await _act(request, "/", N_("Dispatch stopped."), run)
 
 
 @router.post("/machines/{machine_id}/assign")
-async def assign_unassigned(machine_id: int, request: Request) -> Response:
+async def assign_unassigned(machine_id: Int32, request: Request) -> Response:
     async def run(session: AsyncSession, actor: Actor, form: Any) -> None:
         await dispatch.assign(session, actor, machine_id, _form_int(form, "wo_operation_id"),
                               _form_int(form, "start_ts"), _form_int(form, "end_ts"))
@@ -241,7 +246,7 @@ async def anomaly_bulk(request: Request) -> Response:
 
 
 @router.post("/anomalies/{anomaly_id}/{action}")
-async def anomaly_action(anomaly_id: int, action: str, request: Request) -> Response:
+async def anomaly_action(anomaly_id: Int32, action: str, request: Request) -> Response:
     if action not in ("acknowledge", "resolve", "close"):
         raise WebError(404, N_("No such action."), action)
 

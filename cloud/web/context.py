@@ -44,6 +44,7 @@ from cloud.auth import (
     foreign_origin,
 )
 from cloud.core import clock, plant
+from cloud.core.fields import INT32_MAX
 from cloud.core.models import users
 from cloud.core.quantities import from_micro
 from cloud.ingest import gateway_freshness
@@ -283,8 +284,11 @@ async def open_page(request: Request, *, login: bool = True) -> Page:
     return page
 
 
-def int_param(request: Request, name: str, default: int, lo: int = 0, hi: int = 10**12) -> int:
-    """A whole-number query parameter within [lo, hi]; ``default`` when absent or bad."""
+def int_param(request: Request, name: str, default: int, lo: int = 0,
+              hi: int = INT32_MAX) -> int:
+    """A whole-number query parameter clamped to [lo, hi]; ``default`` when absent or bad.
+    ``hi`` defaults to what an ``Integer`` column holds (ids, offsets): beyond it
+    PostgreSQL refused the query (a 500)."""
     try:
         return max(lo, min(hi, int(request.query_params.get(name, default))))
     except ValueError:

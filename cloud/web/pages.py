@@ -16,7 +16,7 @@ from cloud.core import clock
 from cloud.core.errors import NotFound
 from cloud.core.models import WORK_ORDER_STATUSES, machine_events, machines, products, work_orders
 from cloud.core.quantities import from_micro
-from cloud.ingest import gateway_freshness, gateway_status
+from cloud.ingest import gateway_freshness, gateway_status, list_dead_letters
 from cloud.production import dispatch as dispatch_service
 from cloud.production import get_work_order, order_completion_status, order_due_status
 from cloud.web import charts, engine, labels, reports
@@ -485,8 +485,11 @@ async def completeness_page(request: Request) -> Response:
                       tz=page.tz)
     limit = limit_param(request, 50)
     offset = int_param(request, "offset", 0)
+    async with request.app.state.db.sessions() as session:
+        parked, parked_total = await list_dead_letters(session, limit=20, offset=0)
     return render(page, "completeness.html", gateways=gws, selected=selected,
-                  computed_ms=int(computed * 1000),
+                  computed_ms=int(computed * 1000), dead_letters=parked,
+                  dead_letters_total=parked_total,
                   gaps=gaps[offset:offset + limit], gaps_total=len(gaps), limit=limit,
                   offset=offset)
 

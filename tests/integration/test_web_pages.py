@@ -600,6 +600,31 @@ async def test_ticked_anomalies_acknowledged_and_closed_at_once_in_chinese(web: 
     await set_locale(pat, "en")
 
 
+async def test_a_form_number_beyond_its_column_is_a_message_not_a_500(web: Any) -> None:
+    pat = await web("pat")
+    res = await pat.act("/stops/reason", {"machine_id": str(2**40), "start_ts": str(2**70),
+                                          "reason": "setup"}, from_page="/oee")
+    assert res.status_code == 303, res.text[:300]
+    assert "Not done:" in await pat.page("/oee")
+    res = await pat.act(f"/dispatches/{2**40}/stop")
+    assert res.status_code == 422, res.text[:300]
+
+
+async def test_a_parked_mqtt_batch_shows_on_the_completeness_page(
+        web: Any, web_db: tuple[str, WebPlant]) -> None:
+    from buffer.records import decode_batch
+    from cloud.core.db import Database
+    from cloud.ingest.dead_letters import park
+    from tests.fixtures.ingest import batch_bytes, record
+
+    payload = batch_bytes("gw-hall1", [record(900_001), record(900_002)])
+    async with Database(web_db[0]) as db:
+        await park(db, decode_batch(payload), payload, "RuntimeError: an applier's bug", 5)
+    html = await (await web("pat")).page("/completeness")
+    assert "Batches set aside" in html and "an applier&#39;s bug" in html
+    assert "900001" in html
+
+
 async def test_exports_are_typed_translated_and_never_formulas(web: Any) -> None:
     """Runs last in this module: it adds a work order to the shared plant."""
     c = await web("pat")

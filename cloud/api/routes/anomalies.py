@@ -40,8 +40,8 @@ from fastapi import APIRouter, Header, Query
 from pydantic import BaseModel, Field
 
 from cloud import anomalies as an
-from cloud.api.deps import MAX_LIMIT, Db, Planner, Viewer
-from cloud.api.schemas import EpochMs, Out, Page, Timestamp
+from cloud.api.deps import MAX_LIMIT, Db, Offset, Planner, Viewer
+from cloud.api.schemas import EpochMs, EpochMsIn, Int32, Out, Page, Timestamp
 from cloud.core import anomaly_text, clock
 from cloud.core.clock import DAY_MS
 
@@ -187,10 +187,10 @@ class ManualIn(BaseModel):
     title: str
     severity: str | None = Field(None, description="info, minor, major, critical; "
                                  "default from the rules")
-    machine_id: int | None = None
+    machine_id: Int32 | None = None
     work_order: str | None = Field(None, description="work order number")
     material: str | None = Field(None, description="material code")
-    ts: int | None = Field(None, description="when it happened, epoch ms (default now)")
+    ts: EpochMsIn | None = Field(None, description="when it happened, epoch ms (default now)")
     detail: dict[str, Any] | None = None
 
 
@@ -221,10 +221,11 @@ async def list_anomalies(
         status: Annotated[list[str] | None, Query(
             description="repeatable or comma-separated: open, acknowledged, resolved, "
                         "closed")] = None,
-        kind: str | None = None, machine_id: int | None = None,
-        since_ts: int | None = None, until_ts: int | None = None, open_first: bool = True,
+        kind: str | None = None, machine_id: Int32 | None = None,
+        since_ts: EpochMsIn | None = None, until_ts: EpochMsIn | None = None,
+        open_first: bool = True,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0) -> Page[AnomalyOut]:
+        offset: Offset = 0) -> Page[AnomalyOut]:
     """Anomalies, not yet closed first (open, acknowledged, resolved), then newest."""
     page = await an.list_anomalies(session, status=status, kind=kind, machine_id=machine_id,
                                    since_ts=since_ts, until_ts=until_ts,
@@ -234,8 +235,8 @@ async def list_anomalies(
 
 
 @router.get("/anomalies/stats")
-async def stats(_: Viewer, session: Db, since_ts: int | None = None,
-                until_ts: int | None = None) -> AnomalyStatsOut:
+async def stats(_: Viewer, session: Db, since_ts: EpochMsIn | None = None,
+                until_ts: EpochMsIn | None = None) -> AnomalyStatsOut:
     """Totals, open, closure and repeat rates, mean response and closure times, counts by
     kind/severity/status over anomalies with since_ts <= ts < until_ts."""
     until = clock.now_ms() if until_ts is None else until_ts
@@ -245,7 +246,7 @@ async def stats(_: Viewer, session: Db, since_ts: int | None = None,
 
 
 @router.get("/anomalies/{anomaly_id}")
-async def get_anomaly(anomaly_id: int, _: Viewer, session: Db,
+async def get_anomaly(anomaly_id: Int32, _: Viewer, session: Db,
                       accept_language: AcceptLanguage = None) -> AnomalyDetailOut:
     """One anomaly with its links and history."""
     return AnomalyDetailOut.model_validate(await an.get_anomaly(
@@ -271,7 +272,7 @@ async def create(body: ManualIn, actor: Planner, session: Db) -> AnomalyDetailOu
 
 
 @router.post("/anomalies/{anomaly_id}/acknowledge")
-async def acknowledge(anomaly_id: int, actor: Planner, session: Db,
+async def acknowledge(anomaly_id: Int32, actor: Planner, session: Db,
                       body: AcknowledgeIn | None = None) -> AnomalyDetailOut:
     """open -> acknowledged (optionally assigning it)."""
     body = body or AcknowledgeIn()
@@ -280,7 +281,7 @@ async def acknowledge(anomaly_id: int, actor: Planner, session: Db,
 
 
 @router.post("/anomalies/{anomaly_id}/resolve")
-async def resolve(anomaly_id: int, body: ResolveIn, actor: Planner,
+async def resolve(anomaly_id: Int32, body: ResolveIn, actor: Planner,
                   session: Db) -> AnomalyDetailOut:
     """acknowledged (or open) -> resolved with cause and action; releases a quality hold."""
     return AnomalyDetailOut.model_validate(
@@ -288,13 +289,13 @@ async def resolve(anomaly_id: int, body: ResolveIn, actor: Planner,
 
 
 @router.post("/anomalies/{anomaly_id}/close")
-async def close(anomaly_id: int, actor: Planner, session: Db) -> AnomalyDetailOut:
+async def close(anomaly_id: Int32, actor: Planner, session: Db) -> AnomalyDetailOut:
     """resolved -> closed."""
     return AnomalyDetailOut.model_validate(await an.close(session, actor, anomaly_id))
 
 
 @router.post("/anomalies/{anomaly_id}/reopen")
-async def reopen(anomaly_id: int, actor: Planner, session: Db,
+async def reopen(anomaly_id: Int32, actor: Planner, session: Db,
                  body: NoteIn | None = None) -> AnomalyDetailOut:
     """resolved/closed -> acknowledged."""
     return AnomalyDetailOut.model_validate(
@@ -302,7 +303,7 @@ async def reopen(anomaly_id: int, actor: Planner, session: Db,
 
 
 @router.post("/anomalies/{anomaly_id}/assign")
-async def assign(anomaly_id: int, body: AssignIn, actor: Planner,
+async def assign(anomaly_id: Int32, body: AssignIn, actor: Planner,
                  session: Db) -> AnomalyDetailOut:
     """Set the assignee (any state but closed)."""
     return AnomalyDetailOut.model_validate(

@@ -30,7 +30,7 @@ from sqlalchemy import Row, or_, select
 
 from cloud.api.deps import Db, Limit, Offset, Planner, Viewer
 from cloud.api.paging import page_of_list, paged
-from cloud.api.schemas import EpochMs, Out, Page
+from cloud.api.schemas import EpochMs, EpochMsIn, Int32, NonNegInt64, Out, Page
 from cloud.core.errors import Invalid
 from cloud.core.models import Dispatch, WoOperation, WorkOrder
 from cloud.production import dispatch
@@ -39,31 +39,31 @@ router = APIRouter(prefix="/api/v1", tags=["dispatch"])
 
 
 class StartIn(BaseModel):
-    machine_id: int
-    wo_operation_id: int
-    start_ts: int | None = None
-    end_ts: int | None = None
+    machine_id: Int32
+    wo_operation_id: Int32
+    start_ts: EpochMsIn | None = None
+    end_ts: EpochMsIn | None = None
 
 
 class StopIn(BaseModel):
-    end_ts: int | None = None
+    end_ts: EpochMsIn | None = None
 
 
 class EditIn(BaseModel):
-    start_ts: int | None = None
-    end_ts: int | None = None
+    start_ts: EpochMsIn | None = None
+    end_ts: EpochMsIn | None = None
     running: bool = False  # true: clear the end (the dispatch runs again)
 
 
 class AssignRangeIn(BaseModel):
-    wo_operation_id: int
-    start_ts: int
-    end_ts: int
+    wo_operation_id: Int32
+    start_ts: EpochMsIn
+    end_ts: EpochMsIn
 
 
 class AssignRecordsIn(BaseModel):
-    wo_operation_id: int
-    records: list[tuple[str, int]]
+    wo_operation_id: Int32
+    records: list[tuple[str, NonNegInt64]]
 
 
 class DispatchOut(Out):
@@ -133,7 +133,7 @@ async def start(body: StartIn, request: Request, actor: Planner) -> DispatchOut:
 
 
 @router.post("/dispatches/{dispatch_id}/stop")
-async def stop(dispatch_id: int, body: StopIn, request: Request,
+async def stop(dispatch_id: Int32, body: StopIn, request: Request,
                actor: Planner) -> DispatchOut:
     """End a running dispatch at ``end_ts`` (default now)."""
     async with request.app.state.db.sessions() as s, s.begin():
@@ -142,7 +142,7 @@ async def stop(dispatch_id: int, body: StopIn, request: Request,
 
 
 @router.patch("/dispatches/{dispatch_id}")
-async def edit(dispatch_id: int, body: EditIn, request: Request,
+async def edit(dispatch_id: Int32, body: EditIn, request: Request,
                actor: Planner) -> DispatchEditedOut:
     """Move a dispatch's start and/or end (``running``: clear the end); the counts in the
     time that changed are re-attributed."""
@@ -155,11 +155,11 @@ async def edit(dispatch_id: int, body: EditIn, request: Request,
 
 @router.get("/dispatches")
 async def list_dispatches(
-        _a: Viewer, session: Db, machine_id: int | None = None,
+        _a: Viewer, session: Db, machine_id: Int32 | None = None,
         work_order: Annotated[str | None, Query(description="work order number")] = None,
-        from_ts: Annotated[int | None, Query(
+        from_ts: Annotated[EpochMsIn | None, Query(
             alias="from", description="epoch ms: dispatches running at or after")] = None,
-        to_ts: Annotated[int | None, Query(
+        to_ts: Annotated[EpochMsIn | None, Query(
             alias="to", description="epoch ms: dispatches started before")] = None,
         limit: Limit = 50, offset: Offset = 0) -> Page[DispatchListedOut]:
     """Dispatches, newest start first, with their work order number and step; ``from``
@@ -183,14 +183,14 @@ async def list_dispatches(
 
 
 @router.get("/dispatches/{dispatch_id}")
-async def get(dispatch_id: int, request: Request, _a: Viewer) -> DispatchOut:
+async def get(dispatch_id: Int32, request: Request, _a: Viewer) -> DispatchOut:
     """One dispatch."""
     async with request.app.state.db.sessions() as s:
         return _doc(await dispatch.get(s, dispatch_id))
 
 
 @router.post("/machines/{machine_id}/assign")
-async def assign(machine_id: int, body: AssignRangeIn, request: Request,
+async def assign(machine_id: Int32, body: AssignRangeIn, request: Request,
                  actor: Planner) -> AssignedOut:
     """Assign the machine's unassigned production in [start_ts, end_ts) to an operation:
     dispatches over the parts of the range no dispatch covers."""
@@ -213,7 +213,7 @@ async def assign_records(body: AssignRecordsIn, request: Request,
 
 @router.get("/unassigned")
 async def unassigned(_a: Viewer, session: Db,
-                     machine_id: int | None = None, limit: Limit = 50,
+                     machine_id: Int32 | None = None, limit: Limit = 50,
                      offset: Offset = 0) -> Page[UnassignedOut]:
     """Unassigned production per machine (by machine id), then per gateway/device that
     is no machine yet."""

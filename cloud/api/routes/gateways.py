@@ -10,6 +10,8 @@
   (a ``Timestamp``), ``last_seq``, ``newest_ts`` (epoch ms), ``lag_ms``,
   ``clock_skew_ms``, ``backlog``. The page's own ``provisional`` says whether any
   gateway's is now, so whether every report may still change (on every page of the list).
+- ``GET /api/v1/ingest/dead-letters?limit=&offset=`` (viewer and up): batches the MQTT
+  consumer parked after its retries (cloud/ingest/dead_letters.py), newest first.
 - ``GET /api/v1/gateways/{id}``: the gateway's sync status (cloud/ingest/status.py).
 - ``GET /api/v1/gateways/{id}/devices/{device}/counters``: counter sums and continuity.
 
@@ -41,6 +43,7 @@ from cloud.api.schemas import EpochMs, Out, Page, Timestamp
 from cloud.auth import NotAllowed, require_gateway, require_read
 from cloud.core import clock
 from cloud.core.errors import BadRequest, Invalid, NotFound, TooLarge, UnsupportedMedia
+from cloud.core.fields import EPOCH_MS_MAX
 from cloud.core.headers import weighted
 
 DEFAULT_MAX_BODY: Final = 8 * 1024 * 1024
@@ -217,6 +220,30 @@ async def post_ingest(request: Request) -> Response:
     return Response(msgpack.packb(answer), media_type="application/msgpack")
 
 
+class DeadLetterOut(Out):
+    """A batch the MQTT consumer could not store and parked (its payload stays in the
+    database)."""
+
+    id: int
+    gateway_id: str
+    first_seq: int
+    last_seq: int
+    records: int
+    error: str = Field(description="the last failure")
+    attempts: int = Field(description="tries to store it, resent batches included")
+    first_at: Timestamp
+    last_at: Timestamp
+
+
+@router.get("/ingest/dead-letters")
+async def dead_letters(_: Viewer, session: Read, limit: Limit = 50,
+                       offset: Offset = 0) -> Page[DeadLetterOut]:
+    """Batches the MQTT consumer parked after its retries, newest first."""
+    items, total = await ingest.list_dead_letters(session, limit=limit, offset=offset)
+    return Page[DeadLetterOut](items=[DeadLetterOut.model_validate(i) for i in items],
+                               total=total, limit=limit, offset=offset)
+
+
 @router.get("/gateways")
 async def list_gateways(_: Viewer, session: Read, limit: Limit = 50,
                         offset: Offset = 0) -> GatewaysPage:
@@ -262,7 +289,7 @@ async def _read_capped(request: Request, limit: int) -> bytes:
         raise too_big
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in request.stream():  # ClientDisconnect: cloud/api/errors.py
         size += len(chunk)
         if size > limit:
             raise too_big
@@ -271,13 +298,16 @@ async def _read_capped(request: Request, limit: int) -> bytes:
 
 
 def _sent_at(value: str | None) -> int | None:
+    """The header's epoch ms, 0..9999-12-31 (its skew is stored in a BigInteger column):
+    anything else is a 400, which a gateway does not retry, never a 500, which it would
+    retry forever."""
     if value is None:
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequest(f"{SENT_AT_HEADER} must be epoch milliseconds, got {value!r}",
-                         code="bad_header") from None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) > EPOCH_MS_MAX:
+        raise BadRequest(f"{SENT_AT_HEADER} must be epoch milliseconds 0..{EPOCH_MS_MAX}, "
+                         f"got {value[:40]!r}", code="bad_header", field=SENT_AT_HEADER)
+    return int(text)
 
 
 def _wants_json(accept: str) -> bool:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from cloud import inventory
 from cloud.api.deps import Db, Limit, Offset, Planner, Viewer
 from cloud.api.paging import page_of_list, paged
-from cloud.api.schemas import EpochMs, Out, Page
+from cloud.api.schemas import EpochMs, Int32, Out, Page
 from cloud.auth import Actor
 from cloud.core.errors import Invalid
 from cloud.core.models import STOCK_MOVE_KINDS
@@ -138,7 +138,7 @@ async def moves(_a: Viewer, session: Db, material: str | None = None,
                     pattern=f"^({'|'.join(STOCK_MOVE_KINDS)})$")] = None,
                 work_order: str | None = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Offset = 0,
-                before_id: int | None = None) -> MovesPage:
+                before_id: Int32 | None = None) -> MovesPage:
     """Ledger lines, newest first. ``next_before_id``: pass it as ``before_id`` for the
     next page when new lines may arrive meanwhile (offsets would shift)."""
     stmt = inventory.moves_query(material=material, kind=kind, work_order=work_order,

@@ -30,7 +30,7 @@ from cloud import notify
 from cloud.api.deps import MAX_LIMIT, Admin, Db, Limit, Offset, Planner, Viewer
 from cloud.api.paging import page_of_list
 from cloud.api.routes.anomalies import AnomalyKind, Severity
-from cloud.api.schemas import ErrorOut, Out, Page, Timestamp
+from cloud.api.schemas import ErrorOut, Int32, Out, Page, Timestamp
 
 router = APIRouter(prefix="/api/v1", tags=["notifications"])
 
@@ -132,12 +132,12 @@ async def create_channel(body: ChannelIn, actor: Admin, session: Db) -> ChannelO
 
 
 @router.get("/notification-channels/{channel_id}")
-async def get_channel(channel_id: int, _: Viewer, session: Db) -> ChannelOut:
+async def get_channel(channel_id: Int32, _: Viewer, session: Db) -> ChannelOut:
     return ChannelOut.model_validate(await notify.get_channel(session, channel_id))
 
 
 @router.patch("/notification-channels/{channel_id}")
-async def patch_channel(channel_id: int, body: ChannelPatch, actor: Admin,
+async def patch_channel(channel_id: Int32, body: ChannelPatch, actor: Admin,
                         session: Db) -> ChannelOut:
     """Change the given fields; ``secret: null`` removes the secret. Only ``secret`` and
     ``kinds`` may be null."""
@@ -150,7 +150,7 @@ async def patch_channel(channel_id: int, body: ChannelPatch, actor: Admin,
 
 
 @router.delete("/notification-channels/{channel_id}")
-async def delete_channel(channel_id: int, actor: Admin, session: Db) -> ChannelDeletedOut:
+async def delete_channel(channel_id: Int32, actor: Admin, session: Db) -> ChannelDeletedOut:
     """Delete the channel with its outbox messages (disable it to keep them)."""
     removed = await notify.delete_channel(session, actor, channel_id)
     return ChannelDeletedOut(deleted=channel_id, notifications_removed=removed)
@@ -160,7 +160,7 @@ async def delete_channel(channel_id: int, actor: Admin, session: Db) -> ChannelD
              responses={502: {"model": ErrorOut,
                               "description": "delivery_failed: the channel refused or "
                                              "could not be reached (why, without secrets)"}})
-async def test_channel(channel_id: int, actor: Admin, request: Request) -> ChannelTestOut:
+async def test_channel(channel_id: Int32, actor: Admin, request: Request) -> ChannelTestOut:
     """Send a test message now (not queued); 502 ``delivery_failed`` says why not."""
     await notify.send_test(request.app.state.db, channel_id, actor)
     return ChannelTestOut(ok=True)
@@ -168,9 +168,9 @@ async def test_channel(channel_id: int, actor: Admin, request: Request) -> Chann
 
 @router.get("/notifications")
 async def list_notifications(
-        _: Viewer, session: Db, status: str | None = None, channel_id: int | None = None,
+        _: Viewer, session: Db, status: str | None = None, channel_id: Int32 | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0) -> Page[NotificationOut]:
+        offset: Offset = 0) -> Page[NotificationOut]:
     """The outbox, newest first; ``status=dead`` is the dead-letter list."""
     return Page[NotificationOut].model_validate(
         await notify.list_notifications(session, status=status, channel_id=channel_id,
@@ -178,7 +178,7 @@ async def list_notifications(
 
 
 @router.post("/notifications/{notification_id}/retry")
-async def retry_notification(notification_id: int, actor: Planner,
+async def retry_notification(notification_id: Int32, actor: Planner,
                              session: Db) -> NotificationOut:
     """Queue a dead message again with a fresh round of attempts (audited)."""
     return NotificationOut.model_validate(

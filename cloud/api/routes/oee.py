@@ -48,7 +48,7 @@ from pydantic import BaseModel, Field
 from cloud import oee
 from cloud.api.deps import Db, Limit, Offset, Planner, Read, Viewer
 from cloud.api.paging import page_of_list
-from cloud.api.schemas import EpochMs, Out, Page, Timestamp, documented_body
+from cloud.api.schemas import EpochMs, EpochMsIn, Int32, Out, Page, Timestamp, documented_body
 from cloud.core import clock
 from cloud.core.errors import Invalid
 from cloud.oee import Category, calendars, maintenance
@@ -56,9 +56,9 @@ from cloud.oee import Category, calendars, maintenance
 #: Include this router before others with ``/machines/{id}``: ``/machines/states`` must
 #: match first.
 router = APIRouter(prefix="/api/v1")
-Start = Annotated[int, Query(ge=0, description="epoch ms, inclusive")]
-End = Annotated[int, Query(ge=0, description="epoch ms, exclusive")]
-MachineIds = Annotated[list[int] | None, Query(alias="machine_id")]
+Start = Annotated[EpochMsIn, Query( description="epoch ms, inclusive")]
+End = Annotated[EpochMsIn, Query( description="epoch ms, exclusive")]
+MachineIds = Annotated[list[Int32] | None, Query(alias="machine_id")]
 Ms = Annotated[int, Field(description="a duration in milliseconds")]
 Ratio = Annotated[float | None, Field(description="null when undefined (see cloud/oee/"
                                                   "report.py)")]
@@ -72,16 +72,16 @@ class ReasonIn(BaseModel):
 
 
 class MachineCalendarIn(BaseModel):
-    calendar_id: int | None
+    calendar_id: Int32 | None
 
 
 class CounterIn(BaseModel):
-    machine_id: int
+    machine_id: Int32
     name: Any = None
     metric: Any = None
     threshold: Any = None
     threshold_hours: float | None = Field(None, gt=0, description="run_hours counters")
-    since_ts: int | None = Field(None, ge=0)
+    since_ts: EpochMsIn | None = Field(None, ge=0)
 
 
 class CounterPatch(BaseModel):
@@ -342,7 +342,7 @@ async def states(_: Viewer, session: Read) -> MachineStates:
 
 
 @router.get("/machines/{machine_id}/stops", tags=["oee"])
-async def machine_stops(machine_id: int, _: Viewer, session: Read, start: Start,
+async def machine_stops(machine_id: Int32, _: Viewer, session: Read, start: Start,
                         end: End) -> MachineStops:
     """The machine's stops (micro-stops too) overlapping [start, end)."""
     return MachineStops.model_validate({
@@ -351,7 +351,7 @@ async def machine_stops(machine_id: int, _: Viewer, session: Read, start: Start,
 
 
 @router.put("/machines/{machine_id}/stops/{start_ts}/reason", tags=["oee"])
-async def stop_reason(machine_id: int, start_ts: int, body: ReasonIn, actor: Planner,
+async def stop_reason(machine_id: Int32, start_ts: EpochMsIn, body: ReasonIn, actor: Planner,
                       session: Db) -> StopReasonOut:
     """Give a stop (keyed by the ts it began) a reason."""
     return StopReasonOut.model_validate(await oee.set_stop_reason(
@@ -376,12 +376,12 @@ async def create_calendar(body: CalendarBody, actor: Planner, session: Db) -> Ca
 
 
 @router.get("/calendars/{calendar_id}", tags=["calendars"])
-async def get_calendar(calendar_id: int, _: Viewer, session: Read) -> CalendarOut:
+async def get_calendar(calendar_id: Int32, _: Viewer, session: Read) -> CalendarOut:
     return CalendarOut.model_validate(await calendars.get_calendar(session, calendar_id))
 
 
 @router.get("/calendars/{calendar_id}/planned", tags=["calendars"])
-async def planned(calendar_id: int, _: Viewer, session: Read, start: Start,
+async def planned(calendar_id: Int32, _: Viewer, session: Read, start: Start,
                   end: End) -> PlannedIntervals:
     """The calendar's planned intervals in [start, end) (at most 62 days)."""
     if end <= start or end - start > 62 * 86_400_000:
@@ -393,7 +393,7 @@ async def planned(calendar_id: int, _: Viewer, session: Read, start: Start,
 
 
 @router.put("/calendars/{calendar_id}", tags=["calendars"], openapi_extra=CALENDAR_BODY)
-async def update_calendar(calendar_id: int, body: CalendarBody, actor: Planner,
+async def update_calendar(calendar_id: Int32, body: CalendarBody, actor: Planner,
                           session: Db) -> CalendarOut:
     return CalendarOut.model_validate(await calendars.update_calendar(
         session, actor, calendar_id, name=body.get("name"), timezone=body.get("timezone"),
@@ -402,12 +402,12 @@ async def update_calendar(calendar_id: int, body: CalendarBody, actor: Planner,
 
 @router.delete("/calendars/{calendar_id}", tags=["calendars"], status_code=204,
                response_class=Response)
-async def delete_calendar(calendar_id: int, actor: Planner, session: Db) -> None:
+async def delete_calendar(calendar_id: Int32, actor: Planner, session: Db) -> None:
     await calendars.delete_calendar(session, actor, calendar_id)
 
 
 @router.put("/machines/{machine_id}/calendar", tags=["calendars"])
-async def machine_calendar(machine_id: int, body: MachineCalendarIn, actor: Planner,
+async def machine_calendar(machine_id: Int32, body: MachineCalendarIn, actor: Planner,
                            session: Db) -> MachineCalendarOut:
     return MachineCalendarOut.model_validate(
         await calendars.assign_calendar(session, actor, machine_id, body.calendar_id))
@@ -417,7 +417,7 @@ async def machine_calendar(machine_id: int, body: MachineCalendarIn, actor: Plan
 
 @router.get("/maintenance-counters", tags=["maintenance"],
             response_model_exclude_unset=True)
-async def list_counters(_: Viewer, session: Read, machine_id: int | None = None,
+async def list_counters(_: Viewer, session: Read, machine_id: Int32 | None = None,
                         limit: Limit = 50, offset: Offset = 0) -> Page[CounterOut]:
     return Page[CounterOut].model_validate(page_of_list(
         await maintenance.list_counters(session, clock.now_ms(), machine_id=machine_id),
@@ -435,14 +435,14 @@ async def create_counter(body: CounterIn, actor: Planner, session: Db) -> Counte
 
 @router.get("/maintenance-counters/{counter_id}", tags=["maintenance"],
             response_model_exclude_unset=True)
-async def get_counter(counter_id: int, _: Viewer, session: Read) -> CounterOut:
+async def get_counter(counter_id: Int32, _: Viewer, session: Read) -> CounterOut:
     return CounterOut.model_validate(
         await maintenance.get_counter(session, counter_id, clock.now_ms()))
 
 
 @router.patch("/maintenance-counters/{counter_id}", tags=["maintenance"],
               response_model_exclude_unset=True)
-async def patch_counter(counter_id: int, body: CounterPatch, actor: Planner,
+async def patch_counter(counter_id: Int32, body: CounterPatch, actor: Planner,
                         session: Db) -> CounterOut:
     metric = None
     if body.threshold_hours is not None:
@@ -455,13 +455,13 @@ async def patch_counter(counter_id: int, body: CounterPatch, actor: Planner,
 
 @router.delete("/maintenance-counters/{counter_id}", tags=["maintenance"],
                status_code=204, response_class=Response)
-async def delete_counter(counter_id: int, actor: Planner, session: Db) -> None:
+async def delete_counter(counter_id: Int32, actor: Planner, session: Db) -> None:
     await maintenance.delete_counter(session, actor, counter_id)
 
 
 @router.post("/maintenance-counters/{counter_id}/reset", tags=["maintenance"],
              response_model_exclude_unset=True)
-async def reset_counter(counter_id: int, actor: Planner, session: Db) -> CounterOut:
+async def reset_counter(counter_id: Int32, actor: Planner, session: Db) -> CounterOut:
     """Maintenance done: count again from now (audited)."""
     return CounterOut.model_validate(
         await maintenance.reset_counter(session, actor, counter_id, clock.now_ms()))

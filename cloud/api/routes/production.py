@@ -31,10 +31,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cloud import production as prod
 from cloud.api.deps import Admin, Db, Limit, Offset, Planner, Viewer
 from cloud.api.paging import paged
-from cloud.api.schemas import Out, Page, Timestamp
+from cloud.api.schemas import Int32, NonNegInt64, Out, Page, SearchText, Timestamp
 from cloud.core import clock
 from cloud.core.db import like_pattern
 from cloud.core.errors import Invalid, NotFound
+from cloud.core.fields import whole
 from cloud.core.models import (
     WORK_ORDER_STATUSES,
     Bom,
@@ -101,7 +102,7 @@ def _machine(m: Machine) -> MachineOut:
 @router.get("/machines", tags=["machines"])
 async def list_machines(_: Viewer, session: Db, gateway_id: str | None = None,
                         work_center: str | None = None,
-                        q: Annotated[str | None, Query(description="in name or device")] = None,
+                        q: Annotated[SearchText | None, Query(description="in name or device")] = None,
                         limit: Limit = 50, offset: Offset = 0) -> Page[MachineOut]:
     """Machines, by id."""
     stmt = select(Machine)
@@ -125,7 +126,7 @@ async def create_machine(body: MachineIn, actor: Admin, session: Db) -> MachineO
 
 
 @router.get("/machines/{machine_id}", tags=["machines"])
-async def get_machine(machine_id: int, _: Viewer, session: Db) -> MachineOut:
+async def get_machine(machine_id: Int32, _: Viewer, session: Db) -> MachineOut:
     m = await session.get(Machine, machine_id)
     if m is None:
         raise NotFound(f"machine {machine_id} unknown")
@@ -133,7 +134,7 @@ async def get_machine(machine_id: int, _: Viewer, session: Db) -> MachineOut:
 
 
 @router.patch("/machines/{machine_id}", tags=["machines"])
-async def patch_machine(machine_id: int, body: MachinePatch, actor: Admin,
+async def patch_machine(machine_id: Int32, body: MachinePatch, actor: Admin,
                         session: Db) -> MachineOut:
     """Rename a machine or move it to another work center (``null`` clears it)."""
     clear = "work_center" in body.model_fields_set and body.work_center is None
@@ -152,7 +153,7 @@ class ProductIn(BaseModel):
 class MaterialIn(BaseModel):
     name: str
     unit: str
-    lead_time_days: int = Field(0, ge=0)
+    lead_time_days: Int32 = Field(0, ge=0)
     safety_stock: Quantity | None = Field(
         None, description="manual safety stock (decimal); null = computed from usage")
 
@@ -194,7 +195,7 @@ def _code_or_name(stmt: Select[Any], model: type[Product] | type[Material],
 
 @router.get("/products", tags=["products"])
 async def list_products(_: Viewer, session: Db,
-                        q: Annotated[str | None, Query(description="in code or name")] = None,
+                        q: Annotated[SearchText | None, Query(description="in code or name")] = None,
                         limit: Limit = 50, offset: Offset = 0) -> Page[ProductOut]:
     """Products, by code."""
     stmt = _code_or_name(select(Product), Product, q)
@@ -215,7 +216,7 @@ async def put_product(code: str, body: ProductIn, actor: Planner, session: Db) -
 
 @router.get("/materials", tags=["materials"])
 async def list_materials(_: Viewer, session: Db,
-                         q: Annotated[str | None, Query(description="in code or name")] = None,
+                         q: Annotated[SearchText | None, Query(description="in code or name")] = None,
                          limit: Limit = 50, offset: Offset = 0) -> Page[MaterialOut]:
     """Materials, by code."""
     stmt = _code_or_name(select(Material), Material, q)
@@ -244,27 +245,27 @@ class BomLineBody(BaseModel):
     qty_per_unit: Quantity = Field(description="per unit of product, exact decimal")
     scrap_factor: float = Field(0.0, ge=0, lt=10, description="0.02 = 2 % extra")
     backflush_scrap: bool = False
-    step: int | None = Field(None, description="consuming operation; null = the last")
+    step: Int32 | None = Field(None, description="consuming operation; null = the last")
 
 
 class BomIn(BaseModel):
     product: str
-    version: int | None = Field(None, ge=1, description="default: current + 1")
+    version: Int32 | None = Field(None, ge=1, description="default: current + 1")
     lines: list[BomLineBody]
 
 
 class RoutingOpBody(BaseModel):
-    step: int
+    step: Int32
     name: str
-    machine_id: int | None = None
+    machine_id: Int32 | None = None
     work_center: str | None = None
-    ideal_cycle_ms: int | None = Field(None, gt=0)
-    cavities: int = Field(1, ge=1)
+    ideal_cycle_ms: Int32 | None = Field(None, gt=0)
+    cavities: Int32 = Field(1, ge=1)
 
 
 class RoutingIn(BaseModel):
     product: str
-    version: int | None = Field(None, ge=1, description="default: current + 1")
+    version: Int32 | None = Field(None, ge=1, description="default: current + 1")
     operations: list[RoutingOpBody]
 
 
@@ -332,8 +333,8 @@ async def _versioned(session: AsyncSession, model: type[Versioned], product: str
     stmt = select(model).where(model.product_id == p.id)
     if version == "current":
         stmt = stmt.order_by(model.version.desc()).limit(1)
-    elif version.isdigit():
-        stmt = stmt.where(model.version == int(version))
+    elif version.isascii() and version.isdigit():
+        stmt = stmt.where(model.version == whole(version, "version", minimum=1))
     else:
         raise Invalid(f"version {version!r} is not a number or 'current'", "version")
     row: Versioned | None = await session.scalar(stmt)
@@ -415,19 +416,19 @@ async def get_routing(product: str, version: str, _: Viewer, session: Db) -> Rou
 class WorkOrderIn(BaseModel):
     number: str
     product: str
-    quantity: int = Field(gt=0, description="pieces")
+    quantity: NonNegInt64 = Field(gt=0, description="pieces")
     due: datetime | None = Field(None, description="with time zone, e.g. 2026-12-01T16:00Z")
     customer: str | None = None
-    priority: int = Field(0, description="higher runs first")
+    priority: Int32 = Field(0, description="higher runs first")
     completion_mode: str = Field("auto", pattern="^(auto|confirm)$")
 
 
 class WorkOrderPatch(BaseModel):
     product: str | None = None
-    quantity: int | None = Field(None, gt=0)
+    quantity: NonNegInt64 | None = Field(None, gt=0)
     due: datetime | None = None
     customer: str | None = None
-    priority: int | None = None
+    priority: Int32 | None = None
     completion_mode: str | None = Field(None, pattern="^(auto|confirm)$")
 
 
@@ -557,7 +558,7 @@ async def list_work_orders(
         customer: str | None = None, product: str | None = None,
         due_from: Annotated[datetime | None, Query(description="due >= this")] = None,
         due_to: Annotated[datetime | None, Query(description="due < this")] = None,
-        q: Annotated[str | None, Query(description="in number or customer")] = None,
+        q: Annotated[SearchText | None, Query(description="in number or customer")] = None,
         limit: Limit = 50, offset: Offset = 0) -> Page[WorkOrderOut]:
     """Work orders, earliest due first (none last), then priority, then number; each with
     its good count (last operation), scrap (all operations) and due status."""
@@ -654,7 +655,7 @@ def _reason(body: ActionBody | None) -> str | None:
 
 
 @router.post("/work-orders/{number}/operations/{step}/{action}", tags=["work-orders"])
-async def operation_action(number: str, step: int, action: str, actor: Planner, session: Db,
+async def operation_action(number: str, step: Int32, action: str, actor: Planner, session: Db,
                            body: ActionBody | None = None) -> WorkOrderDetailOut:
     """``stop`` (pause: on_hold), ``resume``, or ``complete`` (a planner confirms the
     operation done; the last one completes the order)."""

@@ -4,7 +4,8 @@ plant: the model lives with its domain; plant's in cloud/core/plant.py):
 
 - ``GET /api/v1/settings`` (viewer): the keys there are
 - ``GET /api/v1/settings/<key>`` (viewer): the settings in effect (defaults with the
-  stored overrides merged in)
+  stored overrides merged in); the mail server's host and user only to admins (the SMTP
+  password is no setting at all: cloud/notify/config.py)
 - ``PUT /api/v1/settings/<key>`` (admin) {overrides}: merged over what is stored, one
   level deep, audited; an unknown field, a wrong type or a value out of bounds is refused
   with 422 ``invalid_setting`` naming it (``notifications.smtp.port``), and nothing is
@@ -57,9 +58,11 @@ async def put_anomaly_settings(actor: Admin, session: Db, value: Override) -> di
 
 @router.get("/notifications", response_model=notify.NotificationSettings,
             response_model_by_alias=True)
-async def get_notification_settings(_: Viewer, session: Db) -> dict[str, Any]:
-    """How anomaly notifications are delivered (SMTP, retries, languages), in effect."""
-    return await settings.get(session, notify.SETTINGS_KEY)
+async def get_notification_settings(actor: Viewer, session: Db) -> dict[str, Any]:
+    """How anomaly notifications are delivered (SMTP, retries, languages), in effect. The
+    mail server's ``host`` and ``user`` are admin-only: others read ``(hidden)``."""
+    return notify.settings_for_reader(await settings.get(session, notify.SETTINGS_KEY),
+                                      admin=actor.has_role("admin"))
 
 
 @router.put("/notifications", response_model=notify.NotificationSettings,
