@@ -69,6 +69,7 @@ REASONS: dict[str, str] = {
     "quality_check": "首检 quality check",
     "alarm_reset": "报警复位 alarm reset",
     "heater_fault": "加热器故障 heater fault",
+    "temp_control": "温控故障 temperature control fault",
     "mold_protection": "模具保护 mold protection",
     "hydraulic_temp": "液压油温高 hydraulic oil hot",
     "ejector_fault": "顶针故障 ejector fault",
@@ -172,6 +173,8 @@ INJECTION_MOLDER = MachineProfile(
     causes=(
         Cause("heater_fault", 0.06, ("barrel", "zone", "heater"), ("zone", "nozzle"), "down",
               (600.0, 1800.0), burst=0.4, burst_s=(300.0, 1200.0)),
+        Cause("temp_control", 0.04, ("overtemp", "out of band", "barrel"), ("zone", "nozzle"),
+              "up", (300.0, 900.0), burst=0.3),
         Cause("mold_protection", 0.05, ("mold protection", "mold"), repair_s=(120.0, 600.0),
               burst=0.3, burst_s=(60.0, 400.0)),
         Cause("hydraulic_temp", 0.02, ("hydraulic",), repair_s=(600.0, 1500.0)),
