@@ -41,6 +41,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -183,34 +184,48 @@ class Demo:
     def start_all(self, out: TextIO) -> None:
         self.check_plant_ports()
         self.write_config()
+        fresh = not self.seeded.exists()
+        began = time.monotonic()
+        with ThreadPoolExecutor(1) as pool:
+            # The week runs on a virtual clock while the cloud migrates and starts.
+            week = pool.submit(demo_seed.plan_week, self.example, seed=self.seed,
+                               end_s=time.time()) if fresh else None
+            self.start_cloud(out, week, began)
+
+    def start_cloud(self, out: TextIO, week: Future[demo_seed.History] | None,
+                    began: float) -> None:
         self.make_token()
         self.start("cloud", [PY, "-m", "cloud.cli", "serve", "--db", str(self.db),
                              "--port", str(self.cloud_port)], self.cloud_port,
                    env={"PLANTSYNC_TIMEZONE": demo_seed.TIMEZONE})
         base = f"http://127.0.0.1:{self.cloud_port}"
-        fresh = not self.seeded.exists()
         api = None
-        if fresh:
-            print("seeding a week of plant history (about a minute) ...", file=out,
+        if week is not None:
+            print("seeding a week of plant history (a minute or two) ...", file=out,
                   flush=True)
             api = demo_seed.login(base, "admin", self.password_file.read_text().strip())
-            hist, ids, last_seq = demo_seed.seed_cloud(
-                api, GATEWAY_ID, self.example, self.root / "edge" / "buffer.db",
-                seed=self.seed)
+            hist = week.result()
+            ids, last_seq = demo_seed.seed_cloud(api, GATEWAY_ID, hist,
+                                                 self.root / "edge" / "buffer.db")
             demo_seed.save_machines(self.machines, hist)
+            print(f"  {len(hist.records)} records of the week in the gateway's buffer "
+                  f"({time.monotonic() - began:.0f} s)", file=out, flush=True)
         self.start("simulate", [PY, "-m", "edge.demo_seed", "plant", "--config",
                                 str(self.config), "--machines", str(self.machines),
                                 "--speed", f"{self.speed:g}"],
                    self.example.devices[-1].config.effective_port)
         self.start("gateway", [PY, "-m", "edge.cli", "run", "--config", str(self.config)],
                    self.status_port)
-        if fresh and api is not None:
+        if week is not None and api is not None:
             self.wait_acked(last_seq, out)
+            print(f"  the cloud has the week ({time.monotonic() - began:.0f} s); "
+                  "the planner's week follows", file=out, flush=True)
             done = demo_seed.seed_after(api, ids, hist)
             api.close()
             self.seeded.write_text(f"{done}\n")
             print(f"  the week is in: {done['reasons']} stop reasons given, "
-                  f"{done['anomalies_closed']} anomalies closed", file=out, flush=True)
+                  f"{done['anomalies_closed']} anomalies closed "
+                  f"({time.monotonic() - began:.0f} s)", file=out, flush=True)
 
     def wait_acked(self, seq: int, out: TextIO, timeout: float = 600.0) -> None:
         """Until the cloud holds the gateway's records through ``seq``."""

@@ -327,9 +327,8 @@ def login(base: str, name: str, password: str) -> Api:
     """Sign in and make an API token for the seeding."""
     with httpx.Client(base_url=base, timeout=60) as c:
         res = c.post("/api/v1/login", json={"name": name, "password": password})
-        res.raise_for_status()
-        cookies = res.cookies
-        tok = c.post("/api/v1/me/tokens", json={"name": "demo-seed"}, cookies=cookies)
+        res.raise_for_status()   # the client keeps the session cookie
+        tok = c.post("/api/v1/me/tokens", json={"name": "demo-seed"})
         if tok.status_code not in (200, 201):
             raise RuntimeError(f"cannot make an API token: {tok.status_code} {tok.text}")
         body = tok.json()
@@ -498,15 +497,14 @@ def _reason_at(log: Sequence[tuple[int, str]], ts: int) -> str | None:
     return best
 
 
-def seed_cloud(api: Api, gateway: str, gw: LoadedGateway, buffer_path: Path, *,
-               seed: int, end_s: float | None = None) -> tuple[History, dict[str, int], int]:
-    """Plan the week, put the master data in, write the history into the gateway's
-    buffer. Returns the history, machine ids and the history's last seq (the gateway
+def seed_cloud(api: Api, gateway: str, hist: History, buffer_path: Path
+               ) -> tuple[dict[str, int], int]:
+    """Put the master data of ``hist`` (``plan_week``) in and write its records into the
+    gateway's buffer. Returns the machine ids and the history's last seq (the gateway
     must have sent it before ``seed_after``)."""
-    hist = plan_week(gw, seed=seed, end_s=end_s if end_s is not None else time.time())
     ids = seed_master(api, gateway, hist)
     last = asyncio.run(write_buffer(buffer_path, gateway, hist))
-    return hist, ids, last
+    return ids, last
 
 
 def save_machines(path: Path, hist: History) -> None:

@@ -99,8 +99,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         with httpx.Client(base_url=url, timeout=60) as c:
             login = c.post("/api/v1/login", json={"name": "admin", "password": password})
             assert login.status_code == 200, login.text
-            tok = c.post("/api/v1/me/tokens", json={"name": "browser-test"},
-                         cookies=login.cookies)
+            tok = c.post("/api/v1/me/tokens", json={"name": "browser-test"})
             assert tok.status_code == 201, tok.text
         yield Demo(url, password, tok.json()["token"], out_path)
     finally:
