@@ -5,7 +5,7 @@ would show:
 
 - master data and planner actions through the cloud's REST API (``Api``): machines with
   names and work centers, the ``default`` shift calendar (two shifts with breaks, Sunday
-  off, in ``TIMEZONE``), materials with receipts, products with BOMs and routings whose
+  off, in ``TIMEZONE``), the anomaly settings (``STOP_AFTER_S``), materials with receipts, products with BOMs and routings whose
   ideal cycles are the simulated machines' own (``Machine.ideal_cycle_s``), work orders
   in every state, dispatches, stop reasons, anomalies acknowledged and closed, orders
   closed (one short), a stock count;
@@ -74,6 +74,7 @@ PARAM_S = 120.0        # ... and between its parameter reads
 TICK_S = 5.0           # the machine model's step inside a poll
 SAMPLE_S = 600.0       # one sample record per machine at most this often
 REASON_MIN_S = 300     # the planner names the reason of stops at least this long
+STOP_AFTER_S = 2400     # a stop raises an anomaly after this long (a break is 30 min)
 WORKERS = 3            # API calls in flight while working the week
 H = 3600.0
 DAY = 86400.0
@@ -348,6 +349,9 @@ def seed_master(api: Api, gateway: str, hist: History) -> dict[str, int]:
             "gateway_id": gateway, "device": device, "name": name, "work_center": wc})["id"])
     api.call("POST", "/calendars", json={"name": "default", "timezone": TIMEZONE,
                                          "definition": CALENDAR})
+    # A stop is an anomaly after 40 minutes: longer than a break (the cloud's stop rule
+    # does not read the calendar), and alarms are anomalies of their own anyway.
+    api.call("PUT", "/settings/anomalies", json={"stop_after_s": STOP_AFTER_S})
     for code, (name, unit, lead, safety) in MATERIALS.items():
         api.call("PUT", f"/materials/{code}", json={"name": name, "unit": unit,
                                                    "lead_time_days": lead,
