@@ -6,9 +6,10 @@ would show:
 - master data and planner actions through the cloud's REST API (``Api``): machines with
   names and work centers, the ``default`` shift calendar (two shifts with breaks, Sunday
   off, in ``TIMEZONE``), the anomaly settings (``STOP_AFTER_S``), materials with
-  receipts, products with BOMs and routings whose ideal cycles are the simulated machines' own (``Machine.ideal_cycle_s``), work orders
-  in every state, dispatches, stop reasons, anomalies acknowledged and closed, orders
-  closed (one short), a stock count;
+  receipts, products with BOMs and routings whose ideal cycles are the simulated
+  machines' own (``Machine.ideal_cycle_s``), work orders in every state, dispatches,
+  stop reasons, anomalies acknowledged and closed, orders closed (one short), a stock
+  count;
 - the week's machine records from the simulator's machine model run on a virtual clock
   (``protocols.sim.Machine.step``), polled every ``POLL_S`` virtual seconds and derived
   exactly as the gateway derives them (``edge.derive.DeviceDeriver``, the map's rules),
