@@ -1,18 +1,28 @@
-"""``make demo``: the whole system on this machine, on embedded defaults.
+"""``make demo``: the whole system on this machine, on a plant that has run for a week.
 
 Starts, each as its own process with its log in ``demo-data/``:
 
+- the cloud (``plantsync-cloud serve``) on a SQLite file, in the plant's time zone
+  (``PLANTSYNC_TIMEZONE``, Asia/Shanghai), with a gateway token made for this demo;
+- on a fresh data dir, the week behind the plant (``edge.demo_seed``): master data, work
+  orders and dispatches through the REST API, and a week of the simulated machines'
+  records, derived as the gateway derives them, written into the gateway's buffer;
 - the simulated plant of ``config/gateway.example.toml`` (two CNCs over Modbus TCP, two
-  injection-molding machines over S7) on 127.0.0.1;
-- the cloud (``plantsync-cloud serve``) on a SQLite file, with a gateway token made for
-  this demo;
-- the gateway daemon (``plantsync-edge run``) polling the plant, buffering in SQLite and
-  syncing to the cloud.
+  injection-molding machines over S7) on 127.0.0.1, continuing the week's machines at
+  real time (``python -m edge.demo_seed plant``);
+- the gateway daemon (``plantsync-edge run``): it sends the week from its buffer, then
+  polls the plant and syncs live. Once the week is in, the planner's week follows
+  through the API (stop reasons, anomalies worked, orders closed, a stock count).
 
 It prints where to look and then, every few seconds, what the cloud has received per
 machine next to what the gateway sees. Ctrl-C stops all of it cleanly (the gateway
-flushes its buffer first). The data stays in ``demo-data/``: the next ``make demo``
-resumes where this one stopped; ``--fresh`` starts over.
+flushes its buffer first, the plant saves its machines). The data stays in
+``demo-data/``: the next ``make demo`` resumes where this one stopped; ``--fresh``
+starts over.
+
+``--speed`` (default 1) shortens the machines' waits (stops, repairs, heating), never a
+cycle: the records keep real timestamps and cycle times, so no speed makes OEE pass
+100 %.
 """
 
 from __future__ import annotations
@@ -31,9 +41,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
+from edge import demo_seed
 from edge.config import ConfigError
 from edge.simulate import demo_gateway
 
@@ -98,6 +110,8 @@ class Demo:
         self.token_file = root / "token"
         self.password_file = root / "admin-password"
         self.config = root / "gateway.toml"
+        self.machines = root / "plant.pickle"
+        self.seeded = root / "seeded"
         self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
     def check_plant_ports(self) -> None:
@@ -112,7 +126,7 @@ class Demo:
         lines = [
             "# Written by `make demo` from config/gateway.example.toml.",
             "[gateway]", f'id = "{GATEWAY_ID}"', f'data_dir = "{self.root / "edge"}"',
-            "buffer_max_mb = 64", 'log_format = "logfmt"',
+            "buffer_max_mb = 256", 'buffer_synchronous = "NORMAL"', 'log_format = "logfmt"',
             f'status_listen = "127.0.0.1:{self.status_port}"',
             'zeroconf_interfaces = ["127.0.0.1"]', "",
             "[cloud]", f'url = "http://127.0.0.1:{self.cloud_port}"',
@@ -156,26 +170,81 @@ class Demo:
         self.password_file.write_text(password + "\n")
         self.password_file.chmod(0o600)
 
-    def start(self, name: str, argv: list[str], port: int | None = None) -> None:
+    def start(self, name: str, argv: list[str], port: int | None = None,
+              env: dict[str, str] | None = None) -> None:
         log = self.root / f"{name}.log"
         with log.open("ab") as fh:
             proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT,
-                                    cwd=self.root, start_new_session=True)
+                                    cwd=self.root, start_new_session=True,
+                                    env={**os.environ, **(env or {})})
         self.procs.append((name, proc, log))
         if port is not None:
             _wait_port(port, proc, name, log)
 
-    def start_all(self) -> None:
+    def start_all(self, out: TextIO) -> None:
         self.check_plant_ports()
         self.write_config()
+        fresh = not self.seeded.exists()
+        began = time.monotonic()
+        with ThreadPoolExecutor(1) as pool:
+            # The week runs on a virtual clock while the cloud migrates and starts.
+            week = pool.submit(demo_seed.plan_week, self.example, seed=self.seed,
+                               end_s=time.time()) if fresh else None
+            self.start_cloud(out, week, began)
+
+    def start_cloud(self, out: TextIO, week: Future[demo_seed.History] | None,
+                    began: float) -> None:
         self.make_token()
-        self.start("simulate", [PY, "-m", "edge.cli", "simulate", "--config", str(self.config),
-                                "--speed", f"{self.speed:g}", "--seed", str(self.seed)],
-                   self.example.devices[-1].config.effective_port)
         self.start("cloud", [PY, "-m", "cloud.cli", "serve", "--db", str(self.db),
-                             "--port", str(self.cloud_port)], self.cloud_port)
+                             "--port", str(self.cloud_port)], self.cloud_port,
+                   env={"PLANTSYNC_TIMEZONE": demo_seed.TIMEZONE})
+        base = f"http://127.0.0.1:{self.cloud_port}"
+        api = None
+        if week is not None:
+            print("seeding a week of plant history (a minute or two) ...", file=out,
+                  flush=True)
+            api = demo_seed.login(base, "admin", self.password_file.read_text().strip())
+            hist = week.result()
+            ids, last_seq = demo_seed.seed_cloud(api, GATEWAY_ID, hist,
+                                                 self.root / "edge" / "buffer.db")
+            demo_seed.save_machines(self.machines, hist)
+            print(f"  {len(hist.records)} records of the week in the gateway's buffer "
+                  f"({time.monotonic() - began:.0f} s)", file=out, flush=True)
+        self.start("simulate", [PY, "-m", "edge.demo_seed", "plant", "--config",
+                                str(self.config), "--machines", str(self.machines),
+                                "--speed", f"{self.speed:g}"],
+                   self.example.devices[-1].config.effective_port)
         self.start("gateway", [PY, "-m", "edge.cli", "run", "--config", str(self.config)],
                    self.status_port)
+        if week is not None and api is not None:
+            self.wait_acked(last_seq, out)
+            print(f"  the cloud has the week ({time.monotonic() - began:.0f} s); "
+                  "the planner's week follows", file=out, flush=True)
+            done = demo_seed.seed_after(api, ids, hist)
+            api.close()
+            self.seeded.write_text(f"{done}\n")
+            print(f"  the week is in: {done['reasons']} stop reasons given, "
+                  f"{done['anomalies_closed']} anomalies closed "
+                  f"({time.monotonic() - began:.0f} s)", file=out, flush=True)
+
+    def wait_acked(self, seq: int, out: TextIO, timeout: float = 600.0) -> None:
+        """Until the cloud holds the gateway's records through ``seq``."""
+        token = self.token_file.read_text().strip()
+        url = f"http://127.0.0.1:{self.cloud_port}/api/v1/gateways/{GATEWAY_ID}"
+        deadline = time.monotonic() + timeout
+        shown = 0.0
+        while time.monotonic() < deadline:
+            if problems := self.dead():
+                raise RuntimeError("\n".join(problems))
+            with contextlib.suppress(OSError, urllib.error.URLError, ValueError, KeyError):
+                got = int(_get_json(url, token)["last_seq"] or 0)
+                if got >= seq:
+                    return
+                if time.monotonic() - shown > 10:
+                    print(f"  sending the week: {got}/{seq} records", file=out, flush=True)
+                    shown = time.monotonic()
+            time.sleep(0.5)
+        raise RuntimeError(f"the gateway did not send its week of history in {timeout:g} s")
 
     def stop_all(self) -> None:
         """Gateway first (it flushes), then the cloud, then the plant."""
@@ -236,16 +305,21 @@ def run_demo(root: Path, *, speed: float, seed: int, cloud_port: int, interval: 
     root.mkdir(parents=True, exist_ok=True)
     demo = Demo(root, speed=speed, seed=seed, cloud_port=cloud_port)
     stopping = False
+    started = False
 
     def on_signal(_sig: int, _frame: Any) -> None:
         nonlocal stopping
         stopping = True
+        if not started:   # still starting or seeding: stop that now
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        demo.start_all()
-        print(f"""plantsync demo is running ({speed:g}x plant speed). Where to look:
+        demo.start_all(out)
+        started = True
+        pace = "" if speed == 1 else f"; machine waits {speed:g}x shorter"
+        print(f"""plantsync demo is running (a plant with a week behind it{pace}). Where to look:
   plant reports    open http://127.0.0.1:{demo.cloud_port}/ and log in as admin, password in
                    {demo.password_file} (中文 / English at the top right)
   cloud API        http://127.0.0.1:{demo.cloud_port}/docs
@@ -273,6 +347,8 @@ Ctrl-C stops everything; the data stays in {root} (--fresh starts over).
     except (RuntimeError, ConfigError, subprocess.CalledProcessError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 0
     finally:
         print("stopping: gateway (flushing its buffer), cloud, simulated plant ...", file=out,
               flush=True)
@@ -285,8 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="The whole plantsync system on this machine.")
     parser.add_argument("--dir", default=os.environ.get("PLANTSYNC_DEMO_DIR", "demo-data"),
                         help="where the demo keeps its data and logs (default ./demo-data)")
-    parser.add_argument("--speed", type=float, default=20.0,
-                        help="plant time per wall second (default 20: things happen)")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="shorten the machines' waits (stops, repairs, heating) this "
+                             "many times; cycles and timestamps stay real (default 1)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cloud-port", type=int, default=8080)
     parser.add_argument("--interval", type=float, default=3.0, help="seconds between tables")

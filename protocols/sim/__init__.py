@@ -10,6 +10,7 @@ from protocols.sim.demo import demo_plant, demo_points
 from protocols.sim.machines import (
     CNC_LATHE,
     INJECTION_MOLDER,
+    REASONS,
     STATES,
     Machine,
     MachineProfile,
@@ -22,6 +23,7 @@ __all__ = [
     "CNC_LATHE",
     "FAULT_KINDS",
     "INJECTION_MOLDER",
+    "REASONS",
     "STATES",
     "DeviceSim",
     "Fault",

@@ -240,7 +240,8 @@ class DeviceSim:
     def status(self) -> dict[str, Any]:
         m = self.machine
         return {
-            "kind": m.profile.kind, "state": m.state, "alarm": m.alarm_text(),
+            "kind": m.profile.kind, "state": m.state, "reason": m.reason or None,
+            "alarm": m.alarm_text(),
             "program": m.program, "clock_s": round(m.clock, 3),
             "good": m.good, "scrap": m.scrap, "total": m.total,
             "counters": {p.name: self.counter_raw(p) for p in self.points

@@ -1,5 +1,7 @@
-"""`make demo` runs `python -m edge.demo`: the whole system starts, prints where to look,
-shows counts arriving in the cloud, and Ctrl-C stops every process cleanly."""
+"""`make demo` runs `python -m edge.demo`: the whole system starts (after seeding a week of
+plant history, a minute or two), prints where to look, shows counts arriving in the
+cloud, and Ctrl-C stops every process cleanly. The pages of the seeded plant are
+checked by tests/browser/test_demo_pages.py."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def test_demo_starts_everything_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             return out_path.read_text()
 
         text = wait_for(output, "the demo's table showing cnc-01 online and counting",
-                        until=counted.search, timeout=120, interval=0.5,
+                        until=counted.search, timeout=300, interval=0.5,
                         details=lambda: out_path.read_text()[-3000:])
         assert "cloud API" in text and "gateway status" in text
         # the demo's admin (random password, printed where to find) can sign in
