@@ -27,7 +27,6 @@ from collections.abc import Coroutine, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 import uvicorn
@@ -47,7 +46,15 @@ from cloud.auth import (
     revoke_gateway,
     set_password,
 )
-from cloud.core import Database, check_current, clock, head_revision, resolve_url, upgrade
+from cloud.core import (
+    Database,
+    check_current,
+    clock,
+    head_revision,
+    plant,
+    resolve_url,
+    upgrade,
+)
 from cloud.core.errors import CloudError, DomainError
 from cloud.core.systemd import NotifyingServer
 from cloud.ingest import parse_broker_url, run_mqtt_ingest
@@ -152,8 +159,9 @@ def _parser() -> argparse.ArgumentParser:
                        "CSV or XLSX file (all or nothing; every problem is listed by row)")
     i.add_argument("kind", choices=["materials", "boms", "routings", "work-orders"])
     i.add_argument("file", metavar="FILE", help="CSV (UTF-8 or GBK) or XLSX; '-' reads stdin")
-    i.add_argument("--tz", default="UTC",
-                   help="time zone of due dates written without one (e.g. Asia/Shanghai)")
+    i.add_argument("--tz", default=None,
+                   help="time zone of due dates written without one (e.g. Asia/Shanghai; "
+                        "default: the plant's, see /settings)")
     i.add_argument("--as", dest="as_user", default="cli",
                    help="name recorded in the audit log (default cli)")
     i.add_argument("--db", help=db_help)
@@ -176,7 +184,10 @@ def configure_logging(level: str = "info") -> None:
     structlog.configure(
         processors=[structlog.processors.add_log_level,
                     structlog.processors.TimeStamper(fmt="iso", utc=True),
-                    structlog.dev.ConsoleRenderer(colors=False)],
+                    # plain tracebacks: rich's (when installed) print every local and took
+                    # ~27 s per error under load, stalling the answer; the journal wants text
+                    structlog.dev.ConsoleRenderer(
+                        colors=False, exception_formatter=structlog.dev.plain_traceback)],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
@@ -340,9 +351,8 @@ async def _admin(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     """Read the file and check the options before touching the database."""
-    try:
-        zone = ZoneInfo(args.tz)
-    except (ZoneInfoNotFoundError, ValueError):
+    zone = plant.zone(args.tz) if args.tz else None
+    if args.tz and zone is None:
         print(f"plantsync-cloud: error: --tz: unknown time zone {args.tz!r} "
               "(e.g. Asia/Shanghai)", file=sys.stderr)
         return 1
@@ -357,6 +367,9 @@ def _import(args: argparse.Namespace) -> int:
 async def _import_data(args: argparse.Namespace, data: bytes, zone: Any) -> int:
     url = await _prepare(args.db)
     async with Database(url) as db:
+        if zone is None:
+            async with db.sessions() as session:
+                zone = await plant.timezone(session)
         try:
             result = await import_file(db, args.as_user, args.kind, data, tz=zone)
         except TableImportError as exc:

@@ -99,8 +99,8 @@ class NotificationSettings(settings.SettingsModel):
     batch: int = Field(50, ge=1, description="messages sent per delivery round")
     cloud_url: str = Field("", description="the web UI's address for links in messages, "
                            "e.g. https://mes.example.com (empty: none)")
-    timezone: str = Field("Asia/Shanghai", description="times in chat messages and mails "
-                          "(webhooks: ISO UTC)")
+    timezone: str | None = Field(None, description="times in chat messages and mails "
+                                 "(webhooks: ISO UTC); null: the plant's (settings 'plant')")
     locale: MessageLocales = Field(default_factory=MessageLocales)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
 

@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.core import anomaly_text, clock, settings
+from cloud.core import anomaly_text, clock, plant, settings
 from cloud.core.models import anomalies, anomaly_links, machines, materials, wo_operations, work_orders
 from cloud.notify.config import SETTINGS_KEY, SEVERITY_RANK
 
@@ -326,5 +326,6 @@ async def load_message(session: AsyncSession, event: str, anomaly_ids: Sequence[
         views.append(AnomalyView(r["id"], r["kind"], r["code"], r["severity"], r["status"],
                                  r["title"], where, r["ts"], tuple(links.get(r["id"], ())),
                                  r["title_code"], r["title_params"]))
+    zone = conf.get("timezone") or (await plant.timezone(session)).key
     return Message(event, tuple(views), suppressed, notification_id,
-                   str(conf.get("cloud_url") or ""), str(conf.get("timezone") or "UTC"))
+                   str(conf.get("cloud_url") or ""), str(zone))

@@ -35,7 +35,7 @@ from sqlalchemy import select
 from cloud import notify
 from cloud.app import create_app
 from cloud.auth import create_api_token, create_gateway, create_user
-from cloud.core import settings
+from cloud.core import plant, settings
 from cloud.core.db import Database
 from cloud.core.models import (
     anomalies,
@@ -317,6 +317,8 @@ async def test_email_through_a_local_smtp_server_keeps_chinese(
     await put_settings(db, smtp={"host": "127.0.0.1", "port": port,
                                  "from": "plantsync@factory.example.com"})
     await add_channel(db, "厂长邮件", "email", "boss@factory.example.com, qa@factory.example.com")
+    async with db.sessions() as s, s.begin():   # the plant's zone, which messages follow
+        await settings.put(s, plant.SETTINGS_KEY, {"timezone": "Asia/Shanghai"}, by="tests")
     await raise_anomaly(db, now=T0, machine_id=machine, title="刀具磨损 tool wear")
     assert await notify.deliver(db, ms(at(1))) == 1
     [env] = box.envelopes

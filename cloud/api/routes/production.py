@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Final, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from pydantic import BaseModel, Field
@@ -32,7 +31,7 @@ from cloud import production as prod
 from cloud.api.deps import Admin, Db, Limit, Offset, Planner, Viewer
 from cloud.api.paging import paged
 from cloud.api.schemas import Int32, NonNegInt64, Out, Page, SearchText, Timestamp
-from cloud.core import clock
+from cloud.core import clock, plant
 from cloud.core.db import like_pattern
 from cloud.core.errors import Invalid, NotFound
 from cloud.core.fields import whole
@@ -697,8 +696,9 @@ class ImportOut(Out):
 @router.post("/import/{kind}", tags=["import"], response_model_exclude_none=True)
 async def import_file(kind: str, actor: Planner, request: Request,
                       file: Annotated[UploadFile, File(description="CSV or XLSX")],
-                      tz: Annotated[str, Query(description="time zone of due dates "
-                                               "without one, e.g. Asia/Shanghai")] = "UTC"
+                      tz: Annotated[str | None, Query(
+                          description="time zone of due dates without one, e.g. "
+                                      "Asia/Shanghai; default: the plant's")] = None
                       ) -> ImportOut:
     """Import materials, boms, routings or work-orders from CSV (UTF-8 or GBK; comma,
     semicolon or tab) or XLSX, with English or Chinese headers (cloud/production/imports.py). All
@@ -707,10 +707,13 @@ async def import_file(kind: str, actor: Planner, request: Request,
     unpacked_bytes; ``max``); 400 ``unreadable_file`` for CSV the reader refuses."""
     if kind not in prod.IMPORT_KINDS:
         raise NotFound(f"import kind {kind!r} unknown; one of {', '.join(prod.IMPORT_KINDS)}")
-    try:
-        zone = ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise Invalid(f"time zone {tz!r} unknown (e.g. Asia/Shanghai)", "tz") from None
+    if tz is None:
+        async with request.app.state.db.sessions() as session:
+            zone = await plant.timezone(session)
+    elif (named := plant.zone(tz)) is None:
+        raise Invalid(f"time zone {tz!r} unknown (e.g. Asia/Shanghai)", "tz")
+    else:
+        zone = named
     data = await file.read(MAX_UPLOAD + 1)
     if len(data) > MAX_UPLOAD:
         raise Invalid(f"file over {MAX_UPLOAD // (1024 * 1024)} MiB", "file")
