@@ -35,6 +35,46 @@ async def oee_today(session: AsyncSession, now_ms: int, midnight_ms: int,
                 machine_ids=machine_ids, now_ms=now_ms)}
 
 
+WALL_WINDOW_MS: Final = 24 * 3600 * 1000
+WALL_SHIFTS: Final = 3
+
+
+async def plant_shifts(session: AsyncSession, now_ms: int) -> list[dict[str, Any]]:
+    """The wall screen's plant-wide figures for the last ``WALL_SHIFTS`` shifts, newest
+    first: {day, shift, good, scrap, oee, target, attainment}. ``target`` is the shift's
+    standard output so far: its planned time on every machine divided by the routings'
+    ideal time per piece (the rate each machine's rated pieces show); ``attainment`` is
+    good / target. Machines without a calendar count as one shift a day (``""``)."""
+    rows = await oee.oee_report(session, start_ms=now_ms - WALL_WINDOW_MS, end_ms=now_ms,
+                                group_by="day,shift,machine", now_ms=now_ms)
+    shifts: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        if not r["planned_ms"]:
+            continue
+        s = shifts.setdefault((r["day"], r["shift"] or ""), {
+            "day": r["day"], "shift": r["shift"] or "", "good": 0, "scrap": 0,
+            "planned_ms": 0, "run_ms": 0, "ideal_ms": 0, "target": 0.0})
+        for k in ("good", "scrap", "planned_ms", "run_ms", "ideal_ms"):
+            s[k] += r[k]
+        rated = r["good"] + r["scrap"] - r["unrated_pieces"]
+        if r["ideal_ms"] > 0 and rated > 0:
+            s["target"] += r["planned_ms"] * rated / r["ideal_ms"]
+    out = []
+    for key in sorted(shifts, reverse=True)[:WALL_SHIFTS]:
+        s = shifts[key]
+        availability = s["run_ms"] / s["planned_ms"] if s["planned_ms"] else None
+        performance = min(1.0, s["ideal_ms"] / s["run_ms"]) if s["run_ms"] else None
+        pieces = s["good"] + s["scrap"]
+        quality = s["good"] / pieces if pieces else None
+        s["oee"] = (availability * performance * quality
+                    if availability is not None and performance is not None
+                    and quality is not None else None)
+        s["target"] = round(s["target"])
+        s["attainment"] = s["good"] / s["target"] if s["target"] else None
+        out.append(s)
+    return out
+
+
 async def open_anomalies(session: AsyncSession) -> dict[int, int]:
     return await anomalies.open_anomalies_by_machine(session)
 

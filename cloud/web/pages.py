@@ -156,14 +156,35 @@ async def board(request: Request) -> Response:
                 for t in data["tiles"]]
         return export(fmt, "plant-board", BOARD_COLUMNS, rows, page.t.gettext)
     wall = request.query_params.get("wall") == "1"
+    if wall:
+        data.update(await _wall_data(request))
     return render(page, "board.html", wall=wall, refresh=refresh_s(), **data)
+
+
+WALL_FRESH_S: Final = 60.0
+
+
+async def _wall_data(request: Request) -> dict[str, Any]:
+    """The wall screen's plant-wide figures: output against the standard target per
+    shift, OEE per shift, open anomalies in all (cached a minute: a report)."""
+    db = request.app.state.db
+
+    async def shifts() -> Any:
+        async with db.sessions() as s:
+            return await engine.plant_shifts(s, clock.now_ms())
+
+    rows, _ = await page_cache(request.app).get(("wall-shifts",), WALL_FRESH_S, shifts)
+    return {"plant_shifts": rows}
 
 
 @router.get("/board/tiles", response_class=HTMLResponse)
 async def board_tiles(request: Request) -> Response:
     page = await open_page(request)
     data = await board_data(request, page)
-    return HTMLResponse(render_fragment(page, "_tiles.html", **data))
+    wall = request.query_params.get("wall") == "1"
+    if wall:
+        data.update(await _wall_data(request))
+    return HTMLResponse(render_fragment(page, "_tiles.html", wall=wall, **data))
 
 
 # -- work orders ---------------------------------------------------------------------------

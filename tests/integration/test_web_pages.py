@@ -412,6 +412,20 @@ def test_package_files() -> None:
     assert (root / "static" / "app.css").exists() and (root / "templates" / "base.html").exists()
 
 
+async def test_the_wall_screen_is_read_only_with_plant_wide_figures(web: Any) -> None:
+    """The wall screen (also for an admin, with an unregistered device waiting) has no
+    form at all, keeps its mode when its tiles refresh, and shows the plant's shifts
+    (good against target, OEE) and open anomalies."""
+    ada = await web("ada")
+    await ada.plant.ingest(ada, [ada.plant.count("press-9", 1, now_ms())])
+    for path in ("/?wall=1", "/board/tiles?wall=1"):
+        html = await ada.page(path)
+        assert "<form" not in html, path
+        assert 'id="plant-shifts"' in html, path
+    assert 'data-refresh="/board/tiles?wall=1"' in await ada.page("/?wall=1")
+    assert "<form" in await ada.page("/")          # the normal board keeps its forms
+
+
 async def test_an_admin_registers_a_device_as_a_machine(web: Any) -> None:
     ada = await web("ada")
     await ada.plant.ingest(ada, [ada.plant.count("lathe-5", 2, now_ms())])
