@@ -1,5 +1,8 @@
 """``make demo`` from a fresh data dir, looked at as a new plant manager would: every page
-in Chinese and English, at 1366 and 800 px, with the week of history the demo seeds.
+in Chinese and English, at 1366 and 800 px, with the week of history the demo seeds. One
+demo serves the whole module (seeding a week takes a minute or two): it starts
+everything, prints where to look and counts arriving, its admin signs in, and Ctrl-C
+(the module's last test) stops every process cleanly.
 
 What must hold (each failure names the page, language and width; all are collected and
 reported together, so one run shows every problem):
@@ -67,6 +70,8 @@ class Demo:
     password: str
     token: str
     out: Path
+    dir: Path
+    proc: subprocess.Popen[bytes]
 
     def api(self, path: str, **params: Any) -> Any:
         res = httpx.get(self.url + "/api/v1" + path, params=params, timeout=60,
@@ -101,14 +106,24 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             assert login.status_code == 200, login.text
             tok = c.post("/api/v1/me/tokens", json={"name": "browser-test"})
             assert tok.status_code == 201, tok.text
-        yield Demo(url, password, tok.json()["token"], out_path)
+        yield Demo(url, password, tok.json()["token"], out_path, root / "d", proc)
     finally:
-        proc.send_signal(signal.SIGINT)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_the_demo_prints_where_to_look_and_counts_arrive(demo: Demo) -> None:
+    counted = re.compile(r"^cnc-01\s+yes\s+\d+\s+([1-9]\d*)\s", re.M)
+    deadline = time.monotonic() + 120
+    while not counted.search(text := demo.out.read_text()):
+        assert demo.proc.poll() is None and time.monotonic() < deadline, text[-3000:]
+        time.sleep(0.5)
+    assert "cloud API" in text and "gateway status" in text
 
 
 def _week(demo: Demo) -> tuple[int, int]:
@@ -215,3 +230,15 @@ def test_every_page_in_both_languages_and_widths(browser: Any, demo: Demo,
     finally:
         context.close()
     assert not problems, "\n".join(problems)
+
+
+def test_ctrl_c_stops_everything_cleanly(demo: Demo) -> None:
+    """Last in the module: it stops the demo the other tests look at."""
+    demo.proc.send_signal(signal.SIGINT)
+    code = demo.proc.wait(timeout=60)
+    text = demo.out.read_text()
+    assert code == 0, text[-3000:]
+    assert "demo stopped" in text
+    for log in ("gateway.log", "cloud.log", "simulate.log"):
+        assert (demo.dir / log).exists()
+    assert "gateway_stopped" in (demo.dir / "gateway.log").read_text()
