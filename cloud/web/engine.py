@@ -45,8 +45,16 @@ async def plant_shifts(session: AsyncSession, now_ms: int) -> list[dict[str, Any
     standard output so far: its planned time on every machine divided by the routings'
     ideal time per piece (the rate each machine's rated pieces show); ``attainment`` is
     good / target. Machines without a calendar count as one shift a day (``""``)."""
-    rows = await oee.oee_report(session, start_ms=now_ms - WALL_WINDOW_MS, end_ms=now_ms,
+    start_ms = now_ms - WALL_WINDOW_MS
+    rows = await oee.oee_report(session, start_ms=start_ms, end_ms=now_ms,
                                 group_by="day,shift,machine", now_ms=now_ms)
+    # newest shift first: by when each (day, shift) began on the machines' calendars
+    began: dict[tuple[str, str], int] = {}
+    cals = await oee.calendars.calendars_for(session, sorted({r["machine_id"] for r in rows}))
+    for cal in {c.id: c for c in cals.values() if c is not None}.values():
+        for p in oee.calendars.planned_intervals(cal, start_ms, now_ms):
+            key = (p.day, p.shift or "")
+            began[key] = min(began.get(key, p.start), p.start)
     shifts: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
         if not r["planned_ms"]:
@@ -60,7 +68,7 @@ async def plant_shifts(session: AsyncSession, now_ms: int) -> list[dict[str, Any
         if r["ideal_ms"] > 0 and rated > 0:
             s["target"] += r["planned_ms"] * rated / r["ideal_ms"]
     out = []
-    for key in sorted(shifts, reverse=True)[:WALL_SHIFTS]:
+    for key in sorted(shifts, key=lambda k: (began.get(k, 0), k), reverse=True)[:WALL_SHIFTS]:
         s = shifts[key]
         availability = s["run_ms"] / s["planned_ms"] if s["planned_ms"] else None
         performance = min(1.0, s["ideal_ms"] / s["run_ms"]) if s["run_ms"] else None
