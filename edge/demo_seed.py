@@ -453,19 +453,29 @@ def seed_after(api: Api, ids: dict[str, int], hist: History) -> dict[str, int]:
         todo += page["items"]
         if len(page["items"]) < 500:
             break
+    def at(ts: int, minutes: int) -> str:
+        """An action ``minutes`` after ``ts``, recorded afterwards (the API's ``at``)."""
+        when = min(ts + minutes * 60_000, end_ms - 60_000)
+        return datetime.fromtimestamp(when / 1000, UTC).isoformat().replace("+00:00", "Z")
+
     for i, a in enumerate(todo):
         base = f"/anomalies/{a['id']}"
-        if int(a["ts"]) < cutoff:
+        ts, n = int(a["ts"]), int(a["id"])
+        # people respond within minutes and close within an hour or two, as a shift would
+        ack, fix, shut = 3 + n * 7 % 20, 15 + n * 13 % 75, 5 + n * 5 % 40
+        if ts < cutoff:
             calls.append((
-                ("POST", f"{base}/acknowledge", {"assignee": "王工",
+                ("POST", f"{base}/acknowledge", {"assignee": "王工", "at": at(ts, ack),
                                                  "note": "已通知维修 maintenance called"}),
                 ("POST", f"{base}/resolve", {"cause": "见停机原因 see the stop reason",
-                                             "action": "已处理 fixed and restarted"}),
-                ("POST", f"{base}/close", None)))
+                                             "action": "已处理 fixed and restarted",
+                                             "at": at(ts, ack + fix)}),
+                ("POST", f"{base}/close", {"at": at(ts, ack + fix + shut)})))
             done["anomalies_closed"] += 1
         elif i % 2 == 0:
             calls.append((("POST", f"{base}/acknowledge",
-                           {"assignee": "李班长", "note": "处理中 on it"}),))
+                           {"assignee": "李班长", "note": "处理中 on it",
+                            "at": at(ts, ack)}),))
             done["anomalies_acknowledged"] += 1
 
     def run(steps: tuple[Any, ...]) -> None:

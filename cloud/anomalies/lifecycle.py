@@ -61,6 +61,37 @@ async def _transition(session: AsyncSession, actor: Actor | str, anomaly_id: int
     return row
 
 
+#: A time a person gives for an action (``at``) may be this far ahead of the cloud's clock
+#: (a tablet's clock a little fast), never more.
+AT_AHEAD_S = 60
+
+
+async def _when(session: AsyncSession, anomaly_id: int, at: datetime | None,
+                after: Sequence[str] = ()) -> datetime:
+    """The time an action took place: now, or ``at`` when a person records it afterwards
+    (from a shift log, or a tablet that was offline). ``at`` must carry a zone, lie no
+    later than now and no earlier than the anomaly happened or than the steps named in
+    ``after`` (``acknowledged_at``, ``resolved_at``). Raises Invalid (field ``at``),
+    NotFound."""
+    now = clock.now()
+    if at is None:
+        return now
+    if at.tzinfo is None:
+        raise Invalid("at must carry a time zone (UTC: ...Z)", "at")
+    a = anomalies.c
+    row = (await session.execute(select(a.ts, *(a[c] for c in after))
+                                 .where(a.id == anomaly_id))).first()
+    if row is None:
+        raise NotFound(f"anomaly {anomaly_id} unknown")
+    if (at - now).total_seconds() > AT_AHEAD_S:
+        raise Invalid(f"at {clock.iso(at)} is in the future", "at")
+    earliest = max([clock.from_ms(row[0]), *(t for t in row[1:] if t is not None)])
+    if at < earliest:
+        raise Invalid(f"at {clock.iso(at)} is before {clock.iso(earliest)}, when the anomaly "
+                      "happened or its previous step was recorded", "at")
+    return min(at, now)
+
+
 def _person(value: Any, what: str, max_len: int = 96) -> str:
     name = text(value, what, max_len=max_len)
     assert name is not None
@@ -69,11 +100,13 @@ def _person(value: Any, what: str, max_len: int = 96) -> str:
 
 async def acknowledge(session: AsyncSession, actor: Actor | str, anomaly_id: int,
                       assignee: str | None = None, note: str | None = None, *,
-                      now: datetime | None = None) -> dict[str, Any]:
+                      now: datetime | None = None,
+                      at: datetime | None = None) -> dict[str, Any]:
     """open -> acknowledged (the response), optionally assigning it; the note is kept in
-    the audit trail (``history`` of ``get_anomaly``). Raises NotFound, StateConflict,
-    Invalid."""
-    values: dict[str, Any] = {"status": "acknowledged", "acknowledged_at": now or clock.now(),
+    the audit trail (``history`` of ``get_anomaly``). ``at``: when it happened, if
+    recorded afterwards (see ``_when``). Raises NotFound, StateConflict, Invalid."""
+    now = now or await _when(session, anomaly_id, at)
+    values: dict[str, Any] = {"status": "acknowledged", "acknowledged_at": now,
                               "acknowledged_by": actor_name(actor)[:96]}
     if assignee is not None:
         values["assignee"] = _person(assignee, "assignee")
@@ -84,13 +117,16 @@ async def acknowledge(session: AsyncSession, actor: Actor | str, anomaly_id: int
 
 
 async def resolve(session: AsyncSession, actor: Actor | str, anomaly_id: int, cause: str,
-                  action: str, *, now: datetime | None = None) -> dict[str, Any]:
+                  action: str, *, now: datetime | None = None,
+                  at: datetime | None = None) -> dict[str, Any]:
     """acknowledged (or open: acknowledged implicitly, same time and person) -> resolved
     with the cause and the action taken (both required). Releases a quality hold this
-    anomaly put on operations. Raises NotFound, StateConflict, Invalid."""
+    anomaly put on operations. ``at`` as for ``acknowledge``. Raises NotFound,
+    StateConflict, Invalid."""
     cause_t = text(cause, "cause", max_len=1000)
     action_t = text(action, "action", max_len=1000)
-    when, who = now or clock.now(), actor_name(actor)[:96]
+    when = now or await _when(session, anomaly_id, at, ("acknowledged_at",))
+    who = actor_name(actor)[:96]
     a = anomalies.c
     values = {"status": "resolved", "resolved_at": when, "resolved_by": who,
               "cause": cause_t, "action": action_t,
@@ -105,10 +141,12 @@ async def resolve(session: AsyncSession, actor: Actor | str, anomaly_id: int, ca
 
 
 async def close(session: AsyncSession, actor: Actor | str, anomaly_id: int, *,
-                now: datetime | None = None) -> dict[str, Any]:
-    """resolved -> closed (the loop is closed). Raises NotFound, StateConflict."""
+                now: datetime | None = None, at: datetime | None = None) -> dict[str, Any]:
+    """resolved -> closed (the loop is closed); ``at`` as for ``acknowledge``. Raises
+    NotFound, StateConflict, Invalid."""
+    when = now or await _when(session, anomaly_id, at, ("acknowledged_at", "resolved_at"))
     await _transition(session, actor, anomaly_id, "close", ("resolved",),
-                      {"status": "closed", "closed_at": now or clock.now(),
+                      {"status": "closed", "closed_at": when,
                        "closed_by": actor_name(actor)[:96]}, {})
     return await get_anomaly(session, anomaly_id)
 

@@ -37,6 +37,16 @@ def _seconds(later: datetime | None, earlier: datetime) -> float | None:
     return None if later is None else round((later - earlier).total_seconds(), 3)
 
 
+def _began(r: Any) -> datetime:
+    """Where response and closure times start: when the anomaly happened at the machine
+    (``ts``) if the cloud raised it later (its data arrived late: the machine waited that
+    long for someone, whatever the reason), else when the cloud raised it."""
+    created: datetime = r.created
+    happened = clock.from_ms(r.ts)
+    # the same moment written twice (ms vs µs) is the cloud's own time
+    return happened if (created - happened).total_seconds() >= 1 else created
+
+
 def _item(r: Any, links: list[dict[str, Any]], now_ms: int, locale: str) -> dict[str, Any]:
     closure = r.closed_at or r.resolved_at
     return {"id": r.id, "kind": r.kind, "code": r.code, "severity": r.severity,
@@ -56,8 +66,8 @@ def _item(r: Any, links: list[dict[str, Any]], now_ms: int, locale: str) -> dict
             "assignee": r.assignee, "cause": r.cause, "action": r.action,
             "escalation_level": r.escalation_level, "escalated_at": clock.iso(r.escalated_at),
             "repeat_of": r.repeat_of, "held_operations": r.held_operations or [],
-            "response_s": _seconds(r.acknowledged_at, r.created),
-            "closure_s": _seconds(closure, r.created),
+            "response_s": _seconds(r.acknowledged_at, _began(r)),
+            "closure_s": _seconds(closure, _began(r)),
             "age_s": None if r.status == "closed" else round((now_ms - r.ts) / 1000, 3),
             "allowed_actions": list(ACTIONS[r.status]),
             "links": links}
@@ -176,7 +186,7 @@ async def anomaly_stats(session: AsyncSession, *, since_ts: int,
     ``by_severity``, ``by_status`` counts."""
     a = anomalies.c
     rows = (await session.execute(
-        select(a.kind, a.severity, a.status, a.repeat_of, a.created, a.acknowledged_at,
+        select(a.kind, a.severity, a.status, a.repeat_of, a.created, a.ts, a.acknowledged_at,
                a.resolved_at, a.closed_at, a.closed_by, a.resolved_by)
         .where(a.ts >= since_ts, a.ts < until_ts))).all()
     total = len(rows)
@@ -188,11 +198,11 @@ async def anomaly_stats(session: AsyncSession, *, since_ts: int,
         by["severity"][r.severity] += 1
         by["status"][r.status] += 1
         if r.acknowledged_at is not None:
-            responses.append((r.acknowledged_at - r.created).total_seconds())
+            responses.append((r.acknowledged_at - _began(r)).total_seconds())
         if r.closed_by == SYSTEM and r.resolved_by is None:
             continue  # closed itself (its cause cleared): not a person's closure time
         if (r.closed_at or r.resolved_at) is not None:
-            closures.append(((r.closed_at or r.resolved_at) - r.created).total_seconds())
+            closures.append(((r.closed_at or r.resolved_at) - _began(r)).total_seconds())
     done = by["status"]["resolved"] + by["status"]["closed"]
     repeats = sum(1 for r in rows if r.repeat_of is not None)
 

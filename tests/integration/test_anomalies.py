@@ -464,6 +464,35 @@ async def test_response_and_closure_times_are_exact(plant):
 
 
 @SQLITE
+async def test_actions_recorded_afterwards_keep_their_own_times(plant):
+    """A shift lead enters from the shift log, an hour later, what was done: the times
+    given (``at``) are kept and response and closure count from when it happened; a time
+    before the anomaly or its previous step, or in the future, is refused naming ``at``."""
+    api = plant
+    happened = now_ms() - 2 * H
+
+    def iso(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+    res = await api.post("/api/v1/anomalies", json={
+        "kind": "operator", "title": "no operator", "machine_id": api.m["M2"],
+        "ts": happened})
+    url = f"/api/v1/anomalies/{res.json()['id']}"
+    for when in (happened - 60_000, now_ms() + H):
+        res = await api.post(f"{url}/acknowledge", json={"at": iso(when)})
+        assert res.status_code == 422 and res.json()["field"] == "at", res.text
+    res = await api.post(f"{url}/acknowledge", json={"at": iso(happened + 600_000)})
+    assert res.status_code == 200, res.text
+    res = await api.post(f"{url}/resolve", json={"cause": "c", "action": "a",
+                                                 "at": iso(happened + 300_000)})
+    assert res.status_code == 422 and res.json()["field"] == "at"   # before the response
+    await api.post(f"{url}/resolve", json={"cause": "c", "action": "a",
+                                          "at": iso(happened + 1_800_000)})
+    doc = (await api.post(f"{url}/close", json={"at": iso(happened + 2_400_000)})).json()
+    assert (doc["response_s"], doc["closure_s"]) == (600.0, 2400.0)
+
+
+@SQLITE
 async def test_stats_repeats_and_the_open_first_list(plant):
     """Three anomalies: an operator one gone through its whole life and reopened
     (acknowledged), a material one closed after 900 s, and the operator one again on the

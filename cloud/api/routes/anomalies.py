@@ -34,6 +34,7 @@ Access: every person reads; planners and admins act; gateway tokens get 403. Err
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query
@@ -194,14 +195,25 @@ class ManualIn(BaseModel):
     detail: dict[str, Any] | None = None
 
 
+DoneAt = Annotated[datetime | None, Field(
+    description="when it was done, if recorded afterwards (with zone; not before the "
+                "anomaly or its previous step, not in the future); default now")]
+
+
 class AcknowledgeIn(BaseModel):
     assignee: str | None = None
     note: str | None = None
+    at: DoneAt = None
 
 
 class ResolveIn(BaseModel):
     cause: str | None = None
     action: str | None = None
+    at: DoneAt = None
+
+
+class CloseIn(BaseModel):
+    at: DoneAt = None
 
 
 class AssignIn(BaseModel):
@@ -277,7 +289,8 @@ async def acknowledge(anomaly_id: Int32, actor: Planner, session: Db,
     """open -> acknowledged (optionally assigning it)."""
     body = body or AcknowledgeIn()
     return AnomalyDetailOut.model_validate(
-        await an.acknowledge(session, actor, anomaly_id, body.assignee, body.note))
+        await an.acknowledge(session, actor, anomaly_id, body.assignee, body.note,
+                             at=body.at))
 
 
 @router.post("/anomalies/{anomaly_id}/resolve")
@@ -285,13 +298,16 @@ async def resolve(anomaly_id: Int32, body: ResolveIn, actor: Planner,
                   session: Db) -> AnomalyDetailOut:
     """acknowledged (or open) -> resolved with cause and action; releases a quality hold."""
     return AnomalyDetailOut.model_validate(
-        await an.resolve(session, actor, anomaly_id, body.cause or "", body.action or ""))
+        await an.resolve(session, actor, anomaly_id, body.cause or "", body.action or "",
+                         at=body.at))
 
 
 @router.post("/anomalies/{anomaly_id}/close")
-async def close(anomaly_id: Int32, actor: Planner, session: Db) -> AnomalyDetailOut:
+async def close(anomaly_id: Int32, actor: Planner, session: Db,
+                body: CloseIn | None = None) -> AnomalyDetailOut:
     """resolved -> closed."""
-    return AnomalyDetailOut.model_validate(await an.close(session, actor, anomaly_id))
+    return AnomalyDetailOut.model_validate(await an.close(
+        session, actor, anomaly_id, at=body.at if body else None))
 
 
 @router.post("/anomalies/{anomaly_id}/reopen")
