@@ -9,9 +9,10 @@ TXT properties of the cloud's service: ``scheme`` (http or https, default http) 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from types import TracebackType
 from typing import Final, Self
 
@@ -30,6 +31,7 @@ from buffer.uplink import UplinkUnavailable
 log = structlog.get_logger(__name__)
 
 CLOUD_SERVICE: Final = "_plantsync._tcp.local."
+QUIET_S: Final = 3.0  # a search ends this long after the last cloud answered
 EDGE_SERVICE: Final = "_plantsync-edge._tcp.local."
 
 #: Which interfaces to use: InterfaceChoice.All (default) or addresses, e.g. ["127.0.0.1"].
@@ -89,16 +91,15 @@ def service_url(info: AsyncServiceInfo) -> str | None:
     return f"{scheme}://{host}:{info.port}" + (f"/{path}" if path else "")
 
 
-async def discover_cloud(timeout: float = 5.0, *,  # noqa: ASYNC109 (a search time, not a deadline)
-                         interfaces: Interfaces = InterfaceChoice.All,
-                         service_type: str = CLOUD_SERVICE) -> str:
-    """The URL of the first cloud found advertising ``service_type`` (for ``url = "auto"``).
-
-    Raises CloudNotFound when none answers within ``timeout`` seconds. Read-only on the
-    network (queries only); safe to call again on every reconnect.
-    """
+async def browse_clouds(search_s: float, *, interfaces: Interfaces = InterfaceChoice.All,
+                        service_type: str = CLOUD_SERVICE
+                        ) -> AsyncGenerator[tuple[str, str]]:
+    """(service name, URL) of each cloud resolved within ``search_s`` seconds, as each
+    resolves (a cloud announcing itself during the search is included); once one has,
+    the search ends after ``QUIET_S`` seconds without another. Read-only on the network
+    (queries only); safe to run again on every reconnect."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + search_s
     names: asyncio.Queue[str] = asyncio.Queue()
 
     def on_change(zeroconf: Zeroconf, service_type: str, name: str,
@@ -108,23 +109,41 @@ async def discover_cloud(timeout: float = 5.0, *,  # noqa: ASYNC109 (a search ti
 
     aiozc = AsyncZeroconf(interfaces=interfaces)
     browser = AsyncServiceBrowser(aiozc.zeroconf, service_type, handlers=[on_change])
+    answered = False
     try:
         while (remaining := deadline - loop.time()) > 0:
             try:
-                name = await asyncio.wait_for(names.get(), remaining)
+                name = await asyncio.wait_for(
+                    names.get(), min(remaining, QUIET_S) if answered else remaining)
             except TimeoutError:
                 break
             info = AsyncServiceInfo(service_type, name)
             wait_ms = max(100, int(min(3.0, deadline - loop.time()) * 1000))
-            if await info.async_request(aiozc.zeroconf, wait_ms):
-                url = service_url(info)
-                if url:
-                    log.info("cloud_discovered", name=name, url=url)
-                    return url
-            log.warning("cloud_service_unresolved", name=name)
+            url = service_url(info) if await info.async_request(aiozc.zeroconf, wait_ms) \
+                else None
+            if url is None:
+                log.warning("cloud_service_unresolved", name=name)
+                continue
+            answered = True
+            yield name, url
     finally:
         await browser.async_cancel()
         await aiozc.async_close()
+
+
+async def discover_cloud(timeout: float = 5.0, *,  # noqa: ASYNC109 (a search time, not a deadline)
+                         interfaces: Interfaces = InterfaceChoice.All,
+                         service_type: str = CLOUD_SERVICE) -> str:
+    """The URL of the first cloud found advertising ``service_type``.
+
+    Raises CloudNotFound when none answers within ``timeout`` seconds. (A gateway with
+    ``url = "auto"`` tries every cloud found: edge/discovery.py.)
+    """
+    async with contextlib.aclosing(browse_clouds(timeout, interfaces=interfaces,
+                                                 service_type=service_type)) as found:
+        async for name, url in found:
+            log.info("cloud_discovered", name=name, url=url)
+            return url
     raise CloudNotFound(f"no {service_type} service answered within {timeout:g} s "
                         "(is the cloud running on this network? else set cloud.url)")
 

@@ -23,24 +23,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import structlog
-from zeroconf import InterfaceChoice, ServiceStateChange, Zeroconf
-from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+from zeroconf import InterfaceChoice
 
 from buffer.backoff import Backoff
-from buffer.discovery import CLOUD_SERVICE, Interfaces, service_url
+from buffer.discovery import CLOUD_SERVICE, Interfaces, browse_clouds
 from edge.config import LoadedGateway
 
 log = structlog.get_logger(__name__)
 
 SEARCH_S = 10.0          # one search: how long to browse for a cloud that accepts
-QUIET_S = 3.0            # ... ended sooner once clouds answered and then none for this long
 PROBE_TIMEOUT_S = 5.0    # one cloud's answer to the token check
 
 
@@ -107,44 +104,6 @@ async def probe_cloud(client: httpx.AsyncClient, url: str, gateway_id: str,
     if resp.status_code in (401, 403):
         return False, f"refused this gateway's token ({what})"
     return False, f"did not confirm the token (GET {path}: {what})"
-
-
-async def browse_clouds(search_s: float, *, interfaces: Interfaces,
-                        service_type: str = CLOUD_SERVICE) -> AsyncGenerator[tuple[str, str]]:
-    """(service name, URL) of each cloud resolved within ``search_s`` seconds, as each
-    resolves (a cloud announcing itself during the search is included); once one has,
-    the search ends after ``QUIET_S`` seconds without another."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + search_s
-    names: asyncio.Queue[str] = asyncio.Queue()
-
-    def on_change(zeroconf: Zeroconf, service_type: str, name: str,
-                  state_change: ServiceStateChange) -> None:
-        if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
-            names.put_nowait(name)
-
-    aiozc = AsyncZeroconf(interfaces=interfaces)
-    browser = AsyncServiceBrowser(aiozc.zeroconf, service_type, handlers=[on_change])
-    answered = False
-    try:
-        while (remaining := deadline - loop.time()) > 0:
-            try:
-                name = await asyncio.wait_for(
-                    names.get(), min(remaining, QUIET_S) if answered else remaining)
-            except TimeoutError:
-                break
-            info = AsyncServiceInfo(service_type, name)
-            wait_ms = max(100, int(min(3.0, deadline - loop.time()) * 1000))
-            url = service_url(info) if await info.async_request(aiozc.zeroconf, wait_ms) \
-                else None
-            if url is None:
-                log.warning("cloud_service_unresolved", name=name)
-                continue
-            answered = True
-            yield name, url
-    finally:
-        await browser.async_cancel()
-        await aiozc.async_close()
 
 
 def _read_token(path: Path) -> tuple[str | None, str]:

@@ -15,12 +15,9 @@ from zeroconf import InterfaceChoice
 
 from buffer.backoff import Backoff
 from buffer.discovery import (
-    CLOUD_SERVICE,
     EDGE_SERVICE,
     Advertiser,
-    CloudNotFound,
     Interfaces,
-    discover_cloud,
     interfaces_from_env,
     lan_addresses,
 )
@@ -31,37 +28,12 @@ from edge.forwarder import Forwarder
 
 log = structlog.get_logger(__name__)
 
-DISCOVERY_TIMEOUT_S = 10.0
 
 
 def zeroconf_interfaces(loaded: LoadedGateway) -> list[str] | InterfaceChoice:
     """The configured interfaces, or all of them."""
     chosen = loaded.config.gateway.zeroconf_interfaces
     return interfaces_from_env() if chosen is None else list(chosen)
-
-
-async def resolve_cloud_url(url: str, *, search_s: float = DISCOVERY_TIMEOUT_S,
-                            interfaces: list[str] | InterfaceChoice = InterfaceChoice.All) -> str:
-    """``auto`` -> the URL the cloud advertises on the LAN (``_plantsync._tcp.local.``).
-    Retries until found: a gateway that boots before the cloud must not give up."""
-    if url != "auto":
-        return url
-    if interfaces == []:
-        raise ValueError('cloud.url is "auto" but gateway.zeroconf_interfaces is [] (zeroconf off)')
-    backoff = Backoff(base=1.0, cap=60.0)
-    while True:
-        try:
-            found = await discover_cloud(search_s, interfaces=interfaces)
-        except CloudNotFound:
-            delay = backoff.next_delay()
-            log.warning("cloud_not_found", service=CLOUD_SERVICE, retry_s=round(delay, 1))
-        except Exception as exc:  # discovery errors are retried like a missing cloud
-            delay = backoff.next_delay()
-            log.warning("cloud_discovery_failed", error=str(exc), retry_s=round(delay, 1))
-        else:
-            log.info("cloud_discovered", url=found)
-            return found
-        await asyncio.sleep(delay)
 
 
 @dataclass(frozen=True)

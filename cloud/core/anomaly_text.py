@@ -25,7 +25,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
-from cloud.core.headers import weighted
+from cloud.core import headers
 
 LOCALES: Final = ("zh-CN", "en")
 DEFAULT: Final = "en"
@@ -101,22 +101,8 @@ _SYSTEM: Final = {"en": "system", "zh-CN": "系统"}
 
 
 def locale_of(accept_language: str | None) -> str:
-    """zh-CN when the header's best language is a (simplified) Chinese, en when it is
-    English; else en."""
-    best: tuple[float, int, str] | None = None
-    for i, tag, q in weighted(accept_language):
-        tag = tag.lower()
-        if q <= 0:
-            continue
-        if tag.startswith("zh") and not any(t in tag for t in ("-tw", "-hk", "-mo", "hant")):
-            found = "zh-CN"
-        elif tag.startswith("en"):
-            found = "en"
-        else:
-            continue
-        if best is None or (q, -i) > (best[0], best[1]):
-            best = (q, -i, found)
-    return DEFAULT if best is None else best[2]
+    """zh-CN or en from an ``Accept-Language`` header (the web pages' rule)."""
+    return headers.language(accept_language)
 
 
 def _locale(locale: str) -> str:

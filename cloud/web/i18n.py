@@ -29,7 +29,7 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import Translations
 
-from cloud.core.headers import weighted
+from cloud.core import headers
 
 LOCALES: Final = ("zh-CN", "en")
 DEFAULT_LOCALE: Final = "en"
@@ -63,22 +63,8 @@ def translations(locale: str) -> Translations:
 
 
 def negotiate(accept_language: str | None) -> str:
-    """The best of LOCALES for an ``Accept-Language`` header (q-values honoured; any
-    ``zh`` but traditional variants counts as zh-CN), else DEFAULT_LOCALE."""
-    best: tuple[float, int, str] | None = None
-    for i, tag, q in weighted(accept_language):
-        tag = tag.lower()
-        if q <= 0 or not tag:
-            continue
-        if tag.startswith("zh") and not any(t in tag for t in ("-tw", "-hk", "-mo", "hant")):
-            found = "zh-CN"
-        elif tag.startswith("en"):
-            found = "en"
-        else:
-            continue
-        if best is None or (q, -i) > (best[0], best[1]):
-            best = (q, -i, found)
-    return best[2] if best else DEFAULT_LOCALE
+    """The best of LOCALES for an ``Accept-Language`` header (cloud/core/headers.py)."""
+    return headers.language(accept_language)
 
 
 def pick_locale(user_locale: str | None, cookie: str | None, accept_language: str | None) -> str:
