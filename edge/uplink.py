@@ -29,7 +29,6 @@ from edge.forwarder import Forwarder
 log = structlog.get_logger(__name__)
 
 
-
 def zeroconf_interfaces(loaded: LoadedGateway) -> list[str] | InterfaceChoice:
     """The configured interfaces, or all of them."""
     chosen = loaded.config.gateway.zeroconf_interfaces
