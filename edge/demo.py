@@ -62,8 +62,9 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _free_port(preferred: int) -> int:
-    if _port_free(preferred):
+def _free_port(preferred: int | None) -> int:
+    """``preferred`` when it is free, else (or with None) a port the system hands out."""
+    if preferred is not None and _port_free(preferred):
         return preferred
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -99,13 +100,19 @@ def _get_json(url: str, token: str | None = None) -> Any:
 class Demo:
     """The three processes of the demo and the files they share."""
 
-    def __init__(self, root: Path, *, speed: float, seed: int, cloud_port: int) -> None:
+    def __init__(self, root: Path, *, speed: float, seed: int, cloud_port: int,
+                 free_ports: bool = False) -> None:
         self.root = root
         self.speed = speed
         self.seed = seed
         self.example = demo_gateway()
+        self.free_ports = free_ports
         self.cloud_port = _free_port(cloud_port)
-        self.status_port = _free_port(8470)
+        # --free-ports: the plant and the gateway's status on ports the system hands out
+        # (beside another demo, or tests that use the example's fixed ports)
+        self.status_port = _free_port(None if free_ports else 8470)
+        self.plant_ports = {p: (_free_port(None) if free_ports else p) for p in
+                            sorted({d.config.effective_port for d in self.example.devices})}
         self.db = root / "cloud.db"
         self.token_file = root / "token"
         self.password_file = root / "admin-password"
@@ -115,11 +122,13 @@ class Demo:
         self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
 
     def check_plant_ports(self) -> None:
-        taken = [f"{d.config.name} ({d.config.effective_port})" for d in self.example.devices
-                 if not _port_free(d.config.effective_port)]
+        taken = [f"{d.config.name} ({self.plant_ports[d.config.effective_port]})"
+                 for d in self.example.devices
+                 if not _port_free(self.plant_ports[d.config.effective_port])]
         if taken:
             raise RuntimeError("the demo plant's ports are taken: " + ", ".join(taken)
-                               + " (is another demo or `plantsync-edge simulate` running?)")
+                               + " (is another demo or `plantsync-edge simulate` running? "
+                               "--free-ports runs beside it)")
 
     def write_config(self) -> None:
         """The example config with this demo's folders, ports and an absolute map path."""
@@ -136,7 +145,7 @@ class Demo:
             c = dev.config
             lines += ["", "[[devices]]", f'name = "{c.name}"', f'map = "{dev.map.path}"',
                       f'protocol = "{c.protocol}"', f'host = "{c.host or "127.0.0.1"}"',
-                      f"port = {c.effective_port}", f"poll_ms = {c.poll_ms}"]
+                      f"port = {self.plant_ports[c.effective_port]}", f"poll_ms = {c.poll_ms}"]
             lines += ["rack = 0", "slot = 1"] if c.protocol == "s7" else [f"unit = {c.unit}"]
         self.config.write_text("\n".join(lines) + "\n")
 
@@ -213,7 +222,7 @@ class Demo:
         self.start("simulate", [PY, "-m", "edge.demo_seed", "plant", "--config",
                                 str(self.config), "--machines", str(self.machines),
                                 "--speed", f"{self.speed:g}"],
-                   self.example.devices[-1].config.effective_port)
+                   self.plant_ports[self.example.devices[-1].config.effective_port])
         self.start("gateway", [PY, "-m", "edge.cli", "run", "--config", str(self.config)],
                    self.status_port)
         if week is not None and api is not None:
@@ -299,11 +308,11 @@ def _print_rows(rows: Sequence[Sequence[str]], out: TextIO) -> None:
 
 
 def run_demo(root: Path, *, speed: float, seed: int, cloud_port: int, interval: float,
-             fresh: bool, out: TextIO = sys.stdout) -> int:
+             fresh: bool, free_ports: bool = False, out: TextIO = sys.stdout) -> int:
     if fresh and root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
-    demo = Demo(root, speed=speed, seed=seed, cloud_port=cloud_port)
+    demo = Demo(root, speed=speed, seed=seed, cloud_port=cloud_port, free_ports=free_ports)
     stopping = False
     started = False
 
@@ -368,9 +377,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cloud-port", type=int, default=8080)
     parser.add_argument("--interval", type=float, default=3.0, help="seconds between tables")
     parser.add_argument("--fresh", action="store_true", help="delete earlier demo data first")
+    parser.add_argument("--free-ports", action="store_true",
+                        help="run the plant and the gateway's status page on free ports "
+                             "(beside another demo); default the example config's ports")
     args = parser.parse_args(argv)
     return run_demo(Path(args.dir).resolve(), speed=args.speed, seed=args.seed,
-                    cloud_port=args.cloud_port, interval=args.interval, fresh=args.fresh)
+                    cloud_port=args.cloud_port, interval=args.interval, fresh=args.fresh,
+                    free_ports=args.free_ports)
 
 
 if __name__ == "__main__":

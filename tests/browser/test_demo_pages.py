@@ -91,7 +91,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     env.pop("PLANTSYNC_CLOUD_DB", None)
     with out_path.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "edge.demo", "--dir", str(root / "d"),
-                                 "--cloud-port", str(port), "--interval", "5"],
+                                 "--cloud-port", str(port), "--interval", "5",
+                                 "--free-ports"],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 240
