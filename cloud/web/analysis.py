@@ -230,7 +230,7 @@ async def oee_page(request: Request) -> Response:
     if fmt:
         if table == "pareto":
             return export(fmt, "downtime-pareto", PARETO_COLUMNS,
-                          [{**p, "reason": _reason(page, p["reason"])} for p in pareto], page.tr)
+                          [{**p, "reason": page.reason(p["reason"])} for p in pareto], page.tr)
         if table == "stops":
             out = [{**s, "machine": names.get(stop_machine, ""), "start": page.ts(s["start_ts"]),
                     "end": page.ts(s["end_ts"]), "reason": s["reason"] or s["cause"] or ""}
@@ -244,7 +244,7 @@ async def oee_page(request: Request) -> Response:
     limit = limit_param(request, 50)
     offset = int_param(request, "offset", 0)
     pareto_chart = charts.pareto(
-        [(_reason(page, p["reason"]), float(p["duration_ms"]),
+        [(page.reason(p["reason"]), float(p["duration_ms"]),
           f"{page.dur(p['duration_ms'])} · {p['count']}×") for p in pareto[:12]],
         title=page._("Downtime by reason")) if pareto else None
     trend_chart = charts.line_chart(
@@ -260,13 +260,4 @@ async def oee_page(request: Request) -> Response:
                   pareto_chart=pareto_chart, trend_chart=trend_chart,
                   stops=stops[:50], stop_machine=stop_machine, names=names, fmt_pct=fmt_pct,
                   computed_ms=int(computed * 1000),
-                  reason=lambda r: _reason(page, r))
-
-
-def _reason(page: Page, reason: str | None) -> str:
-    """A stop reason: a person's words as given, a machine state by its translated name."""
-    if reason is None:
-        return page._("No reason given")
-    if reason in labels.MACHINE_STATE:
-        return page.tr(labels.MACHINE_STATE[reason])
-    return reason
+                  reason=page.reason)

@@ -176,6 +176,15 @@ class Page:
         text = self.t.gettext(message)
         return text % params if params else text
 
+    def reason(self, reason: str | None) -> str:
+        """A stop's reason: a person's words as given, a machine state by its translated
+        name, "no reason given" for none."""
+        if reason is None:
+            return self._("No reason given")
+        if reason in labels.MACHINE_STATE:
+            return self.tr(labels.MACHINE_STATE[reason])
+        return reason
+
     def ts(self, ts_ms: int | None, seconds: bool = False) -> str:
         return i18n.fmt_ts(ts_ms, self.tz, seconds=seconds)
 

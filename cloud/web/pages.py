@@ -254,6 +254,10 @@ async def _order_detail(request: Request, page: Page, number: str) -> dict[str, 
                                                                         "in_progress") else []
         timeline = await engine.order_timeline(session, wo.id, history, machine_ids,
                                                page.now_ms, page.locale)
+    for e in timeline:          # a stop by its reason, else its state, in the reader's words
+        if e["kind"] == "stop":
+            st = e["stop"]
+            e["text"] = page.reason(st.get("reason") or st.get("cause") or st.get("state"))
     good = max(ops, key=lambda o: o["step"])["good"] if ops else 0
     due = order_due_status(wo, good, clock.now())
     return {"wo": wo, "product": product, "ops": ops, "history": history, "hourly": hourly,

@@ -1,8 +1,8 @@
 """``make demo`` from a fresh data dir, looked at as a new plant manager would: every page
 in Chinese and English, at 1366 and 800 px, with the week of history the demo seeds. One
-demo serves the whole module (seeding a week takes a minute or two): it starts
+demo serves every test here (seeding a week takes a minute or two): it starts
 everything, prints where to look and counts arriving, its admin signs in, and Ctrl-C
-(the module's last test) stops every process cleanly.
+stops every process cleanly (checked when the session ends).
 
 What must hold (each failure names the page, language and width; all are collected and
 reported together, so one run shows every problem):
@@ -80,10 +80,13 @@ class Demo:
         return res.json()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     """``python -m edge.demo`` on a fresh dir, until it says it is running (the week
-    seeded, at most four minutes on a busy 2-core box)."""
+    seeded, at most four minutes on a busy 2-core box). Session-scoped: xdist may run
+    other browser tests between these, and one seeding is enough. At the end Ctrl-C must
+    stop every process cleanly (exit 0, "demo stopped", each log written, the gateway
+    stopped), checked here since no test can be sure to run last."""
     root = tmp_path_factory.mktemp("demo")
     out_path = root / "demo.out"
     port = free_port()
@@ -108,14 +111,12 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             tok = c.post("/api/v1/me/tokens", json={"name": "browser-test"})
             assert tok.status_code == 201, tok.text
         yield Demo(url, password, tok.json()["token"], out_path, root / "d", proc)
-    finally:
+    except BaseException:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
-        try:
             proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        raise
+    _stops_cleanly_on_ctrl_c(proc, out_path, root / "d")
 
 
 def test_the_demo_prints_where_to_look_and_counts_arrive(demo: Demo) -> None:
@@ -233,13 +234,18 @@ def test_every_page_in_both_languages_and_widths(browser: Any, demo: Demo,
     assert not problems, "\n".join(problems)
 
 
-def test_ctrl_c_stops_everything_cleanly(demo: Demo) -> None:
-    """Last in the module: it stops the demo the other tests look at."""
-    demo.proc.send_signal(signal.SIGINT)
-    code = demo.proc.wait(timeout=60)
-    text = demo.out.read_text()
+def _stops_cleanly_on_ctrl_c(proc: subprocess.Popen[bytes], out: Path, data: Path) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"Ctrl-C did not stop the demo within 60 s:\n"
+                             f"{out.read_text()[-3000:]}") from None
+    text = out.read_text()
     assert code == 0, text[-3000:]
     assert "demo stopped" in text
     for log in ("gateway.log", "cloud.log", "simulate.log"):
-        assert (demo.dir / log).exists()
-    assert "gateway_stopped" in (demo.dir / "gateway.log").read_text()
+        assert (data / log).exists()
+    assert "gateway_stopped" in (data / "gateway.log").read_text()
