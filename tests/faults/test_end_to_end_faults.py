@@ -353,18 +353,21 @@ def test_wall_clock_jumps_day_back_ten_years_forward(tmp_path: Path) -> None:
 # ---- 9. a long outage: 1,000,000 records, then the drain -----------------------------------
 
 @pytest.mark.slow
-def test_million_record_outage_drain_bounded(tmp_path: Path) -> None:
-    """The cloud is down while 1,000,000 records accumulate (a fast writer appends them
+def test_long_outage_drain_bounded(tmp_path: Path) -> None:
+    """The cloud is down while 250,000 records accumulate (a fast writer appends them
     through buffer.Outbox in big cycles, as a day of polling would), then it comes back
     and the real daemon drains: the WAL stays bounded while the backlog is written and
-    while it drains, and the daemon's RSS stays under the 100 MB target."""
+    while it drains, every record arrives, and the daemon's RSS stays under the 100 MB
+    target. The backlog is several times the WAL limit (16 MiB at buffer_max_mb = 512),
+    so the bounds are crossed many times over; the 1,000,000-record drain with its rate
+    and peak RSS is ``make bench`` (bench/bench_drain.py), which keeps this suite short."""
     import json
     import subprocess
     import sys
 
     from tests.faults.harness import BULK_DEVICE, GATEWAY, rss_sampler
 
-    n = 1_000_000
+    n = 250_000
     rig = Rig(tmp_path, seed=19, buffer_max_mb=512)
     with rig_logs_on_failure(rig):
         rig.data_dir.mkdir(parents=True, exist_ok=True)
@@ -391,7 +394,7 @@ def test_million_record_outage_drain_bounded(tmp_path: Path) -> None:
         try:
             assert _backlog(rig) >= n
             rig.start_cloud()
-            _wait_drained(rig, "the 1,000,000-record backlog drained", timeout=200)
+            _wait_drained(rig, f"the {n:,}-record backlog drained", timeout=200)
         finally:
             stop.set()
         report = rig.finish()
@@ -399,7 +402,7 @@ def test_million_record_outage_drain_bounded(tmp_path: Path) -> None:
     assert bulk["good"] == bulk_raw and bulk["breaks"] == [], bulk
     assert report.records_stored >= n
     mb = 2**20
-    print(f"1M backlog written: peak WAL {written[wal.name] / mb:.1f} MiB, "
+    print(f"{n:,} backlog written: peak WAL {written[wal.name] / mb:.1f} MiB, "
           f"{written['samples']} samples; "
           f"drain: peak RSS {peaks['rss'] / mb:.1f} MiB, peak WAL {peaks[wal.name] / mb:.1f} MiB, "
           f"{peaks['samples']} samples")
@@ -407,7 +410,7 @@ def test_million_record_outage_drain_bounded(tmp_path: Path) -> None:
     # the issue's target (measured ~46 MiB)
     assert peaks["rss"] < 100 * mb, f"daemon RSS peaked at {peaks['rss'] / mb:.1f} MiB"
     # buffer/store.py: WAL <= wal_limit/2 + one transaction, truncated to <= wal_limit
-    # (16 MiB at buffer_max_mb = 512); the 1M-record database itself is ~90 MB
+    # (16 MiB at buffer_max_mb = 512); the database itself is ~23 MB (~90 MB for 1M)
     assert written[wal.name] < 24 * mb, \
         f"WAL peaked at {written[wal.name] / mb:.1f} MiB while the backlog was written"
     assert peaks[wal.name] < 64 * mb, f"WAL peaked at {peaks[wal.name] / mb:.1f} MiB"
