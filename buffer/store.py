@@ -873,12 +873,7 @@ class Outbox:
         msg = (f"{self.path}: storing a poll cycle refused, the disk is full ({free} bytes "
                f"free); the space left is kept for deleting the records the cloud acks: free "
                f"space on {self.path.parent}")
-        self._last_error = msg
-        self._write_errors += 1
-        self._failing_since_ok += 1
-        if self._failing_since_ok == 1:
-            log.error("buffer_write_failed", path=str(self.path), error=msg)
-        raise BufferWriteError(msg)
+        raise self._write_failed(msg)
 
     def _checkpoint_truncate(self) -> bool:
         """``wal_checkpoint(TRUNCATE)``: True when the WAL was emptied (its space freed)."""
@@ -1157,11 +1152,15 @@ class Outbox:
             cause = "an I/O error"
         msg = (f"{self.path}: {doing} failed, {cause} ({name}: {exc}); nothing of it was "
                f"stored: free space on {self.path.parent} or check the disk, then retry")
+        return self._write_failed(msg)
+
+    def _write_failed(self, msg: str) -> BufferWriteError:
+        """Count a failed write and say so (the first failure loudly; repeats are counted
+        until a write succeeds again); the error to raise."""
         self._last_error = msg
         self._write_errors += 1
         self._failing_since_ok += 1
         if self._failing_since_ok == 1:
-            # The first failure loudly; repeats are counted until a write succeeds again.
             log.error("buffer_write_failed", path=str(self.path), error=msg)
         return BufferWriteError(msg)
 
